@@ -1,0 +1,291 @@
+"""The TOML configuration: `[proxy]`, `[admin]` and `[[route]]`, validated into frozen dataclasses.
+
+Every key is documented in KEY_HELP, which `pgcutover serve --help` prints, so the help text and the
+parser cannot drift apart. Validation errors name the key and the value; nothing half-loads.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+STICKY_MODES = ("query", "session", "application_name")
+LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
+BAD_VECTOR_MODES = ("error", "skip")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, key: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{key} = {text!r}: expected host:port")
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamDsn:
+    """Where the real server is. User and database come from each client's startup packet."""
+
+    host: str  # a hostname, an IP, or a directory holding the unix socket
+    port: int
+    user: str
+    password: str | None
+    database: str
+    sslmode: str  # disable | prefer | require | verify-ca | verify-full
+    sslrootcert: str | None
+    text: str
+
+    @property
+    def is_unix(self) -> bool:
+        return self.host.startswith("/")
+
+    @classmethod
+    def parse(cls, text: str) -> UpstreamDsn:
+        parts = urlsplit(text)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigError(f"upstream = {text!r}: expected postgresql://user@host:port/database")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        host = query.get("host") or unquote(parts.hostname or "") or "127.0.0.1"
+        try:
+            port = int(query.get("port") or parts.port or 5432)
+        except ValueError as exc:
+            raise ConfigError(f"upstream = {text!r}: bad port") from exc
+        sslmode = query.get("sslmode", "disable" if host.startswith("/") else "prefer")
+        if sslmode not in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"):
+            raise ConfigError(f"upstream sslmode = {sslmode!r} is not a libpq sslmode")
+        return cls(
+            host=host,
+            port=port,
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password) if parts.password else None,
+            database=unquote(parts.path.lstrip("/")) or "postgres",
+            sslmode=sslmode,
+            sslrootcert=query.get("sslrootcert"),
+            text=text,
+        )
+
+    def asyncpg_kwargs(self, *, user: str | None = None, database: str | None = None) -> dict[str, Any]:
+        """Arguments for the proxy's own control connections (asyncpg)."""
+        ssl: Any = False if self.sslmode in ("disable", "allow") else self.sslmode
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": user or self.user,
+            "password": self.password,
+            "database": database or self.database,
+            "ssl": ssl,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen: HostPort
+    upstream: UpstreamDsn
+    metrics: HostPort | None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_message_size: int = 256 * 1024 * 1024
+    shutdown_timeout: float = 30.0
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    users: tuple[str, ...] = ()
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One table whose similarity queries pgcutover routes (keys from the routing, fallback and shadow issues)."""
+
+    table: str
+    column: str
+    key: str = "id"
+    vector_column: str | None = None  # defaults to `column`
+    shadow_table: str | None = None
+    shadow_column: str | None = None  # defaults to vector_column
+    shadow_type: str = "vector"
+    split: float = 0.0
+    sticky: str = "session"
+    legacy_column: str | None = None
+    legacy_format: str = "json"
+    dims: int | None = None
+    fallback: bool = True
+    on_bad_vector: str = "error"
+    mirror: float = 0.0
+    mirror_exact: float = 0.0
+    shadow_timeout_ms: int = 0
+    min_recall: float = 0.95
+    max_latency_ratio: float = 1.5
+    max_error_rate: float = 0.01
+    min_samples: int = 100
+
+    @property
+    def schema(self) -> str | None:
+        return self.table.rpartition(".")[0] or None
+
+    @property
+    def relname(self) -> str:
+        return self.table.rpartition(".")[2]
+
+    @property
+    def pg_vector_column(self) -> str:
+        return self.vector_column or self.column
+
+    @property
+    def pg_shadow_column(self) -> str:
+        return self.shadow_column or self.pg_vector_column
+
+    def with_split(self, split: float, sticky: str | None = None) -> Route:
+        route = replace(self, split=split, sticky=sticky or self.sticky)
+        route.validate()
+        return route
+
+    def validate(self) -> None:
+        where = f"[[route]] table = {self.table!r}"
+        if not 0 <= self.split <= 100:
+            raise ConfigError(f"{where}: split = {self.split} must be between 0 and 100")
+        for name in ("mirror", "mirror_exact"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ConfigError(f"{where}: {name} must be between 0 and 100")
+        if self.sticky not in STICKY_MODES:
+            raise ConfigError(f"{where}: sticky = {self.sticky!r} must be one of {', '.join(STICKY_MODES)}")
+        if self.legacy_format not in LEGACY_FORMATS:
+            raise ConfigError(
+                f"{where}: legacy_format = {self.legacy_format!r} must be one of {', '.join(LEGACY_FORMATS)}"
+            )
+        if self.on_bad_vector not in BAD_VECTOR_MODES:
+            raise ConfigError(f"{where}: on_bad_vector must be one of {', '.join(BAD_VECTOR_MODES)}")
+        if self.split > 0 and not self.shadow_table:
+            raise ConfigError(f"{where}: split = {self.split} needs shadow_table")
+        if self.dims is not None and self.dims <= 0:
+            raise ConfigError(f"{where}: dims must be positive")
+        if self.table.count(".") > 1 or not self.relname:
+            raise ConfigError(f"{where}: table must be 'name' or 'schema.name'")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    proxy: ProxySettings
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    routes: tuple[Route, ...] = ()
+    source: str | None = None
+
+    def route_for(self, table: str) -> Route | None:
+        for route in self.routes:
+            if table in (route.table, route.relname):
+                return route
+        return None
+
+
+KEY_HELP: dict[str, str] = {
+    "[proxy] listen": 'host:port the applications connect to (default "127.0.0.1:6432")',
+    "[proxy] upstream": (
+        "the real server as a libpq URL; gives host, port and TLS (sslmode, sslrootcert). The host may be a "
+        "unix-socket directory (?host=/run/postgresql). User and database come from each client's startup packet."
+    ),
+    "[proxy] metrics": 'host:port for Prometheus /metrics, /healthz, /readyz (default "127.0.0.1:9187"; "" disables)',
+    "[proxy] tls_cert, tls_key": "PEM files: when both are set, SSLRequest is answered 'S' and TLS is terminated",
+    "[proxy] max_message_size": "largest client message in bytes (default 268435456); larger -> 08P01, closed",
+    "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
+    "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
+    "[admin] users": "upstream users allowed on the admin console (virtual database 'pgcutover')",
+    "[admin] token": "bearer token required by the HTTP admin API when it binds beyond localhost",
+    "[[route]] table, column, key": "table applications query, the column in `column <-> $1`, its primary key",
+    "[[route]] vector_column": "pgvector column in the table (default: column)",
+    "[[route]] shadow_table, shadow_column, shadow_type": "shadow copy, its vector column, query-vector cast",
+    "[[route]] split, sticky": "percent of similarity queries sent to the shadow; query | session | application_name",
+    "[[route]] legacy_column, legacy_format, dims, fallback": "legacy vectors (json|bytea_f32|bytea_f64|array)",
+    "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
+    "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
+    "[[route]] min_recall, max_latency_ratio, max_error_rate, min_samples": "shadow readiness thresholds",
+}
+
+
+def _take(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    return dict(table)
+
+
+def _parse_route(raw: dict[str, Any], index: int) -> Route:
+    where = f"[[route]] #{index + 1}"
+    values = _take(raw, Route, where)
+    for required in ("table", "column"):
+        if not isinstance(values.get(required), str) or not values[required]:
+            raise ConfigError(f"{where}: {required} is required")
+    try:
+        route = Route(**values)
+        if isinstance(route.split, bool) or not isinstance(route.split, int | float):
+            raise ConfigError(f"{where}: split must be a number")
+        route = replace(route, split=float(route.split), mirror=float(route.mirror))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    route.validate()
+    return route
+
+
+def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
+    values = _take(raw, ProxySettings, "[proxy]")
+    if "upstream" not in values:
+        raise ConfigError("[proxy] upstream is required")
+    metrics = values.get("metrics", "127.0.0.1:9187")
+    settings = ProxySettings(
+        listen=HostPort.parse(values.get("listen", "127.0.0.1:6432"), "[proxy] listen"),
+        upstream=UpstreamDsn.parse(values["upstream"]),
+        metrics=HostPort.parse(metrics, "[proxy] metrics") if metrics else None,
+        tls_cert=values.get("tls_cert"),
+        tls_key=values.get("tls_key"),
+        max_message_size=int(values.get("max_message_size", 256 * 1024 * 1024)),
+        shutdown_timeout=float(values.get("shutdown_timeout", 30.0)),
+        connect_timeout=float(values.get("connect_timeout", 10.0)),
+    )
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("[proxy] tls_cert and tls_key go together")
+    if settings.max_message_size < 1024:
+        raise ConfigError("[proxy] max_message_size must be at least 1024")
+    return settings
+
+
+def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
+    unknown = sorted(set(data) - {"proxy", "admin", "route"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
+    if "proxy" not in data:
+        raise ConfigError("[proxy] section is required")
+    admin_raw = _take(data.get("admin", {}), AdminSettings, "[admin]")
+    admin = AdminSettings(users=tuple(admin_raw.get("users", ())), token=admin_raw.get("token"))
+    routes = tuple(_parse_route(raw, i) for i, raw in enumerate(data.get("route", [])))
+    tables = [r.table for r in routes]
+    if len(set(tables)) != len(tables):
+        raise ConfigError("two [[route]] entries name the same table")
+    return Config(proxy=_parse_proxy(data["proxy"]), admin=admin, routes=routes, source=source)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return parse_config(data, source=str(path))

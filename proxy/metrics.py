@@ -1,0 +1,99 @@
+"""Prometheus /metrics, /healthz and /readyz on `[proxy] metrics`.
+
+Hot-path counters are plain ints on the sessions and the runtime (see runtime.Totals); this collector
+turns them into Prometheus metrics only when scraped, so pass-through traffic pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .config import HostPort
+from .runtime import Runtime
+
+log = logging.getLogger("pgcutover.metrics")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class RuntimeCollector(Collector):
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        rt, totals = self.rt, self.rt.totals
+        sessions = list(rt.sessions)
+        yield GaugeMetricFamily("pgcutover_client_connections", "Client connections open now", len(sessions))
+        yield GaugeMetricFamily("pgcutover_server_connections", "Upstream connections open now",
+                                sum(1 for s in sessions if s.server_transport is not None))
+        yield CounterMetricFamily("pgcutover_client_connections", "Client connections accepted",
+                                  totals.client_connections)
+        bytes_in = CounterMetricFamily("pgcutover_bytes", "Bytes relayed", labels=["direction"])
+        bytes_in.add_metric(["from_client"], totals.bytes_from_client + sum(s.bytes_from_client for s in sessions))
+        bytes_in.add_metric(["from_server"], totals.bytes_from_server + sum(s.bytes_from_server for s in sessions))
+        yield bytes_in
+        yield CounterMetricFamily("pgcutover_client_messages", "Frontend messages relayed",
+                                  totals.messages_from_client + sum(s.messages_from_client for s in sessions))
+        yield CounterMetricFamily("pgcutover_simple_queries", "Simple Query messages",
+                                  totals.queries + sum(s.queries for s in sessions))
+        yield CounterMetricFamily("pgcutover_protocol_errors", "Clients closed for protocol violations",
+                                  totals.protocol_errors)
+        yield CounterMetricFamily("pgcutover_upstream_errors", "Upstream connect failures and losses",
+                                  totals.upstream_errors)
+        yield CounterMetricFamily("pgcutover_cancels_forwarded", "CancelRequests forwarded upstream",
+                                  totals.cancels_forwarded)
+
+
+def install(runtime: Runtime) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(RuntimeCollector(runtime))
+    return registry
+
+
+class HttpEndpoints:
+    """A minimal HTTP/1.0 server: enough for Prometheus and orchestrator probes, no framework needed."""
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        self.registry = registry
+        self.ready = ready
+        self.server: asyncio.Server | None = None
+
+    async def start(self, where: HostPort) -> None:
+        self.server = await asyncio.start_server(self._handle, where.host, where.port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                request = await reader.readuntil(b"\r\n\r\n")
+            path = request.split(b" ", 2)[1].decode("ascii", "replace") if request.count(b" ") >= 2 else "/"
+            status, ctype, body = self._route(path.split("?", 1)[0])
+            head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _route(self, path: str) -> tuple[str, str, bytes]:
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            if self.ready():
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"not ready\n"
+        return "404 Not Found", "text/plain", b"not found\n"

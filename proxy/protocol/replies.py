@@ -1,0 +1,200 @@
+"""The queue of replies a session expects from the server, and what to do with each (forward or drop).
+
+Every frontend message that the server answers is queued as it goes upstream; every backend message is
+matched against the head of the queue. That is what lets the proxy inject messages of its own (a Parse of
+a per-target statement, a Close) into a client's pipeline and swallow their replies without the client
+ever seeing them, including when an error makes the server skip to the next Sync.
+
+Rules mirrored from PostgreSQL's postgres.c:
+- after an ErrorResponse in the extended protocol, the server discards every message until Sync;
+- a simple Query (and a FunctionCall, and the startup) ends with ReadyForQuery whatever happens inside;
+- during COPY FROM STDIN the server ignores Sync and Flush until CopyDone/CopyFail.
+
+Entries are small ints (kind | action << 4) in a deque: this runs for every message of every session.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from . import codes
+
+# What the client (or the proxy) sent, i.e. what reply it waits for.
+PARSE, BIND, CLOSE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE, SYNC, QUERY, FUNCTION, STARTUP, COPY_END = range(11)
+KIND_NAMES = ("PARSE", "BIND", "CLOSE", "DESCRIBE_STATEMENT", "DESCRIBE_PORTAL", "EXECUTE", "SYNC", "QUERY",
+              "FUNCTION", "STARTUP", "COPY_END")
+_ENDS_AT_READY = frozenset((SYNC, QUERY, FUNCTION, STARTUP))
+_WHOLE_CYCLE = frozenset((QUERY, FUNCTION, STARTUP))  # errors inside do not make the server skip ahead
+
+FORWARD = 0
+DROP = 1
+_KIND_MASK = 0xF
+
+
+class ReplyTracker:
+    """Matches server messages to the requests that caused them. Pure bookkeeping, no I/O."""
+
+    __slots__ = ("_drop_syncs", "_queue", "_skipping", "special")
+
+    def __init__(self) -> None:
+        self._queue: deque[int] = deque()
+        self.special = 0  # queued entries that are not FORWARD: zero means every reply goes straight through
+        self._drop_syncs = False  # inside COPY FROM STDIN (extended): the server ignores Sync
+        self._skipping = False  # after an error, before its Sync was sent: the server discards all but Sync
+
+    def __len__(self) -> int:
+        return sum(1 for entry in self._queue if entry & _KIND_MASK != COPY_END)
+
+    def kinds(self) -> list[str]:
+        return [KIND_NAMES[entry & _KIND_MASK] + ("/drop" if entry >> 4 else "") for entry in self._queue]
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: the server owes no reply."""
+        return not self._queue
+
+    # -- requests ---------------------------------------------------------------------------------------------
+    def expect(self, kind: int, action: int = FORWARD) -> None:
+        if self._skipping:
+            if kind != SYNC:
+                return
+            self._skipping = False
+        if kind == SYNC and self._drop_syncs:
+            return
+        if kind == COPY_END:
+            self._drop_syncs = False
+        if action:
+            self.special += 1
+        self._queue.append(kind | action << 4)
+
+    def expect_client(self, msg_type: int, first_byte: int = 0) -> None:
+        """Queue what a frontend message of this type makes the server send (nothing for Flush/CopyData)."""
+        kind = _CLIENT_KINDS.get(msg_type)
+        if kind is None:
+            return
+        if kind == DESCRIBE_STATEMENT and first_byte == 0x50:  # 'P': describe a portal
+            kind = DESCRIBE_PORTAL
+        self.expect(kind)
+
+    # -- replies ----------------------------------------------------------------------------------------------
+    def _pop(self) -> int:
+        entry = self._queue.popleft()
+        if entry >> 4:
+            self.special -= 1
+        queue = self._queue
+        while queue and queue[0] & _KIND_MASK == COPY_END:  # markers only matter while a copy is starting
+            queue.popleft()
+        return entry >> 4
+
+    def _head(self) -> int:
+        return self._queue[0] if self._queue else -1
+
+    def on_server(self, msg_type: int) -> int:
+        """The action for one backend message (FORWARD or DROP), advancing the queue."""
+        head = self._head()
+        if head < 0:
+            return FORWARD  # asynchronous (notice, notification, parameter status) or after the fact
+        kind = head & _KIND_MASK
+        handler = _SERVER_HANDLERS.get(msg_type)
+        if handler is None:  # part of the current reply (DataRow, CopyData, notices, ...)
+            return head >> 4
+        return handler(self, kind, head >> 4)
+
+    # one handler per backend message type that completes or reshapes an entry
+    def _complete_if(self, kind: int, action: int, *expected: int) -> int:
+        if kind in expected:
+            return self._pop()
+        return action
+
+    def _on_parse_complete(self, kind: int, action: int) -> int:
+        return self._complete_if(kind, action, PARSE)
+
+    def _on_bind_complete(self, kind: int, action: int) -> int:
+        return self._complete_if(kind, action, BIND)
+
+    def _on_close_complete(self, kind: int, action: int) -> int:
+        return self._complete_if(kind, action, CLOSE)
+
+    def _on_description(self, kind: int, action: int) -> int:
+        # RowDescription / NoData finish a Describe; inside a Query or Execute they are part of the result
+        return self._complete_if(kind, action, DESCRIBE_STATEMENT, DESCRIBE_PORTAL)
+
+    def _on_command_complete(self, kind: int, action: int) -> int:
+        return self._complete_if(kind, action, EXECUTE)
+
+    def _on_copy_in(self, kind: int, action: int) -> int:
+        if kind == EXECUTE:
+            self._forget_syncs_during_copy()
+        return action
+
+    def _forget_syncs_during_copy(self) -> None:
+        """Syncs the client sent between this Execute and its CopyDone/CopyFail are ignored by the server."""
+        kept: deque[int] = deque([self._queue.popleft()])
+        while self._queue:
+            entry = self._queue.popleft()
+            if entry & _KIND_MASK == COPY_END:
+                kept.append(entry)
+                kept.extend(self._queue)
+                self._queue = kept
+                return
+            if entry & _KIND_MASK == SYNC:
+                if entry >> 4:
+                    self.special -= 1
+                continue
+            kept.append(entry)
+        self._queue = kept
+        self._drop_syncs = True
+
+    def _on_error(self, kind: int, action: int) -> int:
+        if kind in _WHOLE_CYCLE or kind == SYNC:
+            return action  # the cycle still ends with ReadyForQuery
+        self._pop()
+        self._skip_to_sync()
+        return action
+
+    def _skip_to_sync(self) -> None:
+        queue = self._queue
+        while queue and queue[0] & _KIND_MASK != SYNC:
+            entry = queue.popleft()
+            if entry >> 4:
+                self.special -= 1
+        if not queue:
+            # the Sync is not even here yet: whatever arrives before it is discarded by the server too
+            self._skipping = True
+
+    def _on_ready(self, kind: int, action: int) -> int:
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            if entry & _KIND_MASK in _ENDS_AT_READY:
+                return self._pop()
+            self._pop()  # an entry the server never answered: bookkeeping must not drift
+        return FORWARD
+
+
+_CLIENT_KINDS = {
+    codes.F_PARSE: PARSE,
+    codes.F_BIND: BIND,
+    codes.F_CLOSE: CLOSE,
+    codes.F_DESCRIBE: DESCRIBE_STATEMENT,
+    codes.F_EXECUTE: EXECUTE,
+    codes.F_SYNC: SYNC,
+    codes.F_QUERY: QUERY,
+    codes.F_FUNCTION_CALL: FUNCTION,
+    codes.F_COPY_DONE: COPY_END,
+    codes.F_COPY_FAIL: COPY_END,
+}
+
+_SERVER_HANDLERS = {
+    codes.B_PARSE_COMPLETE: ReplyTracker._on_parse_complete,
+    codes.B_BIND_COMPLETE: ReplyTracker._on_bind_complete,
+    codes.B_CLOSE_COMPLETE: ReplyTracker._on_close_complete,
+    codes.B_ROW_DESCRIPTION: ReplyTracker._on_description,
+    codes.B_NO_DATA: ReplyTracker._on_description,
+    codes.B_COMMAND_COMPLETE: ReplyTracker._on_command_complete,
+    codes.B_EMPTY_QUERY: ReplyTracker._on_command_complete,
+    codes.B_PORTAL_SUSPENDED: ReplyTracker._on_command_complete,
+    codes.B_COPY_IN: ReplyTracker._on_copy_in,
+    codes.B_ERROR: ReplyTracker._on_error,
+    codes.B_READY: ReplyTracker._on_ready,
+}

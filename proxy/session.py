@@ -1,0 +1,490 @@
+"""One client session: its startup, its upstream connection, and the two byte paths between them.
+
+The session never touches a socket: it is given `write` callables for both sides and is fed bytes. Both
+paths walk message headers in place and forward the caller's buffer whole whenever nothing in it changes,
+so a pass-through query costs one read and one write per direction and no per-message allocation. Only
+the messages the proxy must understand are looked into: Query/Parse (for the router), Describe (for the
+reply queue) from the client; ReadyForQuery, BackendKeyData, ParameterStatus and ErrorResponse from the
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .cancel import IssuedKey, UpstreamKey
+from .protocol import codes
+from .protocol import messages as msg
+from .protocol.framing import FirstPacketReader
+from .protocol.replies import FORWARD, ReplyTracker
+from .protocol.replies import STARTUP as STARTUP_CYCLE
+from .upstream import UpstreamAddress, UpstreamError, address_of, open_upstream, send_cancel
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("pgcutover.session")
+
+_unpack_i32 = struct.Struct("!i").unpack_from
+
+STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
+
+_CLIENT_WHOLE = frozenset((codes.F_QUERY, codes.F_PARSE, codes.F_DESCRIBE))  # looked into, so held whole
+_SERVER_WHOLE = frozenset((codes.B_READY, codes.B_BACKEND_KEY, codes.B_PARAM_STATUS, codes.B_ERROR))
+_DATA_ROW = codes.B_DATA_ROW
+_FRONTEND = codes.FRONTEND_TYPES
+
+Writer = Callable[[bytes], object]
+
+
+class Session:
+    """State machine of one client connection. Fed bytes by client_side/server_side; writes via callables."""
+
+    def __init__(self, runtime: Runtime, tls_context: ssl.SSLContext | None = None) -> None:
+        self.rt = runtime
+        self.state = STARTUP
+        self.tls_context = tls_context
+        self.tracker = ReplyTracker()
+        self.startup: msg.Startup | None = None
+        self.server_params: dict[str, str] = {}
+        self.tx_status = codes.TX_IDLE
+        self.key: IssuedKey | None = None
+        self.upstream_addr: UpstreamAddress | None = None
+        self.peer: str = "?"
+        self.max_message = runtime.config.proxy.max_message_size
+
+        self.client_transport: asyncio.BaseTransport | None = None
+        self.server_transport: asyncio.Transport | None = None
+        self._to_client: Writer = _nowhere
+        self._to_server: Writer = _nowhere
+        self._first = FirstPacketReader()
+        self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
+        self._connect_task: asyncio.Task | None = None
+
+        # client -> server framing state
+        self._cpend = bytearray()  # a message held back until whole (or a partial header)
+        self._cneed = 0  # bytes _cpend must reach before it is looked at again (0: header incomplete)
+        self._cskip = 0  # bytes of a streamed message still to come: forwarded without looking
+        # server -> client framing state
+        self._spend = bytearray()
+        self._sneed = 0
+        self._sskip = 0
+        self._sdrop = False  # the streamed message is being dropped rather than forwarded
+
+        self.bytes_from_client = 0
+        self.bytes_from_server = 0
+        self.messages_from_client = 0
+        self.queries = 0
+        self.fatal_from_server = False
+
+    # -- wiring ---------------------------------------------------------------------------------------------
+    def client_connected(self, transport: asyncio.BaseTransport) -> None:
+        self.client_transport = transport
+        self._to_client = transport.write  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        self.rt.sessions.add(self)
+        self.rt.totals.client_connections += 1
+
+    def client_data(self, data: bytes) -> None:
+        if self.state == ACTIVE or self.state == AUTH:
+            self._client_walk(data)
+        elif self.state == STARTUP:
+            self._startup_data(data)
+        elif self.state == CONNECTING:
+            self._early.append(data)
+
+    def client_lost(self) -> None:
+        if self.state == CLOSED:
+            return
+        in_flight = not self.tracker.idle and self.state == ACTIVE
+        self.state = CLOSED
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        if self.server_transport is not None:
+            if in_flight and self.key is not None and self.upstream_addr is not None:
+                # An abrupt disconnect mid-query: stop the backend's work rather than let it run to the end.
+                upstream = self.key.upstream
+                packet = msg.cancel_request(upstream.pid, upstream.secret)
+                asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
+            self.server_transport.close()
+        self._finish()
+
+    def server_lost(self) -> None:
+        if self.state == CLOSED:
+            return
+        if self.client_transport is not None and not self.fatal_from_server and self._server_at_boundary():
+            self._to_client(msg.error_response(
+                "08006", "pgcutover: the upstream server closed the connection unexpectedly", "FATAL"))
+        self.rt.totals.upstream_errors += 0 if self.fatal_from_server else 1
+        self.close()
+
+    def close(self) -> None:
+        """Close both sides (buffered writes are flushed first)."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        if self.server_transport is not None:
+            self.server_transport.close()
+        if self.client_transport is not None:
+            self.client_transport.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.rt.cancels.release(self.key)
+        self.rt.session_ended(self)
+
+    # flow control: a slow reader on one side pauses reading on the other, so memory stays bounded
+    def pause_server_reading(self) -> None:
+        if self.server_transport is not None and not self.server_transport.is_closing():
+            self.server_transport.pause_reading()
+
+    def resume_server_reading(self) -> None:
+        if self.server_transport is not None and not self.server_transport.is_closing():
+            self.server_transport.resume_reading()
+
+    def pause_client_reading(self) -> None:
+        transport = self.client_transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_client_reading(self) -> None:
+        transport = self.client_transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()  # type: ignore[attr-defined]
+
+    # -- errors ---------------------------------------------------------------------------------------------
+    def _server_at_boundary(self) -> bool:
+        return not self._sskip and not self._spend
+
+    def fail_client(self, sqlstate: str, text: str) -> None:
+        """Send a FATAL error (when it cannot land inside a half-forwarded message) and close the session."""
+        if self.client_transport is not None and self._server_at_boundary():
+            self._to_client(msg.error_response(sqlstate, text, "FATAL"))
+        self.close()
+
+    def _violation(self, text: str) -> None:
+        self.rt.totals.protocol_errors += 1
+        log.warning("protocol violation from %s: %s", self.peer, text)
+        self.fail_client("08P01", f"pgcutover: {text}")
+
+    # -- startup --------------------------------------------------------------------------------------------
+    def _startup_data(self, data: bytes) -> None:
+        self._first.feed(data)
+        try:
+            while self.state == STARTUP:
+                packet = self._first.next_packet()
+                if packet is None:
+                    return
+                self._on_first_packet(packet)
+        except msg.ProtocolViolation as exc:
+            self._violation(str(exc))
+
+    def _on_first_packet(self, packet: msg.FirstPacket) -> None:
+        if isinstance(packet, msg.SSLRequest):
+            if self._first.take_rest():
+                raise msg.ProtocolViolation("received unencrypted data after SSL request")
+            if self.tls_context is not None:
+                self._to_client(b"S")
+                self.state = CONNECTING  # nothing may arrive until the handshake is done
+                self._connect_task = asyncio.get_running_loop().create_task(self._start_tls())
+            else:
+                self._to_client(b"N")
+        elif isinstance(packet, msg.GSSEncRequest):
+            self._to_client(b"N")
+        elif isinstance(packet, msg.CancelRequest):
+            self._forward_cancel(packet)
+        else:
+            self._on_startup(packet)
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport = self.client_transport
+        assert transport is not None and self.tls_context is not None
+        try:
+            new_transport = await loop.start_tls(transport, transport.get_protocol(), self.tls_context,
+                                                 server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.peer, exc)
+            self.close()
+            return
+        if new_transport is None:
+            self.close()
+            return
+        self.client_transport = new_transport
+        self._to_client = new_transport.write
+        self.state = STARTUP
+
+    def _forward_cancel(self, packet: msg.CancelRequest) -> None:
+        key = self.rt.cancels.lookup(packet.pid, packet.secret)
+        if key is not None and key.session.upstream_addr is not None:
+            self.rt.totals.cancels_forwarded += 1
+            cancel = msg.cancel_request(key.upstream.pid, key.upstream.secret)
+            asyncio.get_running_loop().create_task(send_cancel(key.session.upstream_addr, cancel))
+        self.close()  # the server answers a CancelRequest by closing, with no message
+
+    def _on_startup(self, startup: msg.Startup) -> None:
+        self.startup = startup
+        if self.rt.shutting_down:
+            self.fail_client("57P01", "pgcutover is shutting down")
+            return
+        rest = self._first.take_rest()
+        if rest:
+            self._early.append(rest)
+        self.state = CONNECTING
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        from .server_side import ServerProtocol
+
+        dsn = self.rt.config.proxy.upstream
+        try:
+            transport = await open_upstream(dsn, ServerProtocol(self), self.rt.config.proxy.connect_timeout)
+        except UpstreamError as exc:
+            self.rt.upstream_ok = False
+            self.rt.totals.upstream_errors += 1
+            log.warning("session %s: %s", self.peer, exc)
+            self.fail_client("08006", f"pgcutover: {exc}")
+            return
+        if self.state == CLOSED:
+            transport.close()
+            return
+        self.rt.upstream_ok = True
+        self.upstream_addr = address_of(dsn)
+        self.server_transport = transport
+        self._to_server = transport.write
+        assert self.startup is not None
+        self.tracker.expect(STARTUP_CYCLE)
+        transport.write(self.startup.raw)  # byte for byte: user, database, options, protocol version
+        self.state = AUTH
+        early, self._early = self._early, []
+        for chunk in early:
+            if self.state != CLOSED:
+                self._client_walk(chunk)
+
+    # -- client -> server -------------------------------------------------------------------------------------
+    def _client_walk(self, data: bytes) -> None:
+        """Frame client bytes; forward them whole unless a message is held, rewritten or invalid."""
+        self.bytes_from_client += len(data)
+        if self._cpend:
+            self._cpend += data
+            if len(self._cpend) < self._cneed:
+                return
+            data = bytes(self._cpend)
+            self._cpend.clear()
+            self._cneed = 0
+        n = len(data)
+        pos = self._cskip
+        if pos:
+            if pos >= n:
+                self._cskip = pos - n
+                self._to_server(data)
+                return
+            self._cskip = 0
+        start = 0
+        expect = self.tracker.expect_client
+        maxsize = self.max_message
+        count = 0
+        while pos < n:
+            if n - pos < 5:
+                break
+            kind = data[pos]
+            length = _unpack_i32(data, pos + 1)[0]
+            if length < 4 or length > maxsize or kind not in _FRONTEND:
+                self._bad_client_header(kind, length)
+                return
+            end = pos + 1 + length
+            count += 1
+            if kind in _CLIENT_WHOLE:
+                if end > n:
+                    break
+                replacement = self._on_client_message(kind, data, pos, end)
+                if replacement is not None:
+                    if pos > start:
+                        self._to_server(data[start:pos])
+                    if replacement:
+                        self._to_server(replacement)
+                    start = end
+            else:
+                expect(kind)
+                if kind == codes.F_TERMINATE:
+                    self._on_terminate(data, start, end)
+                    return
+                if end > n:  # stream the rest of this message as it comes; nothing in it matters to us
+                    self._cskip = end - n
+                    pos = n
+                    break
+            pos = end
+        self.messages_from_client += count
+        if pos < n:
+            if pos > start:
+                self._to_server(data[start:pos])
+            self._cpend += data[pos:]
+            self._cneed = (1 + _unpack_i32(data, pos + 1)[0]) if n - pos >= 5 else 5
+        elif start == 0:
+            self._to_server(data)
+        elif start < n:
+            self._to_server(data[start:])
+
+    def _bad_client_header(self, kind: int, length: int) -> None:
+        if kind not in _FRONTEND:
+            self._violation(f"invalid frontend message type {kind}")
+        elif length > self.max_message:
+            self._violation(f"message of {length} bytes exceeds the maximum of {self.max_message}")
+        else:
+            self._violation(f"invalid message length {length}")
+
+    def _on_terminate(self, data: bytes, start: int, end: int) -> None:
+        self._to_server(data[start:end])
+        self.close()
+
+    def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
+        """A Query, Parse or Describe, whole. Returns None to forward it as is, or the bytes to send instead."""
+        if kind == codes.F_DESCRIBE:
+            self.tracker.expect_client(kind, data[pos + 5] if end > pos + 5 else 0)
+            return None
+        self.tracker.expect_client(kind)
+        if kind == codes.F_QUERY:
+            self.queries += 1
+        return None
+
+    # -- server -> client -------------------------------------------------------------------------------------
+    def server_data(self, data: bytes) -> None:
+        """Frame server bytes; only headers are read, plus the few messages the session tracks."""
+        self.bytes_from_server += len(data)
+        if self._spend:
+            self._spend += data
+            if len(self._spend) < self._sneed:
+                return
+            data = bytes(self._spend)
+            self._spend.clear()
+            self._sneed = 0
+        n = len(data)
+        pos = self._sskip
+        edits: list[tuple[int, int, bytes]] | None = None
+        if pos:
+            if pos >= n:
+                self._sskip = pos - n
+                if not self._sdrop:
+                    self._to_client(data)
+                return
+            self._sskip = 0
+            if self._sdrop:
+                edits = [(0, pos, b"")]
+                self._sdrop = False
+        tracker = self.tracker
+        special = tracker.special
+        while pos < n:
+            if n - pos < 5:
+                break
+            kind = data[pos]
+            length = _unpack_i32(data, pos + 1)[0]
+            end = pos + 1 + length
+            if kind == _DATA_ROW and not special:  # the bulk of any result: nothing to look at
+                if end > n:
+                    self._sskip = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if length < 4:
+                self._upstream_garbage()
+                return
+            whole = kind in _SERVER_WHOLE
+            if whole and end > n:
+                break
+            action = tracker.on_server(kind)
+            special = tracker.special
+            replacement = self._on_server_message(kind, data, pos, end) if whole else None
+            if action != FORWARD:
+                replacement = b""
+            if replacement is not None:
+                if edits is None:
+                    edits = []
+                edits.append((pos, min(end, n), replacement))
+            if end > n:
+                self._sskip = end - n
+                self._sdrop = action != FORWARD
+                pos = n
+                break
+            pos = end
+        if pos < n:
+            self._spend += data[pos:]
+            self._sneed = (1 + _unpack_i32(data, pos + 1)[0]) if n - pos >= 5 else 5
+        if edits is None:
+            self._to_client(data if pos == n else data[:pos])
+        else:
+            self._to_client(_apply_edits(data, pos, edits))
+
+    def _upstream_garbage(self) -> None:
+        log.error("session %s: upstream sent a malformed message; closing", self.peer)
+        self.rt.totals.upstream_errors += 1
+        self.fail_client("08006", "pgcutover: the upstream server sent a malformed message")
+
+    def _on_server_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
+        if kind == codes.B_READY:
+            self.tx_status = data[pos + 5]
+            if self.state == AUTH:
+                self.state = ACTIVE
+            self.on_ready()
+            return None
+        if kind == codes.B_PARAM_STATUS:
+            name, value = msg.parse_parameter_status(data[pos + 5 : end])
+            self.server_params[name] = value
+            return None
+        if kind == codes.B_ERROR:
+            if b"SFATAL\0" in data[pos + 5 : end] or b"SPANIC\0" in data[pos + 5 : end]:
+                self.fatal_from_server = True
+            return None
+        # BackendKeyData: hand the client a key of ours, and remember the server's for cancels
+        pid, secret = msg.parse_backend_key_data(data[pos + 5 : end])
+        self.key = self.rt.cancels.issue(self, UpstreamKey(pid, secret))
+        return msg.backend_key_data(self.key.pid, self.key.secret)
+
+    def on_ready(self) -> None:
+        """ReadyForQuery arrived: the hook for drains and routing decisions bound to transactions."""
+        if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
+            self.close_for_shutdown()
+
+    def close_for_shutdown(self) -> None:
+        self.fail_client("57P01", "terminating connection: pgcutover is shutting down")
+
+    @property
+    def idle(self) -> bool:
+        return self.state == ACTIVE and self.tx_status == codes.TX_IDLE and self.tracker.idle
+
+    @property
+    def user(self) -> str:
+        return self.startup.params.get("user", "") if self.startup else ""
+
+    @property
+    def database(self) -> str:
+        return self.startup.params.get("database", self.user) if self.startup else ""
+
+    @property
+    def application_name(self) -> str:
+        return self.server_params.get("application_name") or (
+            self.startup.params.get("application_name", "") if self.startup else "")
+
+
+def _apply_edits(data: bytes, stop: int, edits: list[tuple[int, int, bytes]]) -> bytes:
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    cursor = 0
+    for begin, end, replacement in edits:
+        parts.append(view[cursor:begin])
+        parts.append(replacement)
+        cursor = end
+    parts.append(view[cursor:stop])
+    return b"".join(parts)
+
+
+def _nowhere(_: bytes) -> None:
+    """Writer before a side is connected: nothing can be sent yet."""

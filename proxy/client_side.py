@@ -8,15 +8,16 @@ from .session import Session
 
 
 class ClientProtocol(asyncio.Protocol):
-    __slots__ = ("session",)
-
     def __init__(self, session: Session) -> None:
         self.session = session
+        # uvloop caches protocol.data_received when the transport is made: handing it the session's own
+        # method saves a Python frame on every read of every client.
+        self.data_received = session.client_data  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.session.client_connected(transport)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:  # replaced per instance in __init__
         self.session.client_data(data)
 
     def eof_received(self) -> bool:

@@ -8,12 +8,11 @@ from .session import Session
 
 
 class ServerProtocol(asyncio.Protocol):
-    __slots__ = ("session",)
-
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.data_received = session.server_data  # type: ignore[method-assign]  # see ClientProtocol
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:  # replaced per instance in __init__
         self.session.server_data(data)
 
     def eof_received(self) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .cancel import IssuedKey, UpstreamKey
-from .protocol import codes
+from .protocol import codes, replies
 from .protocol import messages as msg
 from .protocol.framing import FirstPacketReader
 from .protocol.replies import FORWARD, ReplyTracker
@@ -34,10 +34,17 @@ _unpack_i32 = struct.Struct("!i").unpack_from
 
 STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
 
-_CLIENT_WHOLE = frozenset((codes.F_QUERY, codes.F_PARSE, codes.F_DESCRIBE))  # looked into, so held whole
+_ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
 _SERVER_WHOLE = frozenset((codes.B_READY, codes.B_BACKEND_KEY, codes.B_PARAM_STATUS, codes.B_ERROR))
 _DATA_ROW = codes.B_DATA_ROW
 _FRONTEND = codes.FRONTEND_TYPES
+_TERMINATE = codes.F_TERMINATE
+_PORTAL = ord("P")
+_CLIENT_KIND = replies.CLIENT_KIND
+_COMPLETES = replies.COMPLETES
+_NEEDS_TRACKER = replies.NEEDS_TRACKER
+_QUERY, _DESCRIBE_STATEMENT, _DESCRIBE_PORTAL, _COPY_END = (
+    replies.QUERY, replies.DESCRIBE_STATEMENT, replies.DESCRIBE_PORTAL, replies.COPY_END)
 
 Writer = Callable[[bytes], object]
 
@@ -65,6 +72,7 @@ class Session:
         self._first = FirstPacketReader()
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self._connect_task: asyncio.Task | None = None
+        self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
 
         # client -> server framing state
         self._cpend = bytearray()  # a message held back until whole (or a partial header)
@@ -90,14 +98,6 @@ class Session:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.rt.sessions.add(self)
         self.rt.totals.client_connections += 1
-
-    def client_data(self, data: bytes) -> None:
-        if self.state == ACTIVE or self.state == AUTH:
-            self._client_walk(data)
-        elif self.state == STARTUP:
-            self._startup_data(data)
-        elif self.state == CONNECTING:
-            self._early.append(data)
 
     def client_lost(self) -> None:
         if self.state == CLOSED:
@@ -267,11 +267,19 @@ class Session:
         early, self._early = self._early, []
         for chunk in early:
             if self.state != CLOSED:
-                self._client_walk(chunk)
+                self.client_data(chunk)
 
     # -- client -> server -------------------------------------------------------------------------------------
-    def _client_walk(self, data: bytes) -> None:
-        """Frame client bytes; forward them whole unless a message is held, rewritten or invalid."""
+    def client_data(self, data: bytes) -> None:
+        """Frame client bytes; forward them whole unless a message is held, rewritten or invalid.
+
+        This is the hot path (uvloop calls it directly): per message it reads the 5-byte header and
+        appends the expected reply's kind; the buffer goes out in one write when nothing in it changed.
+        """
+        state = self.state
+        if state is not ACTIVE and state is not AUTH:
+            self._client_data_elsewhere(data)
+            return
         self.bytes_from_client += len(data)
         if self._cpend:
             self._cpend += data
@@ -289,9 +297,12 @@ class Session:
                 return
             self._cskip = 0
         start = 0
-        expect = self.tracker.expect_client
+        tracker = self.tracker
+        plain = tracker.plain
+        append = tracker.queue.append
+        hold = self._hold_types
         maxsize = self.max_message
-        count = 0
+        count = queries = 0
         while pos < n:
             if n - pos < 5:
                 break
@@ -301,11 +312,12 @@ class Session:
                 self._bad_client_header(kind, length)
                 return
             end = pos + 1 + length
-            count += 1
-            if kind in _CLIENT_WHOLE:
+            if kind in hold:
                 if end > n:
                     break
+                count += 1
                 replacement = self._on_client_message(kind, data, pos, end)
+                plain = tracker.plain
                 if replacement is not None:
                     if pos > start:
                         self._to_server(data[start:pos])
@@ -313,16 +325,31 @@ class Session:
                         self._to_server(replacement)
                     start = end
             else:
-                expect(kind)
-                if kind == codes.F_TERMINATE:
+                expected = _CLIENT_KIND[kind]
+                if expected >= 0:
+                    if expected == _DESCRIBE_STATEMENT:
+                        if n - pos < 6:
+                            break  # its first byte says statement or portal: wait for it
+                        if data[pos + 5] == _PORTAL:
+                            expected = _DESCRIBE_PORTAL
+                    elif expected == _QUERY:
+                        queries += 1
+                    if plain:
+                        append(expected)
+                    else:
+                        tracker.expect(expected)
+                        plain = tracker.plain
+                elif kind == _TERMINATE:
                     self._on_terminate(data, start, end)
                     return
+                count += 1
                 if end > n:  # stream the rest of this message as it comes; nothing in it matters to us
                     self._cskip = end - n
                     pos = n
                     break
             pos = end
         self.messages_from_client += count
+        self.queries += queries
         if pos < n:
             if pos > start:
                 self._to_server(data[start:pos])
@@ -332,6 +359,12 @@ class Session:
             self._to_server(data)
         elif start < n:
             self._to_server(data[start:])
+
+    def _client_data_elsewhere(self, data: bytes) -> None:
+        if self.state == STARTUP:
+            self._startup_data(data)
+        elif self.state == CONNECTING:
+            self._early.append(data)
 
     def _bad_client_header(self, kind: int, length: int) -> None:
         if kind not in _FRONTEND:
@@ -346,10 +379,7 @@ class Session:
         self.close()
 
     def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
-        """A Query, Parse or Describe, whole. Returns None to forward it as is, or the bytes to send instead."""
-        if kind == codes.F_DESCRIBE:
-            self.tracker.expect_client(kind, data[pos + 5] if end > pos + 5 else 0)
-            return None
+        """A Query or Parse, whole, while routes exist. Returns None to forward it as is, or what to send instead."""
         self.tracker.expect_client(kind)
         if kind == codes.F_QUERY:
             self.queries += 1
@@ -357,7 +387,11 @@ class Session:
 
     # -- server -> client -------------------------------------------------------------------------------------
     def server_data(self, data: bytes) -> None:
-        """Frame server bytes; only headers are read, plus the few messages the session tracks."""
+        """Frame server bytes; only headers are read, plus the few messages the session tracks.
+
+        The hot path for results: DataRows are stepped over by their length; replies that complete a
+        request pop the queue inline while nothing queued needs dropping.
+        """
         self.bytes_from_server += len(data)
         if self._spend:
             self._spend += data
@@ -381,6 +415,7 @@ class Session:
                 self._sdrop = False
         tracker = self.tracker
         special = tracker.special
+        queue = tracker.queue
         while pos < n:
             if n - pos < 5:
                 break
@@ -397,12 +432,22 @@ class Session:
             if length < 4:
                 self._upstream_garbage()
                 return
-            whole = kind in _SERVER_WHOLE
-            if whole and end > n:
-                break
-            action = tracker.on_server(kind)
-            special = tracker.special
-            replacement = self._on_server_message(kind, data, pos, end) if whole else None
+            replacement = None
+            if kind in _SERVER_WHOLE:
+                if end > n:
+                    break
+                action = tracker.on_server(kind)
+                special = tracker.special
+                replacement = self._on_server_message(kind, data, pos, end)
+            elif special or kind in _NEEDS_TRACKER:
+                action = tracker.on_server(kind)
+                special = tracker.special
+            else:
+                action = FORWARD
+                if queue and queue[0] in _COMPLETES[kind]:
+                    queue.popleft()
+                    while queue and queue[0] == _COPY_END:
+                        queue.popleft()
             if action != FORWARD:
                 replacement = b""
             if replacement is not None:
@@ -431,9 +476,8 @@ class Session:
     def _on_server_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         if kind == codes.B_READY:
             self.tx_status = data[pos + 5]
-            if self.state == AUTH:
-                self.state = ACTIVE
-            self.on_ready()
+            if self.state is not ACTIVE or self.rt.shutting_down:
+                self._ready_outside_steady_state()
             return None
         if kind == codes.B_PARAM_STATUS:
             name, value = msg.parse_parameter_status(data[pos + 5 : end])
@@ -448,8 +492,9 @@ class Session:
         self.key = self.rt.cancels.issue(self, UpstreamKey(pid, secret))
         return msg.backend_key_data(self.key.pid, self.key.secret)
 
-    def on_ready(self) -> None:
-        """ReadyForQuery arrived: the hook for drains and routing decisions bound to transactions."""
+    def _ready_outside_steady_state(self) -> None:
+        if self.state == AUTH:
+            self.state = ACTIVE  # authentication is over: the hot path takes the client's bytes from now on
         if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
             self.close_for_shutdown()
 

@@ -11,6 +11,9 @@ Rules mirrored from PostgreSQL's postgres.c:
 - during COPY FROM STDIN the server ignores Sync and Flush until CopyDone/CopyFail.
 
 Entries are small ints (kind | action << 4) in a deque: this runs for every message of every session.
+The session's hot loops use the tables CLIENT_KIND / COMPLETES with `queue` directly while `plain` holds
+(no error skip or COPY in progress) and `special` is zero, and call the methods otherwise; both paths
+keep the same state.
 """
 
 from __future__ import annotations
@@ -34,13 +37,25 @@ _KIND_MASK = 0xF
 class ReplyTracker:
     """Matches server messages to the requests that caused them. Pure bookkeeping, no I/O."""
 
-    __slots__ = ("_drop_syncs", "_queue", "_skipping", "special")
+    __slots__ = ("_drop_syncs", "_queue", "_skipping", "plain", "special")
 
     def __init__(self) -> None:
         self._queue: deque[int] = deque()
         self.special = 0  # queued entries that are not FORWARD: zero means every reply goes straight through
         self._drop_syncs = False  # inside COPY FROM STDIN (extended): the server ignores Sync
         self._skipping = False  # after an error, before its Sync was sent: the server discards all but Sync
+        self.plain = True  # neither of the two above: a client message's kind can simply be appended
+
+    @property
+    def queue(self) -> deque[int]:
+        return self._queue
+
+    def _set_flags(self, *, drop_syncs: bool | None = None, skipping: bool | None = None) -> None:
+        if drop_syncs is not None:
+            self._drop_syncs = drop_syncs
+        if skipping is not None:
+            self._skipping = skipping
+        self.plain = not (self._drop_syncs or self._skipping)
 
     def __len__(self) -> int:
         return sum(1 for entry in self._queue if entry & _KIND_MASK != COPY_END)
@@ -58,19 +73,19 @@ class ReplyTracker:
         if self._skipping:
             if kind != SYNC:
                 return
-            self._skipping = False
+            self._set_flags(skipping=False)
         if kind == SYNC and self._drop_syncs:
             return
-        if kind == COPY_END:
-            self._drop_syncs = False
+        if kind == COPY_END and self._drop_syncs:
+            self._set_flags(drop_syncs=False)
         if action:
             self.special += 1
         self._queue.append(kind | action << 4)
 
     def expect_client(self, msg_type: int, first_byte: int = 0) -> None:
         """Queue what a frontend message of this type makes the server send (nothing for Flush/CopyData)."""
-        kind = _CLIENT_KINDS.get(msg_type)
-        if kind is None:
+        kind = CLIENT_KIND[msg_type]
+        if kind < 0:
             return
         if kind == DESCRIBE_STATEMENT and first_byte == 0x50:  # 'P': describe a portal
             kind = DESCRIBE_PORTAL
@@ -82,9 +97,17 @@ class ReplyTracker:
         if entry >> 4:
             self.special -= 1
         queue = self._queue
-        while queue and queue[0] & _KIND_MASK == COPY_END:  # markers only matter while a copy is starting
+        while queue and queue[0] == COPY_END:  # markers only matter while a copy is starting
             queue.popleft()
         return entry >> 4
+
+    def complete_forwarded(self, msg_type: int) -> None:
+        """Fast path for a reply that completes an entry when nothing queued is special (all FORWARD)."""
+        queue = self._queue
+        if queue and queue[0] in COMPLETES[msg_type]:
+            queue.popleft()
+            while queue and queue[0] == COPY_END:
+                queue.popleft()
 
     def _head(self) -> int:
         return self._queue[0] if self._queue else -1
@@ -129,21 +152,21 @@ class ReplyTracker:
 
     def _forget_syncs_during_copy(self) -> None:
         """Syncs the client sent between this Execute and its CopyDone/CopyFail are ignored by the server."""
-        kept: deque[int] = deque([self._queue.popleft()])
-        while self._queue:
-            entry = self._queue.popleft()
-            if entry & _KIND_MASK == COPY_END:
-                kept.append(entry)
-                kept.extend(self._queue)
-                self._queue = kept
+        queue = self._queue  # edited in place: the session's hot loop holds a reference to it
+        entries = list(queue)
+        queue.clear()
+        queue.append(entries[0])
+        for index in range(1, len(entries)):
+            entry = entries[index]
+            if entry == COPY_END:
+                queue.extend(entries[index:])
                 return
             if entry & _KIND_MASK == SYNC:
                 if entry >> 4:
                     self.special -= 1
                 continue
-            kept.append(entry)
-        self._queue = kept
-        self._drop_syncs = True
+            queue.append(entry)
+        self._set_flags(drop_syncs=True)
 
     def _on_error(self, kind: int, action: int) -> int:
         if kind in _WHOLE_CYCLE or kind == SYNC:
@@ -160,7 +183,7 @@ class ReplyTracker:
                 self.special -= 1
         if not queue:
             # the Sync is not even here yet: whatever arrives before it is discarded by the server too
-            self._skipping = True
+            self._set_flags(skipping=True)
 
     def _on_ready(self, kind: int, action: int) -> int:
         queue = self._queue
@@ -172,18 +195,32 @@ class ReplyTracker:
         return FORWARD
 
 
-_CLIENT_KINDS = {
-    codes.F_PARSE: PARSE,
-    codes.F_BIND: BIND,
-    codes.F_CLOSE: CLOSE,
-    codes.F_DESCRIBE: DESCRIBE_STATEMENT,
-    codes.F_EXECUTE: EXECUTE,
-    codes.F_SYNC: SYNC,
-    codes.F_QUERY: QUERY,
-    codes.F_FUNCTION_CALL: FUNCTION,
-    codes.F_COPY_DONE: COPY_END,
-    codes.F_COPY_FAIL: COPY_END,
-}
+# Frontend message type -> the entry it queues (-1: none). A list, because indexing is the cheapest lookup.
+CLIENT_KIND = [-1] * 256
+for _type, _kind in (
+    (codes.F_PARSE, PARSE),
+    (codes.F_BIND, BIND),
+    (codes.F_CLOSE, CLOSE),
+    (codes.F_DESCRIBE, DESCRIBE_STATEMENT),  # or DESCRIBE_PORTAL, by its first payload byte
+    (codes.F_EXECUTE, EXECUTE),
+    (codes.F_SYNC, SYNC),
+    (codes.F_QUERY, QUERY),
+    (codes.F_FUNCTION_CALL, FUNCTION),
+    (codes.F_COPY_DONE, COPY_END),
+    (codes.F_COPY_FAIL, COPY_END),
+):
+    CLIENT_KIND[_type] = _kind
+
+# Backend message type -> the (FORWARD) entries it completes; empty: it completes nothing by itself.
+COMPLETES: list[frozenset[int]] = [frozenset()] * 256
+COMPLETES[codes.B_PARSE_COMPLETE] = frozenset((PARSE,))
+COMPLETES[codes.B_BIND_COMPLETE] = frozenset((BIND,))
+COMPLETES[codes.B_CLOSE_COMPLETE] = frozenset((CLOSE,))
+COMPLETES[codes.B_ROW_DESCRIPTION] = COMPLETES[codes.B_NO_DATA] = frozenset((DESCRIBE_STATEMENT, DESCRIBE_PORTAL))
+COMPLETES[codes.B_COMMAND_COMPLETE] = COMPLETES[codes.B_EMPTY_QUERY] = frozenset((EXECUTE,))
+COMPLETES[codes.B_PORTAL_SUSPENDED] = frozenset((EXECUTE,))
+# These change more than the head of the queue: the session always hands them to on_server().
+NEEDS_TRACKER = frozenset((codes.B_ERROR, codes.B_READY, codes.B_COPY_IN))
 
 _SERVER_HANDLERS = {
     codes.B_PARSE_COMPLETE: ReplyTracker._on_parse_complete,

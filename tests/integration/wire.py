@@ -7,6 +7,7 @@ authentication is handled: raw-socket tests connect as `postgres`, which pg_hba 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from dataclasses import dataclass, field
 
@@ -54,6 +55,13 @@ class RawClient:
         if not data:
             raise Closed("closed instead of answering")
         return data
+
+    def start_tls(self) -> None:
+        """After an 'S' answer: wrap the socket (no verification: tests use a self-signed certificate)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = context.wrap_socket(self.sock)
 
     def _fill(self) -> bool:
         try:

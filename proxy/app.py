@@ -8,8 +8,10 @@ import signal
 import sys
 
 from . import metrics
-from .config import Config
+from .config import Config, ConfigError, load_config
+from .control import RoutingFollower
 from .listener import Listener
+from .routing import Override
 from .runtime import Runtime
 
 log = logging.getLogger("pgcutover")
@@ -42,15 +44,51 @@ async def probe_upstream(runtime: Runtime) -> None:
         runtime.upstream_ok = False
 
 
+def reload_config(runtime: Runtime) -> str:
+    """SIGHUP / RELOAD: re-read the TOML, validate, apply the routes; the old config stays on any error."""
+    path = runtime.config.source
+    if path is None:
+        return "no config file to reload"
+    try:
+        new = load_config(path)
+        runtime.apply_routing(new, runtime.overrides)
+    except ConfigError as exc:
+        runtime.totals.reload_errors += 1
+        runtime.last_reload_error = str(exc)
+        log.error("reload of %s refused, routing unchanged: %s", path, exc)
+        return f"reload refused: {exc}"
+    if new.proxy != runtime.config.proxy:
+        log.warning("[proxy] changes in %s take effect at restart", path)
+    log.info("reloaded %s (routing generation %d)", path, runtime.routing.generation)
+    return "reloaded"
+
+
+def follow_routing(runtime: Runtime) -> RoutingFollower:
+    def apply(overrides: list[Override]) -> None:
+        if overrides == runtime.overrides and runtime.routing_loaded:
+            return
+        try:
+            runtime.apply_routing(runtime.config, overrides)
+            log.info("routing generation %d applied", runtime.routing.generation)
+        except ConfigError as exc:
+            log.error("routing change refused, routing in force unchanged: %s", exc)
+        runtime.routing_loaded = True
+
+    return RoutingFollower(lambda: runtime.config, apply)
+
+
 async def serve(config: Config) -> int:
     runtime = Runtime(config)
     listener = Listener(runtime)
     await listener.start()
     await probe_upstream(runtime)
+    follower = follow_routing(runtime)
+    follower_task = asyncio.get_running_loop().create_task(follower.run())
     endpoints = None
     if config.proxy.metrics is not None:
-        endpoints = metrics.HttpEndpoints(metrics.install(runtime),
-                                          ready=lambda: runtime.upstream_ok and not runtime.shutting_down)
+        endpoints = metrics.HttpEndpoints(
+            metrics.install(runtime),
+            ready=lambda: runtime.upstream_ok and runtime.routing_loaded and not runtime.shutting_down)
         await endpoints.start(config.proxy.metrics)
 
     stop = asyncio.Event()
@@ -68,6 +106,9 @@ async def serve(config: Config) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(runtime))
+    runtime.request_shutdown = on_stop_signal  # the admin console's SHUTDOWN
+    runtime.reload = lambda: reload_config(runtime)
 
     print(f"pgcutover listening on {config.proxy.listen} -> {config.proxy.upstream.host}:"
           f"{config.proxy.upstream.port}", flush=True)
@@ -75,6 +116,7 @@ async def serve(config: Config) -> int:
     log.info("shutting down: draining %d session(s) for up to %ss", len(runtime.sessions),
              config.proxy.shutdown_timeout)
     await listener.shutdown(config.proxy.shutdown_timeout)
+    follower_task.cancel()
     if endpoints is not None:
         await endpoints.close()
     return 0

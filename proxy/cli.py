@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=5000, help="rows in the demo table")
     demo.add_argument("--no-serve", action="store_true", help="set up and exit (for scripts and tests)")
     demo.set_defaults(func=cmd_demo)
+
+    from . import control_cli
+
+    control_cli.register(sub)
     return parser
 
 

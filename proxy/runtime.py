@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .cancel import CancelRegistry
-from .config import Config
+from .config import Config, ConfigError
+from .routing import Override, RoutingSnapshot, apply_overrides
 
 if TYPE_CHECKING:
     from .session import Session
@@ -29,6 +30,7 @@ class Totals:
     messages_from_client: int = 0
     queries: int = 0
     cancels_forwarded: int = 0
+    reload_errors: int = 0
 
 
 @dataclass
@@ -42,6 +44,35 @@ class Runtime:
     paused: bool = False
     router: Any = None  # rewrite.router.Router once routes are configured
     upstream_ok: bool = False  # last known reachability, for /readyz
+    routing: RoutingSnapshot = field(default_factory=lambda: RoutingSnapshot(()))
+    overrides: list[Override] = field(default_factory=list)
+    routing_loaded: bool = False
+    last_reload_error: str = ""
+    request_shutdown: Any = None  # set by serve(): the admin console's SHUTDOWN
+    reload: Any = None  # set by serve(): the admin console's RELOAD
+
+    def __post_init__(self) -> None:
+        self.routing = RoutingSnapshot(self.config.routes)
+
+    @property
+    def attention(self) -> bool:
+        """Sessions must look at every ReadyForQuery (draining or paused)."""
+        return self.shutting_down or self.paused
+
+    def apply_routing(self, config: Config, overrides: list[Override]) -> None:
+        """Swap in the TOML routes with the shared overrides, or keep what is in force. Raises ConfigError."""
+        generation = max((o.generation for o in overrides), default=self.routing.generation)
+        try:
+            snapshot = apply_overrides(config.routes, overrides, generation)
+        except ConfigError as exc:
+            self.totals.reload_errors += 1
+            self.last_reload_error = str(exc)
+            raise
+        self.config = config
+        self.overrides = list(overrides)
+        self.routing = snapshot
+        if self.router is not None:
+            self.router.replace_routes(snapshot.routes)
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)

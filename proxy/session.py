@@ -33,6 +33,7 @@ log = logging.getLogger("pgcutover.session")
 _unpack_i32 = struct.Struct("!i").unpack_from
 
 STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
+TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
 _SERVER_WHOLE = frozenset((codes.B_READY, codes.B_BACKEND_KEY, codes.B_PARAM_STATUS, codes.B_ERROR))
@@ -117,6 +118,9 @@ class Session:
 
     def server_lost(self) -> None:
         if self.state == CLOSED:
+            return
+        if self.state == TERMINATING:  # the server's own close after the client's Terminate
+            self.close()
             return
         if self.client_transport is not None and not self.fatal_from_server and self._server_at_boundary():
             self._to_client(msg.error_response(
@@ -376,7 +380,10 @@ class Session:
 
     def _on_terminate(self, data: bytes, start: int, end: int) -> None:
         self._to_server(data[start:end])
-        self.close()
+        if self.tracker.idle:
+            self.close()
+        else:  # a Query pipelined before the Terminate: the server answers it, then closes
+            self.state = TERMINATING
 
     def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         """A Query or Parse, whole, while routes exist. Returns None to forward it as is, or what to send instead."""
@@ -476,7 +483,7 @@ class Session:
     def _on_server_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         if kind == codes.B_READY:
             self.tx_status = data[pos + 5]
-            if self.state is not ACTIVE or self.rt.shutting_down:
+            if self.state is not ACTIVE or self.rt.attention:
                 self._ready_outside_steady_state()
             return None
         if kind == codes.B_PARAM_STATUS:

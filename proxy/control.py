@@ -1,0 +1,188 @@
+"""The shared routing table in the upstream database: one source of truth for every proxy replica.
+
+Changes are written in one transaction (new generation, audit row, NOTIFY), so every proxy LISTENing on
+`pgcutover_routing` applies them within a second; a periodic re-read covers a lost notification. This is
+the proxy's own control connection (asyncpg), never a client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from .config import STICKY_MODES, Config, ConfigError, Route
+from .routing import Override, canonical_table
+
+log = logging.getLogger("pgcutover.control")
+
+CHANNEL = "pgcutover_routing"
+
+SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS pgcutover;
+CREATE SEQUENCE IF NOT EXISTS pgcutover.routing_generation;
+CREATE TABLE IF NOT EXISTS pgcutover.routing (
+    table_name  text PRIMARY KEY,
+    split       double precision NOT NULL CHECK (split >= 0 AND split <= 100),
+    sticky      text CHECK (sticky IN ('query', 'session', 'application_name')),
+    generation  bigint NOT NULL,
+    changed_by  text NOT NULL,
+    changed_at  timestamptz NOT NULL DEFAULT now(),
+    reason      text NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS pgcutover.routing_history (
+    generation      bigint PRIMARY KEY,
+    table_name      text NOT NULL,
+    split           double precision NOT NULL,
+    sticky          text,
+    previous_split  double precision,
+    changed_by      text NOT NULL,
+    changed_at      timestamptz NOT NULL DEFAULT now(),
+    reason          text NOT NULL DEFAULT ''
+);
+"""
+
+
+def default_actor(via: str) -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()} via {via}"
+
+
+async def connect(config: Config) -> asyncpg.Connection:
+    return await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout,
+                                 server_settings={"application_name": "pgcutover-control"})
+
+
+async def init_schema(conn: asyncpg.Connection) -> None:
+    # Advisory lock: two replicas or an init racing an install-triggers must not both create the tables.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgcutover.schema'))")
+        await conn.execute(SCHEMA_SQL)
+
+
+async def load_overrides(conn: asyncpg.Connection) -> list[Override]:
+    """Rows of pgcutover.routing; none when the schema was never initialised (the TOML alone rules)."""
+    exists = await conn.fetchval("SELECT to_regclass('pgcutover.routing') IS NOT NULL")
+    if not exists:
+        return []
+    rows = await conn.fetch(
+        "SELECT table_name, split, sticky, generation, changed_by, changed_at::text AS changed_at, reason "
+        "FROM pgcutover.routing ORDER BY generation")
+    return [Override(r["table_name"], r["split"], r["sticky"], r["generation"], r["changed_by"], r["changed_at"],
+                     r["reason"]) for r in rows]
+
+
+async def validate_change(conn: asyncpg.Connection, route: Route, split: float, sticky: str | None) -> None:
+    """Refuse what cannot work: a split outside 0..100, an unknown mode, a shadow that is not there."""
+    if not 0 <= split <= 100:
+        raise ConfigError(f"split {split:g} for {route.table} must be between 0 and 100")
+    if sticky is not None and sticky not in STICKY_MODES:
+        raise ConfigError(f"sticky {sticky!r} must be one of {', '.join(STICKY_MODES)}")
+    if split > 0:
+        if not route.shadow_table:
+            raise ConfigError(f"{route.table} has no shadow_table: only split 0 is possible")
+        found = await conn.fetchval(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 "
+            "AND NOT attisdropped", route.shadow_table, route.pg_shadow_column)
+        if not found:
+            raise ConfigError(f"shadow {route.shadow_table}.{route.pg_shadow_column} does not exist upstream")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    table: str
+    split: float
+    sticky: str | None
+    generation: int
+    previous_split: float | None
+
+
+async def set_route(conn: asyncpg.Connection, config: Config, table: str, split: float, *,
+                    sticky: str | None = None, actor: str, reason: str = "") -> Change:
+    """Validate, then write the change, its audit row and the notification in one transaction."""
+    name = canonical_table(config.routes, table)
+    route = config.route_for(name)
+    assert route is not None
+    await validate_change(conn, route, split, sticky)
+    await init_schema(conn)
+    async with conn.transaction():
+        previous = await conn.fetchrow(
+            "SELECT split, sticky FROM pgcutover.routing WHERE table_name = $1 FOR UPDATE", name)
+        sticky = sticky or (previous["sticky"] if previous else None)
+        generation = await conn.fetchval("SELECT nextval('pgcutover.routing_generation')")
+        await conn.execute(
+            "INSERT INTO pgcutover.routing (table_name, split, sticky, generation, changed_by, reason) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (table_name) DO UPDATE SET split = EXCLUDED.split, "
+            "sticky = EXCLUDED.sticky, generation = EXCLUDED.generation, changed_by = EXCLUDED.changed_by, "
+            "changed_at = now(), reason = EXCLUDED.reason", name, float(split), sticky, generation, actor, reason)
+        previous_split = previous["split"] if previous else route.split
+        await conn.execute(
+            "INSERT INTO pgcutover.routing_history (generation, table_name, split, sticky, previous_split, "
+            "changed_by, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            generation, name, float(split), sticky, previous_split, actor, reason)
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(generation))
+    return Change(name, float(split), sticky, generation, previous_split)
+
+
+async def rollback(conn: asyncpg.Connection, config: Config, tables: list[str] | None, *, actor: str,
+                   reason: str = "rollback") -> list[Change]:
+    """Split to 0 for the named routes (all routes when None). Needs no shadow, so it cannot be refused."""
+    names = [canonical_table(config.routes, t) for t in tables] if tables else [r.table for r in config.routes]
+    return [await set_route(conn, config, name, 0.0, actor=actor, reason=reason) for name in names]
+
+
+async def history(conn: asyncpg.Connection, config: Config, table: str) -> list[asyncpg.Record]:
+    name = canonical_table(config.routes, table)
+    if not await conn.fetchval("SELECT to_regclass('pgcutover.routing_history') IS NOT NULL"):
+        return []
+    return await conn.fetch(
+        "SELECT generation, split, previous_split, sticky, changed_by, changed_at, reason "
+        "FROM pgcutover.routing_history WHERE table_name = $1 ORDER BY generation", name)
+
+
+class RoutingFollower:
+    """Keeps a proxy's routing equal to the shared table: LISTEN for changes, re-read on a timer, reconnect."""
+
+    def __init__(self, get_config: Callable[[], Config], apply: Callable[[list[Override]], None],
+                 poll_interval: float = 5.0) -> None:
+        self._get_config = get_config
+        self._apply = apply
+        self._poll = poll_interval
+        self._wake = asyncio.Event()
+        self.connected = False
+        self.loaded = False  # routing read at least once (or the table is known to be absent)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def refresh_now(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            conn = None
+            try:
+                conn = await connect(self._get_config())
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self.connected = True
+                while True:
+                    self._wake.clear()
+                    self._apply(await load_overrides(conn))
+                    self.loaded = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self.connected = False
+                log.warning("routing control connection: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                self.connected = False
+                if conn is not None:
+                    conn.terminate()

@@ -1,0 +1,407 @@
+"""Exact top-k over a store snapshot, for pgvector's `<->` (l2), `<=>` (cosine) and `<#>` (ip), with batching.
+
+What "exact" means here. PostgreSQL recomputes every candidate's distance in the merged query, in float32 with its
+own summation order, so no float32 computation here can reproduce its ranking bit for bit. Instead the search
+returns a *candidate set* guaranteed to contain every legacy row that could be in the server's top-k:
+
+1. Screening: one float32 matrix product per block of rows gives a score per (row, query) with a known error
+   bound E1 (from the dot-product error bound gamma_D = D*u/(1 - D*u), u = 2^-24). Every row whose score is within
+   2*E1 + T of the running k-th best is kept, where T bounds how far pgvector's float32 distance can be from the
+   exact one (the same gamma bound on its own sums, plus float16 rounding when the store keeps float16).
+2. Refinement: the kept rows are re-scored in float64 (exact for practical purposes), and every row within T of
+   the exact k-th distance is returned, nearest first, with its float64 distance as pgvector defines it:
+   l2 = sqrt(sum (x-q)^2), cosine = 1 - x.q/(|x||q|) (NaN for a zero vector), ip = -x.q.
+
+So the result usually has exactly k rows, a few more when distances tie within the bound, and all rows when the
+store holds fewer than k. Memory per query is O(k): the only O(rows) temporaries are per block of rows and shared
+by the whole batch.
+
+Batching. `BatchSearcher.search()` queues the request; one worker takes whatever is queued when it becomes free
+(optionally after a short window), answers it with one matrix product per block in a worker thread, and resolves
+the futures. The event loop never runs the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fallback import metrics
+
+if TYPE_CHECKING:
+    from fallback.store import LegacyStore, SegmentView, Snapshot
+
+METRICS = ("l2", "cosine", "ip")
+OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>"}
+U32 = 2.0 ** -24  # unit roundoff of float32
+U16 = 2.0 ** -11  # relative rounding of float16 (normal range)
+F16_ABS = 2.0 ** -25  # absolute rounding of float16 subnormals
+ZERO_SCORE = 4.0  # cosine screening score of a zero row: after every real one (|-cos| <= 1 + error)
+BLOCK_ROWS = 2048  # rows per matrix product when several queries are batched
+REFINE_ROWS = 4096  # candidates re-scored in float64 at a time (bounds memory when many rows tie)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    vector: np.ndarray  # float32, (dims,)
+    k: int
+    metric: str
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
+        if self.k < 1:
+            raise ValueError("k must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    keys: np.ndarray  # nearest first
+    distances: np.ndarray  # float64, pgvector's definition of the metric
+    k: int  # what was asked; len(keys) >= min(k, rows), more when distances tie within the error bound
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(slots=True)
+class _Bounds:
+    """Per-query error bounds, in screening-score units (which equal distance units for cosine and ip and
+    squared-distance units for l2)."""
+
+    e1: float  # |screening score - exact score of the stored row|
+    t_const: float  # |pgvector's distance - ours| that does not scale with the distance
+    t_rel: float  # ... the part proportional to the (squared) distance (l2)
+    t_sqrt: float  # ... the part proportional to its square root (l2 with float16 storage)
+    shift: float  # exact distance = screening score + shift (l2: |q|^2)
+
+    def tolerance(self, exact: float) -> float:
+        """T at an exact (squared) distance."""
+        exact = max(exact, 0.0)
+        return self.t_const + self.t_rel * exact + self.t_sqrt * math.sqrt(exact)
+
+    def screen_margin(self, kth_score: float) -> float:
+        return 2 * self.e1 + self.tolerance(kth_score + self.shift + self.e1)
+
+
+def _gamma(dims: int) -> float:
+    return dims * U32 / (1 - dims * U32)
+
+
+def _bounds(metric: str, q_norm: float, snap: Snapshot) -> _Bounds:
+    """Error bounds for one query (see the module docstring); generous by a factor of 2 where cheap."""
+    g = _gamma(snap.dims)
+    mx = math.sqrt(snap.max_sq_norm)
+    # float16 storage: |stored - float32 value| per row, as a norm.
+    quant = 0.0
+    if snap.dtype == np.float16:
+        quant = U16 * mx + F16_ABS * math.sqrt(snap.dims)
+    if metric == "l2":
+        e1 = 2 * (2 * g * mx * q_norm + 2 * U32 * mx * mx + 2 * U32 * mx * q_norm)
+        # pgvector: (a-b) rounded, squared, summed in float32: relative error <= gamma + 3u.
+        return _Bounds(e1, 2 * quant * quant, 2 * (g + 3 * U32), 2 * 2 * quant, q_norm * q_norm)
+    if metric == "cosine":
+        e1 = 2 * (g + 8 * U32)
+        t = 2 * (2 * g + 8 * U32)
+        if quant:
+            min_norm = math.sqrt(snap.min_sq_norm) if math.isfinite(snap.min_sq_norm) else 1.0
+            t += 2 * 2 * (U16 + F16_ABS * math.sqrt(snap.dims) / max(min_norm, 1e-30))
+        return _Bounds(e1, t, 0.0, 0.0, 1.0)
+    e1 = 2 * (g + U32) * mx * q_norm
+    return _Bounds(e1, 2 * (g + 2 * U32) * mx * q_norm + 2 * quant * q_norm, 0.0, 0.0, 0.0)
+
+
+@dataclass(slots=True)
+class _Candidates:
+    cols: list[np.ndarray] = field(default_factory=list)
+    segs: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, seg: int, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray) -> None:
+        self.cols.append(cols)
+        self.segs.append(np.full(len(rows), seg, dtype=np.int32))
+        self.rows.append(rows)
+        self.scores.append(scores)
+
+
+class _Plan:
+    """A batch of queries ordered by metric, so each metric's columns are one contiguous slice."""
+
+    _e1: np.ndarray
+    _t_const: np.ndarray
+    _t_rel: np.ndarray
+    _t_sqrt: np.ndarray
+    _shift: np.ndarray
+
+    def __init__(self, snap: Snapshot, queries: Sequence[Query]) -> None:
+        self.order = sorted(range(len(queries)), key=lambda i: METRICS.index(queries[i].metric))
+        self.queries = [queries[i] for i in self.order]
+        vectors = np.stack([q.vector for q in self.queries]).astype(np.float32)
+        self.q32 = vectors
+        self.qt = np.ascontiguousarray(vectors.T)  # (dims, B): the right operand of every block product
+        self.q64 = vectors.astype(np.float64)
+        self.q_norms = np.sqrt(np.einsum("ij,ij->i", self.q64, self.q64))
+        self.ks = np.array([q.k for q in self.queries])
+        self.slices: dict[str, slice] = {}
+        start = 0
+        for metric in METRICS:
+            n = sum(1 for q in self.queries if q.metric == metric)
+            if n:
+                self.slices[metric] = slice(start, start + n)
+            start += n
+        self.bounds = [_bounds(q.metric, float(n), snap) for q, n in zip(self.queries, self.q_norms, strict=True)]
+        for name in ("e1", "t_const", "t_rel", "t_sqrt", "shift"):
+            setattr(self, f"_{name}", np.array([getattr(b, name) for b in self.bounds]))
+        with np.errstate(divide="ignore"):
+            self.inv_q = np.where(self.q_norms > 0, 1.0 / self.q_norms, 0.0).astype(np.float32)
+
+    def screen_margins(self, kth: np.ndarray) -> np.ndarray:
+        """`_Bounds.screen_margin` for every query at once (kth: one screening score per query)."""
+        exact = np.maximum(kth + self._shift + self._e1, 0.0)
+        return 2 * self._e1 + self._t_const + self._t_rel * exact + self._t_sqrt * np.sqrt(exact)
+
+
+def _score_block(plan: _Plan, view: SegmentView, start: int, stop: int) -> np.ndarray:
+    """Screening scores (rows x queries, float32) of rows [start, stop) of one segment; dead rows are NaN."""
+    data = view.data[start:stop]
+    if data.dtype != np.float32:
+        data = data.astype(np.float32)
+    # One query: a matrix-vector product, bound by memory bandwidth. Several: one matrix product.
+    scores = (data @ plan.qt[:, 0])[:, None] if plan.qt.shape[1] == 1 else data @ plan.qt
+    if "l2" in plan.slices:  # |x|^2 - 2 x.q  (+ |q|^2, a constant per query)
+        part = scores[:, plan.slices["l2"]]
+        part *= -2.0
+        part += view.sq_norms32[start:stop, None]
+    if "cosine" in plan.slices:  # -cos
+        sl = plan.slices["cosine"]
+        part = scores[:, sl]
+        part *= -view.inv_norms32[start:stop, None]
+        part *= plan.inv_q[None, sl]
+        if view.zero is not None:
+            zero = view.zero[start:stop]
+            part[zero] = ZERO_SCORE
+        part[:, plan.q_norms[sl] == 0] = ZERO_SCORE
+    if "ip" in plan.slices:
+        scores[:, plan.slices["ip"]] *= -1.0
+    if view.alive is not None:
+        scores[~view.alive[start:stop]] = np.nan
+    return scores
+
+
+def _screen(plan: _Plan, snap: Snapshot, block_rows: int) -> _Candidates:
+    """Pass 1: every row whose float32 score can still make the top-k, per query."""
+    cands = _Candidates()
+    ks = plan.ks
+    threshold = np.full(len(ks), np.inf, dtype=np.float64)
+    single = len(ks) == 1
+    for si, view in enumerate(snap.segments):
+        n = view.count
+        step = n if single else block_rows
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            scores = _score_block(plan, view, start, stop)
+            m = stop - start
+            kth_idx = np.minimum(ks, m) - 1
+            parted = np.partition(scores, np.unique(kth_idx), axis=0)  # NaN (dead) sorts last
+            kth = parted[kth_idx, np.arange(len(ks))].astype(np.float64)
+            # A block with fewer than k live rows says nothing about the k-th best: its NaN leaves fmin alone.
+            block_threshold = np.where(ks <= m, kth + plan.screen_margins(kth), np.nan)
+            threshold = np.fmin(threshold, block_threshold)
+            rows, cols = np.nonzero(scores <= threshold.astype(np.float32)[None, :])
+            if len(rows):
+                cands.add(si, rows + start, cols, scores[rows, cols])
+    return cands
+
+
+def _exact(metric: str, x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Exact (float64) distance as pgvector defines it; l2 returned squared."""
+    if metric == "l2":
+        diff = x - q[None, :]
+        return np.einsum("ij,ij->i", diff, diff)
+    dots = x @ q
+    if metric == "ip":
+        return -dots
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * math.sqrt(float(q @ q))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = np.clip(dots / norms, -1.0, 1.0)  # pgvector clamps; 0/0 stays NaN as in pgvector
+    return 1.0 - sim
+
+
+def _gather(snap: Snapshot, segs: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vectors = np.empty((len(rows), snap.dims), dtype=np.float64)
+    keys = np.empty(len(rows), dtype=snap.segments[0].keys.dtype if snap.segments else object)
+    for si in np.unique(segs):
+        at = np.flatnonzero(segs == si)
+        view = snap.segments[si]
+        vectors[at] = view.data[rows[at]]
+        keys[at] = view.keys[rows[at]]
+    return vectors, keys
+
+
+def _exact_all(snap: Snapshot, metric: str, q: np.ndarray, segs: np.ndarray, rows: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact distances and keys of the given rows, a bounded number of vectors at a time."""
+    distances = np.empty(len(rows), dtype=np.float64)
+    keys = np.empty(len(rows), dtype=snap.segments[0].keys.dtype if snap.segments else object)
+    for start in range(0, len(rows), REFINE_ROWS):
+        part = slice(start, start + REFINE_ROWS)
+        vectors, keys[part] = _gather(snap, segs[part], rows[part])
+        distances[part] = _exact(metric, vectors, q)
+    return distances, keys
+
+
+def _final_cut(exact: np.ndarray, k: int, bound: _Bounds) -> np.ndarray:
+    """Indices to return, nearest first: all within the tolerance of the exact k-th, NaN rows only to fill k."""
+    finite = np.flatnonzero(~np.isnan(exact))
+    if len(finite) > k:
+        kth = float(np.partition(exact[finite], k - 1)[k - 1])
+        finite = finite[exact[finite] <= kth + bound.tolerance(kth)]
+    chosen = finite[np.argsort(exact[finite], kind="stable")]
+    if len(chosen) < k:  # NaN (cosine of a zero vector) sorts after every number in PostgreSQL
+        chosen = np.concatenate([chosen, np.flatnonzero(np.isnan(exact))[:k - len(chosen)]])
+    return chosen
+
+
+def _refine(plan: _Plan, snap: Snapshot, cands: _Candidates) -> list[SearchResult]:
+    """Pass 2: float64 distances of the screened rows, cut at the exact k-th plus the tolerance."""
+    if cands.cols:
+        cols, segs = np.concatenate(cands.cols), np.concatenate(cands.segs)
+        rows, scores = np.concatenate(cands.rows), np.concatenate(cands.scores).astype(np.float64)
+    else:
+        cols = segs = rows = np.empty(0, dtype=np.int64)
+        scores = np.empty(0)
+    by_col = np.argsort(cols, kind="stable")
+    edges = np.searchsorted(cols[by_col], np.arange(len(plan.queries) + 1))
+    results: list[SearchResult] = []
+    for b, query in enumerate(plan.queries):
+        mine = by_col[edges[b]:edges[b + 1]]
+        sc, sg, rw = scores[mine], segs[mine], rows[mine]
+        bound, k = plan.bounds[b], int(plan.ks[b])
+        if query.metric == "cosine" and plan.q_norms[b] == 0:
+            # Every distance is NaN in pgvector: any k rows are a correct answer.
+            sc, sg, rw = sc[:k], sg[:k], rw[:k]
+        elif len(sc) > k:  # the final screening cut, at the global k-th score
+            kth = float(np.partition(sc, k - 1)[k - 1])
+            keep = sc <= kth + bound.screen_margin(kth)
+            sc, sg, rw = sc[keep], sg[keep], rw[keep]
+        exact, keys = _exact_all(snap, query.metric, plan.q64[b], sg, rw)
+        chosen = _final_cut(exact, k, bound)
+        distances = exact[chosen]
+        results.append(SearchResult(keys[chosen], np.sqrt(distances) if query.metric == "l2" else distances, k))
+    return results
+
+
+def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int = BLOCK_ROWS
+                    ) -> list[SearchResult]:
+    """Answer a batch of queries over one snapshot (blocking; run it in a worker thread)."""
+    if not queries:
+        return []
+    for query in queries:
+        if query.vector.shape != (snap.dims,):
+            raise ValueError(f"query has {query.vector.shape[0]} dimensions, the store {snap.dims}")
+    plan = _Plan(snap, queries)
+    results = _refine(plan, snap, _screen(plan, snap, block_rows))
+    ordered: list[SearchResult] = [results[0]] * len(queries)
+    for pos, original in enumerate(plan.order):
+        ordered[original] = results[pos]
+    return ordered
+
+
+@dataclass(slots=True)
+class _Pending:
+    store: LegacyStore
+    query: Query
+    future: asyncio.Future[SearchResult]
+    submitted: float
+
+
+class BatchSearcher:
+    """Gathers concurrent searches into one matrix product per store, run in one worker thread.
+
+    `window` (seconds) lets the worker wait a little for more queries after the first; 0 takes whatever is
+    queued when it becomes free, which already batches under load without delaying a lone query.
+    """
+
+    def __init__(self, *, max_batch: int = 64, window: float = 0.0, block_rows: int = BLOCK_ROWS) -> None:
+        self.max_batch = max_batch
+        self.window = window
+        self.block_rows = block_rows
+        self._queue: list[_Pending] = []
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcutover-knn")
+        self.batch_sizes: Counter[int] = Counter()  # batch size -> how many batches had it
+
+    async def search(self, store: LegacyStore, vector: np.ndarray | Sequence[float], k: int,
+                     metric: str) -> SearchResult:
+        """Top-k legacy rows nearest to `vector` (ask for a larger k to widen when filters drop rows)."""
+        query = Query(np.asarray(vector, dtype=np.float32).reshape(-1), k, metric)
+        if store.dims is not None and query.vector.shape[0] != store.dims:
+            raise ValueError(f"query has {query.vector.shape[0]} dimensions, {store.route.table} has {store.dims}")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(store, query, loop.create_future(), time.perf_counter())
+        self._queue.append(pending)
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        self._wakeup.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._run(), name="pgcutover-knn-batcher")
+        return await pending.future
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self.window:
+                await asyncio.sleep(self.window)
+            while self._queue:
+                batch = [p for p in self._queue[:self.max_batch] if not p.future.done()]
+                del self._queue[:self.max_batch]
+                groups: dict[int, list[_Pending]] = {}
+                for pending in batch:
+                    groups.setdefault(id(pending.store), []).append(pending)
+                for group in groups.values():
+                    await self._answer(loop, group)
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
+        store = group[0].store
+        snap = store.snapshot()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, lambda: search_snapshot(snap, [p.query for p in group], block_rows=self.block_rows))
+        except Exception as exc:  # a bad query or a bug: every caller of the batch hears about it
+            for pending in group:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        self.batch_sizes[len(group)] += 1
+        labels = {"table": store.route.table}
+        metrics.BATCH_SIZE.labels(**labels).observe(len(group))
+        now = time.perf_counter()
+        for pending, result in zip(group, results, strict=True):
+            metrics.SEARCH_SECONDS.labels(**labels).observe(now - pending.submitted)
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.cancel()
+        self._queue.clear()
+        self._executor.shutdown(wait=True)

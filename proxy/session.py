@@ -14,9 +14,11 @@ import asyncio
 import logging
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .admin import ADMIN_DATABASE
 from .cancel import IssuedKey, UpstreamKey
 from .protocol import codes, replies
 from .protocol import messages as msg
@@ -26,6 +28,7 @@ from .protocol.replies import STARTUP as STARTUP_CYCLE
 from .upstream import UpstreamAddress, UpstreamError, address_of, open_upstream, send_cancel
 
 if TYPE_CHECKING:
+    from .admin import AdminConsole
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.session")
@@ -33,6 +36,7 @@ log = logging.getLogger("pgcutover.session")
 _unpack_i32 = struct.Struct("!i").unpack_from
 
 STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
+ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held by PAUSE at an idle point
 TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
@@ -90,6 +94,9 @@ class Session:
         self.messages_from_client = 0
         self.queries = 0
         self.fatal_from_server = False
+        self.connected_at = time.monotonic()
+        self.admin_requested = False
+        self.admin: AdminConsole | None = None
 
     # -- wiring ---------------------------------------------------------------------------------------------
     def client_connected(self, transport: asyncio.BaseTransport) -> None:
@@ -117,7 +124,7 @@ class Session:
         self._finish()
 
     def server_lost(self) -> None:
-        if self.state == CLOSED:
+        if self.state == CLOSED or self.state == ADMIN:
             return
         if self.state == TERMINATING:  # the server's own close after the client's Terminate
             self.close()
@@ -142,6 +149,8 @@ class Session:
         self._finish()
 
     def _finish(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
         self.rt.cancels.release(self.key)
         self.rt.session_ended(self)
 
@@ -239,6 +248,11 @@ class Session:
         if self.rt.shutting_down:
             self.fail_client("57P01", "pgcutover is shutting down")
             return
+        if startup.params.get("database") == ADMIN_DATABASE:
+            if startup.params["user"] not in self.rt.config.admin.users:
+                self.fail_client("28000", f'pgcutover: user "{startup.params["user"]}" is not an admin user')
+                return
+            self.admin_requested = True  # authenticated by the upstream, then served by the proxy itself
         rest = self._first.take_rest()
         if rest:
             self._early.append(rest)
@@ -266,7 +280,11 @@ class Session:
         self._to_server = transport.write
         assert self.startup is not None
         self.tracker.expect(STARTUP_CYCLE)
-        transport.write(self.startup.raw)  # byte for byte: user, database, options, protocol version
+        if self.admin_requested:
+            params = {**self.startup.params, "database": dsn.database}
+            transport.write(msg.startup_packet(params, self.startup.version))
+        else:
+            transport.write(self.startup.raw)  # byte for byte: user, database, options, protocol version
         self.state = AUTH
         early, self._early = self._early, []
         for chunk in early:
@@ -365,10 +383,42 @@ class Session:
             self._to_server(data[start:])
 
     def _client_data_elsewhere(self, data: bytes) -> None:
-        if self.state == STARTUP:
+        if self.state == ADMIN:
+            assert self.admin is not None
+            self.admin.feed(data)
+        elif self.state == STARTUP:
             self._startup_data(data)
-        elif self.state == CONNECTING:
+        elif self.state == CONNECTING or self.state == PAUSED:
             self._early.append(data)
+            if self.state == PAUSED:
+                self.pause_client_reading()
+
+    # -- PAUSE / RESUME (admin console) ---------------------------------------------------------------------
+    def pause_if_idle(self) -> None:
+        if self.idle and self.rt.paused:
+            self.state = PAUSED
+
+    def resume_if_paused(self) -> None:
+        if self.state != PAUSED:
+            return
+        self.state = ACTIVE
+        self.resume_client_reading()
+        early, self._early = self._early, []
+        for chunk in early:
+            if self.state == ACTIVE:
+                self.client_data(chunk)
+
+    def _become_admin(self) -> None:
+        """Authentication by the upstream is done: hang up on it and answer this client ourselves."""
+        from .admin import AdminConsole
+
+        self.state = ADMIN
+        server, self.server_transport = self.server_transport, None
+        self._to_server = _nowhere
+        if server is not None:
+            server.write(msg.TERMINATE)
+            server.close()
+        self.admin = AdminConsole(self, self._to_client)
 
     def _bad_client_header(self, kind: int, length: int) -> None:
         if kind not in _FRONTEND:
@@ -501,9 +551,14 @@ class Session:
 
     def _ready_outside_steady_state(self) -> None:
         if self.state == AUTH:
+            if self.admin_requested:
+                self._become_admin()
+                return
             self.state = ACTIVE  # authentication is over: the hot path takes the client's bytes from now on
         if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
             self.close_for_shutdown()
+        elif self.rt.paused:
+            self.pause_if_idle()
 
     def close_for_shutdown(self) -> None:
         self.fail_client("57P01", "terminating connection: pgcutover is shutting down")

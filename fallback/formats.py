@@ -68,10 +68,10 @@ def check_row(row: np.ndarray, dims: int) -> np.ndarray:
 
 def decode_json(value: str | bytes, dims: int) -> np.ndarray:
     """`'[0.1, -0.2, ...]'` -> float32 row. Booleans and strings are refused before numpy could coerce them."""
-    if isinstance(value, str):
-        if "t" in value or "f" in value or '"' in value:  # true / false / "1.5": not numbers
-            raise VectorFormatError(SYNTAX, "not an array of numbers")
-    elif b"t" in value or b"f" in value or b'"' in value:
+    text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    if "n" in text or "N" in text:  # null, NaN, inf(inity): pgvector refuses every spelling with an n
+        raise VectorFormatError(NULL if "null" in text else NON_FINITE, "null, NaN or infinite element")
+    if "t" in text or "f" in text or "T" in text or "F" in text or '"' in text:  # true, "1.5": not numbers
         raise VectorFormatError(SYNTAX, "not an array of numbers")
     try:
         parsed = orjson.loads(value)

@@ -1,0 +1,164 @@
+"""Loading legacy-only rows from a real PostgreSQL: every format, every lane, bad rows skipped with their keys."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import asyncpg
+import numpy as np
+import pytest
+
+from fallback import formats, metrics
+from fallback.store import LegacyStore
+from tests.fallback.conftest import LegacyTable, create_table, f32_bytes, factory, insert_raw, run
+
+KINDS = ["json", "bytea_f32", "bytea_f64", "array", "array_f64"]
+LANES = {"default": None, "server": ("server",), "client": ("client",), "both": ("server", "client", "client")}
+
+
+def assert_holds(store: LegacyStore, table: LegacyTable) -> None:
+    assert len(store) == len(table.truth)
+    for key, vector in table.truth.items():
+        got = store.get(key)
+        assert got is not None, key
+        assert np.array_equal(got, vector), key
+
+
+@pytest.mark.parametrize("lanes", list(LANES))
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_format_loads_exactly(dsn: str, kind: str, lanes: str) -> None:
+    async def main() -> None:
+        table = await create_table(dsn, kind, dims=24, rows=2000, seed=KINDS.index(kind))
+        store = LegacyStore(table.route(), lanes=LANES[lanes], chunk_rows=150, segment_rows=512)
+        report = await store.load(factory(dsn))
+        assert_holds(store, table)
+        assert report.rows == len(table.truth) and report.skipped == {}
+        assert report.chunks > 10  # the chunked path really ran
+        assert store.qualified_table == f"public.{table.name}"
+        assert 1800 not in store and 0 not in store  # migrated rows (every 200th) stay out
+        snap = store.snapshot()
+        assert snap.rows == len(table.truth) and sum(v.count for v in snap.segments) == len(table.truth)
+
+    run(main())
+
+
+BAD_VALUES = {
+    "json": [("[1,2,3]", formats.DIMS), ("hello", formats.SERVER), ("[1,2,NaN]", formats.NON_FINITE),
+             ("[true" + ",1" * 23 + "]", formats.SERVER), ("[1e39" + ",1" * 23 + "]", formats.NON_FINITE),
+             ("", formats.SERVER)],
+    "bytea_f32": [(b"\x00" * 7, formats.LENGTH), (f32_bytes([1.0] * 23), formats.LENGTH),
+                  (f32_bytes([float("nan")] + [1.0] * 23), formats.NON_FINITE)],
+    "bytea_f64": [(b"\x00" * 7, formats.LENGTH), (np.full(24, 1e300).astype("<f8").tobytes(), formats.NON_FINITE)],
+    "array": [([1.0] * 23, formats.DIMS), ([1.0, None] + [1.0] * 22, formats.NULL),
+              ([float("nan")] + [1.0] * 23, formats.NON_FINITE), ([[1.0, 2.0]] * 12, formats.NOT_1D)],
+}
+
+
+@pytest.mark.parametrize("lanes", ["server", "client"])
+@pytest.mark.parametrize("kind", list(BAD_VALUES))
+def test_bad_rows_are_skipped_with_their_keys(dsn: str, kind: str, lanes: str, caplog: pytest.LogCaptureFixture
+                                              ) -> None:
+    async def main() -> None:
+        table = await create_table(dsn, kind, dims=24, rows=600, seed=7)
+        bad_keys = {}
+        for i, (value, reason) in enumerate(BAD_VALUES[kind]):
+            key = 10_000 + 37 * i  # spread over several chunks
+            await insert_raw(dsn, table.name, key, value)
+            bad_keys[key] = reason
+        store = LegacyStore(table.route(), lanes=LANES[lanes], chunk_rows=50)
+        before = metrics.SKIPPED_TOTAL.labels(table=table.name, reason=formats.DIMS)._value.get()
+        with caplog.at_level(logging.WARNING, logger="pgcutover.fallback"):
+            report = await store.load(factory(dsn))
+        assert_holds(store, table)
+        got = store.skipped
+        if kind == "array":  # the server's own message for a cast it refuses may be the reason
+            assert set(got) == set(bad_keys)
+        else:
+            assert got == bad_keys
+        assert sum(report.skipped.values()) == len(bad_keys)
+        for key in bad_keys:
+            assert f"id={key}" in caplog.text
+        if formats.DIMS in bad_keys.values():
+            after = metrics.SKIPPED_TOTAL.labels(table=table.name, reason=formats.DIMS)._value.get()
+            assert after - before == list(bad_keys.values()).count(formats.DIMS)
+
+    run(main())
+
+
+def test_json_that_only_pgvector_reads_is_loaded(dsn: str) -> None:
+    """`.5` and `5.` are not JSON; pgvector reads them, so such rows are cast by the server, not skipped."""
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=4, rows=50, seed=3)
+        await insert_raw(dsn, table.name, 500, "[.5, 5., 0x10, 1]")
+        store = LegacyStore(table.route(), lanes=("client",))
+        await store.load(factory(dsn))
+        assert np.array_equal(store.get(500), np.array([0.5, 5.0, 16.0, 1.0], dtype=np.float32))
+        assert store.skipped == {}
+
+    run(main())
+
+
+def test_float16_storage(dsn: str) -> None:
+    async def main() -> None:
+        table = await create_table(dsn, "bytea_f32", dims=16, rows=500, seed=4)
+        await insert_raw(dsn, table.name, 900, f32_bytes([1e5] + [1.0] * 15))
+        store = LegacyStore(table.route(), dtype="float16")
+        await store.load(factory(dsn))
+        assert store.skipped == {900: formats.FP16_RANGE}
+        for key, vector in table.truth.items():
+            assert np.allclose(store.get(key), vector, rtol=2 ** -10, atol=2 ** -24)
+        assert store.snapshot().segments[0].data.dtype == np.float16
+
+    run(main())
+
+
+def test_dims_from_the_vector_column_and_from_data(dsn: str) -> None:
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=12, rows=300)
+        store = LegacyStore(table.route(dims=None))
+        await store.load(factory(dsn))
+        assert store.dims == 12
+        assert_holds(store, table)
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(f"ALTER TABLE {table.name} ALTER emb_vector TYPE vector")  # no typmod any more
+        await conn.close()
+        store = LegacyStore(table.route(dims=None))
+        await store.load(factory(dsn))
+        assert store.dims == 12
+        assert_holds(store, table)
+
+    run(main())
+
+
+@pytest.mark.parametrize("key_type", ["text", "uuid"])
+def test_non_integer_keys(dsn: str, key_type: str) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(dsn)
+        name = f"fb_keys_{key_type}_{uuid.uuid4().hex[:8]}"
+        await conn.execute(f'CREATE TABLE {name} ("Key" {key_type} PRIMARY KEY, emb text, emb_vector vector(8))')
+        rng = np.random.default_rng(5)
+        truth = {}
+        for i in range(300):
+            key = str(uuid.UUID(int=i * 7919)) if key_type == "uuid" else f"doc-{i:04d}"
+            vec = rng.standard_normal(8).astype(np.float32)
+            await conn.execute(f'INSERT INTO {name} VALUES ($1, $2)', key if key_type == "text" else uuid.UUID(key),
+                               formats.encode_json(vec))
+            truth[key if key_type == "text" else uuid.UUID(key)] = vec
+        await conn.close()
+        table = LegacyTable(name, "json", 8, truth)
+        store = LegacyStore(table.route(key="Key"), chunk_rows=40)
+        await store.load(factory(dsn))
+        assert_holds(store, table)
+
+    run(main())
+
+
+def test_empty_table(dsn: str) -> None:
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=8, rows=0)
+        store = LegacyStore(table.route())
+        report = await store.load(factory(dsn))
+        assert report.rows == 0 and len(store) == 0 and store.loaded
+
+    run(main())

@@ -77,8 +77,30 @@ def follow_routing(runtime: Runtime) -> RoutingFollower:
     return RoutingFollower(lambda: runtime.config, apply)
 
 
+async def make_router(config: Config):
+    """The rewrite engine for the configured routes, with the upstream's catalog when it can be read."""
+    if not config.routes:
+        return None
+    from rewrite.catalog import load_catalog
+    from rewrite.router import Router
+
+    from .control import connect
+
+    catalog = None
+    try:
+        conn = await connect(config)
+        try:
+            catalog = await load_catalog(conn, config.routes)
+        finally:
+            await conn.close()
+    except Exception as exc:  # routing still works without it, minus index matching and SELECT * on shadows
+        log.warning("could not read the upstream catalog (%s); routing without it", exc)
+    return Router(config.routes, catalog)
+
+
 async def serve(config: Config) -> int:
     runtime = Runtime(config)
+    runtime.router = await make_router(config)
     listener = Listener(runtime)
     await listener.start()
     await probe_upstream(runtime)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .cancel import CancelRegistry
@@ -48,6 +49,7 @@ class Runtime:
     overrides: list[Override] = field(default_factory=list)
     routing_loaded: bool = False
     last_reload_error: str = ""
+    routed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route table, target) -> queries
     request_shutdown: Any = None  # set by serve(): the admin console's SHUTDOWN
     reload: Any = None  # set by serve(): the admin console's RELOAD
 
@@ -70,9 +72,14 @@ class Runtime:
             raise
         self.config = config
         self.overrides = list(overrides)
-        self.routing = snapshot
-        if self.router is not None:
-            self.router.replace_routes(snapshot.routes)
+        previous, self.routing = self.routing, snapshot
+        # Sessions read split and sticky from `routing` at each decision; cached plans only need dropping
+        # when something else about a route changed.
+        if self.router is not None and _shape(previous.routes) != _shape(snapshot.routes):
+            self.router.replace_routes(snapshot.routes, self.router.catalog)
+
+    def count_routed(self, table: str, target: str) -> None:
+        self.routed[(table, target)] += 1
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -81,3 +88,7 @@ class Runtime:
         t.bytes_from_server += session.bytes_from_server
         t.messages_from_client += session.messages_from_client
         t.queries += session.queries
+
+
+def _shape(routes: tuple) -> tuple:
+    return tuple(replace(route, split=0.0, sticky="session") for route in routes)

@@ -25,6 +25,7 @@ from .protocol import messages as msg
 from .protocol.framing import FirstPacketReader
 from .protocol.replies import FORWARD, ReplyTracker
 from .protocol.replies import STARTUP as STARTUP_CYCLE
+from .statements import StatementRouting
 from .upstream import UpstreamAddress, UpstreamError, address_of, open_upstream, send_cancel
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held
 TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
+_STATEMENT_TYPES = _ROUTED_TYPES | {codes.F_BIND, codes.F_CLOSE}
 _SERVER_WHOLE = frozenset((codes.B_READY, codes.B_BACKEND_KEY, codes.B_PARAM_STATUS, codes.B_ERROR))
 _DATA_ROW = codes.B_DATA_ROW
 _FRONTEND = codes.FRONTEND_TYPES
@@ -78,6 +80,7 @@ class Session:
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self._connect_task: asyncio.Task | None = None
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
+        self.routing: StatementRouting | None = StatementRouting(self) if runtime.router is not None else None
 
         # client -> server framing state
         self._cpend = bytearray()  # a message held back until whole (or a partial header)
@@ -338,8 +341,13 @@ class Session:
                 if end > n:
                     break
                 count += 1
-                replacement = self._on_client_message(kind, data, pos, end)
+                try:
+                    replacement = self._on_client_message(kind, data, pos, end)
+                except msg.ProtocolViolation as exc:
+                    self._violation(str(exc))
+                    return
                 plain = tracker.plain
+                hold = self._hold_types
                 if replacement is not None:
                     if pos > start:
                         self._to_server(data[start:pos])
@@ -436,11 +444,30 @@ class Session:
             self.state = TERMINATING
 
     def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
-        """A Query or Parse, whole, while routes exist. Returns None to forward it as is, or what to send instead."""
-        self.tracker.expect_client(kind)
-        if kind == codes.F_QUERY:
-            self.queries += 1
-        return None
+        """A Query/Parse (and Bind/Close once statements are routed), whole. Returns None to forward it as
+        is, or the bytes to send instead; either way the reply queue already holds what the server will owe."""
+        routing = self.routing
+        assert routing is not None
+        payload = data[pos + 5 : end]
+        try:
+            if kind == codes.F_QUERY:
+                self.queries += 1
+                return routing.on_query(payload)
+            if kind == codes.F_PARSE:
+                return routing.on_parse(payload)
+            if kind == codes.F_BIND:
+                return routing.on_bind(payload)
+            return routing.on_close(payload)
+        except msg.ProtocolViolation:
+            raise
+        except Exception:  # routing must never cost the client its query: forward it untouched
+            log.exception("session %s: routing failed; forwarding the message unchanged", self.peer)
+            self.tracker.expect_client(kind)
+            return None
+
+    def hold_statement_messages(self) -> None:
+        """Routed named statements exist: Bind and Close must be looked at too."""
+        self._hold_types = _STATEMENT_TYPES
 
     # -- server -> client -------------------------------------------------------------------------------------
     def server_data(self, data: bytes) -> None:
@@ -533,6 +560,8 @@ class Session:
     def _on_server_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         if kind == codes.B_READY:
             self.tx_status = data[pos + 5]
+            if self.routing is not None:
+                self.routing.on_ready()
             if self.state is not ACTIVE or self.rt.attention:
                 self._ready_outside_steady_state()
             return None
@@ -543,6 +572,8 @@ class Session:
         if kind == codes.B_ERROR:
             if b"SFATAL\0" in data[pos + 5 : end] or b"SPANIC\0" in data[pos + 5 : end]:
                 self.fatal_from_server = True
+            if self.routing is not None:
+                self.routing.on_error()
             return None
         # BackendKeyData: hand the client a key of ours, and remember the server's for cancels
         pid, secret = msg.parse_backend_key_data(data[pos + 5 : end])

@@ -173,7 +173,9 @@ class ReplyTracker:
             return action  # the cycle still ends with ReadyForQuery
         self._pop()
         self._skip_to_sync()
-        return action
+        # Forwarded even when the failed message was the proxy's own: the server now skips the client's
+        # messages up to Sync, and the client must learn why.
+        return FORWARD
 
     def _skip_to_sync(self) -> None:
         queue = self._queue

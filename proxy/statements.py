@@ -1,0 +1,172 @@
+"""Per-session routing of statements: the decision point for Query, Parse, Bind and Close.
+
+The router (rewrite/) turns SQL text into a plan; the split picks a target per query; this module turns the
+two into the messages the server gets, keeping the reply queue exact:
+
+- a simple Query or a Parse is re-written for its target (or forwarded byte for byte when the plan says so);
+- a named statement is prepared for the target chosen at Parse time, under the client's name; when a later
+  execution goes to the other target (the split changed, or sticky = "query"), the other target's statement
+  is prepared once under a name of ours, its ParseComplete is swallowed, and the Bind is pointed at it. This
+  is PgDog's "one upstream statement per rewrite": a statement prepared for one target is never executed
+  against the other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rewrite.split import SplitSession
+
+from .protocol import codes
+from .protocol import messages as msg
+from .protocol.replies import BIND, CLOSE, DROP, PARSE, QUERY
+
+if TYPE_CHECKING:
+    from rewrite.plan import Plan
+
+    from .config import Route
+    from .session import Session
+
+log = logging.getLogger("pgcutover.statements")
+
+_names = itertools.count(1)
+
+
+@dataclass(slots=True)
+class RoutedStatement:
+    plan: Plan
+    sql: str  # the client's own text: what the primary gets when the plan keeps its bytes
+    param_oids: tuple[int, ...]
+    prepared_for: str  # the target whose SQL is prepared under the client's name
+    others: dict[str, str] = field(default_factory=dict)  # target -> our statement name for it
+    uncertain: set[str] = field(default_factory=set)  # targets whose Parse may have failed: prepare again
+
+    def sql_for(self, target: str) -> str:
+        return self.plan.sql_for(target) or self.sql
+
+
+def parse_search_path(value: str, user: str) -> tuple[str, ...]:
+    entries = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if entry == '"$user"' or entry == "$user":
+            entry = user
+        if entry:
+            entries.append(entry)
+    return tuple(entries)
+
+
+class StatementRouting:
+    """One session's routed statements and split rolls. Called by the session with whole messages."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.rt = session.rt
+        self.router = session.rt.router
+        self.split = SplitSession(application_name=session.application_name or None)
+        self.statements: dict[str, RoutedStatement] = {}
+        self._injected: list[tuple[RoutedStatement, str]] = []  # other-target Parses since the last Sync
+        self._search_path_raw = ""
+        self._search_path: tuple[str, ...] = ("public",)
+
+    # -- context ----------------------------------------------------------------------------------------------
+    @property
+    def search_path(self) -> tuple[str, ...]:
+        raw = self.session.server_params.get("search_path", '"$user", public')
+        if raw != self._search_path_raw:
+            self._search_path_raw = raw
+            self._search_path = parse_search_path(raw, self.session.user)
+        return self._search_path
+
+    def _live_route(self, plan: Plan) -> Route:
+        """Split and sticky as in force now (a cached plan may predate the last `route set`)."""
+        assert plan.route is not None
+        return self.rt.routing.route(plan.route.table) or plan.route
+
+    def _target(self, plan: Plan) -> str:
+        route = self._live_route(plan)
+        self.split.application_name = self.session.application_name or None
+        target = self.split.target_for(route, self.session.tx_status != codes.TX_IDLE)
+        self.rt.count_routed(route.table, target)
+        return target
+
+    def _plan(self, sql: str) -> Plan:
+        return self.router.plan(sql, self.search_path)
+
+    # -- messages ---------------------------------------------------------------------------------------------
+    def on_query(self, payload: bytes) -> bytes | None:
+        plan = self._plan(msg.parse_query(payload))
+        tracker = self.session.tracker
+        tracker.expect(QUERY)
+        if plan.passthrough:
+            return None
+        sql = plan.sql_for(self._target(plan))
+        return None if sql is None else msg.query(sql)
+
+    def on_parse(self, payload: bytes) -> bytes | None:
+        parse = msg.parse_parse(payload)
+        self.session.tracker.expect(PARSE)
+        self.statements.pop(parse.name, None)  # a re-used unnamed (or closed-then-reused) name starts afresh
+        plan = self._plan(parse.sql)
+        if plan.passthrough:
+            return None
+        target = self._target(plan)
+        if parse.name:
+            self.statements[parse.name] = RoutedStatement(plan, parse.sql, parse.param_oids, target)
+            self.session.hold_statement_messages()
+        sql = plan.sql_for(target)
+        return None if sql is None else msg.parse_message(parse.name, sql, parse.param_oids)
+
+    def on_bind(self, payload: bytes) -> bytes | None:
+        tracker = self.session.tracker
+        portal, pos = msg.read_cstr(payload, 0)
+        name, rest = msg.read_cstr(payload, pos)
+        statement = self.statements.get(name) if name else None
+        if statement is None:
+            tracker.expect(BIND)
+            return None
+        target = self._target(statement.plan)
+        if target == statement.prepared_for:
+            tracker.expect(BIND)
+            return None
+        out = b""
+        other = statement.others.get(target)
+        if other is None or target in statement.uncertain:
+            other = other or f"pgcutover_{next(_names)}"
+            if target in statement.uncertain:
+                out += msg.close("S", other)  # closing a statement that does not exist is not an error
+                tracker.expect(CLOSE, DROP)
+                statement.uncertain.discard(target)
+            out += msg.parse_message(other, statement.sql_for(target), statement.param_oids)
+            tracker.expect(PARSE, DROP)
+            statement.others[target] = other
+            self._injected.append((statement, target))
+        tracker.expect(BIND)
+        return out + msg.message(b"B", msg.cstr(portal) + msg.cstr(other) + payload[rest:])
+
+    def on_close(self, payload: bytes) -> bytes | None:
+        tracker = self.session.tracker
+        tracker.expect(CLOSE)
+        if payload[:1] != b"S":
+            return None
+        name, _ = msg.read_cstr(payload, 1)
+        statement = self.statements.pop(name, None)
+        if statement is None or not statement.others:
+            return None
+        out = msg.message(b"C", payload)
+        for other in statement.others.values():
+            out += msg.close("S", other)
+            tracker.expect(CLOSE, DROP)
+        return out
+
+    # -- replies ----------------------------------------------------------------------------------------------
+    def on_error(self) -> None:
+        """An error skips the rest of the pipeline: a Parse of ours in it may not exist."""
+        for statement, target in self._injected:
+            statement.uncertain.add(target)
+
+    def on_ready(self) -> None:
+        self._injected.clear()

@@ -65,6 +65,12 @@ class DistanceUse:
     literal: str | None  # the vector text when the query vector is a string literal (possibly cast)
     projection: int | None  # index in the select list when the distance is (the whole of) a projection
     in_function: bool  # function form (l2_distance(...)) rather than an operator
+    ordering: bool  # it sorts rows: in ORDER BY, or a projection that an ORDER BY key names
+
+    @property
+    def nearest_first_desc(self) -> bool:
+        """Whether nearest-first order is DESC (the positive inner product is a similarity, not a distance)."""
+        return self.metric == "inner_product_positive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +104,7 @@ class SimilarityQuery:
     query_vector: exp.Expression
     param_index: int | None
     literal: str | None
-    order_by_distance: bool  # first ORDER BY key is the main distance, ascending
+    order_by_distance: bool  # first ORDER BY key is the main distance, nearest first (ASC; DESC for inner_product())
     pure_order: bool  # ORDER BY is exactly that key, ASC NULLS LAST
     limit: exp.Expression | None
     offset: exp.Expression | None
@@ -288,8 +294,10 @@ class _Walker:
             if key == "joins":
                 for join in value:
                     for jkey in ("on", "using", "match_condition"):
-                        if join.args.get(jkey) is not None:
-                            self.expressions(join.args[jkey], scope, ctes, scope)
+                        value_ = join.args.get(jkey)
+                        for part in value_ if isinstance(value_, list) else [value_]:
+                            if isinstance(part, exp.Expression):
+                                self.expressions(part, scope, ctes, scope)
                 continue
             for item in value if isinstance(value, list) else [value]:
                 if isinstance(item, exp.Expression):
@@ -467,6 +475,9 @@ def analyze(sql: str | exp.Expression, routes: Sequence[Route], search_path: tup
         expression = statements[0]
     else:
         expression = sql
+        for node in expression.walk():
+            if node._meta:
+                node._meta.pop(MARK, None)
     if not isinstance(expression, exp.Query):
         raise Passthrough("not-select")
     if expression.find(*_WRITES):
@@ -501,7 +512,7 @@ class _Recognizer:
             raise Passthrough("outer-join")
         select = self.scope.select
         self.outputs = self._output_map(select)
-        distances = self._distances()
+        distances = self._distances(self._ordering_targets(select))
         if not distances:
             raise Passthrough("no-distance")
         columns = self._columns(distances)
@@ -593,7 +604,13 @@ class _Recognizer:
             raise Passthrough("distance-position")
         return child.arg_key or "", child
 
-    def _distances(self) -> list[DistanceUse]:
+    def _ordering_targets(self, select: exp.Select) -> set[int]:
+        order = select.args.get("order")
+        if order is None:
+            return set()
+        return {id(self._order_target(key, select)) for key in order.expressions}
+
+    def _distances(self, ordering_targets: set[int]) -> list[DistanceUse]:
         uses: list[DistanceUse] = []
         for node, scope in self.found.distances:
             sides = {arg: self._operand(node.args.get(arg)) for arg in ("this", "expression")}
@@ -625,6 +642,7 @@ class _Recognizer:
                 column_arg=column_arg, query_vector=other, param_index=_param_index(other),
                 literal=_literal_text(other), projection=projection,
                 in_function=isinstance(node, VectorDistanceFunc),
+                ordering=clause == "order" or id(node) in ordering_targets,
             ))
         return uses
 
@@ -643,6 +661,8 @@ class _Recognizer:
                     and self._has_column(self.source, name) is not True:
                 # `SELECT items FROM items` is the whole row, whose type is the table's own
                 raise Passthrough("whole-row-reference")
+            if scope is self.scope and self._is_output_name(column):
+                continue
             source, certain = self.resolve(column, scope)
             if source is not self.source:
                 continue
@@ -660,6 +680,13 @@ class _Recognizer:
                 and isinstance(column.parent.expression, exp.Null)
             uses.append(ColumnUse(column, name or "", certain, clause, output, null_test))
         return uses
+
+    def _is_output_name(self, column: exp.Column) -> bool:
+        """A bare ORDER BY key naming a select-list alias refers to that output column, not to a table."""
+        ordered = column.parent
+        return (isinstance(ordered, exp.Ordered) and column.arg_key == "this"
+                and isinstance(ordered.parent, exp.Order) and ordered.parent.parent is self.scope.select
+                and column.args.get("table") is None and (norm(column.this) or "") in self.outputs)
 
     def _visible(self, scope: _Scope) -> bool:
         current: _Scope | None = scope
@@ -727,8 +754,8 @@ class _Recognizer:
             target = self._order_target(first, select)
             for use in distances:
                 if use.node is target:
-                    if first.args.get("desc"):
-                        raise Passthrough("distance-desc")
+                    if bool(first.args.get("desc")) != use.nearest_first_desc:
+                        raise Passthrough("similarity-asc" if use.nearest_first_desc else "distance-desc")
                     main = use
                     order_by_distance = True
                     pure_order = len(order.expressions) == 1 and not first.args.get("nulls_first")

@@ -119,7 +119,7 @@ DISTANCE_NODES: tuple[type[exp.Expression], ...] = (VectorDistance, VectorDistan
 # Type names whose casts print as `x::type`; user-defined types (halfvec, sparsevec, ruvector...) included.
 _CAST_TYPES = (exp.DType.VECTOR, exp.DType.BIT, exp.DType.USERDEFINED)
 # Operands that need no parentheses before `::` (which binds tighter than anything but `.`).
-_CAST_ATOMS = (exp.Column, exp.Parameter, exp.Placeholder, exp.Paren, exp.Cast, exp.Func, exp.Null)
+_CAST_ATOMS = (exp.Column, exp.Parameter, exp.Placeholder, exp.Paren, exp.Subquery, exp.Cast, exp.Func, exp.Null)
 
 
 def distance_operator(node: exp.Expression) -> str:

@@ -141,7 +141,7 @@ def needs_not_null(query: SimilarityQuery) -> bool:
         return False
     retargeted = [u for u in query.distances
                   if norm(_operand_column(u.node.args[u.column_arg]).this) == route.column]
-    return any(u.clause in ("order", "where") for u in retargeted)
+    return any(u.ordering or u.clause == "where" for u in retargeted)
 
 
 def add_vector_not_null(expression: exp.Expression, query: SimilarityQuery) -> exp.Expression:
@@ -163,12 +163,16 @@ def add_vector_not_null(expression: exp.Expression, query: SimilarityQuery) -> e
     where = select.args.get("where")
     if where is None:
         select.set("where", exp.Where(this=condition))
-    else:
+    elif not any(part == condition for part in _conjuncts(where.this)):
         existing = where.this
         if isinstance(existing, exp.Or):
             existing = exp.Paren(this=existing)
         where.set("this", exp.And(this=existing, expression=condition))
     return expression
+
+
+def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
 
 
 def index_for(query: SimilarityQuery, catalog: Catalog | None) -> IndexInfo | None:

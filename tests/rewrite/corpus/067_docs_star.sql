@@ -1,0 +1,12 @@
+-- reason: similarity
+-- params: ["[0.1,-0.2,0.3,-0.4,0.5,-0.6,0.7,-0.8]"]
+-- sql:
+SELECT * FROM docs ORDER BY embedding <-> $1 LIMIT 3
+-- primary:
+SELECT * FROM docs WHERE embedding_vector IS NOT NULL ORDER BY embedding_vector <-> $1 LIMIT 3
+-- shadow:
+SELECT id, title, category, embedding, emb AS embedding_vector FROM ruvector_new.docs ORDER BY emb <-> $1::vector LIMIT 3
+-- hand-primary:
+SELECT * FROM docs WHERE embedding_vector IS NOT NULL ORDER BY embedding_vector <-> $1 LIMIT 3
+-- hand-shadow:
+SELECT id, title, category, embedding, emb AS embedding_vector FROM ruvector_new.docs ORDER BY emb <-> $1 LIMIT 3

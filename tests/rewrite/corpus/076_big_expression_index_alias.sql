@@ -1,0 +1,12 @@
+-- reason: similarity
+-- params: ["[0.1,-0.2,0.3,-0.4,0.5,-0.6,0.7,-0.8]"]
+-- sql:
+SELECT id, embedding <=> $1 AS d FROM big ORDER BY d LIMIT 5
+-- primary:
+SELECT id, embedding <=> $1 AS d FROM big ORDER BY (embedding::halfvec(8)) <=> ($1)::halfvec(8) LIMIT 5
+-- shadow:
+SELECT id, embedding <=> $1::vector AS d FROM ruvector_new.big ORDER BY d LIMIT 5
+-- hand-primary:
+SELECT id, embedding <=> $1 AS d FROM big ORDER BY embedding::halfvec(8) <=> $1::halfvec(8) LIMIT 5
+-- hand-shadow:
+SELECT id, embedding <=> $1 AS d FROM ruvector_new.big ORDER BY d LIMIT 5

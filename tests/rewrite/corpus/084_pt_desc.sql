@@ -1,0 +1,3 @@
+-- reason: distance-desc
+-- sql:
+SELECT id FROM items ORDER BY embedding <-> $1 DESC LIMIT 5

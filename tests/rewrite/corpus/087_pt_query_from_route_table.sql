@@ -1,0 +1,3 @@
+-- reason: route-table-repeated
+-- sql:
+SELECT id FROM items ORDER BY embedding <-> (SELECT embedding FROM items WHERE id = 1) LIMIT 5

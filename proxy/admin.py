@@ -194,8 +194,10 @@ def show_stats(rt: Runtime) -> Rows:
         ("paused", rt.paused),
     ]
     if rt.router is not None:
-        for key, value in rt.router.stats_items():
-            stats.append((key, value))
+        router_stats = rt.router.stats
+        stats += [("plan_cache_hits", router_stats.hits), ("plan_cache_misses", router_stats.misses)]
+        stats += [(f"passthrough:{reason}", n) for reason, n in sorted(router_stats.passthrough.items())]
+        stats += [(f"routed:{table}:{target}", n) for (table, target), n in sorted(rt.routed.items())]
     return [("stat", TEXT), ("value", TEXT)], stats
 
 

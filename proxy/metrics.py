@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -49,11 +49,55 @@ class RuntimeCollector(Collector):
                                   totals.upstream_errors)
         yield CounterMetricFamily("pgcutover_cancels_forwarded", "CancelRequests forwarded upstream",
                                   totals.cancels_forwarded)
+        yield from self._routing()
+
+    def _routing(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        rt = self.rt
+        yield GaugeMetricFamily("pgcutover_routing_generation", "Generation of the routing in force",
+                                rt.routing.generation)
+        split = GaugeMetricFamily("pgcutover_route_split_percent", "Percent of similarity queries to the shadow",
+                                  labels=["route"])
+        for route in rt.routing.routes:
+            split.add_metric([route.table], route.split)
+        yield split
+        yield CounterMetricFamily("pgcutover_reload_errors", "Refused configuration reloads and routing changes",
+                                  rt.totals.reload_errors)
+        if rt.router is None:
+            return
+        stats = rt.router.stats
+        decisions = CounterMetricFamily("pgcutover_rewrite_decisions", "Router decisions by reason",
+                                        labels=["decision", "reason"])
+        for reason, count in stats.passthrough.items():
+            decisions.add_metric(["passthrough", reason], count)
+        for table, count in stats.rewritten.items():
+            decisions.add_metric(["rewrite", f"similarity:{table}"], count)
+        yield decisions
+        cache = CounterMetricFamily("pgcutover_plan_cache", "Plan cache lookups", labels=["result"])
+        cache.add_metric(["hit"], stats.hits)
+        cache.add_metric(["miss"], stats.misses)
+        yield cache
+
+
+class QueryMetrics:
+    """Routed queries only (they cost milliseconds; a locked counter per query is nothing beside that)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.queries = Counter("pgcutover_queries", "Routed queries by route, target and outcome",
+                               ["route", "target", "outcome"], registry=registry)
+        self.latency = Histogram("pgcutover_query_duration_seconds", "Routed query latency, send to ReadyForQuery",
+                                 ["route", "target"], registry=registry,
+                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+
+    def observe(self, route: str, target: str, seconds: float, ok: bool) -> None:
+        self.queries.labels(route, target, "ok" if ok else "error").inc()
+        self.latency.labels(route, target).observe(seconds)
 
 
 def install(runtime: Runtime) -> CollectorRegistry:
+    disable_created_metrics()  # *_created series only double the scrape for counters that never reset
     registry = CollectorRegistry(auto_describe=True)
     registry.register(RuntimeCollector(runtime))
+    runtime.query_metrics = QueryMetrics(registry)
     return registry
 
 

@@ -50,6 +50,7 @@ class Runtime:
     routing_loaded: bool = False
     last_reload_error: str = ""
     routed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route table, target) -> queries
+    query_metrics: Any = None  # metrics.QueryMetrics, when the metrics endpoint is on
     request_shutdown: Any = None  # set by serve(): the admin console's SHUTDOWN
     reload: Any = None  # set by serve(): the admin console's RELOAD
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,8 @@ class StatementRouting:
         self._injected: list[tuple[RoutedStatement, str]] = []  # other-target Parses since the last Sync
         self._search_path_raw = ""
         self._search_path: tuple[str, ...] = ("public",)
+        self._timing: list[tuple[str, str, float]] = []  # routed executions awaiting their ReadyForQuery
+        self._failed = False
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -86,11 +89,14 @@ class StatementRouting:
         assert plan.route is not None
         return self.rt.routing.route(plan.route.table) or plan.route
 
-    def _target(self, plan: Plan) -> str:
+    def _target(self, plan: Plan, execution: bool = True) -> str:
+        """Roll for one query. `execution` is False for the Parse of a named statement: its Binds count."""
         route = self._live_route(plan)
         self.split.application_name = self.session.application_name or None
         target = self.split.target_for(route, self.session.tx_status != codes.TX_IDLE)
-        self.rt.count_routed(route.table, target)
+        if execution:
+            self.rt.count_routed(route.table, target)
+            self._timing.append((route.table, target, time.perf_counter()))
         return target
 
     def _plan(self, sql: str) -> Plan:
@@ -113,7 +119,7 @@ class StatementRouting:
         plan = self._plan(parse.sql)
         if plan.passthrough:
             return None
-        target = self._target(plan)
+        target = self._target(plan, execution=not parse.name)
         if parse.name:
             self.statements[parse.name] = RoutedStatement(plan, parse.sql, parse.param_oids, target)
             self.session.hold_statement_messages()
@@ -165,8 +171,17 @@ class StatementRouting:
     # -- replies ----------------------------------------------------------------------------------------------
     def on_error(self) -> None:
         """An error skips the rest of the pipeline: a Parse of ours in it may not exist."""
+        self._failed = True
         for statement, target in self._injected:
             statement.uncertain.add(target)
 
     def on_ready(self) -> None:
         self._injected.clear()
+        if self._timing:
+            metrics = self.rt.query_metrics
+            if metrics is not None:
+                now = time.perf_counter()
+                for table, target, started in self._timing:
+                    metrics.observe(table, target, now - started, not self._failed)
+            self._timing.clear()
+        self._failed = False

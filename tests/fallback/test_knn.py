@@ -244,3 +244,44 @@ def test_batch_window(loaded: tuple[LegacyTable, LegacyStore]) -> None:
             await searcher.close()
 
     run(main())
+
+
+def test_searches_while_the_store_changes() -> None:
+    """Upserts, removals and compactions between and during batched searches: every answer is self-consistent."""
+    rng = np.random.default_rng(9)
+    vectors = {k: rng.standard_normal(16).astype(np.float32) for k in range(3000)}
+    store = _small_store(vectors, segment_rows=128)
+    churn = list(range(0, 3000, 2))  # odd keys never change: their distances must always be exact
+
+    async def writer(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for key in rng.choice(churn, 50, replace=False).tolist():
+                if key in store and rng.random() < 0.5:
+                    store.remove(key)
+                else:
+                    store.upsert(key, rng.standard_normal(16).astype(np.float32))
+            await store.compact()
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        searcher = BatchSearcher()
+        stop = asyncio.Event()
+        task = asyncio.create_task(writer(stop))
+        try:
+            for _ in range(15):
+                queries = [rng.standard_normal(16).astype(np.float32) for _ in range(8)]
+                results = await asyncio.gather(*(searcher.search(store, q, 20, "l2") for q in queries))
+                for query, result in zip(queries, results, strict=True):
+                    keys = result.keys.tolist()
+                    assert len(keys) == len(set(keys)) >= 20
+                    for key, dist in zip(keys, result.distances, strict=True):
+                        if key % 2:
+                            assert dist == pytest.approx(np.linalg.norm(vectors[key].astype(np.float64) - query),
+                                                         rel=1e-12)
+        finally:
+            stop.set()
+            await task
+            await searcher.close()
+        assert max(searcher.batch_sizes) > 1
+
+    run(main())

@@ -587,12 +587,18 @@ class Session:
                 return
             self.state = ACTIVE  # authentication is over: the hot path takes the client's bytes from now on
         if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
-            self.close_for_shutdown()
+            # Not now: this ReadyForQuery (and the result before it) is still in the batch being framed,
+            # and must reach the client before the FATAL that ends the session.
+            asyncio.get_running_loop().call_soon(self._close_if_idle_for_shutdown)
         elif self.rt.paused:
             self.pause_if_idle()
 
     def close_for_shutdown(self) -> None:
         self.fail_client("57P01", "terminating connection: pgcutover is shutting down")
+
+    def _close_if_idle_for_shutdown(self) -> None:
+        if self.idle:
+            self.close_for_shutdown()
 
     @property
     def idle(self) -> bool:

@@ -34,7 +34,7 @@ class Prefilter:
     def __init__(self, routes: Sequence[Route]) -> None:
         tables = [r.relname for r in routes]
         columns = [n for r in routes for n in (r.column, r.pg_vector_column)]
-        flags = re.IGNORECASE
+        flags = re.IGNORECASE | re.ASCII  # same answer for str and bytes
         self._distance = re.compile(_DISTANCE, flags)
         self._tables = re.compile(_names_pattern(tables), flags)
         self._columns = re.compile(_names_pattern(columns), flags)

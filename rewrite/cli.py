@@ -1,0 +1,101 @@
+"""`pgcutover explain --config FILE "SQL"`: the router's decision for one statement, and what each target gets.
+
+Works offline (no catalog: no index matching, `SELECT *` on the shadow passes through with reason
+"star-needs-catalog"); `--live` reads the catalog from the configured upstream first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TextIO
+
+from proxy.config import Config, load_config
+from rewrite.analyze import normalize_search_path
+from rewrite.catalog import Catalog, load_catalog
+from rewrite.plan import Plan
+from rewrite.router import build_plan
+
+UNCHANGED = "(the client's SQL, byte for byte)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    explain = subparsers.add_parser(
+        "explain", help="dry run: how a statement would be routed",
+        description="Print the routing decision for SQL, the reason, and the SQL each target would receive.")
+    explain.add_argument("--config", required=True, help="TOML file with the [[route]] entries")
+    explain.add_argument("--search-path", default="public",
+                         help='comma-separated search_path to resolve unqualified tables (default "public")')
+    explain.add_argument("--live", action="store_true",
+                         help="read table columns and vector indexes from the upstream first")
+    explain.add_argument("sql", help='the statement; "-" reads it from stdin')
+    explain.set_defaults(func=cmd_explain)
+
+
+async def _live_catalog(config: Config) -> Catalog:
+    import asyncpg
+
+    conn = await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout)
+    try:
+        return await load_catalog(conn, config.routes)
+    finally:
+        await conn.close()
+
+
+def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    config = load_config(args.config)
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    search_path = normalize_search_path(args.search_path.split(","))
+    catalog = None
+    catalog_note = "none (offline: no index matching, no SELECT * on shadows)"
+    if args.live:
+        try:
+            catalog = asyncio.run(_live_catalog(config))
+            catalog_note = f"loaded from {config.proxy.upstream.host}:{config.proxy.upstream.port}"
+        except Exception as exc:  # a dry run still answers without the server
+            catalog_note = f"unavailable ({exc}); planning without it"
+    plan = build_plan(sql, config.routes, search_path, catalog)
+    out.write(render(plan, search_path, catalog_note))
+    return 0
+
+
+def render(plan: Plan, search_path: tuple[str, ...], catalog_note: str) -> str:
+    lines = [f"search_path: {', '.join(search_path)}", f"catalog:     {catalog_note}"]
+    if plan.passthrough:
+        lines += ["decision:    passthrough", f"reason:      {plan.reason}",
+                  f"primary:     {UNCHANGED}", f"shadow:      {UNCHANGED}"]
+        return "\n".join(lines) + "\n"
+    query = plan.query
+    route = plan.route
+    assert query is not None and route is not None
+    lines += [
+        "decision:    rewrite",
+        f"reason:      {plan.reason}",
+        f"route:       {route.table} (column {route.column} -> {route.pg_vector_column}; "
+        f"shadow {route.shadow_table or '-'}; split {route.split:g}% to shadow, sticky {route.sticky})",
+        f"similarity:  {query.operator} ({query.metric}) in {', '.join(sorted({d.clause for d in query.distances}))}"
+        f"; query vector {_vector(query)}; limit {_bound(query.limit_value, query.limit_param)}"
+        f"; offset {_bound(query.offset_value, query.offset_param)}",
+        f"primary:     {plan.primary_sql or UNCHANGED}",
+        f"shadow:      {plan.shadow_sql if route.shadow_table else '(no shadow_table configured)'}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _vector(query) -> str:
+    if query.param_index is not None:
+        return f"${query.param_index}"
+    if query.literal is not None:
+        text = query.literal
+        return f"literal {text[:40]}{'...' if len(text) > 40 else ''}"
+    return "expression"
+
+
+def _bound(value: int | None, param: int | None) -> str:
+    if value is not None:
+        return str(value)
+    if param is not None:
+        return f"${param}"
+    return "-"

@@ -50,7 +50,11 @@ class Listener:
         deadline = asyncio.get_running_loop().time() + timeout
         while self.rt.sessions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        # Sessions cut off mid-query: cancel the query too, or its backend runs on after we are gone.
+        cancels = [task for session in list(self.rt.sessions) if (task := session.cancel_upstream())]
         for session in list(self.rt.sessions):
             log.warning("closing session %s at shutdown timeout", session.peer)
             session.close_for_shutdown()
+        if cancels:
+            await asyncio.wait(cancels, timeout=5)
         await asyncio.sleep(0)  # let transports flush their final error messages

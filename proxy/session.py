@@ -118,11 +118,8 @@ class Session:
         if self._connect_task is not None:
             self._connect_task.cancel()
         if self.server_transport is not None:
-            if in_flight and self.key is not None and self.upstream_addr is not None:
-                # An abrupt disconnect mid-query: stop the backend's work rather than let it run to the end.
-                upstream = self.key.upstream
-                packet = msg.cancel_request(upstream.pid, upstream.secret)
-                asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
+            if in_flight:  # an abrupt disconnect mid-query: stop the backend's work rather than let it run on
+                self.cancel_upstream()
             self.server_transport.close()
         self._finish()
 
@@ -592,6 +589,14 @@ class Session:
             asyncio.get_running_loop().call_soon(self._close_if_idle_for_shutdown)
         elif self.rt.paused:
             self.pause_if_idle()
+
+    def cancel_upstream(self) -> asyncio.Task | None:
+        """Send the server a CancelRequest for this session's running query, if one is in flight."""
+        if self.tracker.idle or self.key is None or self.upstream_addr is None:
+            return None
+        upstream = self.key.upstream
+        packet = msg.cancel_request(upstream.pid, upstream.secret)
+        return asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
 
     def close_for_shutdown(self) -> None:
         self.fail_client("57P01", "terminating connection: pgcutover is shutting down")

@@ -15,7 +15,8 @@ import logging
 import ssl
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .admin import ADMIN_DATABASE
@@ -38,6 +39,21 @@ _unpack_i32 = struct.Struct("!i").unpack_from
 
 STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
 ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held by PAUSE at an idle point
+WAITING = "waiting"  # a routing decision is being computed off the event loop; the client's bytes wait
+_WAITING_BUFFER = 1 << 20  # client bytes held while waiting before its socket stops being read
+
+
+@dataclass(slots=True)
+class Deferred:
+    """A client message whose replacement is computed asynchronously (e.g. a fallback kNN search).
+
+    `replacement` resolves to the bytes to send upstream (it queues their replies itself, just before it
+    returns). If it fails, `original` is forwarded as the client sent it.
+    """
+
+    replacement: Awaitable[bytes]
+    original: bytes
+    kind: int
 TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
@@ -79,6 +95,7 @@ class Session:
         self._first = FirstPacketReader()
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self._connect_task: asyncio.Task | None = None
+        self._deferred_task: asyncio.Task | None = None
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
         self.routing: StatementRouting | None = StatementRouting(self) if runtime.router is not None else None
 
@@ -113,10 +130,9 @@ class Session:
     def client_lost(self) -> None:
         if self.state == CLOSED:
             return
-        in_flight = not self.tracker.idle and self.state == ACTIVE
+        in_flight = not self.tracker.idle and self.state in (ACTIVE, WAITING)
         self.state = CLOSED
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        self._cancel_tasks()
         if self.server_transport is not None:
             if in_flight:  # an abrupt disconnect mid-query: stop the backend's work rather than let it run on
                 self.cancel_upstream()
@@ -140,13 +156,17 @@ class Session:
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        self._cancel_tasks()
         if self.server_transport is not None:
             self.server_transport.close()
         if self.client_transport is not None:
             self.client_transport.close()
         self._finish()
+
+    def _cancel_tasks(self) -> None:
+        for task in (self._connect_task, self._deferred_task):
+            if task is not None and not task.done():
+                task.cancel()
 
     def _finish(self) -> None:
         if self.admin is not None:
@@ -348,6 +368,11 @@ class Session:
                 if replacement is not None:
                     if pos > start:
                         self._to_server(data[start:pos])
+                    if replacement.__class__ is Deferred:
+                        self.messages_from_client += count
+                        self.queries += queries
+                        self._wait_for(replacement, data[end:])  # type: ignore[arg-type]
+                        return
                     if replacement:
                         self._to_server(replacement)
                     start = end
@@ -393,10 +418,35 @@ class Session:
             self.admin.feed(data)
         elif self.state == STARTUP:
             self._startup_data(data)
-        elif self.state == CONNECTING or self.state == PAUSED:
+        elif self.state == CONNECTING or self.state == PAUSED or self.state == WAITING:
             self._early.append(data)
-            if self.state == PAUSED:
+            if self.state == PAUSED or sum(map(len, self._early)) > _WAITING_BUFFER:
                 self.pause_client_reading()
+
+    # -- asynchronous routing decisions ---------------------------------------------------------------------
+    def _wait_for(self, deferred: Deferred, rest: bytes) -> None:
+        """Hold the client's later bytes, in order, until the deferred message's replacement is sent."""
+        self.state = WAITING
+        if rest:
+            self._early.insert(0, rest)
+        self._deferred_task = asyncio.get_running_loop().create_task(self._send_deferred(deferred))
+
+    async def _send_deferred(self, deferred: Deferred) -> None:
+        try:
+            out = await deferred.replacement
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the client still gets an answer: the one its own message gets unchanged
+            log.exception("session %s: deferred routing failed; forwarding the message unchanged", self.peer)
+            self.tracker.expect_client(deferred.kind)
+            out = deferred.original
+        if self.state != WAITING:
+            return
+        self._to_server(out)
+        self.state = ACTIVE
+        self.resume_client_reading()
+        while self._early and self.state is ACTIVE:
+            self.client_data(self._early.pop(0))
 
     # -- PAUSE / RESUME (admin console) ---------------------------------------------------------------------
     def pause_if_idle(self) -> None:
@@ -440,7 +490,7 @@ class Session:
         else:  # a Query pipelined before the Terminate: the server answers it, then closes
             self.state = TERMINATING
 
-    def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
+    def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | Deferred | None:
         """A Query/Parse (and Bind/Close once statements are routed), whole. Returns None to forward it as
         is, or the bytes to send instead; either way the reply queue already holds what the server will owe."""
         routing = self.routing

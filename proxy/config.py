@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 STICKY_MODES = ("query", "session", "application_name")
 LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
 BAD_VECTOR_MODES = ("error", "skip")
+METRICS = ("l2", "cosine", "ip")
 
 
 class ConfigError(ValueError):
@@ -128,6 +129,7 @@ class Route:
     dims: int | None = None
     fallback: bool = True
     on_bad_vector: str = "error"
+    metric: str = "cosine"
     mirror: float = 0.0
     mirror_exact: float = 0.0
     shadow_timeout_ms: int = 0
@@ -172,6 +174,8 @@ class Route:
             )
         if self.on_bad_vector not in BAD_VECTOR_MODES:
             raise ConfigError(f"{where}: on_bad_vector must be one of {', '.join(BAD_VECTOR_MODES)}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"{where}: metric = {self.metric!r} must be one of {', '.join(METRICS)}")
         if self.split > 0 and not self.shadow_table:
             raise ConfigError(f"{where}: split = {self.split} needs shadow_table")
         if self.dims is not None and self.dims <= 0:
@@ -213,6 +217,7 @@ KEY_HELP: dict[str, str] = {
     "[[route]] split, sticky": "percent of similarity queries sent to the shadow; query | session | application_name",
     "[[route]] legacy_column, legacy_format, dims, fallback": "legacy vectors (json|bytea_f32|bytea_f64|array)",
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
+    "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
     "[[route]] min_recall, max_latency_ratio, max_error_rate, min_samples": "shadow readiness thresholds",
 }

@@ -1,0 +1,446 @@
+"""backfill: fill vector_column from legacy_column (and, with --shadow, copy rows to the shadow table).
+
+Design:
+- A *pass* splits the keys still to do into `--workers` slots, contiguous key ranges (lo, hi] with one row each in
+  `pgcutover.backfill_checkpoint`. Workers (one connection each) walk their slot by keyset pagination; every
+  batch is one short READ COMMITTED transaction that locks the slot row, picks the next keys after `last_key`,
+  converts them server-side (`legacy::vector(dims)` for JSON text; the SQL decoders in schema.sql for bytea) and
+  advances `last_key` in the same transaction. A SIGKILL loses at most the batches in flight, which roll back.
+- Never overwrites a newer value: the UPDATE only touches rows whose vector is still NULL, and READ COMMITTED
+  re-checks that condition on the newest row version when a concurrent writer got there first.
+- Concurrent backfills of one table cooperate instead of racing: they join the pass in progress, and a slot row
+  is locked by at most one batch at a time (SKIP LOCKED picks a free slot; with none free a worker waits for a
+  busy one), so two runs walk the same cursors and end in the same state as one run. Only starting a pass takes
+  an advisory lock, for a moment; nothing is held across batches, so a killed run never blocks the next one.
+- A batch with a bad legacy value falls back (via a savepoint) to a per-row safe conversion; bad rows keep a
+  NULL vector, are recorded in `pgcutover.bad_rows` and reported at the end.
+- Rows written behind a cursor by a writer without triggers are caught by another pass, started automatically
+  while legacy-only rows (other than known bad ones) remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import asyncpg
+
+from deploy.db import SCHEMA, DeployError, ResolvedRoute, Sql, connect, resolve_route, select_routes
+from deploy.triggers import SHADOW_TRIGGERS, install_schema, shadow_values
+from proxy.config import Config
+
+MAX_PASSES = 3
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
+BATCH_RETRIES = 20
+CHECKPOINT = f"{SCHEMA}.backfill_checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillOptions:
+    batch: int = 1000
+    max_rate: float | None = None  # rows per second over all workers; None = as fast as the server goes
+    shadow: bool = False
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclass
+class BackfillResult:
+    table: str
+    passes: int = 0
+    rows_done: int = 0  # vectors written by this run
+    rows_copied: int = 0  # rows copied to the shadow by this run
+    bad: dict[str, str] = field(default_factory=dict)  # key -> reason, found by this run
+    elapsed: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.rows_done / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class Progress:
+    """A one-line bar with rate and ETA on a terminal; a plain log line every few seconds otherwise."""
+
+    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr, enabled: bool = True) -> None:
+        self.label, self.total, self.stream, self.enabled = label, max(total, 0), stream, enabled
+        self.tty = enabled and stream.isatty()
+        self.last_log = time.monotonic()
+
+    def update(self, done: int, rate: float, *, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self.last_log < (0.2 if self.tty else 5.0):
+            return
+        self.last_log = now
+        total = max(self.total, done)
+        pct = 100.0 * done / total if total else 100.0
+        remaining = max(total - done, 0)
+        eta = _duration(remaining / rate) if rate > 0 and remaining else "0s"
+        text = f"{self.label}: {done:,}/{total:,} rows ({pct:5.1f}%) {rate:,.0f} rows/s ETA {eta}"
+        if self.tty:
+            width = 30
+            filled = int(width * pct / 100)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\x1b[K" + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class RouteSql:
+    """The statements of one route's backfill, built once from quoted names and catalog types."""
+
+    def __init__(self, r: ResolvedRoute, shadow: bool) -> None:
+        if r.legacy is None and not shadow:
+            raise DeployError(f"{r.display}: no legacy_column to backfill from (use --shadow to copy rows)")
+        if shadow and r.shadow is None:
+            raise DeployError(f"{r.display}: --shadow needs shadow_table in the route")
+        self.r, self.shadow = r, shadow
+        t, key, vec, keytype = r.table.ident, r.key.ident, r.vector.ident, r.key.type_sql
+        self.keys = Sql(f"$1::text[]::{keytype}[]")
+        self.legacy_only = Sql(f"{vec} IS NULL AND {r.legacy.ident} IS NOT NULL") if r.legacy else Sql("false")
+        # With --shadow every row is a candidate (each is copied), otherwise only legacy-only rows.
+        self.where = Sql("true") if shadow else self.legacy_only
+        if r.legacy is not None:
+            legacy = Sql(f"{t}.{r.legacy.ident}")
+            self.fast_sql = (
+                f"UPDATE {t} SET {vec} = {r.conversion(legacy)} "
+                f"WHERE {key} = ANY({self.keys}) AND {self.legacy_only} RETURNING {key}::text"
+            )
+            # One conversion per row; xmin pins the row version it was computed from, so a row that a
+            # concurrent writer changed meanwhile is left alone (its own write, or a later pass, handles it).
+            self.safe_sql = (
+                f"UPDATE {t} SET {vec} = c.v FROM (SELECT {key} AS k, xmin AS x, "
+                f"{r.safe_conversion(Sql(r.legacy.ident))} AS v FROM {t} "
+                f"WHERE {key} = ANY({self.keys}) AND {self.legacy_only}) AS c "
+                f"WHERE {t}.{key} = c.k AND {t}.xmin = c.x AND c.v IS NOT NULL AND {t}.{vec} IS NULL "
+                f"RETURNING {t}.{key}::text"
+            )
+            self.reasons_sql = (
+                f"SELECT {key}::text AS key, {SCHEMA}.vector_error({r.legacy.ident}, {r.format_lit}, {r.dims}) "
+                f"AS reason FROM {t} WHERE {key} = ANY({self.keys}) AND {self.legacy_only}"
+            )
+            self.remaining_sql = (
+                f"SELECT count(*) FROM {t} WHERE {self.legacy_only} AND NOT EXISTS (SELECT 1 FROM "
+                f"{SCHEMA}.bad_rows AS b WHERE b.table_name = $1 AND b.key = {t}.{key}::text)"
+            )
+        # Slot bounds: the upper key of each of n groups of equal size (the last group is unbounded above).
+        self.bounds_sql = (
+            f"SELECT max({key})::text AS hi, count(*) AS n FROM (SELECT {key}, ntile($1) OVER (ORDER BY {key}) AS b "
+            f"FROM {t} WHERE {self.where}) AS s GROUP BY b ORDER BY b"
+        )
+        if shadow:
+            self._shadow_sql()
+
+    def candidates(self, limit: int, lower: str | None, upper: str | None) -> tuple[str, list[object]]:
+        """Next keys of a slot in (lower, upper]. Absent bounds are left out of the text (not `$n IS NULL OR`)
+        so that every variant plans as an index range scan."""
+        r = self.r
+        t, key, keytype = r.table.ident, r.key.ident, r.key.type_sql
+        conditions, args = [self.where], [limit]
+        for bound, op in ((lower, ">"), (upper, "<=")):
+            if bound is not None:
+                args.append(bound)
+                conditions.append(Sql(f"{key} {op} ${len(args)}::text::{keytype}"))
+        # Aliased: `ORDER BY key` would otherwise sort by the text output column of the same name.
+        query = f"SELECT {key}::text AS k FROM {t} WHERE {' AND '.join(conditions)} ORDER BY {t}.{key} LIMIT $1"
+        return query, args
+
+    def _shadow_sql(self) -> None:
+        r = self.r
+        assert r.shadow is not None and r.shadow_key is not None
+        v = shadow_values(r)
+        t, key, s = r.table.ident, r.key.ident, r.shadow.ident
+        skey, skeytype = r.shadow_key.ident, r.shadow_key.type_sql
+        # FOR SHARE waits for concurrent writers and copies the newest version; the lock held until commit
+        # makes any later write of these rows reach the shadow (through its trigger) after this copy.
+        self.copy_sql = (
+            f"INSERT INTO {s} AS s ({v['columns']}){v['overriding']} "
+            f"SELECT {v['values']} FROM {t} AS n WHERE n.{key} = ANY({self.keys}) "
+            f"ORDER BY n.{key} FOR SHARE OF n "
+            f"ON CONFLICT ({skey}) DO UPDATE SET {v['assignments']}"
+        )
+        bounds = (
+            f"($1::text IS NULL OR s.{skey} > $1::text::{skeytype}) "
+            f"AND ($2::text IS NULL OR s.{skey} <= $2::text::{skeytype})"
+        )
+        orphan = f"NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{key} = s.{skey})"
+        self.orphans_sql = f"SELECT s.{skey}::text FROM {s} AS s WHERE {bounds} AND {orphan}"
+        self.lock_orphans_sql = f"SELECT 1 FROM {s} AS s WHERE s.{skey} = ANY($1::text[]::{skeytype}[]) FOR UPDATE"
+        self.delete_orphans_sql = f"DELETE FROM {s} AS s WHERE s.{skey} = ANY($1::text[]::{skeytype}[]) AND {orphan}"
+
+
+@dataclass
+class Slot:
+    number: int
+    pass_: int
+    shadow: bool
+    lo: str | None
+    hi: str | None
+    last_key: str | None
+
+
+class Shared:
+    """State the workers of one run share: totals, rate limit, progress."""
+
+    def __init__(self, result: BackfillResult, options: BackfillOptions, progress: Progress, done: int) -> None:
+        self.result, self.options, self.progress = result, options, progress
+        self.started = time.monotonic()
+        self.processed = 0  # candidate rows handled by this run in this pass (what --max-rate limits)
+        self.done = done  # rows done in this pass by anyone, for the progress bar
+        self.rates: dict[int, float] = {}
+
+    @property
+    def rate(self) -> float:
+        return sum(self.rates.values())
+
+    async def throttle(self) -> None:
+        if self.options.max_rate:
+            ahead = self.processed / self.options.max_rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+class Worker:
+    """One connection working through slots of the current pass, one batch per transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, sql: RouteSql, shared: Shared, index: int) -> None:
+        self.conn, self.sql, self.r, self.shared, self.index = conn, sql, sql.r, shared, index
+        self.preferred = index
+        self.batch = max(1, min(shared.options.batch, int(shared.options.max_rate or shared.options.batch)))
+        self.rate = 0.0
+
+    async def run(self, pass_: int) -> None:
+        while True:
+            for attempt in range(1, BATCH_RETRIES + 1):
+                try:
+                    more = await self._batch(pass_)
+                    break
+                except RETRYABLE:
+                    if attempt == BATCH_RETRIES:
+                        raise
+                    await asyncio.sleep(0.05 * attempt)
+            if not more:
+                return
+            self.shared.progress.update(self.shared.done, self.shared.rate)
+            await self.shared.throttle()
+
+    async def _lock_slot(self, pass_: int) -> Slot | None:
+        """A free unfinished slot of the pass (ours first); with none free, wait for a busy one."""
+        query = (
+            f"SELECT slot, pass, shadow, lo, hi, last_key FROM {CHECKPOINT} WHERE table_name = $1 AND pass = $2 "
+            "AND finished_at IS NULL ORDER BY slot = $3 DESC, slot LIMIT 1 FOR UPDATE"
+        )
+        row = await self.conn.fetchrow(query + " SKIP LOCKED", self.r.display, pass_, self.preferred)
+        if row is None:
+            row = await self.conn.fetchrow(query, self.r.display, pass_, self.preferred)
+        if row is None:
+            return None
+        self.preferred = row["slot"]
+        return Slot(row["slot"], row["pass"], row["shadow"], row["lo"], row["hi"], row["last_key"])
+
+    async def _batch(self, pass_: int) -> bool:
+        """One transaction on one slot. False when no unfinished slot is left in the pass."""
+        t0 = time.monotonic()
+        async with self.conn.transaction(isolation="read_committed"):
+            slot = await self._lock_slot(pass_)
+            if slot is None:
+                return False
+            lower = slot.last_key if slot.last_key is not None else slot.lo
+            query, args = self.sql.candidates(self.batch, lower, slot.hi)
+            keys = [row[0] for row in await self.conn.fetch(query, *args)]
+            if not keys:
+                if slot.shadow:
+                    await self.delete_orphans(lower, slot.hi)
+                await self.conn.execute(
+                    f"UPDATE {CHECKPOINT} SET finished_at = now(), updated_at = now(), rate = NULL "
+                    "WHERE table_name = $1 AND slot = $2", self.r.display, slot.number,
+                )
+                self.shared.rates.pop(slot.number, None)
+                return True
+            written, bad = await self.convert(keys)
+            copied = await self.copy_to_shadow(keys, written, lower, keys[-1]) if slot.shadow else 0
+            count = copied if slot.shadow else len(written)
+            batch_rate = count / max(time.monotonic() - t0, 1e-6)
+            self.rate = batch_rate if self.rate == 0 else 0.7 * self.rate + 0.3 * batch_rate
+            await self.conn.execute(
+                f"UPDATE {CHECKPOINT} SET last_key = $3, rows_done = rows_done + $4, rows_bad = rows_bad + $5, "
+                "rows_copied = rows_copied + $6, rate = $7, updated_at = now() WHERE table_name = $1 AND slot = $2",
+                self.r.display, slot.number, keys[-1], len(written), len(bad), copied, self.rate,
+            )
+        result = self.shared.result
+        result.rows_done += len(written)
+        result.rows_copied += copied
+        result.bad.update(bad)
+        self.shared.processed += len(keys)
+        self.shared.done += count
+        self.shared.rates[slot.number] = self.rate
+        return True
+
+    async def convert(self, keys: list[str]) -> tuple[list[str], dict[str, str]]:
+        """Write vectors for the batch; returns (keys written, bad key -> reason)."""
+        if self.r.legacy is None:
+            return [], {}
+        try:
+            async with self.conn.transaction():  # a savepoint: a bad value rolls back only this statement
+                return [row[0] for row in await self.conn.fetch(self.sql.fast_sql, keys)], {}
+        except (asyncpg.DataError, asyncpg.ProgramLimitExceededError):
+            pass
+        written = [row[0] for row in await self.conn.fetch(self.sql.safe_sql, keys)]
+        rows = await self.conn.fetch(self.sql.reasons_sql, keys)
+        bad = {row["key"]: row["reason"] for row in rows if row["reason"]}
+        if bad:
+            await self.conn.executemany(
+                f"INSERT INTO {SCHEMA}.bad_rows AS b (table_name, key, reason, seen_at) VALUES ($1, $2, $3, now()) "
+                "ON CONFLICT (table_name, key) DO UPDATE SET reason = EXCLUDED.reason, seen_at = EXCLUDED.seen_at",
+                [(self.r.display, key, reason) for key, reason in bad.items()],
+            )
+        return written, bad
+
+    async def copy_to_shadow(self, keys: list[str], written: list[str], lo: str | None, hi: str | None) -> int:
+        """Upsert the batch's rows into the shadow and delete shadow rows in (lo, hi] with no source row."""
+        synced = await self.conn.fetchval(
+            "SELECT count(*) = $3 FROM pg_trigger WHERE tgrelid = $1 AND tgname = ANY($2::text[])",
+            self.r.table.oid, list(SHADOW_TRIGGERS), len(SHADOW_TRIGGERS),
+        )
+        if synced:  # the UPDATE above already reached the shadow through the sync trigger
+            done = set(written)
+            keys = [k for k in keys if k not in done]
+        copied = 0
+        if keys:
+            status = await self.conn.execute(self.sql.copy_sql, keys)
+            copied = int(status.rsplit(" ", 1)[-1])
+        await self.delete_orphans(lo, hi)
+        return copied + (len(written) if synced else 0)
+
+    async def delete_orphans(self, lo: str | None, hi: str | None) -> None:
+        candidates = [row[0] for row in await self.conn.fetch(self.sql.orphans_sql, lo, hi)]
+        if not candidates:
+            return
+        # Lock first, then re-check in a new statement (new snapshot): a writer that was inserting one of
+        # these keys has committed by now and its row is seen, so only true orphans are deleted.
+        await self.conn.execute(self.sql.lock_orphans_sql, candidates)
+        await self.conn.execute(self.sql.delete_orphans_sql, candidates)
+
+
+class BackfillRun:
+    """This process's part in backfilling one route (other processes may share its passes)."""
+
+    def __init__(self, conns: list[asyncpg.Connection], r: ResolvedRoute, options: BackfillOptions,
+                 stream: TextIO = sys.stderr) -> None:
+        self.conns, self.r, self.options, self.stream = conns, r, options, stream
+        self.result = BackfillResult(table=r.display)
+
+    async def begin_pass(self, previous: int | None) -> tuple[int, bool]:
+        """Join the pass in progress, or start a new one. Returns (pass number, its shadow mode)."""
+        conn = self.conns[0]
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"pgcutover:backfill:{self.r.display}")
+            current = await conn.fetchrow(
+                f"SELECT max(pass) AS pass, bool_or(shadow) AS shadow, count(*) FILTER (WHERE finished_at IS NULL) "
+                f"AS open FROM {CHECKPOINT} WHERE table_name = $1", self.r.display,
+            )
+            number = current["pass"] or 0
+            if current["open"] and number != previous and (current["shadow"] or not self.options.shadow):
+                return number, current["shadow"]
+            sql = RouteSql(self.r, self.options.shadow)
+            groups = await conn.fetch(sql.bounds_sql, max(1, self.options.workers))
+            his = [*(g["hi"] for g in groups[:-1]), None]
+            los = [None, *his[:-1]]
+            await conn.execute(f"DELETE FROM {CHECKPOINT} WHERE table_name = $1", self.r.display)
+            await conn.executemany(
+                f"INSERT INTO {CHECKPOINT} (table_name, slot, pass, shadow, lo, hi, last_key, rows_total) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $5, $7)",
+                [(self.r.display, i, number + 1, self.options.shadow, lo, hi, g["n"])
+                 for i, (lo, hi, g) in enumerate(zip(los, his, groups, strict=True))]
+                or [(self.r.display, 0, number + 1, self.options.shadow, None, None, 0)],
+            )
+            return number + 1, self.options.shadow
+
+    async def run_pass(self, number: int, shadow: bool) -> None:
+        sql = RouteSql(self.r, shadow)
+        totals = await self.conns[0].fetchrow(
+            "SELECT sum(rows_total)::bigint AS total, "
+            "sum(CASE WHEN shadow THEN rows_copied ELSE rows_done END)::bigint AS done "
+            f"FROM {CHECKPOINT} WHERE table_name = $1 AND pass = $2", self.r.display, number,
+        )
+        progress = Progress(f"{self.r.display} pass {number}", totals["total"] or 0, self.stream,
+                            self.options.progress)
+        shared = Shared(self.result, self.options, progress, totals["done"] or 0)
+        workers = [Worker(conn, sql, shared, i) for i, conn in enumerate(self.conns)]
+        await asyncio.gather(*(w.run(number) for w in workers))
+        elapsed = time.monotonic() - shared.started
+        progress.update(shared.done, shared.processed / elapsed if elapsed > 0 else 0.0, final=True)
+
+    async def remaining(self) -> int:
+        if self.r.legacy is None:
+            return 0
+        return await self.conns[0].fetchval(RouteSql(self.r, False).remaining_sql, self.r.display)
+
+    async def run(self) -> BackfillResult:
+        started = time.monotonic()
+        previous: int | None = None
+        for _ in range(MAX_PASSES):
+            number, shadow = await self.begin_pass(previous)
+            await self.run_pass(number, shadow)
+            self.result.passes += 1
+            previous = number
+            left = await self.remaining()
+            if left == 0:
+                break
+            self._say(f"{self.r.display}: {left} legacy-only rows were written behind the cursor; another pass")
+        self.result.elapsed = time.monotonic() - started
+        return self.result
+
+    def _say(self, text: str) -> None:
+        if self.options.progress:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+async def _open(config: Config, count: int) -> list[asyncpg.Connection]:
+    conns = [await connect(config) for _ in range(count)]
+    for conn in conns:
+        # Lets the server notice a killed client between checks, so its batch (and slot lock) goes fast.
+        await conn.execute("SET client_connection_check_interval = '1s'")
+    return conns
+
+
+async def backfill(config: Config, table: str | None = None, options: BackfillOptions | None = None,
+                   stream: TextIO = sys.stderr) -> list[BackfillResult]:
+    """Backfill the selected routes one after another, each with `options.workers` connections."""
+    options = options or BackfillOptions()
+    conns = await _open(config, max(1, options.workers))
+    try:
+        await install_schema(conns[0])
+        results = []
+        for route in select_routes(config, table):
+            r = await resolve_route(conns[0], route)
+            RouteSql(r, options.shadow)  # fail early on a route that cannot be backfilled
+            results.append(await BackfillRun(conns, r, options, stream).run())
+        return results
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+def report(results: list[BackfillResult], stream: TextIO, limit: int = 20) -> None:
+    for res in results:
+        stream.write(
+            f"{res.table}: {res.rows_done:,} vectors written, {res.rows_copied:,} rows copied to the shadow, "
+            f"{len(res.bad):,} bad rows skipped, {res.passes} pass(es), {res.elapsed:.1f}s ({res.rate:,.0f} rows/s)\n"
+        )
+        for key, reason in list(res.bad.items())[:limit]:
+            stream.write(f"  bad row key={key}: {reason}\n")
+        if len(res.bad) > limit:
+            stream.write(f"  ... and {len(res.bad) - limit} more (see pgcutover.bad_rows)\n")

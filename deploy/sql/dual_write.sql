@@ -1,0 +1,42 @@
+-- Dual write: a BEFORE ROW trigger that sets {{vec}} from {{legacy}} whenever the legacy value is written.
+-- Sections are rendered by deploy/triggers.py with quoted identifiers only.
+
+-- @section function
+CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
+LANGUAGE plpgsql AS $pgcutover$
+DECLARE
+    converted {{vector_type}};
+BEGIN
+    IF NEW.{{legacy}} IS NULL THEN
+        RETURN NEW;
+    END IF;
+    -- UPDATE OF fires whenever the column is in the SET list; only a changed value is re-converted, so an
+    -- UPDATE that sets both columns to values of its own keeps its vector.
+    IF TG_OP = 'UPDATE' AND {{legacy_new}} IS NOT DISTINCT FROM {{legacy_old}} THEN
+        RETURN NEW;
+    END IF;
+    BEGIN
+        converted := {{conversion}};
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+{{on_bad}}
+    END;
+    NEW.{{vec}} := converted;
+    RETURN NEW;
+END
+$pgcutover$;
+
+-- @section on_bad_error
+        RAISE EXCEPTION 'pgcutover: bad legacy vector in %.% for key %: %',
+                        {{display_lit}}, {{legacy_lit}}, NEW.{{key}}, SQLERRM
+            USING ERRCODE = SQLSTATE,
+                  HINT = 'fix the value, or set on_bad_vector = "skip" to store NULL and record the key in '
+                         'pgcutover.bad_rows';
+
+-- @section on_bad_skip
+        converted := NULL;
+        PERFORM pgcutover.record_bad_row({{display_lit}}, NEW.{{key}}::text, SQLERRM);
+
+-- @section trigger
+CREATE TRIGGER pgcutover_dual_write
+    BEFORE INSERT OR UPDATE OF {{legacy}} ON {{table}}
+    FOR EACH ROW EXECUTE FUNCTION {{fn}}();

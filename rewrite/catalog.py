@@ -7,6 +7,7 @@ All catalog queries take typed parameters; names from the config never reach SQL
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -66,7 +67,9 @@ class IndexInfo:
         return None
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_key(key: str) -> exp.Expression | None:
+    # cached: planning asks for the same few index keys on every cache miss (callers copy before changing)
     try:
         return parse_one(key)
     except SqlglotError:

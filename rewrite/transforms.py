@@ -194,15 +194,22 @@ def index_for(query: SimilarityQuery, catalog: Catalog | None) -> IndexInfo | No
     return None
 
 
-def match_index_shape(expression: exp.Expression, query: SimilarityQuery, index: IndexInfo) -> exp.Expression:
+def match_index_shape(expression: exp.Expression, query: SimilarityQuery, index: IndexInfo,
+                      vector_type: str = "vector") -> exp.Expression:
     """Write the ORDER BY distance the way the expression index is defined, so the planner can use it.
+
+    A bare parameter is cast to the vector column's type first (`$1::vector::halfvec(3072)`): the server then
+    still describes $1 as that type, so clients that bind vectors in binary keep working.
 
     >>> from rewrite.catalog import Catalog, ColumnInfo, TableInfo
     >>> idx = IndexInfo("items_hnsw", "hnsw", "((embedding_vector)::halfvec(3072))", "halfvec_cosine_ops", "<=>")
     >>> table = TableInfo("public", "items", (ColumnInfo("id", "integer"),), (idx,))
     >>> q = analyze("SELECT id FROM items ORDER BY embedding_vector <=> $1 LIMIT 10", [route])
     >>> to_sql(match_index_shape(q.expression.copy(), q, idx))
-    'SELECT id FROM items ORDER BY (embedding_vector::halfvec(3072)) <=> ($1)::halfvec(3072) LIMIT 10'
+    'SELECT id FROM items ORDER BY (embedding_vector::halfvec(3072)) <=> $1::vector::halfvec(3072) LIMIT 10'
+    >>> q = analyze("SELECT id FROM items ORDER BY embedding_vector <=> '[1,2]' LIMIT 10", [route])
+    >>> to_sql(match_index_shape(q.expression.copy(), q, idx))
+    "SELECT id FROM items ORDER BY (embedding_vector::halfvec(3072)) <=> ('[1,2]')::halfvec(3072) LIMIT 10"
     """
     cast = index.cast
     assert cast is not None
@@ -217,8 +224,12 @@ def match_index_shape(expression: exp.Expression, query: SimilarityQuery, index:
         return expression  # ORDER BY an output name under DISTINCT/GROUP BY must stay an output name
     column = _column_like(_operand_column(node.args[use.column_arg]), column_name, query, keep_db=True)
     vector = node.args["expression" if use.column_arg == "this" else "this"].copy()
+    if isinstance(vector, exp.Parameter):
+        vector = exp.Cast(this=vector, to=build_type(vector_type))
+    else:
+        vector = exp.Paren(this=vector)
     left = exp.Paren(this=exp.Cast(this=column, to=type_.copy()))
-    right = exp.Cast(this=exp.Paren(this=vector), to=type_.copy())
+    right = exp.Cast(this=vector, to=type_.copy())
     args = (left, right) if use.column_arg == "this" else (right, left)
     ordered.set("this", OPERATOR_NODES[query.operator](this=args[0], expression=args[1]))
     return expression
@@ -244,8 +255,15 @@ def to_primary(expression: exp.Expression, query: SimilarityQuery,
         add_vector_not_null(expression, query)
     index = index_for(query, catalog)
     if index is not None:
-        match_index_shape(expression, query, index)
+        match_index_shape(expression, query, index, _vector_type(query, catalog))
     return expression
+
+
+def _vector_type(query: SimilarityQuery, catalog: Catalog | None) -> str:
+    """The vector column's type without its typmod ("vector" when unknown)."""
+    info = catalog.lookup(query.route.table) if catalog is not None else None
+    column = info.column(query.route.pg_vector_column) if info is not None else None
+    return column.type.split("(")[0] if column is not None else "vector"
 
 
 # -- shadow -------------------------------------------------------------------------------------------------

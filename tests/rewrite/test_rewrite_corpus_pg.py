@@ -124,3 +124,25 @@ def test_rewritten_equals_hand_written(case: Case, target: str, corpus_dsn: str,
         got_rows, want_rows = sorted(got_rows, key=repr), sorted(want_rows, key=repr)
     assert got_rows == want_rows
     assert want_rows, "a corpus query should return rows, or the comparison proves little"
+
+
+def test_expression_index_serves_the_primary_rewrite(corpus_dsn: str, live_catalog: Catalog) -> None:
+    sql = "SELECT id FROM big ORDER BY embedding <=> $1 LIMIT 5"
+    plan = build_plan(sql, schema.ROUTES, ("public",), live_catalog)
+    assert plan.primary_sql is not None and "halfvec(8)" in plan.primary_sql
+
+    async def explain(text: str) -> tuple[str, list[str]]:
+        conn = await connect(corpus_dsn)
+        try:
+            await conn.execute("SET enable_seqscan = off")
+            statement = await conn.prepare(text)
+            rows = await conn.fetch(f"EXPLAIN (COSTS OFF) {text}", "[1,0,0,0,0,0,0,0]")
+            return "\n".join(r[0] for r in rows), [t.name for t in statement.get_parameters()]
+        finally:
+            await conn.close()
+
+    rewritten, params = asyncio.run(explain(plan.primary_sql))
+    original, original_params = asyncio.run(explain(sql))
+    assert "Index Scan using big_embedding_halfvec" in rewritten
+    assert "big_embedding_halfvec" not in original
+    assert params == original_params == ["vector"]  # clients still bind a vector

@@ -3,7 +3,7 @@
 -- sql:
 SELECT id FROM big ORDER BY embedding <=> $1 LIMIT 5
 -- primary:
-SELECT id FROM big ORDER BY (embedding::halfvec(8)) <=> ($1)::halfvec(8) LIMIT 5
+SELECT id FROM big ORDER BY (embedding::halfvec(8)) <=> $1::vector::halfvec(8) LIMIT 5
 -- shadow:
 SELECT id FROM ruvector_new.big ORDER BY embedding <=> $1::vector LIMIT 5
 -- hand-primary:

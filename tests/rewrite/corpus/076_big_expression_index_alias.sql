@@ -3,7 +3,7 @@
 -- sql:
 SELECT id, embedding <=> $1 AS d FROM big ORDER BY d LIMIT 5
 -- primary:
-SELECT id, embedding <=> $1 AS d FROM big ORDER BY (embedding::halfvec(8)) <=> ($1)::halfvec(8) LIMIT 5
+SELECT id, embedding <=> $1 AS d FROM big ORDER BY (embedding::halfvec(8)) <=> $1::vector::halfvec(8) LIMIT 5
 -- shadow:
 SELECT id, embedding <=> $1::vector AS d FROM ruvector_new.big ORDER BY d LIMIT 5
 -- hand-primary:

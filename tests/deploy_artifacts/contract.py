@@ -123,3 +123,17 @@ def check_expr(expr: str) -> list[str]:
     if not refs:
         return [f"{expr!r}: names no metric"]
     return [problem for ref in refs for problem in _check_ref(ref)]
+
+
+def labels_kept(expr: str) -> set[str]:
+    """Labels an expression's result can carry, as far as templates ({{ $labels.x }}, {{x}}) may use them:
+    the labels of any `by (...)` clause, plus every label of a selector that no function or aggregation wraps."""
+    import re
+
+    kept = {label.strip() for group in re.findall(r"\bby\s*\(([^)]*)\)", expr) for label in group.split(",")}
+    for ref in references(expr):
+        if ref.function is None:
+            series = resolve(ref.name)
+            kept |= TARGET_LABELS | set(series.labels if series else ())
+    kept.discard("")
+    return kept

@@ -40,13 +40,16 @@ _PREFILTERED = passthrough("prefilter")
 class RouterStats:
     hits: int = 0
     misses: int = 0
+    cached: int = 0  # entries
+    cached_bytes: int = 0  # estimate
     passthrough: Counter[str] = field(default_factory=Counter)  # reason -> queries
     rewritten: Counter[str] = field(default_factory=Counter)  # route table -> queries
 
 
 class Router:
-    def __init__(self, routes: Sequence[Route], catalog: Catalog | None = None, cache_size: int = 4096) -> None:
-        self._cache: PlanCache[Plan] = PlanCache(cache_size)
+    def __init__(self, routes: Sequence[Route], catalog: Catalog | None = None, cache_size: int = 4096,
+                 cache_bytes: int = 128 << 20) -> None:
+        self._cache: PlanCache[Plan] = PlanCache(cache_size, cache_bytes)
         self._passthrough: Counter[str] = Counter()
         self._rewritten: Counter[str] = Counter()
         self.replace_routes(routes, catalog)
@@ -68,8 +71,8 @@ class Router:
 
     @property
     def stats(self) -> RouterStats:
-        return RouterStats(self._cache.hits, self._cache.misses, Counter(self._passthrough),
-                           Counter(self._rewritten))
+        return RouterStats(self._cache.hits, self._cache.misses, len(self._cache), self._cache.bytes,
+                           Counter(self._passthrough), Counter(self._rewritten))
 
     def plan(self, sql: str, search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH) -> Plan:
         if not self._routes or not self._prefilter.might_match(sql):
@@ -79,12 +82,19 @@ class Router:
         plan = self._cache.get(key)
         if plan is None:
             plan = build_plan(sql, self._routes, search_path, self._catalog)
-            self._cache.put(key, plan)
+            self._cache.put(key, plan, _plan_bytes(sql, plan))
         if plan.query is None:
             self._passthrough[plan.reason] += 1
         else:
             self._rewritten[plan.query.route.table] += 1
         return plan
+
+
+def _plan_bytes(sql: str, plan: Plan) -> int:
+    """Rough memory held by a cache entry: the key text, the output texts, and the parsed statement."""
+    if plan.query is None:
+        return len(sql) + 200
+    return 16_000 + 3 * len(sql) + len(plan.primary_sql or "") + len(plan.shadow_sql or "")
 
 
 def build_plan(sql: str, routes: Sequence[Route], search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH,

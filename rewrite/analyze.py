@@ -548,15 +548,31 @@ class _Recognizer:
                     elif source.name == table:
                         return source, True
             else:
-                hits = [(s, self._has_column(s, name)) for s in current.sources]
-                if any(h is not False for _, h in hits):
-                    route_hit = next((h for s, h in hits if s is self.source), False)
-                    others = [h for s, h in hits if s is not self.source and h is not False]
+                hits = {id(s): self._has_column(s, name) for s in current.sources}
+                others = [h for s in current.sources if s is not self.source for h in [hits[id(s)]]]
+                if any(s is self.source for s in current.sources):
+                    route_hit = hits[id(self.source)]
                     if route_hit is False:
-                        return None, True
-                    return self.source, route_hit is True and not others
+                        return None, True  # the route table is here and has no such column
+                    if route_hit is True and not any(h is not False for h in others):
+                        return self.source, True
+                    return self.source, False
+                if any(h is True for h in others):
+                    return None, True
+                if any(h is None for h in others):
+                    # It may resolve here, or, if no source here has it, further out: possibly the route table.
+                    return (self.source, False) if self._route_outside(current) else (None, True)
             current = current.parent
         return None, True
+
+    def _route_outside(self, scope: _Scope) -> bool:
+        """Whether the route table is a source of a scope enclosing `scope` (so a column could resolve to it)."""
+        current = scope.parent
+        while current is not None:
+            if current is self.scope:
+                return True
+            current = current.parent
+        return False
 
     def _route_ref(self, node: exp.Expression) -> tuple[bool, bool]:
         """(is a reference to the route table's column, certain) for a Column node."""
@@ -629,8 +645,12 @@ class _Recognizer:
             if clause is None:
                 raise Passthrough("distance-position", key)
             other = node.args["expression" if column_arg == "this" else "this"]
+            vector_names = {self.route.column, self.route.pg_vector_column}
             for column in other.find_all(exp.Column):
-                if self._route_ref(column)[0] or not self._route_ref(column)[1]:
+                is_ref, certain = self._route_ref(column)
+                # an uncertain ordinary column (`id` in a subquery on an uncatalogued table) reads the same on
+                # either target; a certain reference or a vector column makes the query vector row-dependent
+                if is_ref and (certain or norm(column.this) in vector_names):
                     raise Passthrough("distance-shape", "query vector uses the route table")
             projection = None
             if clause == "select":

@@ -379,6 +379,17 @@ def _check_shadow_column(query: SimilarityQuery, name: str, catalog: Catalog | N
     return mapped
 
 
+def _check_uncertain_column(query: SimilarityQuery, name: str, catalog: Catalog | None) -> None:
+    """A name that may or may not be the route table's keeps its spelling; if it is the route table's, the
+    shadow must have it too, with the same type."""
+    primary, shadow = _shadow_tables(query, catalog)
+    if primary is None or shadow is None or primary.column(name) is None:
+        return
+    target = shadow.column(name)
+    if target is None or target.type != primary.column(name).type:
+        raise Passthrough("shadow-missing-column", name)
+
+
 def rename_shadow_columns(expression: exp.Expression, query: SimilarityQuery,
                           catalog: Catalog | None = None) -> exp.Expression:
     """Other references to route-table columns: schema-qualified ones lose the schema (the table changed), the
@@ -396,6 +407,7 @@ def rename_shadow_columns(expression: exp.Expression, query: SimilarityQuery,
         if not use.certain and (vectorish or shadow_name(route, use.name) != use.name):
             raise Passthrough("ambiguous-column", use.name)
         if not use.certain:
+            _check_uncertain_column(query, use.name, catalog)
             continue
         mapped = _check_shadow_column(query, use.name, catalog, type_matters=not use.null_test)
         column = _column_like(node, mapped, query, keep_db=False) if mapped != use.name or node.args.get("db") \

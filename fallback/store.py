@@ -439,11 +439,23 @@ class LegacyStore:
 
     def upsert(self, key: Key, vector: np.ndarray, xmin: int = 0) -> None:
         """Insert or replace one row (mostly for tests; the follower re-reads rows from the table)."""
-        row = formats.check_row(np.asarray(vector, dtype=np.float32), self.dims or len(vector))
-        self.dims = self.dims or len(row)
-        self._kill(key)
-        self._bad.pop(key, None)
-        self._append([key], [xmin], row[None, :])
+        self.bulk_upsert([key], np.asarray(vector, dtype=np.float32)[None, :], [xmin])
+
+    def bulk_upsert(self, keys: Sequence[Key], vectors: np.ndarray, xmins: Sequence[int] | None = None) -> None:
+        """Insert or replace many rows at once, without a database (tests, benchmarks)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        self.dims = self.dims or vectors.shape[1]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dims:
+            raise VectorFormatError(formats.DIMS, f"expected rows of {self.dims} dimensions, got {vectors.shape}")
+        for start in range(0, len(vectors), 8192):
+            if not np.isfinite(vectors[start:start + 8192]).all():
+                raise VectorFormatError(formats.NON_FINITE, "NaN or infinite element")
+        if not self._segments and self._sql is None and all(isinstance(k, int) for k in keys):
+            self._key_dtype = np.dtype(np.int64)
+        for key in keys:
+            self._kill(key)
+            self._bad.pop(key, None)
+        self._append(list(keys), list(xmins) if xmins is not None else [0] * len(keys), vectors)
         self._publish()
 
     def remove(self, key: Key) -> bool:

@@ -178,7 +178,8 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
 def index_for(query: SimilarityQuery, catalog: Catalog | None) -> IndexInfo | None:
     """The expression index (`vector_column::type`) that can serve the ORDER BY, when no plain index on the
     vector column can."""
-    if catalog is None or not query.order_by_distance or query.function_form:
+    # Under DISTINCT or GROUP BY an ORDER BY expression must match the select list: leave those alone.
+    if catalog is None or not query.order_by_distance or query.function_form or query.aggregated:
         return None
     info = catalog.lookup(query.route.table)
     if info is None:
@@ -220,8 +221,6 @@ def match_index_shape(expression: exp.Expression, query: SimilarityQuery, index:
     main = ordered.meta[MARK][1]
     use = query.distances[main]
     node = tags.distances[main]
-    if node is not ordered.this and query.aggregated:
-        return expression  # ORDER BY an output name under DISTINCT/GROUP BY must stay an output name
     column = _column_like(_operand_column(node.args[use.column_arg]), column_name, query, keep_db=True)
     vector = node.args["expression" if use.column_arg == "this" else "this"].copy()
     if isinstance(vector, exp.Parameter):
@@ -336,7 +335,8 @@ def retarget_shadow(expression: exp.Expression, query: SimilarityQuery,
         result = shadow_distance_type(route, catalog, use.in_function, use.operator)
         if use.in_function and result is None:
             raise Passthrough("shadow-function-form")
-        if use.clause == "select" and result is None:
+        if use.clause == "select" and (result is None or (result != FLOAT8 and query.aggregated)):
+            # unknown result type, or a cast back to float8 that DISTINCT/GROUP BY could no longer match
             raise Passthrough("shadow-distance-type")
         column = _operand_column(node.args[use.column_arg])
         other_arg = "expression" if use.column_arg == "this" else "this"

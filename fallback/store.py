@@ -33,6 +33,7 @@ import functools
 import logging
 import time
 import uuid
+import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -322,7 +323,10 @@ class LegacyStore:
         self.notices_applied = 0
         self.reconciles = 0
         self._labels = {"table": route.table}
-        metrics.REFRESH_LAG.labels(**self._labels).set_function(self.refresh_lag)
+        self._configured: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+        this = weakref.ref(self)  # the metric must not keep a replaced store (and its matrix) alive
+        metrics.REFRESH_LAG.labels(**self._labels).set_function(
+            lambda: store.refresh_lag() if (store := this()) is not None else 0.0)
 
     def _default_lanes(self) -> tuple[str, ...]:
         # JSON: pgvector parses on the server while orjson parses here, both cores busy. Arrays: the server's
@@ -552,13 +556,18 @@ class LegacyStore:
             self.dims = seen.most_common(1)[0][0] if seen else None
             log.info("%s: dims not configured, using %s from the data", route.table, self.dims)
 
-    async def _connect(self, conn_factory: ConnFactory) -> asyncpg.Connection:
-        conn = await conn_factory()
+    async def _configure(self, conn: asyncpg.Connection) -> None:
+        """Once per connection: resolve the route, and read pgvector values as raw binary."""
         await self._prepare(conn)
-        if self._vector_schema:
+        if self._vector_schema and conn not in self._configured:
             # pgvector's binary form arrives as raw bytes; formats.decode_many reads whole chunks of it.
             await conn.set_type_codec("vector", schema=self._vector_schema, encoder=bytes,
                                       decoder=lambda data: data, format="binary")
+            self._configured.add(conn)
+
+    async def _connect(self, conn_factory: ConnFactory) -> asyncpg.Connection:
+        conn = await conn_factory()
+        await self._configure(conn)
         return conn
 
     @property
@@ -634,8 +643,9 @@ class LegacyStore:
             ranges: list[tuple[Any, Any]] = list(zip([None, *edges], [*edges, None], strict=True))
             ranges.reverse()  # popped from the end: key order
             conns += [await self._connect(conn_factory) for _ in self.lanes[1:]]
-            await asyncio.gather(*(self._lane(conn, lane, ranges) for conn, lane in
-                                   zip(conns, self.lanes, strict=True)))
+            async with asyncio.TaskGroup() as lanes:  # one lane failing cancels the others
+                for conn, lane in zip(conns, self.lanes, strict=True):
+                    lanes.create_task(self._lane(conn, lane, ranges))
             return self._finish_load(started, len(edges) + 1)
         finally:
             for conn in conns:
@@ -665,7 +675,7 @@ class LegacyStore:
     # -- refresh ---------------------------------------------------------------------------------------------
     async def refresh(self, conn: asyncpg.Connection, keys: Iterable[Any]) -> None:
         """Re-read the current state of these keys and apply it (upsert, skip or remove)."""
-        await self._prepare(conn)
+        await self._configure(conn)
         wanted = list(dict.fromkeys(self._to_key(k) for k in keys))
         if self.dims is None and wanted:
             await self._learn_dims(conn, wanted)
@@ -685,7 +695,7 @@ class LegacyStore:
 
     async def reconcile(self, conn: asyncpg.Connection) -> int:
         """Compare (key, xmin) of every legacy-only row with the store; re-read what differs. Returns that count."""
-        await self._prepare(conn)
+        await self._configure(conn)
         assert self._sql
         started = time.time()
         seen = {id(seg): np.zeros(seg.count, dtype=bool) for seg in self._segments}
@@ -743,12 +753,14 @@ class LegacyStore:
             try:
                 listen = await conn_factory()
                 await listen.add_listener(CHANNEL, self._on_notify)
-                if self.loaded:
-                    work = await self._connect(conn_factory)
-                    await self.reconcile(work)  # whatever happened before we listened
-                else:
+                if not self.loaded and not self._segments and not self._bad:
                     await self.load(conn_factory)
                     work = await self._connect(conn_factory)
+                else:  # loaded before we listened, reconnected, or a load that failed half-way
+                    work = await self._connect(conn_factory)
+                    await self.reconcile(work)
+                    if not self.loaded:
+                        self._finish_load(time.monotonic(), 0)
                 await self._follow_loop(work, listen, stop)
             except Exception:
                 log.exception("%s: fallback follower failed; retrying in %.1fs", self.route.table, retry_delay)
@@ -769,6 +781,8 @@ class LegacyStore:
             due = (self.last_reconcile or 0) + self.reconcile_interval - time.time()
             if due <= 0:
                 await self.reconcile(work)
+                while await self.compact():
+                    pass
                 continue
             if not self._pending:
                 self._notified.clear()
@@ -808,7 +822,11 @@ class LegacyStore:
             metrics.NOTICES.labels(kind=notice.kind, **self._labels).inc()
             self.notices_applied += 1
             resync = resync or notice.is_resync
-            keys.extend(notice.keys)
+            try:
+                keys.extend(self._to_key(key) for key in notice.keys)
+            except ValueError as exc:
+                log.warning("%s: notice key of the wrong type (%s); reconciling", self.route.table, exc)
+                resync = True
         if resync:
             await self.reconcile(conn)
         elif keys:

@@ -125,6 +125,11 @@ def test_resync_and_bad_notices_reconcile(dsn: str) -> None:
             await notify(conn, ["{not json"])  # unreadable: the store reconciles rather than guess
             good, bad = await db_state(conn, table)
             await wait_for(lambda: store.reconciles > reconciles and agrees(store, good, bad))
+            reconciles = store.reconciles
+            await conn.execute(f"DELETE FROM {table.name} WHERE id = 71")
+            await notify(conn, build_notices(f"public.{table.name}", "upsert", ["not-an-id"]))
+            good, bad = await db_state(conn, table)
+            await wait_for(lambda: store.reconciles > reconciles and agrees(store, good, bad))
         await conn.close()
 
     run(main())

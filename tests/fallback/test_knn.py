@@ -285,3 +285,9 @@ def test_searches_while_the_store_changes() -> None:
         assert max(searcher.batch_sizes) > 1
 
     run(main())
+
+
+def test_empty_store() -> None:
+    store = LegacyStore(LegacyTable("fb_empty", "json", 4).route())
+    result = search_snapshot(store.snapshot(), [Query(np.ones(4, np.float32), 3, "l2")])[0]
+    assert len(result) == 0

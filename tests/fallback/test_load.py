@@ -162,3 +162,24 @@ def test_empty_table(dsn: str) -> None:
         assert report.rows == 0 and len(store) == 0 and store.loaded
 
     run(main())
+
+
+def test_refresh_on_a_caller_connection(dsn: str) -> None:
+    """refresh() with a connection the store did not open: updates, migrations, new and bad rows."""
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=8, rows=100, seed=12)
+        store = LegacyStore(table.route())
+        await store.load(factory(dsn))
+        conn = await asyncpg.connect(dsn)
+        new = np.arange(8, dtype=np.float32) / 7
+        await conn.execute(f"UPDATE {table.name} SET emb = $1 WHERE id = 3", formats.encode_json(new))
+        await conn.execute(f"UPDATE {table.name} SET emb_vector = emb::vector WHERE id = 4")
+        await conn.execute(f"INSERT INTO {table.name} (id, emb) VALUES (500, $1), (501, '[1,2]')",
+                           formats.encode_json(new))
+        await store.refresh(conn, [3, 4, 500, 501, 99999])
+        await conn.close()
+        assert np.array_equal(store.get(3), new) and np.array_equal(store.get(500), new)
+        assert 4 not in store and store.skipped == {501: formats.DIMS}
+        assert len(store) == len(table.truth)  # -1 migrated, +1 inserted
+
+    run(main())

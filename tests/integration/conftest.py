@@ -6,6 +6,7 @@ a self-signed certificate, and backend counting in pg_stat_activity.
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +50,19 @@ def wait_for_active_query(pg: EmbeddedPostgres, application_name: str, deadline:
                 return int(row[0])
             time.sleep(0.05)
     raise AssertionError(f"no active query from {application_name!r} appeared")
+
+
+def when_active(pg: EmbeddedPostgres, application_name: str, action: Callable[[], object]) -> threading.Thread:
+    """In a thread: wait until the tagged backend is running its query, then call `action` (e.g. a cancel).
+    Waiting for the server, rather than a fixed delay, keeps a cancel from landing before the query."""
+
+    def run() -> None:
+        wait_for_active_query(pg, application_name)
+        action()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def proxy_text(upstream_port: int, port: int, metrics_port: int, keys: str = "") -> str:

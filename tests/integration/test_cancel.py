@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import threading
 import time
 
 import asyncpg
@@ -21,16 +20,11 @@ from psycopg import errors
 from proxy.protocol import codes
 from proxy.protocol import messages as msg
 
+from .conftest import wait_for_active_query, when_active
 from .wire import RawClient, data_rows, sqlstates
 
 SLEEP = "SELECT pg_sleep(10)"
 NOT_FINISHED = 9.0  # anything under this means the 10 s sleep was interrupted
-
-
-def cancel_after(delay: float, action) -> threading.Timer:
-    timer = threading.Timer(delay, action)
-    timer.start()
-    return timer
 
 
 def send_cancel(port: int, pid: int, secret: bytes) -> bytes:
@@ -44,9 +38,10 @@ def send_cancel(port: int, pid: int, secret: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
-def test_psycopg_cancel(proxy, method: str):
-    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-        timer = cancel_after(0.5, getattr(conn, method))
+def test_psycopg_cancel(pg, proxy, method: str):
+    tag = f"cancel-{method}"
+    with psycopg.connect(proxy.dsn(), autocommit=True, application_name=tag) as conn:
+        timer = when_active(pg, tag, getattr(conn, method))
         started = time.monotonic()
         with pytest.raises(errors.QueryCanceled) as caught:
             conn.execute(SLEEP)
@@ -57,10 +52,10 @@ def test_psycopg_cancel(proxy, method: str):
         assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
 
 
-def test_psycopg_cancel_inside_transaction(proxy):
-    with psycopg.connect(proxy.dsn()) as conn:
+def test_psycopg_cancel_inside_transaction(pg, proxy):
+    with psycopg.connect(proxy.dsn(), application_name="cancel-in-tx") as conn:
         conn.execute("SELECT 1")
-        timer = cancel_after(0.5, conn.cancel_safe)
+        timer = when_active(pg, "cancel-in-tx", conn.cancel_safe)
         with pytest.raises(errors.QueryCanceled):
             conn.execute(SLEEP)
         timer.join()
@@ -69,12 +64,13 @@ def test_psycopg_cancel_inside_transaction(proxy):
         assert conn.execute("SELECT 2").fetchone() == (2,)
 
 
-def test_psycopg_protocol_3_2_cancel(proxy):
+def test_psycopg_protocol_3_2_cancel(pg, proxy):
     """libpq 18 negotiates protocol 3.2 through the proxy and cancels with the long key it was given."""
     assert psycopg.pq.version() >= 180000, "psycopg's bundled libpq must be 18 or later"
-    with psycopg.connect(proxy.dsn(), autocommit=True, max_protocol_version="3.2") as conn:
+    tag = "cancel-3.2"
+    with psycopg.connect(proxy.dsn(), autocommit=True, max_protocol_version="3.2", application_name=tag) as conn:
         assert conn.pgconn.full_protocol_version == 30002
-        timer = cancel_after(0.5, conn.cancel_safe)
+        timer = when_active(pg, tag, conn.cancel_safe)
         started = time.monotonic()
         with pytest.raises(errors.QueryCanceled):
             conn.execute(SLEEP)
@@ -83,18 +79,18 @@ def test_psycopg_protocol_3_2_cancel(proxy):
         assert conn.execute("SELECT 3").fetchone() == (3,)
 
 
-def test_asyncpg_cancel_returns_57014(proxy):
+def test_asyncpg_cancel_returns_57014(pg, proxy):
     """asyncpg's BackendKeyData (3.0, 4-byte secret) sent as a CancelRequest to the proxy from elsewhere."""
 
     async def scenario() -> None:
-        conn = await asyncpg.connect(proxy.dsn())
+        conn = await asyncpg.connect(proxy.dsn(), server_settings={"application_name": "apg-raw-cancel"})
         try:
             pid = conn._protocol.backend_pid
             secret = struct.pack("!i", conn._protocol.backend_secret)
             loop = asyncio.get_running_loop()
             started = loop.time()
             query = asyncio.create_task(conn.execute(SLEEP))
-            await asyncio.sleep(0.5)
+            await loop.run_in_executor(None, wait_for_active_query, pg, "apg-raw-cancel")
             assert await loop.run_in_executor(None, send_cancel, proxy.port, pid, secret) == b""
             with pytest.raises(asyncpg.QueryCanceledError) as caught:
                 await query
@@ -107,14 +103,14 @@ def test_asyncpg_cancel_returns_57014(proxy):
     asyncio.run(scenario())
 
 
-def test_asyncpg_task_cancellation_sends_cancel(proxy, direct):
+def test_asyncpg_task_cancellation_sends_cancel(pg, proxy, direct):
     """Cancelling the awaiting task makes asyncpg send its own CancelRequest: the backend stops sleeping."""
 
     async def scenario() -> None:
         conn = await asyncpg.connect(proxy.dsn(), server_settings={"application_name": "apg-task-cancel"})
         try:
             task = asyncio.create_task(conn.execute(SLEEP))
-            await asyncio.sleep(0.5)
+            await asyncio.get_running_loop().run_in_executor(None, wait_for_active_query, pg, "apg-task-cancel")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -128,12 +124,12 @@ def test_asyncpg_task_cancellation_sends_cancel(proxy, direct):
     asyncio.run(scenario())
 
 
-def test_wrong_secret_cancels_nothing(proxy):
+def test_wrong_secret_cancels_nothing(pg, proxy):
     with RawClient(proxy.port) as client:
-        session = client.startup()
+        session = client.startup(application_name="cancel-wrong-secret")
         assert len(session.secret) == 4
-        client.send(msg.query("SELECT pg_sleep(1.5), 'completed'"))
-        time.sleep(0.3)
+        client.send(msg.query("SELECT pg_sleep(2), 'completed'"))
+        wait_for_active_query(pg, "cancel-wrong-secret")
         wrong = bytes(b ^ 0xFF for b in session.secret)
         assert send_cancel(proxy.port, session.pid, wrong) == b""
         assert send_cancel(proxy.port, session.pid ^ 0x5A5A, session.secret) == b""
@@ -157,12 +153,12 @@ def test_raw_protocol_3_2_long_key_cancel(proxy, pg):
     with RawClient(pg.port) as client:
         assert len(client.startup(version=codes.PROTOCOL_3_2).secret) == 32  # the server's own behaviour
     with RawClient(proxy.port) as client:
-        session = client.startup(version=codes.PROTOCOL_3_2)
+        session = client.startup(version=codes.PROTOCOL_3_2, application_name="raw-3.2")
         assert session.negotiated == []  # 3.2 is accepted as is: no NegotiateProtocolVersion
         assert len(session.secret) == 32
         started = time.monotonic()
         client.send(msg.query(SLEEP))
-        time.sleep(0.5)
+        wait_for_active_query(pg, "raw-3.2")
         assert send_cancel(proxy.port, session.pid, session.secret[:4]) == b""  # a truncated key: nothing
         assert send_cancel(proxy.port, session.pid, session.secret) == b""
         replies = client.until_ready()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import threading
 
 import asyncpg
 import psycopg
@@ -15,6 +14,7 @@ from psycopg import errors
 
 from proxy.protocol import codes
 
+from .conftest import when_active
 from .wire import RawClient, data_rows
 
 SSL_REQUEST = struct.pack("!ii", 8, codes.SSL_REQUEST)
@@ -82,10 +82,9 @@ def test_psycopg_verify_full_with_the_proxy_certificate(tls_proxy, tls_files):
         assert conn.execute("SELECT 'verified'").fetchone() == ("verified",)
 
 
-def test_psycopg_cancel_over_tls(tls_proxy):
-    with psycopg.connect(tls_proxy.dsn(), sslmode="require", autocommit=True) as conn:
-        timer = threading.Timer(0.5, conn.cancel_safe)
-        timer.start()
+def test_psycopg_cancel_over_tls(pg, tls_proxy):
+    with psycopg.connect(tls_proxy.dsn(), sslmode="require", autocommit=True, application_name="tls-cancel") as conn:
+        timer = when_active(pg, "tls-cancel", conn.cancel_safe)
         with pytest.raises(errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(10)")
         timer.join()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -77,8 +77,12 @@ def render(template: str, values: dict[str, Sql]) -> str:
     return _PLACEHOLDER.sub(substitute, template)
 
 
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
 def sql_file(name: str) -> str:
-    return resources.files("deploy").joinpath("sql", name).read_text()
+    # By path, not importlib.resources: under pytest the name `deploy` can be bound to tests/deploy.
+    return (SQL_DIR / name).read_text()
 
 
 async def connect(config: Config) -> asyncpg.Connection:

@@ -54,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-serve", action="store_true", help="set up and exit (for scripts and tests)")
     demo.set_defaults(func=cmd_demo)
 
+    from rewrite import cli as rewrite_cli
+
     from . import control_cli
 
     control_cli.register(sub)
+    rewrite_cli.register(sub)
     return parser
 
 

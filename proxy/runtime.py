@@ -50,6 +50,7 @@ class Runtime:
     routing_loaded: bool = False
     last_reload_error: str = ""
     routed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route table, target) -> queries
+    failovers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route table, sqlstate) -> cycles
     query_metrics: Any = None  # metrics.QueryMetrics, when the metrics endpoint is on
     request_shutdown: Any = None  # set by serve(): the admin console's SHUTDOWN
     reload: Any = None  # set by serve(): the admin console's RELOAD
@@ -81,6 +82,9 @@ class Runtime:
 
     def count_routed(self, table: str, target: str) -> None:
         self.routed[(table, target)] += 1
+
+    def count_failover(self, table: str, sqlstate: str) -> None:
+        self.failovers[(table, sqlstate)] += 1
 
     def session_ended(self, session: Session) -> None:
         self.sessions.discard(session)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .admin import ADMIN_DATABASE
 from .cancel import IssuedKey, UpstreamKey
+from .failover import ShadowCycle
 from .protocol import codes, replies
 from .protocol import messages as msg
 from .protocol.framing import FirstPacketReader
@@ -62,12 +63,13 @@ _SERVER_WHOLE = frozenset((codes.B_READY, codes.B_BACKEND_KEY, codes.B_PARAM_STA
 _DATA_ROW = codes.B_DATA_ROW
 _FRONTEND = codes.FRONTEND_TYPES
 _TERMINATE = codes.F_TERMINATE
+_FLUSH = codes.F_FLUSH
 _PORTAL = ord("P")
 _CLIENT_KIND = replies.CLIENT_KIND
 _COMPLETES = replies.COMPLETES
 _NEEDS_TRACKER = replies.NEEDS_TRACKER
-_QUERY, _DESCRIBE_STATEMENT, _DESCRIBE_PORTAL, _COPY_END = (
-    replies.QUERY, replies.DESCRIBE_STATEMENT, replies.DESCRIBE_PORTAL, replies.COPY_END)
+_QUERY, _DESCRIBE_STATEMENT, _DESCRIBE_PORTAL, _COPY_END, _SYNC = (
+    replies.QUERY, replies.DESCRIBE_STATEMENT, replies.DESCRIBE_PORTAL, replies.COPY_END, replies.SYNC)
 
 Writer = Callable[[bytes], object]
 
@@ -96,6 +98,8 @@ class Session:
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self._connect_task: asyncio.Task | None = None
         self._deferred_task: asyncio.Task | None = None
+        self._cycle: ShadowCycle | None = None  # a shadow-routed cycle that may fail over to the primary
+        self.cycle_request: str | None = None  # set by the routing: start guarding at the current message
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
         self.routing: StatementRouting | None = StatementRouting(self) if runtime.router is not None else None
 
@@ -332,13 +336,17 @@ class Session:
             self._cneed = 0
         n = len(data)
         pos = self._cskip
+        cycle = self._cycle
         if pos:
             if pos >= n:
                 self._cskip = pos - n
                 self._to_server(data)
+                if cycle is not None:
+                    cycle.recorded += data
                 return
             self._cskip = 0
         start = 0
+        recorded_from = 0  # where this call's bytes of a guarded cycle begin
         tracker = self.tracker
         plain = tracker.plain
         append = tracker.queue.append
@@ -365,6 +373,11 @@ class Session:
                     return
                 plain = tracker.plain
                 hold = self._hold_types
+                if self.cycle_request is not None:
+                    cycle = self._start_cycle(kind)
+                    recorded_from = pos
+                elif cycle is not None:
+                    cycle.count(kind)
                 if replacement is not None:
                     if pos > start:
                         self._to_server(data[start:pos])
@@ -376,6 +389,9 @@ class Session:
                     if replacement:
                         self._to_server(replacement)
                     start = end
+                if cycle is not None and cycle.simple:
+                    self._cycle_sent(data, start, recorded_from, end)
+                    return
             else:
                 expected = _CLIENT_KIND[kind]
                 if expected >= 0:
@@ -395,6 +411,13 @@ class Session:
                     self._on_terminate(data, start, end)
                     return
                 count += 1
+                if cycle is not None:
+                    cycle.count(kind)
+                    if (expected == _SYNC or kind == _FLUSH) and end <= n:
+                        cycle.synced = expected == _SYNC
+                        self.messages_from_client += count
+                        self._cycle_sent(data, start, recorded_from, end)
+                        return
                 if end > n:  # stream the rest of this message as it comes; nothing in it matters to us
                     self._cskip = end - n
                     pos = n
@@ -402,6 +425,8 @@ class Session:
             pos = end
         self.messages_from_client += count
         self.queries += queries
+        if cycle is not None:
+            cycle.recorded += data[recorded_from:pos]
         if pos < n:
             if pos > start:
                 self._to_server(data[start:pos])
@@ -411,6 +436,61 @@ class Session:
             self._to_server(data)
         elif start < n:
             self._to_server(data[start:])
+
+    # -- failover of a shadow-routed cycle -------------------------------------------------------------------
+    def _start_cycle(self, kind: int) -> ShadowCycle:
+        table, self.cycle_request = self.cycle_request, None
+        assert table is not None
+        self._cycle = ShadowCycle(table, simple=kind == codes.F_QUERY)
+        self._cycle.count(kind)
+        return self._cycle
+
+    def _cycle_sent(self, data: bytes, start: int, recorded_from: int, end: int) -> None:
+        """The whole cycle is upstream: hold the client's next bytes until its ReadyForQuery is judged."""
+        cycle = self._cycle
+        assert cycle is not None
+        if end > start:
+            self._to_server(data[start:end])
+        cycle.recorded += data[recorded_from:end]
+        cycle.sent = True
+        route = self.rt.routing.route(cycle.table)
+        if route is not None and route.shadow_timeout_ms > 0:
+            cycle.timer = asyncio.get_running_loop().call_later(route.shadow_timeout_ms / 1000,
+                                                                self._cycle_timed_out, cycle)
+        self.state = WAITING
+        if end < len(data):
+            self._early.insert(0, data[end:])
+
+    def _cycle_timed_out(self, cycle: ShadowCycle) -> None:
+        if self._cycle is cycle and not cycle.done and self.key is not None and self.upstream_addr is not None:
+            cycle.timed_out = True
+            packet = msg.cancel_request(self.key.upstream.pid, self.key.upstream.secret)
+            asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
+
+    def _resolve_cycle(self) -> None:
+        cycle, self._cycle = self._cycle, None
+        assert cycle is not None
+        if cycle.timer is not None:
+            cycle.timer.cancel()  # type: ignore[attr-defined]
+        self.state = ACTIVE
+        if cycle.should_fail_over and self.routing is not None:
+            log.warning("session %s: shadow of %s failed with %s%s; re-running on the primary", self.peer,
+                        cycle.table, cycle.sqlstate, " (timeout)" if cycle.timed_out else "")
+            self.rt.count_failover(cycle.table, cycle.sqlstate or "")
+            self._to_client(cycle.asynchronous_replies())
+            if not cycle.synced:  # the error left the server discarding messages until a Sync: send ours
+                self.tracker.expect(replies.SYNC, replies.DROP)
+                self._to_server(msg.SYNC)
+            self.routing.force_target = "primary"
+            try:
+                self.client_data(bytes(cycle.recorded))
+            finally:
+                self.routing.force_target = None
+        elif cycle.captured:
+            self._to_client(cycle.replies())
+        self.resume_client_reading()
+        while self._early and self.state is ACTIVE:
+            self.client_data(self._early.pop(0))
 
     def _client_data_elsewhere(self, data: bytes) -> None:
         if self.state == ADMIN:
@@ -594,10 +674,19 @@ class Session:
         if pos < n:
             self._spend += data[pos:]
             self._sneed = (1 + _unpack_i32(data, pos + 1)[0]) if n - pos >= 5 else 5
-        if edits is None:
-            self._to_client(data if pos == n else data[:pos])
-        else:
-            self._to_client(_apply_edits(data, pos, edits))
+        out = (data if pos == n else data[:pos]) if edits is None else _apply_edits(data, pos, edits)
+        cycle = self._cycle
+        if cycle is None:
+            self._to_client(out)
+            return
+        cycle.capture(out)
+        if cycle.sent and self.tracker.idle:
+            cycle.done = True  # every reply of the cycle is in (after a Sync: its ReadyForQuery)
+        if not cycle.pure:  # no longer guarded: what was held goes out, and so does the rest as it comes
+            self._to_client(cycle.replies())
+            cycle.captured.clear()
+        if cycle.done:
+            self._resolve_cycle()
 
     def _upstream_garbage(self) -> None:
         log.error("session %s: upstream sent a malformed message; closing", self.peer)
@@ -621,6 +710,8 @@ class Session:
                 self.fatal_from_server = True
             if self.routing is not None:
                 self.routing.on_error()
+                if self._cycle is not None:
+                    self._cycle.on_error(data[pos + 5 : end])
             return None
         # BackendKeyData: hand the client a key of ours, and remember the server's for cancels
         pid, secret = msg.parse_backend_key_data(data[pos + 5 : end])

@@ -74,6 +74,7 @@ class StatementRouting:
         self._search_path: tuple[str, ...] = ("public",)
         self._timing: list[tuple[str, str, float]] = []  # routed executions awaiting their ReadyForQuery
         self._failed = False
+        self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -93,7 +94,7 @@ class StatementRouting:
         """Roll for one query. `execution` is False for the Parse of a named statement: its Binds count."""
         route = self._live_route(plan)
         self.split.application_name = self.session.application_name or None
-        target = self.split.target_for(route, self.session.tx_status != codes.TX_IDLE)
+        target = self.force_target or self.split.target_for(route, self.session.tx_status != codes.TX_IDLE)
         if execution:
             self.rt.count_routed(route.table, target)
             self._timing.append((route.table, target, time.perf_counter()))
@@ -102,29 +103,48 @@ class StatementRouting:
     def _plan(self, sql: str) -> Plan:
         return self.router.plan(sql, self.search_path)
 
+    def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
+        """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
+        if target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE:
+            assert plan.route is not None
+            self.session.cycle_request = plan.route.table
+
     # -- messages ---------------------------------------------------------------------------------------------
     def on_query(self, payload: bytes) -> bytes | None:
         plan = self._plan(msg.parse_query(payload))
         tracker = self.session.tracker
+        cycle_start = tracker.idle
         tracker.expect(QUERY)
         if plan.passthrough:
             return None
-        sql = plan.sql_for(self._target(plan))
+        target = self._target(plan)
+        self._guard(plan, target, cycle_start)
+        sql = plan.sql_for(target)
         return None if sql is None else msg.query(sql)
 
     def on_parse(self, payload: bytes) -> bytes | None:
         parse = msg.parse_parse(payload)
-        self.session.tracker.expect(PARSE)
+        tracker = self.session.tracker
+        cycle_start = tracker.idle
+        out = b""
+        if self.force_target and parse.name:
+            # a replay: the failed cycle may have prepared this name on the shadow before failing later
+            out = msg.close("S", parse.name)
+            tracker.expect(CLOSE, DROP)
+        tracker.expect(PARSE)
         self.statements.pop(parse.name, None)  # a re-used unnamed (or closed-then-reused) name starts afresh
         plan = self._plan(parse.sql)
         if plan.passthrough:
-            return None
+            return out + msg.message(b"P", payload) if out else None
         target = self._target(plan, execution=not parse.name)
+        self._guard(plan, target, cycle_start)
         if parse.name:
             self.statements[parse.name] = RoutedStatement(plan, parse.sql, parse.param_oids, target)
             self.session.hold_statement_messages()
         sql = plan.sql_for(target)
-        return None if sql is None else msg.parse_message(parse.name, sql, parse.param_oids)
+        if sql is None:
+            return out + msg.message(b"P", payload) if out else None
+        return out + msg.parse_message(parse.name, sql, parse.param_oids)
 
     def on_bind(self, payload: bytes) -> bytes | None:
         tracker = self.session.tracker
@@ -134,7 +154,9 @@ class StatementRouting:
         if statement is None:
             tracker.expect(BIND)
             return None
+        cycle_start = tracker.idle
         target = self._target(statement.plan)
+        self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
             tracker.expect(BIND)
             return None

@@ -211,9 +211,15 @@ def test_sigterm_drains_under_load(start_proxy, routed_tables) -> None:
     time.sleep(0.5)
     started = time.monotonic()
     proxy.signal(signal.SIGTERM)
-    with pytest.raises(urllib.error.HTTPError) as not_ready:  # a load balancer stops sending at once
-        urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/readyz", timeout=5)
-    assert not_ready.value.code == 503
+
+    def not_ready() -> bool:  # a load balancer stops sending as soon as the signal is handled
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/readyz", timeout=5)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 503
+        return False
+
+    wait_until(not_ready, timeout=2)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(proxy.dsn(), connect_timeout=3)
     worker.join(10)

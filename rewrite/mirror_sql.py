@@ -1,0 +1,237 @@
+"""SQL for mirrored comparisons: the client's similarity query, reduced to the route key and the distance.
+
+A mirrored query must be compared on *keys*: the proxy does not capture the client's result bytes, and the
+client's select list may not even hold the key. So, for each target, the route table's SELECT keeps its FROM,
+WHERE, ORDER BY, LIMIT and OFFSET and its select list becomes `key, distance`; the last two columns of every
+statement built here are always those two (`KEY_COLUMN`, `DISTANCE_COLUMN`).
+
+Targets: "primary" (the rewrite the primary gets, index shape included), "shadow", and "exact", the primary's
+statement without index-shape matching, which the mirror runs with index scans disabled (brute force).
+
+>>> from proxy.config import Route
+>>> from rewrite.router import build_plan
+>>> route = Route(table="public.items", column="embedding", shadow_table="shadow.items")
+>>> plan = build_plan("SELECT content FROM items ORDER BY embedding <-> $1 LIMIT 5", [route])
+>>> print(*keys_sql(plan, "primary").partition(" FROM ")[::2], sep="\\nFROM ")
+SELECT items.id AS pgcutover_key, CAST(embedding <-> $1 AS DOUBLE PRECISION) AS pgcutover_distance
+FROM public.items ORDER BY embedding <-> $1 LIMIT 5
+>>> print(*keys_sql(plan, "shadow").partition(" FROM ")[::2], sep="\\nFROM ")
+SELECT items.id AS pgcutover_key, CAST(embedding <-> $1::vector AS DOUBLE PRECISION) AS pgcutover_distance
+FROM shadow.items ORDER BY embedding <-> $1::vector LIMIT 5
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+
+from rewrite.analyze import MARK, TAG_ORDER_KEY, TAG_SCOPE, TAG_TABLE, Passthrough, norm
+from rewrite.dialect import parse, to_sql
+from rewrite.transforms import identifier, to_primary, to_shadow
+
+if TYPE_CHECKING:
+    from rewrite.analyze import SimilarityQuery
+    from rewrite.catalog import Catalog
+    from rewrite.plan import Plan
+
+KEY_COLUMN = "pgcutover_key"
+DISTANCE_COLUMN = "pgcutover_distance"
+TARGETS = ("primary", "shadow", "exact")
+MAX_K = 1000  # a mirrored comparison of more rows than this costs more than it tells
+
+_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Into, exp.Lock, exp.Create, exp.Drop, exp.Command,
+           exp.Alter, exp.TruncateTable, exp.Copy)
+
+
+class Unsupported(Exception):
+    """The query cannot be compared on keys; `reason` is the short label the mirror counts."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def keys_sql(plan: Plan, target: str, catalog: Catalog | None = None) -> str:
+    """The statement returning (..., key, distance) of the query's top-k on `target`. Raises Unsupported."""
+    statement = keys_statement(plan, target, catalog)
+    sql = to_sql(statement)
+    reparsed = parse(sql)
+    if len(reparsed) != 1 or not is_read_only(reparsed[0]):
+        raise Unsupported("unstable-sql")
+    return sql
+
+
+def keys_statement(plan: Plan, target: str, catalog: Catalog | None = None) -> exp.Expression:
+    query = plan.query
+    if query is None:
+        raise Unsupported("passthrough")
+    if not is_read_only(query.expression):
+        raise Unsupported("not-read-only")
+    check_shape(query)
+    try:
+        expression = _target_statement(query, target, catalog)
+    except Passthrough as exc:
+        raise Unsupported(f"rewrite:{exc.reason}") from exc
+    tags = _Tags.of(expression)
+    if target != "shadow":
+        _qualify_route_table(tags.table, query)
+    distance = _order_target(tags.scope, tags.order_key)
+    key = exp.Column(this=identifier(query.route.key), table=identifier(query.table_alias))
+    extra = [exp.Alias(this=key, alias=identifier(KEY_COLUMN)),
+             exp.Alias(this=exp.Cast(this=distance.copy(), to=exp.DataType.build("double")),
+                       alias=identifier(DISTANCE_COLUMN))]
+    # Keep only key and distance (less to transfer) unless that would drop a $n that the select list alone
+    # used: a gap in the numbering leaves a parameter whose type the server cannot infer.
+    for keep_projections in (False, True):
+        candidate = _with_outputs(expression, extra, keep_projections)
+        statement = _standalone(candidate, query.top_level)
+        if _parameters_dense(statement):
+            return statement
+    raise Unsupported("parameter-gap")
+
+
+def check_shape(query: SimilarityQuery) -> None:
+    """Only a top-k by distance can be compared on keys: ORDER BY the distance, with a LIMIT."""
+    if not query.order_by_distance:
+        raise Unsupported("no-order-by-distance")
+    if query.aggregated:
+        raise Unsupported("aggregated")
+    if query.limit_value is None and query.limit_param is None:
+        raise Unsupported("no-limit")
+    if query.limit_value is not None and query.limit_value > MAX_K:
+        raise Unsupported("limit-too-large")
+    if query.offset is not None and query.offset_value is None and query.offset_param is None:
+        raise Unsupported("offset-expression")
+
+
+def is_read_only(statement: exp.Expression) -> bool:
+    """A single query that reads: no DML anywhere (writable CTEs), no SELECT INTO, no row locks."""
+    if not isinstance(statement, exp.Query):
+        return False
+    for node in statement.walk():
+        if isinstance(node, _WRITES):
+            return False
+        if isinstance(node, exp.Select) and (node.args.get("into") or node.args.get("locks")):
+            return False
+    return True
+
+
+# -- building blocks ------------------------------------------------------------------------------------------
+class _Tags:
+    """The nodes `analyze` tagged, found again in a transformed copy (sqlglot copies meta with the tree)."""
+
+    def __init__(self) -> None:
+        self.scope: exp.Select | None = None
+        self.table: exp.Table | None = None
+        self.order_key: exp.Ordered | None = None
+
+    @classmethod
+    def of(cls, expression: exp.Expression) -> _Tags:
+        tags = cls()
+        for node in expression.walk():
+            mark = node.meta.get(MARK) if node._meta else None
+            if mark == TAG_SCOPE:
+                tags.scope = node
+            elif mark == TAG_TABLE:
+                tags.table = node
+            elif isinstance(mark, tuple) and mark[0] == TAG_ORDER_KEY:
+                tags.order_key = node
+        if tags.scope is None or tags.table is None or tags.order_key is None:
+            raise Unsupported("untagged")
+        return tags
+
+
+def _target_statement(query: SimilarityQuery, target: str, catalog: Catalog | None) -> exp.Expression:
+    if target == "primary":
+        return to_primary(query.expression, query, catalog)
+    if target == "exact":
+        # no index-shape matching: brute force must compute the distance on the vector column itself
+        return to_primary(query.expression, query, None)
+    if target == "shadow":
+        if not query.route.shadow_table:
+            raise Unsupported("no-shadow")
+        return to_shadow(query.expression, query, catalog)
+    raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+
+
+def _qualify_route_table(table: exp.Table, query: SimilarityQuery) -> None:
+    """The mirror's connection may have another search_path than the client's: name the schema the client's
+    reference resolved to. The query keeps using the bare name (a schema-qualified FROM item exposes it)."""
+    if query.table_schema and table.args.get("db") is None:
+        table.set("db", identifier(query.table_schema))
+
+
+def _output_index(select: exp.Select, key: exp.Expression) -> int | None:
+    """The select-list position an ORDER BY key names (ordinal, or an output alias), as PostgreSQL resolves it."""
+    if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+        index = int(key.this) - 1
+        return index if 0 <= index < len(select.expressions) else None
+    if isinstance(key, exp.Column) and key.args.get("table") is None and isinstance(key.this, exp.Identifier):
+        name = norm(key.this)
+        for i, projection in enumerate(select.expressions):
+            if isinstance(projection, exp.Alias) and norm(projection.args.get("alias")) == name:
+                return i
+    return None
+
+
+def _order_target(select: exp.Select, ordered: exp.Ordered) -> exp.Expression:
+    index = _output_index(select, ordered.this)
+    if index is None:
+        return ordered.this
+    projection = select.expressions[index]
+    return projection.this if isinstance(projection, exp.Alias) else projection
+
+
+def _with_outputs(expression: exp.Expression, extra: list[exp.Expression], keep_projections: bool) -> exp.Expression:
+    """A copy of `expression` whose route SELECT returns (projections...,) key, distance."""
+    copy = expression.copy()
+    select = next(n for n in copy.walk() if n._meta and n.meta.get(MARK) == TAG_SCOPE)
+    if keep_projections:
+        select.set("expressions", [*select.expressions, *(e.copy() for e in extra)])
+        return copy
+    order = select.args.get("order")
+    for ordered in order.expressions if order is not None else []:
+        # ORDER BY 2 or ORDER BY dist named the old select list: spell the expression out
+        ordered.set("this", _order_target(select, ordered).copy())
+    select.set("expressions", [e.copy() for e in extra])
+    return copy
+
+
+def _standalone(expression: exp.Expression, top_level: bool) -> exp.Expression:
+    """The route SELECT as a statement of its own, with the CTEs of the levels around it still in scope.
+    A correlated subquery does not survive this; the server then refuses it and the mirror drops the sample."""
+    if top_level:
+        return expression
+    select = next(n for n in expression.walk() if n._meta and n.meta.get(MARK) == TAG_SCOPE)
+    ctes: list[exp.Expression] = []
+    parent = select.parent
+    while parent is not None:
+        with_ = parent.args.get("with_") if isinstance(parent, exp.Query) else None
+        if with_ is not None:
+            if with_.args.get("recursive"):
+                raise Unsupported("recursive-cte")
+            ctes[:0] = [cte.copy() for cte in with_.expressions]
+        parent = parent.parent
+    statement = select.copy()
+    if ctes:
+        if statement.args.get("with_") is not None:
+            raise Unsupported("nested-with")
+        statement.set("with_", exp.With(expressions=ctes))
+    return statement
+
+
+def _parameters_dense(statement: exp.Expression) -> bool:
+    """$1..$n all referenced (or none at all)."""
+    seen = set()
+    for node in statement.find_all(exp.Parameter):
+        if isinstance(node.this, exp.Literal) and node.this.this.isdigit():
+            seen.add(int(node.this.this))
+    return seen == set(range(1, len(seen) + 1))
+
+
+def parameter_count(sql: str) -> int:
+    """The highest $n in a statement built here."""
+    statement = parse(sql)[0]
+    return max((int(p.this.this) for p in statement.find_all(exp.Parameter)
+                if isinstance(p.this, exp.Literal) and p.this.this.isdigit()), default=0)

@@ -137,6 +137,8 @@ class Route:
     max_latency_ratio: float = 1.5
     max_error_rate: float = 0.01
     min_samples: int = 100
+    breaker_window_s: float = 30.0
+    breaker_min_samples: int = 20
 
     @property
     def schema(self) -> str | None:
@@ -220,6 +222,11 @@ KEY_HELP: dict[str, str] = {
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
     "[[route]] min_recall, max_latency_ratio, max_error_rate, min_samples": "shadow readiness thresholds",
+    "[[route]] breaker_window_s, breaker_min_samples": (
+        "circuit breaker: sliding window in seconds (default 30) and executions needed on each side before it "
+        "judges (default 20); it sets split to 0 when the shadow's error rate or p95 latency crosses the "
+        "thresholds above"
+    ),
 }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.embedded import SYSTEM_USER, EmbeddedPostgres, free_port, pg_binary  # noqa: E402
+from proxy.embedded import SYSTEM_USER, EmbeddedPostgres, free_port, pg_binary
 
 MODES = ("simple", "extended", "prepared")
 

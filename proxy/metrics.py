@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -19,9 +19,6 @@ from .config import HostPort
 from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.metrics")
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-
 
 class RuntimeCollector(Collector):
     def __init__(self, runtime: Runtime) -> None:
@@ -93,12 +90,22 @@ class QueryMetrics:
         self.latency.labels(route, target).observe(seconds)
 
 
+_installed: dict[str, object] = {}
+
+
 def install(runtime: Runtime) -> CollectorRegistry:
+    """Serve the default registry (fallback/ and evidence metrics live there) plus this runtime's collector."""
     disable_created_metrics()  # *_created series only double the scrape for counters that never reset
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(RuntimeCollector(runtime))
-    runtime.query_metrics = QueryMetrics(registry)
-    return registry
+    previous = _installed.get("collector")
+    if previous is not None:
+        REGISTRY.unregister(previous)  # type: ignore[arg-type]
+    collector = RuntimeCollector(runtime)
+    REGISTRY.register(collector)
+    _installed["collector"] = collector
+    if "queries" not in _installed:
+        _installed["queries"] = QueryMetrics(REGISTRY)
+    runtime.query_metrics = _installed["queries"]
+    return REGISTRY
 
 
 class HttpEndpoints:

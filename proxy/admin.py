@@ -219,18 +219,22 @@ def show_servers(rt: Runtime) -> Rows:
 
 
 def show_fallback(rt: Runtime) -> Rows:
-    columns = [("table", TEXT), ("legacy_rows", INT8), ("bytes", INT8), ("skipped_rows", INT8),
-               ("refresh_lag_s", FLOAT8), ("state", TEXT)]
+    columns = [("table", TEXT), ("state", TEXT), ("legacy_rows", INT8), ("bytes", INT8), ("skipped_rows", INT8),
+               ("refresh_lag_s", FLOAT8), ("notices_applied", INT8), ("reconciles", INT8)]
     rows = []
-    stores = getattr(rt, "fallback_stores", {}) or {}
+    service = rt.fallback
     for route in rt.routing.routes:
         if not route.legacy_column:
             continue
-        store = stores.get(route.table)
+        store = service.store_for(route.table) if service is not None else None
         if store is None:
-            rows.append([route.table, None, None, None, None, "fallback off" if not route.fallback else "not loaded"])
-        else:
-            rows.append(list(store.admin_row()))
+            state = "fallback = false" if not route.fallback else "legacy column is the vector column"
+            rows.append([route.table, state, None, None, None, None, None, None])
+            continue
+        failed = service.failed.get(route.table)
+        state = "loaded" if store.loaded else f"load failed: {failed}" if failed else "loading"
+        rows.append([route.table, state, len(store), store.nbytes, len(store.skipped), round(store.refresh_lag(), 3),
+                     store.notices_applied, store.reconciles])
     return columns, rows
 
 

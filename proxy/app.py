@@ -10,6 +10,7 @@ import sys
 from . import metrics
 from .config import Config, ConfigError, load_config
 from .control import RoutingFollower
+from .legacy import FallbackService, needs_store
 from .listener import Listener
 from .routing import Override
 from .runtime import Runtime
@@ -101,6 +102,9 @@ async def make_router(config: Config):
 async def serve(config: Config) -> int:
     runtime = Runtime(config)
     runtime.router = await make_router(config)
+    if any(needs_store(route) for route in config.routes):
+        runtime.fallback = FallbackService(runtime)
+        runtime.fallback.start()
     listener = Listener(runtime)
     await listener.start()
     await probe_upstream(runtime)
@@ -110,7 +114,8 @@ async def serve(config: Config) -> int:
     if config.proxy.metrics is not None:
         endpoints = metrics.HttpEndpoints(
             metrics.install(runtime),
-            ready=lambda: runtime.upstream_ok and runtime.routing_loaded and not runtime.shutting_down)
+            ready=lambda: (runtime.upstream_ok and runtime.routing_loaded and not runtime.shutting_down
+                           and (runtime.fallback is None or runtime.fallback.ready)))
         await endpoints.start(config.proxy.metrics)
 
     stop = asyncio.Event()
@@ -139,6 +144,8 @@ async def serve(config: Config) -> int:
              config.proxy.shutdown_timeout)
     await listener.shutdown(config.proxy.shutdown_timeout)
     follower_task.cancel()
+    if runtime.fallback is not None:
+        await runtime.fallback.close()
     if endpoints is not None:
         await endpoints.close()
     return 0

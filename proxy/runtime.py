@@ -44,6 +44,7 @@ class Runtime:
     shutting_down: bool = False
     paused: bool = False
     router: Any = None  # rewrite.router.Router once routes are configured
+    fallback: Any = None  # legacy.FallbackService when a route searches legacy rows in memory
     upstream_ok: bool = False  # last known reachability, for /readyz
     routing: RoutingSnapshot = field(default_factory=lambda: RoutingSnapshot(()))
     overrides: list[Override] = field(default_factory=list)

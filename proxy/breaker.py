@@ -1,0 +1,291 @@
+"""The circuit breaker: when the shadow misbehaves under real traffic, route that table back to the primary.
+
+Per route, a sliding window (`breaker_window_s`) of the routed executions the sessions report through
+`record()` (a deque append: nothing else happens on the client's path). A task evaluates the windows a few
+times a second and trips when, with at least `breaker_min_samples` executions on the side(s) involved,
+
+- the shadow's error rate exceeds `max_error_rate` (only errors that are not the client's fault count), or
+- the shadow's p95 latency exceeds `max_latency_ratio` times the primary's p95 in the same window.
+
+Tripping writes split = 0 through the shared routing table (`control.set_route`, so every replica follows
+within a second, with an audit row in pgcutover.routing_history naming the breaker and the figures), logs,
+and counts. The breaker only ever writes split 0: it never raises a split, and it does nothing to a route
+whose split is already 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from . import control
+from .config import ConfigError
+from .evidence import percentile
+
+if TYPE_CHECKING:
+    from .config import Route
+    from .runtime import Runtime
+
+log = logging.getLogger("pgcutover.breaker")
+
+# SQLSTATE classes whose errors a client causes on any target: data (22), integrity (23), syntax and access
+# (42, except an undefined table or function, which is what a broken or renamed shadow gives), feature not
+# supported (0A), transaction state (25: e.g. a statement in an already aborted transaction), transaction
+# rollback (40: serialization failures and deadlocks are about concurrency, not the shadow).
+CLIENT_FAULT_CLASSES = frozenset({"22", "23", "42", "0A", "25", "40"})
+SHADOW_FAULT_CODES = frozenset({"42P01", "42883"})
+QUERY_CANCELED = "57014"
+MAX_WINDOW_ENTRIES = 50_000  # per route and target: bounds memory at any query rate (the window then shortens)
+
+
+def shadow_fault(sqlstate: str | None, *, timed_out: bool = False) -> bool:
+    """Whether a failed execution on the shadow counts against the shadow.
+
+    No SQLSTATE means the connection was lost or the server never answered. 57014 (query canceled) counts
+    only when `shadow_timeout_ms` caused it (`timed_out`), not when the client cancelled.
+
+    >>> [shadow_fault(code) for code in ("42P01", "42601", "22P02", "08006", "53300", "57P01", "XX000", None)]
+    [True, False, False, True, True, True, True, True]
+    >>> shadow_fault("57014"), shadow_fault("57014", timed_out=True)
+    (False, True)
+    """
+    if sqlstate is None or sqlstate in SHADOW_FAULT_CODES:
+        return True
+    if sqlstate == QUERY_CANCELED:
+        return timed_out
+    return sqlstate[:2] not in CLIENT_FAULT_CLASSES
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    route: str
+    reason: str  # "error_rate" | "latency"
+    detail: str
+    at: float  # epoch seconds
+    previous_split: float | None
+    generation: int | None  # routing generation written; None when another replica had already rolled back
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """One route's breaker as SHOW REPORT, status and metrics show it."""
+
+    route: str
+    state: str  # "closed" (watching), "idle" (split 0: nothing to protect), "tripped" (rolled back by us)
+    window_s: float
+    shadow_n: int
+    shadow_errors: int
+    shadow_p95_ms: float | None
+    primary_n: int
+    primary_p95_ms: float | None
+    trips: int
+    last_trip: str | None
+    last_trip_at: float | None
+
+
+@dataclass(slots=True)
+class _Window:
+    # (monotonic time, latency s, ok, sqlstate): raw, classified at evaluation (off the client's path)
+    shadow: deque[tuple[float, float, bool, str | None]] = field(
+        default_factory=lambda: deque(maxlen=MAX_WINDOW_ENTRIES))
+    primary: deque[tuple[float, float, bool, str | None]] = field(
+        default_factory=lambda: deque(maxlen=MAX_WINDOW_ENTRIES))
+
+    def prune(self, horizon: float) -> None:
+        for entries in (self.shadow, self.primary):
+            while entries and entries[0][0] < horizon:
+                entries.popleft()
+
+    def clear(self) -> None:
+        self.shadow.clear()
+        self.primary.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Figures:
+    shadow_n: int
+    shadow_errors: int
+    last_error: str | None
+    shadow_latencies: list[float]
+    primary_latencies: list[float]
+
+
+class Breaker:
+    def __init__(self, runtime: Runtime, *, interval: float = 0.25) -> None:
+        self.rt = runtime
+        self.interval = interval
+        self._windows: dict[str, _Window] = {}
+        self._pending: dict[str, int] = {}  # route -> generation of our rollback, until it is in force here
+        self.trips: Counter[tuple[str, str]] = Counter()  # (route, reason) -> trips by this replica
+        self.last_trips: dict[str, Trip] = {}
+        self._conn: asyncpg.Connection | None = None
+        runtime.breaker = self  # SHOW REPORT and the metrics find it here
+
+    @property
+    def actor(self) -> str:
+        return f"circuit breaker @ {socket.gethostname()}:{self.rt.config.proxy.listen.port}"
+
+    # -- the client's path --------------------------------------------------------------------------------------
+    def record(self, table: str, target: str, latency: float, ok: bool, sqlstate: str | None) -> None:
+        """One routed execution (target "primary" or "shadow"). A deque append; never raises, never waits."""
+        window = self._windows.get(table)
+        if window is None:
+            window = self._windows[table] = _Window()
+        entries = window.shadow if target == "shadow" else window.primary if target == "primary" else None
+        if entries is not None:
+            entries.append((time.monotonic(), latency, ok, sqlstate))
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                for route, reason, detail in self.evaluate():
+                    try:
+                        await self._trip(route, reason, detail)
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+                            ConfigError) as exc:
+                        # the window keeps its figures: the next evaluation tries again
+                        log.error("circuit breaker could not roll back %s (%s): %s", route.table, detail, exc)
+                        await self._drop_connection()
+        finally:
+            await self._drop_connection()
+
+    def evaluate(self, now: float | None = None) -> list[tuple[Route, str, str]]:
+        """(route, reason, detail) for each route whose shadow crossed a threshold. Pure bookkeeping, no I/O."""
+        now = time.monotonic() if now is None else now
+        decisions = []
+        generation = self.rt.routing.generation
+        for route in self.rt.routing.routes:
+            window = self._window(route)
+            if window is None:
+                continue
+            pending = self._pending.get(route.table)
+            if pending is not None:
+                if generation < pending and route.split > 0:
+                    window.clear()  # executions from before our rollback reached this replica
+                    continue
+                del self._pending[route.table]
+            if route.split <= 0:
+                window.clear()
+                continue
+            window.prune(now - route.breaker_window_s)
+            decision = self._judge(route, self._figures(route, window))
+            if decision is not None:
+                decisions.append((route, *decision))
+        return decisions
+
+    def _window(self, route: Route) -> _Window | None:
+        return self._windows.get(route.table) or self._windows.get(route.relname)
+
+    @staticmethod
+    def _figures(route: Route, window: _Window) -> _Figures:
+        timeout = route.shadow_timeout_ms / 1000 if route.shadow_timeout_ms > 0 else None
+        errors = 0
+        last_error = None
+        latencies = []
+        for _, latency, ok, sqlstate in window.shadow:
+            if ok:
+                latencies.append(latency)
+                continue
+            timed_out = timeout is not None and latency >= 0.95 * timeout
+            if shadow_fault(sqlstate, timed_out=timed_out):
+                errors += 1
+                last_error = sqlstate or "connection lost"
+        primary = [latency for _, latency, ok, _ in window.primary if ok]
+        return _Figures(len(window.shadow), errors, last_error, latencies, primary)
+
+    @staticmethod
+    def _judge(route: Route, f: _Figures) -> tuple[str, str] | None:
+        span = f"in the last {route.breaker_window_s:g}s"
+        minimum = route.breaker_min_samples
+        if f.shadow_n >= minimum and f.shadow_errors / f.shadow_n > route.max_error_rate:
+            return "error_rate", (f"shadow error rate {f.shadow_errors / f.shadow_n:.1%} ({f.shadow_errors}/"
+                                  f"{f.shadow_n} {span}, last {f.last_error}) > max_error_rate "
+                                  f"{route.max_error_rate:.1%}")
+        if len(f.shadow_latencies) >= minimum and len(f.primary_latencies) >= minimum:
+            shadow_p95 = percentile(f.shadow_latencies, 0.95)
+            primary_p95 = percentile(f.primary_latencies, 0.95)
+            assert shadow_p95 is not None and primary_p95 is not None
+            if shadow_p95 > route.max_latency_ratio * primary_p95:
+                return "latency", (f"shadow p95 {shadow_p95 * 1000:.1f} ms > {route.max_latency_ratio:g} x primary "
+                                   f"p95 {primary_p95 * 1000:.1f} ms (n={len(f.shadow_latencies)}/"
+                                   f"{len(f.primary_latencies)} {span})")
+        return None
+
+    # -- tripping ------------------------------------------------------------------------------------------------
+    async def _trip(self, route: Route, reason: str, detail: str) -> None:
+        conn = await self._connection()
+        current = await self._shared_split(conn, route)
+        window = self._window(route)
+        if current is not None and current[0] <= 0:
+            # another replica (or an operator) already rolled back: nothing to write
+            log.info("circuit breaker for %s: %s; split is already 0 (generation %s)", route.table, detail,
+                     current[1])
+            self._pending[route.table] = current[1]
+            if window is not None:
+                window.clear()
+            return
+        text = f"circuit breaker: {detail}"
+        change = await control.set_route(conn, self.rt.config, route.table, 0.0, actor=self.actor, reason=text)
+        self._pending[route.table] = change.generation
+        if window is not None:
+            window.clear()
+        self.trips[(route.table, reason)] += 1
+        self.last_trips[route.table] = Trip(route.table, reason, detail, time.time(), change.previous_split,
+                                            change.generation)
+        log.warning("circuit breaker tripped: %s split %s -> 0 (generation %d): %s", route.table,
+                    f"{change.previous_split:g}" if change.previous_split is not None else "?", change.generation,
+                    detail)
+
+    @staticmethod
+    async def _shared_split(conn: asyncpg.Connection, route: Route) -> tuple[float, int] | None:
+        if not await conn.fetchval("SELECT to_regclass('pgcutover.routing') IS NOT NULL"):
+            return None
+        row = await conn.fetchrow("SELECT split, generation FROM pgcutover.routing WHERE table_name = $1",
+                                  route.table)
+        return (row["split"], row["generation"]) if row is not None else None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await control.connect(self.rt.config)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    # -- what it shows ------------------------------------------------------------------------------------------
+    def state_rows(self) -> list[BreakerState]:
+        now = time.monotonic()
+        rows = []
+        for route in self.rt.routing.routes:
+            window = self._window(route) or _Window()
+            window.prune(now - route.breaker_window_s)
+            f = self._figures(route, window)
+            trip = self.last_trips.get(route.table)
+            tripped = trip is not None and route.split <= 0
+            state = "tripped" if tripped else "idle" if route.split <= 0 else "closed"
+            shadow_p95 = percentile(f.shadow_latencies, 0.95)
+            primary_p95 = percentile(f.primary_latencies, 0.95)
+            rows.append(BreakerState(
+                route=route.table, state=state, window_s=route.breaker_window_s, shadow_n=f.shadow_n,
+                shadow_errors=f.shadow_errors,
+                shadow_p95_ms=None if shadow_p95 is None else shadow_p95 * 1000,
+                primary_n=len(f.primary_latencies),
+                primary_p95_ms=None if primary_p95 is None else primary_p95 * 1000,
+                trips=sum(n for (table, _), n in self.trips.items() if table == route.table),
+                last_trip=f"{trip.reason}: {trip.detail}" if trip else None,
+                last_trip_at=trip.at if trip else None,
+            ))
+        return rows

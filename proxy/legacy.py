@@ -1,0 +1,80 @@
+"""The running proxy's legacy-vector stores: loaded at start, kept fresh, searched for every session.
+
+One LegacyStore per route with `legacy_column` and `fallback = true`, shared by all sessions; one
+BatchSearcher, so concurrent fallback searches become one matrix product. Loading runs in the background:
+/readyz stays false until every store is loaded, and a query that arrives earlier waits for its store
+rather than getting an answer that leaves legacy rows out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from fallback.knn import BatchSearcher
+from fallback.store import LegacyStore
+
+from .config import Route
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("pgcutover.legacy")
+
+
+def needs_store(route: Route) -> bool:
+    """A route whose legacy rows are searched in memory (the legacy column is not the vector column)."""
+    return bool(route.legacy_column and route.fallback and route.legacy_column != route.pg_vector_column)
+
+
+class FallbackService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.stores: dict[str, LegacyStore] = {}
+        self.searcher = BatchSearcher()
+        self.tasks: list[asyncio.Task] = []
+        self.failed: dict[str, str] = {}
+
+    @property
+    def ready(self) -> bool:
+        return all(store.loaded for store in self.stores.values())
+
+    async def _connect(self) -> asyncpg.Connection:
+        config = self.rt.config
+        return await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout,
+                                     server_settings={"application_name": "pgcutover-fallback"})
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for route in self.rt.config.routes:
+            if needs_store(route):
+                store = LegacyStore(route)
+                self.stores[route.table] = store
+                self.tasks.append(loop.create_task(self._keep(store), name=f"fallback {route.table}"))
+
+    async def _keep(self, store: LegacyStore) -> None:
+        """Load (retrying while the upstream is away), then follow change notices for good."""
+        table = store.route.table
+        while not store.loaded:
+            try:
+                report = await store.load(self._connect)
+                log.info("fallback %s: %s", table, report)
+                self.failed.pop(table, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a store that cannot load must not take the proxy down
+                self.failed[table] = str(exc)
+                log.warning("fallback %s: load failed (%s); retrying", table, exc)
+                await asyncio.sleep(2.0)
+        await store.follow(self._connect)
+
+    def store_for(self, table: str) -> LegacyStore | None:
+        return self.stores.get(table)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -355,15 +355,16 @@ class BackfillRun:
                 return number, current["shadow"]
             sql = RouteSql(self.r, self.options.shadow)
             groups = await conn.fetch(sql.bounds_sql, max(1, self.options.workers))
+            # Slot i covers (hi of group i-1, hi of group i]; the first is open below, the last above.
             his = [*(g["hi"] for g in groups[:-1]), None]
             los = [None, *his[:-1]]
+            counts = [g["n"] for g in groups] or [0]  # nothing to do: still one slot, finished at once
             await conn.execute(f"DELETE FROM {CHECKPOINT} WHERE table_name = $1", self.r.display)
             await conn.executemany(
                 f"INSERT INTO {CHECKPOINT} (table_name, slot, pass, shadow, lo, hi, last_key, rows_total) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $5, $7)",
-                [(self.r.display, i, number + 1, self.options.shadow, lo, hi, g["n"])
-                 for i, (lo, hi, g) in enumerate(zip(los, his, groups, strict=True))]
-                or [(self.r.display, 0, number + 1, self.options.shadow, None, None, 0)],
+                [(self.r.display, i, number + 1, self.options.shadow, lo, hi, n)
+                 for i, (lo, hi, n) in enumerate(zip(los, his, counts, strict=True))],
             )
             return number + 1, self.options.shadow
 

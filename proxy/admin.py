@@ -19,6 +19,7 @@ from .config import ConfigError
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.framing import MessageReader
+from .report import show_report
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -262,7 +263,7 @@ def _redact(dsn: str) -> str:
 
 SHOWS: dict[str, Callable[[Runtime], Rows]] = {
     "ROUTES": show_routes, "STATS": show_stats, "CLIENTS": show_clients, "SERVERS": show_servers,
-    "FALLBACK": show_fallback, "CONFIG": show_config, "HELP": show_help,
+    "FALLBACK": show_fallback, "CONFIG": show_config, "HELP": show_help, "REPORT": show_report,
 }
 
 COMMANDS: dict[str, Callable[[AdminConsole, list[str]], Awaitable[bytes]]] = {

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import control_cli
 
     control_cli.register(sub)
+    from . import report
+
+    report.register(sub)
     rewrite_cli.register(sub)
     return parser
 

@@ -1,0 +1,375 @@
+"""Mirrored comparisons: a share of the routed similarity queries also runs, off the client's path, on both
+targets, and the two top-k answers are compared on keys.
+
+The session rolls `mirror` percent for read-only similarity statements outside explicit transactions and calls
+`Mirror.submit()`, which only enqueues (bounded; a full queue drops the request and counts it), so the
+client's latency and result never depend on the mirror. Workers (bounded concurrency) take requests off the
+queue and, on the proxy's own asyncpg pool:
+
+1. build per-target statements that return the route key and the distance with the client's FROM, WHERE,
+   ORDER BY, LIMIT and OFFSET (rewrite/mirror_sql.py);
+2. decode the client's Bind values by the statement's parameter types (proxy/wire_params.py);
+3. run primary and shadow one after the other in random order, each in a READ ONLY transaction (the shadow
+   under `shadow_timeout_ms`), timing the execution alone; with `mirror_exact` percent, also run the
+   primary's statement with index scans disabled: brute force, the truth both targets are judged against;
+4. compare (proxy/evidence.py) and queue a sample; a flusher COPYs samples into `pgcutover.mirror_samples`
+   in batches, and refreshes the report summary that SHOW REPORT shows.
+
+Nothing that writes is ever mirrored: the plan must be a similarity SELECT, the statements built are checked
+again, and they run in READ ONLY transactions, where PostgreSQL itself refuses any write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import socket
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from rewrite.mirror_sql import MAX_K, Unsupported, is_read_only, keys_sql
+
+from . import report
+from .evidence import compare
+from .wire_params import UnsupportedParam, decode_params
+
+if TYPE_CHECKING:
+    from rewrite.plan import Plan
+
+    from .config import Route
+    from .runtime import Runtime
+
+log = logging.getLogger("pgcutover.mirror")
+
+RECENT = 200  # samples per route behind the recall gauge
+MAX_PENDING = 10_000  # samples held while the database cannot take them (the oldest go first)
+STATEMENT_CACHE = 512  # per-target statements kept, by plan
+_EXACT_SETTINGS = ("SELECT set_config('enable_indexscan', 'off', true), set_config('enable_bitmapscan', 'off', true),"
+                   " set_config('enable_indexonlyscan', 'off', true)")
+_CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRequest:
+    route: Route  # the live route
+    plan: Plan  # the client's statement's plan (plan.query is not None)
+    sql: str  # the client's original SQL text
+    params: tuple[bytes | None, ...]  # Bind values exactly as on the wire (empty for a simple Query)
+    param_formats: tuple[int, ...]  # Bind format codes (none: all text; one: applies to all)
+    param_oids: tuple[int, ...]  # from the client's Parse (0 = unspecified)
+    client_target: str  # "primary" | "shadow": where the client's query ran
+    client_latency: float  # seconds, send to ReadyForQuery, as the proxy measured it
+    client_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    latency: float | None  # seconds of the execution alone
+    rows: list[tuple[object, float | None]]  # (key, distance), nearest first
+    sqlstate: str | None = None
+    error: str | None = None
+
+
+class _Dropped(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Mirror:
+    def __init__(self, runtime: Runtime, *, concurrency: int = 2, queue_size: int = 64,
+                 flush_interval: float = 1.0, refresh_interval: float = 15.0,
+                 statement_timeout_ms: int = 30_000) -> None:
+        self.rt = runtime
+        self.concurrency = max(1, concurrency)
+        self.queue: asyncio.Queue[MirrorRequest] = asyncio.Queue(maxsize=max(1, queue_size))
+        self.flush_interval = flush_interval
+        self.refresh_interval = refresh_interval
+        self.statement_timeout_ms = statement_timeout_ms  # a cap for the mirror's own statements on any target
+        self.replica = f"{socket.gethostname()}:{runtime.config.proxy.listen.port}"
+        # Counters by route table (this replica's): exported as metrics, shown by SHOW REPORT.
+        self.submitted: Counter[str] = Counter()
+        self.samples: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.dropped_reasons: Counter[tuple[str, str]] = Counter()
+        self.shadow_errors: Counter[str] = Counter()
+        self._recall: dict[str, deque[float]] = {}
+        self.reports: dict[str, report.RouteReport] = {}  # last summary read back (all replicas' samples)
+        self.reports_at: float | None = None
+        self._pending: list[report.Sample] = []
+        self._statements: OrderedDict[tuple[int, str], tuple[Plan, str | Unsupported]] = OrderedDict()
+        self._rng = random.Random()
+        self._pool: asyncpg.Pool | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+        self._schema_ready = False
+        self._last_prune = 0.0
+        runtime.mirror = self  # SHOW REPORT and the metrics find it here
+
+    # -- the client's path ------------------------------------------------------------------------------------
+    def submit(self, request: MirrorRequest) -> bool:
+        """Enqueue; never blocks, never raises. False (counted as dropped) when saturated or closed."""
+        try:
+            table = request.route.table
+            if self._closed:
+                self._drop(table, "closed")
+                return False
+            self.queue.put_nowait(request)
+            self.submitted[table] += 1
+            return True
+        except asyncio.QueueFull:
+            self._drop(request.route.table, "saturated")
+            return False
+        except Exception:  # the client's path must never see the mirror fail
+            log.exception("mirror submit failed")
+            return False
+
+    def _drop(self, table: str, reason: str) -> None:
+        self.dropped[table] += 1
+        self.dropped_reasons[(table, reason)] += 1
+
+    def dropped_reasons_text(self, table: str) -> str | None:
+        parts = [f"{reason}={n}" for (t, reason), n in sorted(self.dropped_reasons.items()) if t == table]
+        return ", ".join(parts) or None
+
+    def recent_recall(self, table: str) -> float | None:
+        values = self._recall.get(table)
+        return sum(values) / len(values) if values else None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Workers and the flusher; returns when close() is called (or when cancelled)."""
+        kwargs = self.rt.config.proxy.upstream.asyncpg_kwargs()
+        self._pool = asyncpg.create_pool(
+            **kwargs, min_size=0, max_size=self.concurrency, timeout=self.rt.config.proxy.connect_timeout,
+            server_settings={"application_name": "pgcutover-mirror",
+                             "statement_timeout": str(self.statement_timeout_ms)})
+        await self._pool
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
+        self._tasks.append(loop.create_task(self._flush_loop()))
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    async def drain(self) -> None:
+        """Wait until every queued request was processed and its sample written (tests, shutdown)."""
+        await self.queue.join()
+        await self.flush()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), timeout)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout)
+            except (TimeoutError, Exception):
+                pool.terminate()
+
+    # -- workers -----------------------------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            request = await self.queue.get()
+            try:
+                await self.process(request)
+            except _Dropped as drop:
+                self._drop(request.route.table, drop.reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("mirrored comparison failed")
+                self._drop(request.route.table, "internal-error")
+            finally:
+                self.queue.task_done()
+
+    async def process(self, request: MirrorRequest) -> report.Sample:
+        """Run one mirrored comparison and queue its sample. Raises _Dropped."""
+        route, plan = request.route, request.plan
+        if plan.query is None or not is_read_only(plan.query.expression):
+            raise _Dropped("not-read-only")
+        if not route.shadow_table:
+            raise _Dropped("no-shadow")
+        sql = {target: self._keys_sql(plan, target) for target in ("primary", "shadow")}
+        exact = self._rng.random() * 100 < route.mirror_exact
+        if exact:
+            sql["exact"] = self._keys_sql(plan, "exact")
+        pool = self._pool
+        if pool is None:
+            raise _Dropped("not-running")
+        try:
+            async with pool.acquire() as conn:
+                args = await self._arguments(conn, request, sql["primary"])
+                order = ["primary", "shadow"]
+                self._rng.shuffle(order)  # neither target always runs on a warm connection
+                outcomes = {target: await self._execute(conn, route, target, sql[target], args) for target in order}
+                truth = await self._execute(conn, route, "exact", sql["exact"], args) if exact else None
+        except _CONNECTION_ERRORS as exc:
+            raise _Dropped("mirror-connection") from exc
+        sample = self._sample(request, outcomes["primary"], outcomes["shadow"], truth)
+        self._record(sample)
+        return sample
+
+    def _keys_sql(self, plan: Plan, target: str) -> str:
+        """Per-target statement, cached by plan (the plan object is held, so its id stays unique)."""
+        key = (id(plan), target)
+        cached = self._statements.get(key)
+        if cached is None:
+            catalog = self.rt.router.catalog if self.rt.router is not None else None
+            try:
+                built: str | Unsupported = keys_sql(plan, target, catalog)
+            except Unsupported as exc:
+                built = exc
+            cached = (plan, built)
+            self._statements[key] = cached
+            if len(self._statements) > STATEMENT_CACHE:
+                self._statements.popitem(last=False)
+        else:
+            self._statements.move_to_end(key)
+        if isinstance(cached[1], Unsupported):
+            raise _Dropped(f"unsupported:{cached[1].reason}")
+        return cached[1]
+
+    async def _arguments(self, conn: asyncpg.Connection, request: MirrorRequest, primary_sql: str) -> list[object]:
+        """The client's Bind values, typed as the primary's statement types them."""
+        try:
+            statement = await conn.prepare(primary_sql)
+        except asyncpg.PostgresError as exc:
+            # our statement cannot be prepared (e.g. a correlated subquery taken out of its query)
+            raise _Dropped(f"prepare:{exc.sqlstate}") from exc
+        types = statement.get_parameters()
+        try:
+            args = decode_params(request.params, request.param_formats, request.param_oids, types)
+        except UnsupportedParam as exc:
+            log.debug("mirror: %s", exc)
+            raise _Dropped("unsupported-param") from exc
+        query = request.plan.query
+        assert query is not None
+        if query.limit_param is not None and query.limit_param <= len(args):
+            limit = args[query.limit_param - 1]
+            if not isinstance(limit, int) or limit > MAX_K:
+                raise _Dropped("unsupported:limit-too-large")
+        return args
+
+    async def _execute(self, conn: asyncpg.Connection, route: Route, target: str, sql: str,
+                       args: list[object]) -> Outcome:
+        started = None
+        try:
+            async with conn.transaction(readonly=True):
+                if target == "shadow" and route.shadow_timeout_ms > 0:
+                    await conn.execute("SELECT set_config('statement_timeout', $1, true)",
+                                       str(int(route.shadow_timeout_ms)))
+                elif target == "exact":
+                    await conn.execute(_EXACT_SETTINGS)
+                statement = await conn.prepare(sql)
+                count = len(statement.get_parameters())
+                started = time.perf_counter()
+                records = await statement.fetch(*args[:count])
+                latency = time.perf_counter() - started
+            return Outcome(True, latency, [(r[-2], r[-1]) for r in records])
+        except asyncpg.PostgresError as exc:
+            latency = time.perf_counter() - started if started is not None else None
+            return Outcome(False, latency, [], exc.sqlstate, str(exc)[:500])
+        except asyncpg.DataError as exc:
+            raise _Dropped("unsupported-param") from exc
+        except _CONNECTION_ERRORS as exc:
+            if target == "primary":
+                raise
+            return Outcome(False, None, [], None, f"connection: {exc}"[:500])
+
+    def _sample(self, request: MirrorRequest, primary: Outcome, shadow: Outcome,
+                truth: Outcome | None) -> report.Sample:
+        both = primary.ok and shadow.ok
+        main = compare(primary.rows, shadow.rows) if both else None
+        exact_ok = truth is not None and truth.ok
+        vs_primary = compare(truth.rows, primary.rows) if exact_ok and primary.ok else None
+        vs_shadow = compare(truth.rows, shadow.rows) if exact_ok and shadow.ok else None
+        return report.Sample(
+            route=request.route.table, replica=self.replica,
+            query_id=hashlib.sha1(request.sql.encode(), usedforsecurity=False).hexdigest()[:16],
+            client_target=request.client_target, client_ok=request.client_ok,
+            client_ms=request.client_latency * 1000 if request.client_latency is not None else None,
+            primary_ok=primary.ok, shadow_ok=shadow.ok,
+            # paired with the primary's answer to the same statement, any shadow failure is the shadow's
+            shadow_fault=primary.ok and not shadow.ok,
+            primary_ms=primary.latency * 1000 if primary.ok and primary.latency is not None else None,
+            shadow_ms=shadow.latency * 1000 if shadow.ok and shadow.latency is not None else None,
+            primary_sqlstate=primary.sqlstate, shadow_sqlstate=shadow.sqlstate, shadow_error=shadow.error,
+            k=main.k if main else None, recall=main.recall if main else None,
+            rank_agreement=main.rank_agreement if main else None,
+            distance_mean_abs=main.distance_mean_abs if main else None,
+            distance_max_abs=main.distance_max_abs if main else None,
+            exact_k=len(truth.rows) if exact_ok else None,
+            primary_recall_exact=vs_primary.recall if vs_primary else None,
+            shadow_recall_exact=vs_shadow.recall if vs_shadow else None,
+        )
+
+    def _record(self, sample: report.Sample) -> None:
+        table = sample.route
+        self.samples[table] += 1
+        if sample.shadow_fault:
+            self.shadow_errors[table] += 1
+            log.info("mirror: %s failed on the shadow (%s) where the primary answered: %s", table,
+                     sample.shadow_sqlstate or "no SQLSTATE", sample.shadow_error)
+        if sample.recall is not None:
+            self._recall.setdefault(table, deque(maxlen=RECENT)).append(sample.recall)
+        self._pending.append(sample)
+        if len(self._pending) > MAX_PENDING:
+            del self._pending[: len(self._pending) - MAX_PENDING]
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        next_refresh = 0.0
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+                if time.monotonic() >= next_refresh:
+                    await self.refresh_reports()
+                    next_refresh = time.monotonic() + self.refresh_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be away: samples wait (bounded), the next round retries
+                log.warning("mirror: cannot write samples or read the report (%s); retrying", exc)
+
+    async def flush(self) -> int:
+        """Write the queued samples in one COPY. Returns how many were written."""
+        if not self._pending or self._pool is None:
+            return 0
+        batch, self._pending = self._pending, []
+        try:
+            async with self._pool.acquire() as conn:
+                if not self._schema_ready:
+                    await report.ensure_schema(conn)
+                    self._schema_ready = True
+                await report.insert_samples(conn, batch)
+                if time.monotonic() - self._last_prune > 3600:
+                    self._last_prune = time.monotonic()
+                    await report.prune_samples(conn)
+        except BaseException:
+            self._pending[:0] = batch  # keep them for the next attempt
+            del self._pending[: max(0, len(self._pending) - MAX_PENDING)]
+            raise
+        return len(batch)
+
+    async def refresh_reports(self) -> None:
+        """Re-read the summary of all replicas' samples for SHOW REPORT."""
+        if self._pool is None:
+            return
+        async with self._pool.acquire() as conn:
+            reports = await report.summarize(conn, self.rt.routing.routes)
+        self.reports = {r.summary.route: r for r in reports}
+        self.reports_at = time.monotonic()

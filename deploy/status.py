@@ -12,13 +12,13 @@ else the vector parsed from legacy_column, cast to the shadow column's type.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
 
 from deploy.db import SCHEMA, ResolvedRoute, Sql, as_json, connect, relation_exists, resolve_route, select_routes
-from deploy.triggers import DUAL_WRITE_TRIGGER, NOTIFY_TRIGGERS, SHADOW_TRIGGERS, installed_triggers
+from deploy.triggers import DUAL_WRITE_TRIGGER, NOTIFY_TRIGGERS, SHADOW_TRIGGERS, install_schema, installed_triggers
 from proxy.config import Config
 
 ACTIVE_SECONDS = 60  # a slot updated this recently counts towards the current backfill rate
@@ -28,6 +28,7 @@ ACTIVE_SECONDS = 60  # a slot updated this recently counts towards the current b
 class StatusOptions:
     diff: bool = True
     diff_batch: int = 5000
+    routing_table: str = f"{SCHEMA}.routing"  # where the live split lives (issue 6); a parameter for tests
 
 
 def _range_sql(select: str, relation: Sql, key: Sql, keytype: Sql, lower: bool, upper: bool) -> str:
@@ -159,19 +160,23 @@ async def _indexes(conn: asyncpg.Connection, oid: int) -> list[dict[str, Any]]:
     return [dict(row) for row in await conn.fetch(_INDEXES_SQL, oid)]
 
 
-async def _split(conn: asyncpg.Connection, r: ResolvedRoute) -> tuple[float, str]:
-    """The split in force: pgcutover.routing (shared by the proxies) when it has the table, else the config."""
-    if await relation_exists(conn, f"{SCHEMA}.routing"):
+async def _split(conn: asyncpg.Connection, r: ResolvedRoute, routing_table: str) -> tuple[float, str]:
+    """The split in force: the shared routing table (written by `route set`) when it has the table, else the
+    config's."""
+    oid = await conn.fetchval("SELECT to_regclass($1)::oid", routing_table)
+    if oid is not None:
+        relation = await conn.fetchval(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1", oid)
         columns = {row[0] for row in await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = 'pgcutover.routing'::regclass AND attnum > 0 "
-            "AND NOT attisdropped")}
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped", oid)}
         order = "ORDER BY generation DESC" if "generation" in columns else ""
         split = await conn.fetchval(
-            f"SELECT split FROM {SCHEMA}.routing WHERE table_name = ANY($1::text[]) {order} LIMIT 1",
+            f"SELECT split FROM {relation} WHERE table_name = ANY($1::text[]) {order} LIMIT 1",
             [r.route.table, r.display],
         )
         if split is not None:
-            return float(split), "pgcutover.routing"
+            return float(split), routing_table
     return r.route.split, "config"
 
 
@@ -193,15 +198,28 @@ async def route_status(conn: asyncpg.Connection, r: ResolvedRoute, options: Stat
             "notify": all(name in triggers for name in NOTIFY_TRIGGERS),
             "disabled": sorted(name for name, enabled in triggers.items() if not enabled),
         }
-        split, source = await _split(conn, r)
+        split, source = await _split(conn, r, options.routing_table)
         status["split"], status["split_source"] = split, source
     return status
+
+
+async def _helpers_ready(conn: asyncpg.Connection) -> bool:
+    """The shadow comparison parses legacy values with pgcutover's functions: install them if missing."""
+    if await conn.fetchval("SELECT to_regprocedure('pgcutover.try_vector(anyelement, text, integer)') IS NOT NULL"):
+        return True
+    try:
+        await install_schema(conn)
+        return True
+    except asyncpg.InsufficientPrivilegeError:
+        return False
 
 
 async def status(config: Config, table: str | None = None, options: StatusOptions | None = None) -> list[dict]:
     options = options or StatusOptions()
     conn = await connect(config)
     try:
+        if options.diff and any(route.shadow_table and route.legacy_column for route in config.routes):
+            options = replace(options, diff=await _helpers_ready(conn))
         return [await route_status(conn, await resolve_route(conn, route), options)
                 for route in select_routes(config, table)]
     finally:

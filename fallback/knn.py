@@ -122,20 +122,47 @@ def _bounds(metric: str, q_norm: float, snap: Snapshot) -> _Bounds:
 
 @dataclass(slots=True)
 class _Candidates:
-    cols: list[np.ndarray] = field(default_factory=list)
-    segs: list[np.ndarray] = field(default_factory=list)
-    rows: list[np.ndarray] = field(default_factory=list)
-    scores: list[np.ndarray] = field(default_factory=list)
+    """Screened (query, segment, row, score) entries; after `prune()`, sorted by query then score."""
 
-    def add(self, seg: int, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray) -> None:
-        self.cols.append(cols)
-        self.segs.append(np.full(len(rows), seg, dtype=np.int32))
-        self.rows.append(rows)
-        self.scores.append(scores)
+    query: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    seg: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    row: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    score: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    _parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    pending: int = 0
+
+    def add(self, query: np.ndarray, seg: int, row: np.ndarray, score: np.ndarray) -> None:
+        self._parts.append((query, np.full(len(row), seg), row, score))
+        self.pending += len(row)
+
+    def prune(self, plan: _Plan, threshold: np.ndarray) -> np.ndarray:
+        """Tighten each query's threshold to its k-th candidate score plus margin, drop what lies beyond."""
+        if self._parts:
+            parts = [(self.query, self.seg, self.row, self.score), *self._parts]
+            self.query, self.seg, self.row, self.score = (np.concatenate(c) for c in zip(*parts, strict=True))
+            self._parts.clear()
+        order = np.lexsort((self.score, self.query))
+        self.query, self.seg, self.row, self.score = (a[order] for a in (self.query, self.seg, self.row,
+                                                                        self.score))
+        counts = np.bincount(self.query, minlength=len(plan.ks))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        full = counts >= plan.ks
+        kth = np.full(len(plan.ks), np.nan)
+        kth[full] = self.score[starts[full] + plan.ks[full] - 1]
+        threshold = np.fmin(threshold, kth + plan.screen_margins(kth))  # NaN (too few yet) changes nothing
+        keep = self.score <= threshold[self.query]
+        self.query, self.seg, self.row, self.score = (a[keep] for a in (self.query, self.seg, self.row,
+                                                                       self.score))
+        self.pending = len(self.query)
+        return threshold
 
 
 class _Plan:
-    """A batch of queries ordered by metric, so each metric's columns are one contiguous slice."""
+    """A batch of queries ordered by metric, so each metric's rows of the score matrix are one slice.
+
+    Queries are pre-scaled so that one matrix product plus one pass per metric gives the screening score:
+    l2: |x|^2 + x.(-2q)   cosine: (x.(-q/|q|)) / |x|   ip: x.(-q)   (smaller is nearer, as in pgvector).
+    """
 
     _e1: np.ndarray
     _t_const: np.ndarray
@@ -146,24 +173,24 @@ class _Plan:
     def __init__(self, snap: Snapshot, queries: Sequence[Query]) -> None:
         self.order = sorted(range(len(queries)), key=lambda i: METRICS.index(queries[i].metric))
         self.queries = [queries[i] for i in self.order]
-        vectors = np.stack([q.vector for q in self.queries]).astype(np.float32)
-        self.q32 = vectors
-        self.qt = np.ascontiguousarray(vectors.T)  # (dims, B): the right operand of every block product
-        self.q64 = vectors.astype(np.float64)
+        self.q64 = np.stack([q.vector for q in self.queries]).astype(np.float64)
         self.q_norms = np.sqrt(np.einsum("ij,ij->i", self.q64, self.q64))
-        self.ks = np.array([q.k for q in self.queries])
+        self.ks = np.array([q.k for q in self.queries], dtype=np.int64)
         self.slices: dict[str, slice] = {}
+        scale = np.empty(len(self.queries))
         start = 0
         for metric in METRICS:
             n = sum(1 for q in self.queries if q.metric == metric)
             if n:
-                self.slices[metric] = slice(start, start + n)
+                self.slices[metric] = sl = slice(start, start + n)
+                with np.errstate(divide="ignore"):
+                    scale[sl] = {"l2": -2.0, "ip": -1.0}.get(metric, -1.0 / self.q_norms[sl])
             start += n
+        self.scaled = (self.q64 * scale[:, None]).astype(np.float32)  # (B, dims), C order
+        self.scaled_t = np.ascontiguousarray(self.scaled.T)  # (dims, B)
         self.bounds = [_bounds(q.metric, float(n), snap) for q, n in zip(self.queries, self.q_norms, strict=True)]
         for name in ("e1", "t_const", "t_rel", "t_sqrt", "shift"):
             setattr(self, f"_{name}", np.array([getattr(b, name) for b in self.bounds]))
-        with np.errstate(divide="ignore"):
-            self.inv_q = np.where(self.q_norms > 0, 1.0 / self.q_norms, 0.0).astype(np.float32)
 
     def screen_margins(self, kth: np.ndarray) -> np.ndarray:
         """`_Bounds.screen_margin` for every query at once (kth: one screening score per query)."""
@@ -172,55 +199,74 @@ class _Plan:
 
 
 def _score_block(plan: _Plan, view: SegmentView, start: int, stop: int) -> np.ndarray:
-    """Screening scores (rows x queries, float32) of rows [start, stop) of one segment; dead rows are NaN."""
+    """Screening scores (queries x rows, float32) of rows [start, stop) of one segment; dead rows are NaN."""
     data = view.data[start:stop]
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     # One query: a matrix-vector product, bound by memory bandwidth. Several: one matrix product.
-    scores = (data @ plan.qt[:, 0])[:, None] if plan.qt.shape[1] == 1 else data @ plan.qt
-    if "l2" in plan.slices:  # |x|^2 - 2 x.q  (+ |q|^2, a constant per query)
-        part = scores[:, plan.slices["l2"]]
-        part *= -2.0
-        part += view.sq_norms32[start:stop, None]
-    if "cosine" in plan.slices:  # -cos
-        sl = plan.slices["cosine"]
-        part = scores[:, sl]
-        part *= -view.inv_norms32[start:stop, None]
-        part *= plan.inv_q[None, sl]
-        if view.zero is not None:
-            zero = view.zero[start:stop]
-            part[zero] = ZERO_SCORE
-        part[:, plan.q_norms[sl] == 0] = ZERO_SCORE
-    if "ip" in plan.slices:
-        scores[:, plan.slices["ip"]] *= -1.0
+    # (rows x B) then viewed as (B x rows): OpenBLAS streams the big operand faster in this orientation.
+    scores = (data @ plan.scaled[0])[None, :] if len(plan.scaled) == 1 else (data @ plan.scaled_t).T
+    if "l2" in plan.slices:
+        scores[plan.slices["l2"]] += view.sq_norms32[None, start:stop]
+    if "cosine" in plan.slices:
+        part = scores[plan.slices["cosine"]]
+        part *= view.inv_norms32[None, start:stop]
+        if view.zero is not None:  # NaN in pgvector, after every number: a score after every real one
+            part[:, view.zero[start:stop]] = ZERO_SCORE
     if view.alive is not None:
-        scores[~view.alive[start:stop]] = np.nan
+        scores[:, ~view.alive[start:stop]] = np.nan  # NaN never passes a threshold
     return scores
 
 
+def _threshold32(threshold: np.ndarray) -> np.ndarray:
+    """float32 thresholds never below the float64 ones (a row exactly at the bound is kept)."""
+    t32 = threshold.astype(np.float32)
+    return np.where(t32 < threshold, np.nextafter(t32, np.float32(np.inf)), t32)
+
+
 def _screen(plan: _Plan, snap: Snapshot, block_rows: int) -> _Candidates:
-    """Pass 1: every row whose float32 score can still make the top-k, per query."""
+    """Pass 1: every row whose float32 score can still make the top-k, per query.
+
+    The first block sets each query's threshold (its k-th score plus margin); after that a block costs one
+    comparison pass, and the candidates are pruned (tightening the thresholds) whenever they pile up.
+    """
     cands = _Candidates()
     ks = plan.ks
-    threshold = np.full(len(ks), np.inf, dtype=np.float64)
-    single = len(ks) == 1
+    threshold = np.full(len(ks), np.inf)
+    budget = int(2 * ks.sum()) + 1024
+    first = True
     for si, view in enumerate(snap.segments):
         n = view.count
-        step = n if single else block_rows
+        step = n if len(ks) == 1 and view.data.dtype == np.float32 else block_rows
         for start in range(0, n, step):
             stop = min(n, start + step)
             scores = _score_block(plan, view, start, stop)
-            m = stop - start
-            kth_idx = np.minimum(ks, m) - 1
-            parted = np.partition(scores, np.unique(kth_idx), axis=0)  # NaN (dead) sorts last
-            kth = parted[kth_idx, np.arange(len(ks))].astype(np.float64)
-            # A block with fewer than k live rows says nothing about the k-th best: its NaN leaves fmin alone.
-            block_threshold = np.where(ks <= m, kth + plan.screen_margins(kth), np.nan)
-            threshold = np.fmin(threshold, block_threshold)
-            rows, cols = np.nonzero(scores <= threshold.astype(np.float32)[None, :])
+            if first:
+                first = False
+                m = stop - start
+                kth_idx = np.minimum(ks, m) - 1
+                parted = np.partition(scores, np.unique(kth_idx), axis=1)  # NaN (dead) sorts last
+                kth = parted[np.arange(len(ks)), kth_idx].astype(np.float64)
+                threshold = np.where(ks <= m, kth + plan.screen_margins(kth), np.inf)
+                threshold = np.where(np.isnan(threshold), np.inf, threshold)
+            queries, rows = np.nonzero(scores <= _threshold32(threshold)[:, None])
             if len(rows):
-                cands.add(si, rows + start, cols, scores[rows, cols])
+                cands.add(queries, si, rows + start, scores[queries, rows])
+                if cands.pending > budget:
+                    threshold = cands.prune(plan, threshold)
+    cands.prune(plan, threshold)
     return cands
+
+
+def _gather(snap: Snapshot, segs: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vectors = np.empty((len(rows), snap.dims), dtype=np.float64)
+    keys = np.empty(len(rows), dtype=snap.segments[0].keys.dtype if snap.segments else object)
+    for si in np.unique(segs):
+        at = np.flatnonzero(segs == si)
+        view = snap.segments[si]
+        vectors[at] = view.data[rows[at]]
+        keys[at] = view.keys[rows[at]]
+    return vectors, keys
 
 
 def _exact(metric: str, x: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -235,17 +281,6 @@ def _exact(metric: str, x: np.ndarray, q: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         sim = np.clip(dots / norms, -1.0, 1.0)  # pgvector clamps; 0/0 stays NaN as in pgvector
     return 1.0 - sim
-
-
-def _gather(snap: Snapshot, segs: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    vectors = np.empty((len(rows), snap.dims), dtype=np.float64)
-    keys = np.empty(len(rows), dtype=snap.segments[0].keys.dtype if snap.segments else object)
-    for si in np.unique(segs):
-        at = np.flatnonzero(segs == si)
-        view = snap.segments[si]
-        vectors[at] = view.data[rows[at]]
-        keys[at] = view.keys[rows[at]]
-    return vectors, keys
 
 
 def _exact_all(snap: Snapshot, metric: str, q: np.ndarray, segs: np.ndarray, rows: np.ndarray
@@ -274,47 +309,47 @@ def _final_cut(exact: np.ndarray, k: int, bound: _Bounds) -> np.ndarray:
 
 def _refine(plan: _Plan, snap: Snapshot, cands: _Candidates) -> list[SearchResult]:
     """Pass 2: float64 distances of the screened rows, cut at the exact k-th plus the tolerance."""
-    if cands.cols:
-        cols, segs = np.concatenate(cands.cols), np.concatenate(cands.segs)
-        rows, scores = np.concatenate(cands.rows), np.concatenate(cands.scores).astype(np.float64)
-    else:
-        cols = segs = rows = np.empty(0, dtype=np.int64)
-        scores = np.empty(0)
-    by_col = np.argsort(cols, kind="stable")
-    edges = np.searchsorted(cols[by_col], np.arange(len(plan.queries) + 1))
+    edges = np.searchsorted(cands.query, np.arange(len(plan.queries) + 1))
     results: list[SearchResult] = []
     for b, query in enumerate(plan.queries):
-        mine = by_col[edges[b]:edges[b + 1]]
-        sc, sg, rw = scores[mine], segs[mine], rows[mine]
-        bound, k = plan.bounds[b], int(plan.ks[b])
-        if query.metric == "cosine" and plan.q_norms[b] == 0:
-            # Every distance is NaN in pgvector: any k rows are a correct answer.
-            sc, sg, rw = sc[:k], sg[:k], rw[:k]
-        elif len(sc) > k:  # the final screening cut, at the global k-th score
-            kth = float(np.partition(sc, k - 1)[k - 1])
-            keep = sc <= kth + bound.screen_margin(kth)
-            sc, sg, rw = sc[keep], sg[keep], rw[keep]
-        exact, keys = _exact_all(snap, query.metric, plan.q64[b], sg, rw)
-        chosen = _final_cut(exact, k, bound)
+        mine = slice(edges[b], edges[b + 1])
+        exact, keys = _exact_all(snap, query.metric, plan.q64[b], cands.seg[mine], cands.row[mine])
+        chosen = _final_cut(exact, int(plan.ks[b]), plan.bounds[b])
         distances = exact[chosen]
-        results.append(SearchResult(keys[chosen], np.sqrt(distances) if query.metric == "l2" else distances, k))
+        results.append(SearchResult(keys[chosen], np.sqrt(distances) if query.metric == "l2" else distances,
+                                    query.k))
     return results
+
+
+def _any_rows(snap: Snapshot, query: Query) -> SearchResult:
+    """Cosine against a zero query: pgvector's distance is NaN for every row, so any k rows are the answer."""
+    keys: list[np.ndarray] = []
+    for view in snap.segments:
+        if sum(len(k) for k in keys) >= query.k:
+            break
+        keys.append(view.keys if view.alive is None else view.keys[view.alive])
+    chosen = np.concatenate(keys)[:query.k] if keys else np.empty(0, dtype=object)
+    return SearchResult(chosen, np.full(len(chosen), np.nan), query.k)
 
 
 def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int = BLOCK_ROWS
                     ) -> list[SearchResult]:
     """Answer a batch of queries over one snapshot (blocking; run it in a worker thread)."""
-    if not queries:
-        return []
     for query in queries:
         if query.vector.shape != (snap.dims,):
             raise ValueError(f"query has {query.vector.shape[0]} dimensions, the store {snap.dims}")
-    plan = _Plan(snap, queries)
-    results = _refine(plan, snap, _screen(plan, snap, block_rows))
-    ordered: list[SearchResult] = [results[0]] * len(queries)
-    for pos, original in enumerate(plan.order):
-        ordered[original] = results[pos]
-    return ordered
+    results: list[SearchResult | None] = [None] * len(queries)
+    regular = []
+    for i, query in enumerate(queries):
+        if query.metric == "cosine" and not query.vector.any():
+            results[i] = _any_rows(snap, query)
+        else:
+            regular.append(i)
+    if regular:
+        plan = _Plan(snap, [queries[i] for i in regular])
+        for pos, answer in zip(plan.order, _refine(plan, snap, _screen(plan, snap, block_rows)), strict=True):
+            results[regular[pos]] = answer
+    return [r for r in results if r is not None]
 
 
 @dataclass(slots=True)

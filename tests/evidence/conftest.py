@@ -16,7 +16,7 @@ from proxy.runtime import Runtime
 DATABASE = "evidence"
 DIMS = 16
 ROWS = 2000
-TABLES = ("ev_good", "ev_bad", "ev_slow", "ev_report", "ev_breaker")
+TABLES = ("ev_good", "ev_bad", "ev_slow", "ev_gone", "ev_writes", "ev_report", "ev_breaker")
 
 
 def route_toml(table: str, shadow: str, **keys: object) -> dict[str, object]:

@@ -8,6 +8,7 @@ import asyncpg
 import numpy as np
 import pytest
 
+from fallback.formats import encode_json
 from fallback.knn import OPERATORS, BatchSearcher, Query, search_snapshot
 from fallback.store import LegacyStore
 from tests.fallback.conftest import LegacyTable, create_table, factory, run
@@ -291,3 +292,36 @@ def test_empty_store() -> None:
     store = LegacyStore(LegacyTable("fb_empty", "json", 4).route())
     result = search_snapshot(store.snapshot(), [Query(np.ones(4, np.float32), 3, "l2")])[0]
     assert len(result) == 0
+
+
+def test_near_ties_still_contain_the_servers_top_k(dsn: str) -> None:
+    """Rows whose distances differ in the 7th digit, where float32 rounding decides PostgreSQL's order:
+    whatever pgvector ranks first must be among the candidates."""
+    async def main() -> None:
+        dims = 64
+        rng = np.random.default_rng(13)
+        query = rng.standard_normal(dims).astype(np.float32)
+        table = LegacyTable(f"fb_ties_{rng.integers(1 << 30)}", "json", dims)
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(f"CREATE TABLE {table.name} (id bigint PRIMARY KEY, emb text, emb_vector vector)")
+        for key in range(400):
+            direction = rng.standard_normal(dims)
+            direction /= np.linalg.norm(direction)
+            # Same distance from the query up to ~1e-7, and the same norm and dot product up to ~1e-7 too.
+            vec = (query + direction * (1 + rng.standard_normal() * 1e-7)).astype(np.float32)
+            if key % 2:
+                vec = (query * (1 + rng.standard_normal() * 1e-7)).astype(np.float32) + np.float32(1e-3) * \
+                    direction.astype(np.float32)
+            table.truth[key] = vec
+            await conn.execute(f"INSERT INTO {table.name} VALUES ($1, $2)", key, encode_json(vec))
+        store = LegacyStore(table.route())
+        await store.load(factory(dsn))
+        for metric in METRICS:
+            for k in (1, 5, 20):
+                result = search_snapshot(store.snapshot(), [Query(query, k, metric)])[0]
+                server = await server_top_k(conn, table.name, query, metric, k)
+                assert set(server) <= set(result.keys.tolist()), (metric, k)
+                assert_exact(result, table.truth, query, metric, k)
+        await conn.close()
+
+    run(main())

@@ -148,16 +148,24 @@ class Breaker:
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                for route, reason, detail in self.evaluate():
-                    try:
-                        await self._trip(route, reason, detail)
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
-                            ConfigError) as exc:
-                        # the window keeps its figures: the next evaluation tries again
-                        log.error("circuit breaker could not roll back %s (%s): %s", route.table, detail, exc)
-                        await self._drop_connection()
+                await self.step()
         finally:
             await self._drop_connection()
+
+    async def step(self) -> list[Trip]:
+        """One evaluation of every window, and the rollbacks it calls for. Never raises for the database."""
+        tripped = []
+        for route, reason, detail in self.evaluate():
+            try:
+                trip = await self._trip(route, reason, detail)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ConfigError) as exc:
+                # the window keeps its figures: the next evaluation tries again
+                log.error("circuit breaker could not roll back %s (%s): %s", route.table, detail, exc)
+                await self._drop_connection()
+                continue
+            if trip is not None:
+                tripped.append(trip)
+        return tripped
 
     def evaluate(self, now: float | None = None) -> list[tuple[Route, str, str]]:
         """(route, reason, detail) for each route whose shadow crossed a threshold. Pure bookkeeping, no I/O."""
@@ -222,7 +230,7 @@ class Breaker:
         return None
 
     # -- tripping ------------------------------------------------------------------------------------------------
-    async def _trip(self, route: Route, reason: str, detail: str) -> None:
+    async def _trip(self, route: Route, reason: str, detail: str) -> Trip | None:
         conn = await self._connection()
         current = await self._shared_split(conn, route)
         window = self._window(route)
@@ -233,18 +241,19 @@ class Breaker:
             self._pending[route.table] = current[1]
             if window is not None:
                 window.clear()
-            return
+            return None
         text = f"circuit breaker: {detail}"
         change = await control.set_route(conn, self.rt.config, route.table, 0.0, actor=self.actor, reason=text)
         self._pending[route.table] = change.generation
         if window is not None:
             window.clear()
         self.trips[(route.table, reason)] += 1
-        self.last_trips[route.table] = Trip(route.table, reason, detail, time.time(), change.previous_split,
-                                            change.generation)
+        trip = Trip(route.table, reason, detail, time.time(), change.previous_split, change.generation)
+        self.last_trips[route.table] = trip
         log.warning("circuit breaker tripped: %s split %s -> 0 (generation %d): %s", route.table,
                     f"{change.previous_split:g}" if change.previous_split is not None else "?", change.generation,
                     detail)
+        return trip
 
     @staticmethod
     async def _shared_split(conn: asyncpg.Connection, route: Route) -> tuple[float, int] | None:

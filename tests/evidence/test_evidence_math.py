@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import evidence
+from proxy import breaker, evidence, report, wire_params
 from proxy.config import Route
 from proxy.evidence import (
     MIN_EXACT_SAMPLES,
@@ -27,13 +27,15 @@ from proxy.evidence import (
     verdict,
     wilson,
 )
+from rewrite import mirror_sql
 
 ROUTE = Route(table="public.items", column="embedding", shadow_table="s.items", min_recall=0.95,
               max_latency_ratio=1.5, max_error_rate=0.01, min_samples=100)
 
 
-def test_doctests() -> None:
-    result = doctest.testmod(evidence)
+@pytest.mark.parametrize("module", [evidence, breaker, report, wire_params, mirror_sql], ids=lambda m: m.__name__)
+def test_doctests(module) -> None:
+    result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 import asyncpg
@@ -425,10 +425,17 @@ async def backfill(config: Config, table: str | None = None, options: BackfillOp
     try:
         await install_schema(conns[0])
         results = []
-        for route in select_routes(config, table):
-            r = await resolve_route(conns[0], route)
-            RouteSql(r, options.shadow)  # fail early on a route that cannot be backfilled
-            results.append(await BackfillRun(conns, r, options, stream).run())
+        resolved = [await resolve_route(conns[0], route) for route in select_routes(config, table)]
+        for r in resolved:
+            # Over all routes, --shadow applies where there is a shadow, and a route with nothing to fill is
+            # skipped; a route named with --route must be able to do what was asked.
+            wanted = replace(options, shadow=options.shadow and (table is not None or r.shadow is not None))
+            if table is None and r.legacy is None and not wanted.shadow:
+                if options.progress:
+                    stream.write(f"{r.display}: no legacy_column and no --shadow copy: nothing to backfill\n")
+                continue
+            RouteSql(r, wanted.shadow)  # fail early on a route that cannot be backfilled
+            results.append(await BackfillRun(conns, r, wanted, stream).run())
         return results
     finally:
         for conn in conns:

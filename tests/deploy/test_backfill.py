@@ -215,3 +215,21 @@ def test_shadow_backfill_copies_rows_and_removes_orphans(env: Env) -> None:
     run(backfill(config, options=BackfillOptions(batch=25, shadow=True, progress=False)))
     assert env.val(f"SELECT count(*) FROM {env.s}.shadow WHERE title = 'changed'") == \
         env.val(f"SELECT count(*) FROM {env.s}.items WHERE id < 100")
+
+
+def test_all_routes_skip_what_does_not_apply(env: Env) -> None:
+    """The demo's shape: one route with TEXT embeddings, one vector table with a shadow and no legacy column."""
+    _fill(env, 100)
+    env.sql(f"CREATE TABLE {env.s}.vecs (id int PRIMARY KEY, embedding vector({DIMS}))")
+    env.sql(f"CREATE TABLE {env.s}.vecs_shadow (id int PRIMARY KEY, embedding vector({DIMS}))")
+    env.sql(f"INSERT INTO {env.s}.vecs SELECT i, array_fill(i::real, ARRAY[{DIMS}])::vector "
+            "FROM generate_series(1, 50) i")
+    vecs = {"table": env.table("vecs"), "column": "embedding", "shadow_table": env.table("vecs_shadow")}
+    config = env.write_config(_route(env), vecs)
+    out = env.cli("backfill", config=config)
+    assert "nothing to backfill" in out.stderr and "vecs" not in out.stdout
+    out = env.cli("backfill", "--shadow", config=config)
+    assert f"{env.table('vecs')}: 0 vectors written, 50 rows copied to the shadow" in out.stdout
+    assert env.val(f"SELECT count(*) FROM {env.s}.items WHERE emb_vector IS NULL") == 0
+    failed = env.cli("backfill", "--shadow", "--route", env.table("items"), config=config, check=False)
+    assert failed.returncode == 1 and "--shadow needs shadow_table" in failed.stderr

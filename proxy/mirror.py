@@ -111,6 +111,7 @@ class Mirror:
         self._tasks: list[asyncio.Task] = []
         self._closed = False
         self._schema_ready = False
+        self._store_ok = True  # last flush worked (logs once per outage, not once per second)
         self._last_prune = 0.0
         runtime.mirror = self  # SHOW REPORT and the metrics find it here
 
@@ -217,7 +218,7 @@ class Mirror:
                 self._rng.shuffle(order)  # neither target always runs on a warm connection
                 outcomes = {target: await self._execute(conn, route, target, sql[target], args) for target in order}
                 truth = await self._execute(conn, route, "exact", sql["exact"], args) if exact else None
-        except _CONNECTION_ERRORS as exc:
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:  # e.g. the pool cannot connect right now
             raise _Dropped("mirror-connection") from exc
         sample = self._sample(request, outcomes["primary"], outcomes["shadow"], truth)
         self._record(sample)
@@ -282,13 +283,13 @@ class Mirror:
             return Outcome(True, latency, [(r[-2], r[-1]) for r in records])
         except asyncpg.PostgresError as exc:
             latency = time.perf_counter() - started if started is not None else None
-            return Outcome(False, latency, [], exc.sqlstate, str(exc)[:500])
+            return Outcome(False, latency, [], exc.sqlstate, str(exc)[:200])
         except asyncpg.DataError as exc:
             raise _Dropped("unsupported-param") from exc
         except _CONNECTION_ERRORS as exc:
             if target == "primary":
                 raise
-            return Outcome(False, None, [], None, f"connection: {exc}"[:500])
+            return Outcome(False, None, [], None, f"connection: {exc}"[:200])
 
     def _sample(self, request: MirrorRequest, primary: Outcome, shadow: Outcome,
                 truth: Outcome | None) -> report.Sample:
@@ -343,7 +344,13 @@ class Mirror:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may be away: samples wait (bounded), the next round retries
-                log.warning("mirror: cannot write samples or read the report (%s); retrying", exc)
+                if self._store_ok:
+                    log.warning("mirror: cannot write samples or read the report (%s); retrying", exc)
+                self._store_ok = False
+            else:
+                if not self._store_ok:
+                    log.info("mirror: writing samples again")
+                self._store_ok = True
 
     async def flush(self) -> int:
         """Write the queued samples in one COPY. Returns how many were written."""

@@ -44,6 +44,30 @@ WAITING = "waiting"  # a routing decision is being computed off the event loop; 
 _WAITING_BUFFER = 1 << 20  # client bytes held while waiting before its socket stops being read
 
 
+class _RateLimit:
+    """At most `per_second` log lines a second; says how many were held back when it speaks again."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self.window = 0
+        self.count = 0
+        self.suppressed = 0
+
+    def allow(self) -> int | None:
+        now = int(time.monotonic())
+        if now != self.window:
+            self.window, self.count = now, 0
+        self.count += 1
+        if self.count > self.per_second:
+            self.suppressed += 1
+            return None
+        suppressed, self.suppressed = self.suppressed, 0
+        return suppressed
+
+
+_violation_log = _RateLimit(per_second=5)
+
+
 @dataclass(slots=True)
 class Deferred:
     """A client message whose replacement is computed asynchronously (e.g. a fallback kNN search).
@@ -209,7 +233,10 @@ class Session:
 
     def _violation(self, text: str) -> None:
         self.rt.totals.protocol_errors += 1
-        log.warning("protocol violation from %s: %s", self.peer, text)
+        suppressed = _violation_log.allow()
+        if suppressed is not None:  # a hostile client must not be able to fill the logs
+            more = f" ({suppressed} more not logged)" if suppressed else ""
+            log.warning("protocol violation from %s: %s%s", self.peer, text, more)
         self.fail_client("08P01", f"pgcutover: {text}")
 
     # -- startup --------------------------------------------------------------------------------------------

@@ -54,15 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-serve", action="store_true", help="set up and exit (for scripts and tests)")
     demo.set_defaults(func=cmd_demo)
 
+    from deploy import cli as deploy_cli
     from rewrite import cli as rewrite_cli
 
-    from . import control_cli
+    from . import control_cli, report
 
     control_cli.register(sub)
-    from . import report
-
     report.register(sub)
     rewrite_cli.register(sub)
+    deploy_cli.register(sub)
     return parser
 
 

@@ -7,7 +7,8 @@ returns a *candidate set* guaranteed to contain every legacy row that could be i
 1. Screening: one float32 matrix product per block of rows gives a score per (row, query) with a known error
    bound E1 (from the dot-product error bound gamma_D = D*u/(1 - D*u), u = 2^-24). Every row whose score is within
    2*E1 + T of the running k-th best is kept, where T bounds how far pgvector's float32 distance can be from the
-   exact one (the same gamma bound on its own sums, plus float16 rounding when the store keeps float16).
+   exact one (the same gamma bound on its own sums), plus how far the stored row may be from the server's
+   float32 value (one ulp per element for JSON decoded here; float16 rounding when the store keeps float16).
 2. Refinement: the kept rows are re-scored in float64 (exact for practical purposes), and every row within T of
    the exact k-th distance is returned, nearest first, with its float64 distance as pgvector defines it:
    l2 = sqrt(sum (x-q)^2), cosine = 1 - x.q/(|x||q|) (NaN for a zero vector), ip = -x.q.
@@ -101,10 +102,10 @@ def _bounds(metric: str, q_norm: float, snap: Snapshot) -> _Bounds:
     """Error bounds for one query (see the module docstring); generous by a factor of 2 where cheap."""
     g = _gamma(snap.dims)
     mx = math.sqrt(snap.max_sq_norm)
-    # float16 storage: |stored - float32 value| per row, as a norm.
-    quant = 0.0
-    if snap.dtype == np.float16:
-        quant = U16 * mx + F16_ABS * math.sqrt(snap.dims)
+    # |stored row - the server's float32 row|, as a norm: float16 rounding, or for float32 one ulp per element
+    # (JSON decoded here goes text -> float64 -> float32, which can differ from pgvector's strtof by one ulp).
+    half = snap.dtype == np.float16
+    quant = U16 * mx + F16_ABS * math.sqrt(snap.dims) if half else 2 * U32 * mx
     if metric == "l2":
         e1 = 2 * (2 * g * mx * q_norm + 2 * U32 * mx * mx + 2 * U32 * mx * q_norm)
         # pgvector: (a-b) rounded, squared, summed in float32: relative error <= gamma + 3u.
@@ -112,9 +113,11 @@ def _bounds(metric: str, q_norm: float, snap: Snapshot) -> _Bounds:
     if metric == "cosine":
         e1 = 2 * (g + 8 * U32)
         t = 2 * (2 * g + 8 * U32)
-        if quant:
+        if half:
             min_norm = math.sqrt(snap.min_sq_norm) if math.isfinite(snap.min_sq_norm) else 1.0
             t += 2 * 2 * (U16 + F16_ABS * math.sqrt(snap.dims) / max(min_norm, 1e-30))
+        else:
+            t += 2 * 2 * 2 * U32
         return _Bounds(e1, t, 0.0, 0.0, 1.0)
     e1 = 2 * (g + U32) * mx * q_norm
     return _Bounds(e1, 2 * (g + 2 * U32) * mx * q_norm + 2 * quant * q_norm, 0.0, 0.0, 0.0)

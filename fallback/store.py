@@ -36,6 +36,7 @@ import uuid
 import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,6 +325,9 @@ class LegacyStore:
         self.reconciles = 0
         self._labels = {"table": route.table}
         self._configured: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+        # One thread for decoding and compaction: orjson holds the GIL anyway, and one thread means one malloc
+        # arena keeping freed chunk buffers, not one per thread of the default executor (peak RSS of the load).
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcutover-fallback")
         this = weakref.ref(self)  # the metric must not keep a replaced store (and its matrix) alive
         metrics.REFRESH_LAG.labels(**self._labels).set_function(
             lambda: store.refresh_lag() if (store := this()) is not None else 0.0)
@@ -363,6 +367,10 @@ class LegacyStore:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    def close(self) -> None:
+        """Release the worker thread (the store stays readable)."""
+        self._worker.shutdown(wait=False)
 
     # -- writing (event loop only) ---------------------------------------------------------------------------
     def _rows_per_segment(self) -> int:
@@ -504,7 +512,8 @@ class LegacyStore:
         run = self._compaction_run()
         if run is None or not self.dims:
             return False
-        new, picks = await asyncio.to_thread(self._merge_rows, run, self.dims, self.dtype, self._key_dtype)
+        new, picks = await asyncio.get_running_loop().run_in_executor(
+            self._worker, self._merge_rows, run, self.dims, self.dtype, self._key_dtype)
         if any(seg not in self._segments for seg in run):
             return False  # another compaction got there first
         start = 0
@@ -581,7 +590,8 @@ class LegacyStore:
         present = [r for r in rows if r[2] is not None]
         fetched.gone = [r[0] for r in rows if r[2] is None]
         keys, xmins = [r[0] for r in present], [r[1] for r in present]
-        chunk = await asyncio.to_thread(formats.decode_many, fmt, [r[2] for r in present], self.dims)
+        chunk = await asyncio.get_running_loop().run_in_executor(
+            self._worker, formats.decode_many, fmt, [r[2] for r in present], self.dims)
         if fmt == "json" and self._server_cast:
             retry = {pos for pos, err in chunk.bad if err.reason == formats.SYNTAX}
             if retry:

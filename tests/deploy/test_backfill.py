@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import re
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deploy.backfill import BackfillOptions, backfill
+from deploy.backfill import BackfillOptions, Progress, backfill
 from deploy.triggers import install
 
 from .conftest import ROOT, Env, run, vector_text
@@ -233,3 +234,17 @@ def test_all_routes_skip_what_does_not_apply(env: Env) -> None:
     assert env.val(f"SELECT count(*) FROM {env.s}.items WHERE emb_vector IS NULL") == 0
     failed = env.cli("backfill", "--shadow", "--route", env.table("items"), config=config, check=False)
     assert failed.returncode == 1 and "--shadow needs shadow_table" in failed.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    stream = _Terminal()
+    progress = Progress("public.items pass 1", 2000, stream)
+    progress.update(500, 250.0, final=True)
+    text = stream.getvalue()
+    assert text.startswith("\r[#######.......................] public.items pass 1: 500/2,000 rows ( 25.0%)")
+    assert "250 rows/s ETA 6s" in text and text.endswith("\n")

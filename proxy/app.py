@@ -8,10 +8,12 @@ import signal
 import sys
 
 from . import metrics
+from .breaker import Breaker
 from .config import Config, ConfigError, load_config
 from .control import RoutingFollower
 from .legacy import FallbackService, needs_store
 from .listener import Listener
+from .mirror import Mirror
 from .routing import Override
 from .runtime import Runtime
 
@@ -109,7 +111,12 @@ async def serve(config: Config) -> int:
     await listener.start()
     await probe_upstream(runtime)
     follower = follow_routing(runtime)
-    follower_task = asyncio.get_running_loop().create_task(follower.run())
+    loop = asyncio.get_running_loop()
+    follower_task = loop.create_task(follower.run())
+    evidence_tasks = []
+    if any(route.shadow_table for route in config.routes):
+        mirror, breaker = Mirror(runtime), Breaker(runtime)
+        evidence_tasks = [loop.create_task(mirror.run()), loop.create_task(breaker.run())]
     endpoints = None
     if config.proxy.metrics is not None:
         endpoints = metrics.HttpEndpoints(
@@ -119,7 +126,6 @@ async def serve(config: Config) -> int:
         await endpoints.start(config.proxy.metrics)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     signals_seen = 0
 
     def on_stop_signal() -> None:
@@ -144,6 +150,10 @@ async def serve(config: Config) -> int:
              config.proxy.shutdown_timeout)
     await listener.shutdown(config.proxy.shutdown_timeout)
     follower_task.cancel()
+    if runtime.mirror is not None:
+        await runtime.mirror.close()  # writes the samples still queued
+    for task in evidence_tasks:
+        task.cancel()
     if runtime.fallback is not None:
         await runtime.fallback.close()
     if endpoints is not None:

@@ -223,7 +223,9 @@ class Breaker:
             shadow_p95 = percentile(f.shadow_latencies, 0.95)
             primary_p95 = percentile(f.primary_latencies, 0.95)
             assert shadow_p95 is not None and primary_p95 is not None
-            if shadow_p95 > route.max_latency_ratio * primary_p95:
+            # Both a ratio and an absolute margin: sub-millisecond queries differ by large ratios of noise.
+            if (shadow_p95 > route.max_latency_ratio * primary_p95
+                    and shadow_p95 - primary_p95 > route.breaker_latency_floor_ms / 1000):
                 return "latency", (f"shadow p95 {shadow_p95 * 1000:.1f} ms > {route.max_latency_ratio:g} x primary "
                                    f"p95 {primary_p95 * 1000:.1f} ms (n={len(f.shadow_latencies)}/"
                                    f"{len(f.primary_latencies)} {span})")

@@ -139,6 +139,7 @@ class Route:
     min_samples: int = 100
     breaker_window_s: float = 30.0
     breaker_min_samples: int = 20
+    breaker_latency_floor_ms: float = 10.0  # the shadow must also be this much slower to trip on latency
 
     @property
     def schema(self) -> str | None:
@@ -221,6 +222,7 @@ KEY_HELP: dict[str, str] = {
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
+    "[[route]] breaker_latency_floor_ms": "latency trips also need shadow p95 - primary p95 above this (default 10)",
     "[[route]] min_recall, max_latency_ratio, max_error_rate, min_samples": "shadow readiness thresholds",
     "[[route]] breaker_window_s, breaker_min_samples": (
         "circuit breaker: sliding window in seconds (default 30) and executions needed on each side before it "

@@ -13,25 +13,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .breaker import shadow_fault
 from .protocol import codes
 from .protocol.framing import split_messages
 from .protocol.messages import parse_error_fields
 
-# Not the client's fault: the shadow is missing something, is overloaded, or was too slow (our own cancel).
-_SHADOW_FAULTS = frozenset(("42P01", "42883", "42703", "42704", "3F000", "0A000", "XX000", "XX001", "58000",
-                            "58030"))
-_SHADOW_FAULT_CLASSES = ("53", "54", "55", "57P")
+# Beyond what counts against the shadow (breaker.shadow_fault), these may well be the shadow's doing (a
+# renamed column, a missing type or operator class): a replay on the primary settles it at little cost.
+_WORTH_A_REPLAY = frozenset(("42703", "42704", "0A000"))
 _REPLAYABLE_ASYNC = frozenset((codes.B_NOTIFICATION, codes.B_PARAM_STATUS))
 _STATEMENT_MESSAGES = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_EXECUTE, codes.F_QUERY,
                                  codes.F_FUNCTION_CALL))
 MAX_CAPTURE = 8 * 1024 * 1024  # a similarity result is LIMIT k rows; past this the cycle is not guarded
 
 
-def shadow_fault(sqlstate: str, timed_out: bool) -> bool:
+def worth_failover(sqlstate: str, timed_out: bool) -> bool:
     """Would the same statement on the primary deserve a chance? (57014 only if our own timeout fired.)"""
-    if sqlstate == "57014":
-        return timed_out
-    return sqlstate in _SHADOW_FAULTS or sqlstate.startswith(_SHADOW_FAULT_CLASSES)
+    return shadow_fault(sqlstate, timed_out=timed_out) or sqlstate in _WORTH_A_REPLAY
 
 
 @dataclass
@@ -68,7 +66,7 @@ class ShadowCycle:
 
     @property
     def should_fail_over(self) -> bool:
-        return self.pure and self.sqlstate is not None and shadow_fault(self.sqlstate, self.timed_out)
+        return self.pure and self.sqlstate is not None and worth_failover(self.sqlstate, self.timed_out)
 
     def replies(self) -> bytes:
         return b"".join(self.captured)

@@ -96,15 +96,17 @@ _installed: dict[str, object] = {}
 def install(runtime: Runtime) -> CollectorRegistry:
     """Serve the default registry (fallback/ and evidence metrics live there) plus this runtime's collector."""
     disable_created_metrics()  # *_created series only double the scrape for counters that never reset
-    previous = _installed.get("collector")
-    if previous is not None:
-        REGISTRY.unregister(previous)  # type: ignore[arg-type]
-    collector = RuntimeCollector(runtime)
-    REGISTRY.register(collector)
-    _installed["collector"] = collector
     if "queries" not in _installed:
         _installed["queries"] = QueryMetrics(REGISTRY)
     runtime.query_metrics = _installed["queries"]
+    from .report import EvidenceCollector
+
+    for name, make in (("runtime", RuntimeCollector), ("evidence", EvidenceCollector)):
+        previous = _installed.get(name)
+        if previous is not None:
+            REGISTRY.unregister(previous)  # type: ignore[arg-type]
+        _installed[name] = make(runtime)
+        REGISTRY.register(_installed[name])  # type: ignore[arg-type]
     return REGISTRY
 
 

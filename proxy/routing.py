@@ -55,7 +55,9 @@ def apply_overrides(base: Iterable[Route], overrides: Iterable[Override], genera
     routes = {route.table: route for route in base}
     applied: dict[str, Override] = {}
     for override in overrides:
-        table = canonical_table(routes.values(), override.table)
+        if override.table not in routes:
+            continue  # another deployment's route in the same database: not ours to apply (nor to refuse)
+        table = override.table
         try:
             routes[table] = routes[table].with_split(override.split, override.sticky)
         except ConfigError as exc:

@@ -45,6 +45,8 @@ class Runtime:
     paused: bool = False
     router: Any = None  # rewrite.router.Router once routes are configured
     fallback: Any = None  # legacy.FallbackService when a route searches legacy rows in memory
+    mirror: Any = None  # mirror.Mirror when a route has a shadow (it sets this itself)
+    breaker: Any = None  # breaker.Breaker when a route has a shadow (it sets this itself)
     upstream_ok: bool = False  # last known reachability, for /readyz
     routing: RoutingSnapshot = field(default_factory=lambda: RoutingSnapshot(()))
     overrides: list[Override] = field(default_factory=list)

@@ -736,7 +736,7 @@ class Session:
             if b"SFATAL\0" in data[pos + 5 : end] or b"SPANIC\0" in data[pos + 5 : end]:
                 self.fatal_from_server = True
             if self.routing is not None:
-                self.routing.on_error()
+                self.routing.on_error(data[pos + 5 : end])
                 if self._cycle is not None:
                     self._cycle.on_error(data[pos + 5 : end])
             return None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from rewrite.split import SplitSession
 
+from .mirror import MirrorRequest
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DROP, PARSE, QUERY
@@ -34,6 +35,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgcutover.statements")
 
 _names = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Execution:
+    """One routed execution awaiting its ReadyForQuery: timed, judged (breaker) and perhaps mirrored."""
+
+    route: Route
+    target: str
+    started: float
+    plan: Plan
+    sql: str
+    mirror: bool  # rolled for mirroring (read-only, outside an explicit transaction)
+    params: tuple[bytes | None, ...] = ()
+    param_formats: tuple[int, ...] = ()
+    param_oids: tuple[int, ...] = ()
+    awaiting_bind: bool = False  # decided at an unnamed Parse: its values come with the next Bind
 
 
 @dataclass(slots=True)
@@ -72,7 +89,8 @@ class StatementRouting:
         self._injected: list[tuple[RoutedStatement, str]] = []  # other-target Parses since the last Sync
         self._search_path_raw = ""
         self._search_path: tuple[str, ...] = ("public",)
-        self._timing: list[tuple[str, str, float]] = []  # routed executions awaiting their ReadyForQuery
+        self._executions: list[Execution] = []  # routed executions awaiting their ReadyForQuery
+        self._sqlstate: str | None = None  # first error since the last ReadyForQuery
         self._failed = False
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
 
@@ -90,15 +108,25 @@ class StatementRouting:
         assert plan.route is not None
         return self.rt.routing.route(plan.route.table) or plan.route
 
-    def _target(self, plan: Plan, execution: bool = True) -> str:
+    def _target(self, plan: Plan, sql: str = "", execution: bool = True) -> str:
         """Roll for one query. `execution` is False for the Parse of a named statement: its Binds count."""
         route = self._live_route(plan)
         self.split.application_name = self.session.application_name or None
-        target = self.force_target or self.split.target_for(route, self.session.tx_status != codes.TX_IDLE)
+        in_transaction = self.session.tx_status != codes.TX_IDLE
+        target = self.force_target or self.split.target_for(route, in_transaction)
         if execution:
             self.rt.count_routed(route.table, target)
-            self._timing.append((route.table, target, time.perf_counter()))
+            mirror = (route.mirror > 0 and not in_transaction and self.rt.mirror is not None
+                      and self.split.rng.random() * 100 < route.mirror)
+            self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror))
         return target
+
+    def _attach_values(self, execution: Execution, payload: bytes, param_oids: tuple[int, ...]) -> None:
+        """A mirrored execution needs its Bind values (only then is the whole Bind decoded)."""
+        bind = msg.parse_bind(payload)
+        execution.params, execution.param_formats = bind.params, bind.param_formats
+        execution.param_oids = param_oids
+        execution.awaiting_bind = False
 
     def _plan(self, sql: str) -> Plan:
         return self.router.plan(sql, self.search_path)
@@ -111,16 +139,17 @@ class StatementRouting:
 
     # -- messages ---------------------------------------------------------------------------------------------
     def on_query(self, payload: bytes) -> bytes | None:
-        plan = self._plan(msg.parse_query(payload))
+        sql = msg.parse_query(payload)
+        plan = self._plan(sql)
         tracker = self.session.tracker
         cycle_start = tracker.idle
         tracker.expect(QUERY)
         if plan.passthrough:
             return None
-        target = self._target(plan)
+        target = self._target(plan, sql)
         self._guard(plan, target, cycle_start)
-        sql = plan.sql_for(target)
-        return None if sql is None else msg.query(sql)
+        rewritten = plan.sql_for(target)
+        return None if rewritten is None else msg.query(rewritten)
 
     def on_parse(self, payload: bytes) -> bytes | None:
         parse = msg.parse_parse(payload)
@@ -136,10 +165,14 @@ class StatementRouting:
         plan = self._plan(parse.sql)
         if plan.passthrough:
             return out + msg.message(b"P", payload) if out else None
-        target = self._target(plan, execution=not parse.name)
+        target = self._target(plan, parse.sql, execution=not parse.name)
         self._guard(plan, target, cycle_start)
         if parse.name:
             self.statements[parse.name] = RoutedStatement(plan, parse.sql, parse.param_oids, target)
+            self.session.hold_statement_messages()
+        elif self._executions[-1].mirror:
+            self._executions[-1].awaiting_bind = True  # its values come with the Bind of the unnamed statement
+            self._executions[-1].param_oids = parse.param_oids
             self.session.hold_statement_messages()
         sql = plan.sql_for(target)
         if sql is None:
@@ -152,10 +185,15 @@ class StatementRouting:
         name, rest = msg.read_cstr(payload, pos)
         statement = self.statements.get(name) if name else None
         if statement is None:
+            if not name and self._executions and self._executions[-1].awaiting_bind:
+                execution = self._executions[-1]
+                self._attach_values(execution, payload, execution.param_oids)
             tracker.expect(BIND)
             return None
         cycle_start = tracker.idle
-        target = self._target(statement.plan)
+        target = self._target(statement.plan, statement.sql)
+        if self._executions[-1].mirror:
+            self._attach_values(self._executions[-1], payload, statement.param_oids)
         self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
             tracker.expect(BIND)
@@ -191,19 +229,34 @@ class StatementRouting:
         return out
 
     # -- replies ----------------------------------------------------------------------------------------------
-    def on_error(self) -> None:
+    def on_error(self, payload: bytes) -> None:
         """An error skips the rest of the pipeline: a Parse of ours in it may not exist."""
         self._failed = True
+        if self._sqlstate is None and self._executions:
+            self._sqlstate = msg.parse_error_fields(payload).get("C")
         for statement, target in self._injected:
             statement.uncertain.add(target)
 
     def on_ready(self) -> None:
         self._injected.clear()
-        if self._timing:
-            metrics = self.rt.query_metrics
-            if metrics is not None:
-                now = time.perf_counter()
-                for table, target, started in self._timing:
-                    metrics.observe(table, target, now - started, not self._failed)
-            self._timing.clear()
+        if self._executions:
+            self._finish_executions()
         self._failed = False
+        self._sqlstate = None
+
+    def _finish_executions(self) -> None:
+        now = time.perf_counter()
+        rt, ok = self.rt, not self._failed
+        for execution in self._executions:
+            seconds = now - execution.started
+            table = execution.route.table
+            if rt.query_metrics is not None:
+                rt.query_metrics.observe(table, execution.target, seconds, ok)
+            if rt.breaker is not None:
+                rt.breaker.record(table, execution.target, seconds, ok, None if ok else self._sqlstate)
+            if execution.mirror and not execution.awaiting_bind:
+                rt.mirror.submit(MirrorRequest(
+                    route=execution.route, plan=execution.plan, sql=execution.sql, params=execution.params,
+                    param_formats=execution.param_formats, param_oids=execution.param_oids,
+                    client_target=execution.target, client_latency=seconds, client_ok=ok))
+        self._executions.clear()

@@ -156,6 +156,18 @@ class RouteSql:
         query = f"SELECT {key}::text AS k FROM {t} WHERE {' AND '.join(conditions)} ORDER BY {t}.{key} LIMIT $1"
         return query, args
 
+    def orphans(self, lower: str | None, upper: str | None) -> tuple[str, list[object]]:
+        """Shadow keys in (lower, upper] without a row in the table (bounds left out of the text when absent)."""
+        r = self.r
+        assert r.shadow is not None and r.shadow_key is not None
+        skey, skeytype = r.shadow_key.ident, r.shadow_key.type_sql
+        conditions, args = [self.orphan], []
+        for bound, op in ((lower, ">"), (upper, "<=")):
+            if bound is not None:
+                args.append(bound)
+                conditions.append(Sql(f"s.{skey} {op} ${len(args)}::text::{skeytype}"))
+        return f"SELECT s.{skey}::text FROM {r.shadow.ident} AS s WHERE {' AND '.join(conditions)}", args
+
     def _shadow_sql(self) -> None:
         r = self.r
         assert r.shadow is not None and r.shadow_key is not None
@@ -170,12 +182,8 @@ class RouteSql:
             f"ORDER BY n.{key} FOR SHARE OF n "
             f"ON CONFLICT ({skey}) DO UPDATE SET {v['assignments']}"
         )
-        bounds = (
-            f"($1::text IS NULL OR s.{skey} > $1::text::{skeytype}) "
-            f"AND ($2::text IS NULL OR s.{skey} <= $2::text::{skeytype})"
-        )
-        orphan = f"NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{key} = s.{skey})"
-        self.orphans_sql = f"SELECT s.{skey}::text FROM {s} AS s WHERE {bounds} AND {orphan}"
+        self.orphan = Sql(f"NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{key} = s.{skey})")
+        orphan = self.orphan
         self.lock_orphans_sql = f"SELECT 1 FROM {s} AS s WHERE s.{skey} = ANY($1::text[]::{skeytype}[]) FOR UPDATE"
         self.delete_orphans_sql = f"DELETE FROM {s} AS s WHERE s.{skey} = ANY($1::text[]::{skeytype}[]) AND {orphan}"
 
@@ -310,7 +318,7 @@ class Worker:
     async def copy_to_shadow(self, keys: list[str], written: list[str], lo: str | None, hi: str | None) -> int:
         """Upsert the batch's rows into the shadow and delete shadow rows in (lo, hi] with no source row."""
         synced = await self.conn.fetchval(
-            "SELECT count(*) = $3 FROM pg_trigger WHERE tgrelid = $1 AND tgname = ANY($2::text[])",
+            "SELECT count(*) = $3 FROM pg_trigger WHERE tgrelid = $1 AND tgname = ANY($2::text[]) AND tgenabled <> 'D'",
             self.r.table.oid, list(SHADOW_TRIGGERS), len(SHADOW_TRIGGERS),
         )
         if synced:  # the UPDATE above already reached the shadow through the sync trigger
@@ -324,7 +332,8 @@ class Worker:
         return copied + (len(written) if synced else 0)
 
     async def delete_orphans(self, lo: str | None, hi: str | None) -> None:
-        candidates = [row[0] for row in await self.conn.fetch(self.sql.orphans_sql, lo, hi)]
+        query, args = self.sql.orphans(lo, hi)
+        candidates = [row[0] for row in await self.conn.fetch(query, *args)]
         if not candidates:
             return
         # Lock first, then re-check in a new statement (new snapshot): a writer that was inserting one of

@@ -1,0 +1,620 @@
+"""The merged query: a similarity query answered exactly over pgvector rows and legacy-only rows at once.
+
+Built once per SQL text (and cached with the plan) from the `SimilarityQuery` that `rewrite.analyze` found; at
+execution the proxy only supplies the legacy candidates that the numpy search (`fallback.knn`) returned.
+
+Design
+------
+A route keeps pgvector values in `vector_column` and unmigrated ones in `legacy_column`; a row is legacy-only when
+`vector_column IS NULL AND legacy_column IS NOT NULL`. Let `L(row)` be the legacy value converted to a vector by
+the server itself (NULL when it is not a valid vector of `dims` dimensions, see "Decoders") and
+
+    D(row) = COALESCE(alias.vector_column, L(row)) <op> q
+
+with `q` the query vector exactly as the client wrote it (literal, `$n`, cast). The merged query is the client's
+own statement with
+
+1. every distance on the route column (select list, WHERE, ORDER BY) replaced by D, so output names, types and
+   order are those of the client's query (`embedding <-> $1` stays "?column?", an alias stays);
+2. two conjuncts added to its WHERE: `D IS NOT NULL` (a row with neither a vector nor a valid legacy value never
+   ranks, as the primary rewrite's `vector_column IS NOT NULL` says), and `alias.key = ANY(ARRAY(<union>))`:
+
+       (SELECT alias.key FROM <FROM/JOINs> WHERE (<WHERE>) AND alias.vector_column IS NOT NULL
+        ORDER BY alias.vector_column <op> q LIMIT k+n)             -- pgvector branch: `to_primary`'s shape, so
+                                                                   -- the vector index (or its expression form)
+                                                                   -- serves it
+       UNION ALL SELECT unnest(<candidate keys>)                   -- legacy candidates from the numpy search
+       UNION ALL (SELECT alias.key FROM <FROM/JOINs> WHERE (<WHERE>) AND <legacy-only>
+                  AND <bound> IS DISTINCT FROM 'Infinity'
+                  AND NOT COALESCE((SELECT count(*) FROM <FROM/JOINs> WHERE (<WHERE>) AND <legacy-only>
+                                    AND alias.key = ANY(<candidate keys>) AND D <= <bound>) >= k+n, FALSE))
+                                                                   -- the guard
+
+3. ORDER BY, LIMIT k and OFFSET n as the client had them. k+n is a number when both are literals, else
+   `(limit + COALESCE(offset, 0))` with bare parameters cast to bigint (what PostgreSQL infers for LIMIT/OFFSET,
+   so ParameterDescription does not change).
+
+`= ANY(ARRAY(...))` rather than `IN (...)`: the union runs once as an InitPlan and the outer scan becomes an index
+scan on the key (`Index Cond: key = ANY($n)`), so D, whose legacy part parses text, is only ever computed for the
+few rows of the union; with `IN` the planner may choose a hash semi-join over a full scan that evaluates D on
+every row. The route key must therefore be indexed (it is the primary key).
+
+Why this is exact. Any superset of the true top-(k+n) rows, ranked by the server's own D, yields the true top-k
+after OFFSET. The pgvector branch holds the pgvector top-(k+n) under the client's filters (as exact as the
+primary itself: exact without an ANN index). For legacy rows, let the candidates be the nearest legacy rows of
+the store's snapshot and `bound` a distance such that every snapshot row outside them is at server distance
+>= bound (`guard_bound`). If at least k+n rows among the candidates pass the client's filters, are still
+legacy-only and are within `bound` *by their current value*, no legacy row outside the candidates can be in the
+top-(k+n); otherwise the guard branch adds every legacy-only row that passes the filters. Deleted candidates are
+gone from the table, migrated ones are ranked by their vector, changed ones by their current value (and only
+counted if still within `bound`), and the server recomputes every distance from the current row.
+
+Changes to the brief's design, and why:
+- The guard counts only candidates with `D <= bound`, not all of them. Without it, a candidate whose legacy value
+  changed to something far away (the store not yet refreshed) still counts as one of the k+n nearest, the guard
+  stays off, and a legacy row just outside the candidates is missed: a wrong answer.
+- `bound = +Infinity` says "the candidates are every legacy row of the snapshot" and turns the guard off; without
+  that, a selective filter on a (nearly) fully migrated table would scan all legacy-only rows on every query.
+  `bound = NULL` means "unknown": the guard then always runs (exact, slower).
+- `pg_input_is_valid(x, 'vector')` cannot be used: pgvector 0.8's `vector_in` raises hard errors (NaN, wrong
+  dimensions, bad syntax), which `pg_input_is_valid` passes through. The decoders below are plain SQL instead.
+- `D IS NOT NULL` in the outer WHERE: the guard branch may bring rows whose legacy value is bad.
+
+What is not covered: a legacy row inserted, or changed to come nearer, after the store's snapshot and not yet in
+it is found only by the guard. The proxy may add any keys to the candidates (e.g. keys with change notices in
+flight): extra keys are harmless.
+
+Decoders (L), all `CASE` expressions that return NULL for a bad value and never raise:
+- json: a regular expression accepting exactly the numbers pgvector's parser (strtof) accepts, decimal and hex,
+  minus NaN/infinity, between brackets with pgvector's six whitespace characters; the comma count; then
+  `legacy::text::vector(dims)`. Only a text with a large exponent, hex or a 28-digit run can overflow float4: for
+  those alone the elements are parsed as double precision[] and compared with float4's overflow threshold.
+- array (real[] / double precision[]): 1-D, `dims` elements, no NULL, no NaN/infinity, and for arrays printing an
+  exponent of 38 or more, every element below float4's overflow threshold; then `legacy::vector(dims)`.
+- bytea_f32 / bytea_f64: `pgcutover.try_vector(legacy, format, dims)`, the function the deploy schema installs
+  (`server_decoder=True`); without it the plan is refused ("fallback-needs-decoder").
+They agree with `pgcutover.try_vector` (the backfill's conversion) on every input the tests throw at them; the
+only known difference is a risky json text holding a number below float8's range (1e-400): refused here.
+
+Protocol. `sql_with_param` appends two parameters after the client's highest `$n`: `$N::<key type>[]` (candidate
+keys) and `$N+1::double precision` (bound). The proxy adds their values to the Bind (and, when the client's Parse
+lists parameter types, two more OIDs or zeros) and drops the two extra entries from the ParameterDescription it
+relays. `sql_with_literal(keys, bound)` writes both as safely quoted literals, for the simple Query protocol.
+
+>>> from proxy.config import Route
+>>> from rewrite.analyze import analyze
+>>> route = Route(table="public.items", column="embedding", vector_column="embedding_vector",
+...               legacy_column="embedding", legacy_format="bytea_f32", dims=3)
+>>> q = analyze("SELECT id FROM items WHERE category = $1 ORDER BY embedding <-> $2 LIMIT 5", [route])
+>>> plan = build_merge(q, server_decoder=True)
+>>> (plan.metric, plan.vector_param_index, plan.limit_value, plan.keys_param_index, plan.extra_param_types)
+('l2', 2, 5, 3, ('bigint[]', 'double precision'))
+>>> print(plan.sql_with_param)  # doctest: +NORMALIZE_WHITESPACE
+SELECT id FROM items WHERE (category = $1)
+ AND items.id = ANY(ARRAY((SELECT items.id FROM items WHERE category = $1 AND embedding_vector IS NOT NULL
+ ORDER BY embedding_vector <-> $2 LIMIT 5) UNION ALL SELECT UNNEST(($3::bigint[])) UNION ALL
+ (SELECT items.id FROM items WHERE (category = $1) AND items.embedding_vector IS NULL
+ AND NOT items.embedding IS NULL AND ($4::double precision) IS DISTINCT FROM CAST('Infinity' AS DOUBLE PRECISION)
+ AND NOT COALESCE((SELECT COUNT(*) FROM items WHERE (category = $1) AND items.embedding_vector IS NULL
+ AND NOT items.embedding IS NULL AND items.id = ANY ($3::bigint[])
+ AND COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2
+ <= ($4::double precision)) >= 5, FALSE))))
+ AND NOT COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2 IS NULL
+ ORDER BY COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2 LIMIT 5
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from rewrite.analyze import MARK, TAG_DISTANCE, TAG_ORDER_KEY, Passthrough, SimilarityQuery
+from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
+from rewrite.transforms import add_vector_not_null, identifier, to_primary
+
+if TYPE_CHECKING:
+    from proxy.config import Route
+    from rewrite.catalog import Catalog
+
+METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric
+INT8_MAX = 2**63 - 1
+BOUND_TYPE = "double precision"
+_INTEGER_TYPES = frozenset({"smallint", "integer", "bigint", "int2", "int4", "int8"})
+_PLACEHOLDER = "pgcutover_legacy_value"
+
+# The legacy-text syntax pgvector's vector_in accepts (strtof numbers between brackets, its six whitespace
+# characters), minus NaN and infinity. No backslashes: the literal reads the same whatever
+# standard_conforming_strings says.
+_WS = "[ \t\n\r\x0b\x0c]"
+_DEC = "[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?"
+_HEX = "[+-]?0[xX]([0-9a-fA-F]+[.]?[0-9a-fA-F]*|[.][0-9a-fA-F]+)([pP][+-]?[0-9]+)?"
+_NUM = f"({_HEX}|{_DEC})"
+JSON_SYNTAX = f"^{_WS}*[[]{_WS}*{_NUM}({_WS}*,{_WS}*{_NUM})*{_WS}*[]]{_WS}*$"
+# Texts that may hold a number beyond float4's range: a positive exponent >= 10, 28 digits in a row, or hex.
+# Anything else is below 1e37 in magnitude.
+JSON_RISKY = "[eE][+]?0*[1-9][0-9]|[0-9]{28}|[xX]"
+ARRAY_RISKY = "e[+]?0*(3[89]|[4-9][0-9]|[1-9][0-9][0-9])"  # float8out's exponent form of |x| >= 1e38
+# Half-way between float4's largest value and 2^128: at or beyond it, a float8 rounds to float4 infinity.
+FLOAT4_OVERFLOW = "CAST('3.4028235677973366e38' AS DOUBLE PRECISION)"
+
+_JSON_DECODER = """
+CASE
+  WHEN NOT (CAST({L} AS TEXT) ~ '{syntax}'
+            AND LENGTH(CAST({L} AS TEXT)) - LENGTH(REPLACE(CAST({L} AS TEXT), ',', '')) = {commas}) THEN NULL
+  WHEN NOT CAST({L} AS TEXT) ~ '{risky}' THEN CAST(CAST({L} AS TEXT) AS vector({dims}))
+  WHEN NOT pg_catalog.pg_input_is_valid(TRANSLATE(CAST({L} AS TEXT), '[]', '{{}}'), 'double precision[]') THEN NULL
+  WHEN (SELECT BOOL_AND(ABS(x) < {overflow}) FROM UNNEST(CAST(TRANSLATE(CAST({L} AS TEXT), '[]', '{{}}')
+        AS DOUBLE PRECISION[])) AS u(x)) THEN CAST(CAST({L} AS TEXT) AS vector({dims}))
+END
+"""
+# real[] elements cannot overflow float4; double precision[] ones can (pgvector's cast then yields infinity and
+# raises): those print with an exponent of at least 38, and only then are the elements compared one by one.
+# The CASE order matters: array_position refuses multi-D arrays.
+_ARRAY_DECODER = """
+CASE
+  WHEN ARRAY_NDIMS({L}) IS DISTINCT FROM 1 OR CARDINALITY({L}) <> {dims} THEN NULL
+  WHEN ARRAY_POSITION({L}, NULL) IS NOT NULL THEN NULL
+  WHEN {L} && '{{NaN,Infinity,-Infinity}}' THEN NULL
+  WHEN NOT CAST({L} AS TEXT) ~ '{risky}' THEN CAST({L} AS vector({dims}))
+  WHEN (SELECT BOOL_AND(ABS(x) < {overflow}) FROM UNNEST({L}) AS u(x)) THEN CAST({L} AS vector({dims}))
+END
+"""
+_BYTEA_DECODER = "pgcutover.try_vector({L}, '{format}', {dims})"
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    """The merged query of one SQL text, and what the proxy needs to run the numpy search for it."""
+
+    route: Route
+    operator: str  # "<->" | "<=>" | "<#>"
+    metric: str  # "l2" | "cosine" | "ip" (fallback.knn's names)
+    vector_param_index: int | None  # $n holding the query vector (possibly cast)
+    vector_literal: str | None  # or the literal vector text
+    limit_value: int | None
+    limit_param: int | None
+    offset_value: int | None  # None with offset_param None: no OFFSET
+    offset_param: int | None
+    param_count: int  # the client's highest $n (0 without parameters)
+    key_type: str  # SQL type of the route key, e.g. "bigint"
+    key_type_assumed: bool  # no catalog entry: "bigint" is a guess
+    dims: int
+    sql_with_param: str
+    parts: tuple[str, ...]  # the merged SQL cut at the extra values; slots[i] goes between parts[i], parts[i+1]
+    slots: tuple[str, ...]  # "keys" | "bound"
+
+    @property
+    def keys_param_index(self) -> int:
+        return self.param_count + 1
+
+    @property
+    def bound_param_index(self) -> int:
+        return self.param_count + 2
+
+    @property
+    def extra_param_type(self) -> str:
+        return f"{self.key_type}[]"
+
+    @property
+    def extra_param_types(self) -> tuple[str, str]:
+        """Types of the two parameters `sql_with_param` appends: candidate keys, bound."""
+        return self.extra_param_type, BOUND_TYPE
+
+    @property
+    def total_value(self) -> int | None:
+        """k + n when both are literals."""
+        if self.limit_param is not None or self.offset_param is not None:
+            return None
+        return self.total(self.limit_value, self.offset_value)
+
+    def total(self, limit: int | None, offset: int | None) -> int | None:
+        """k + n for the given LIMIT and OFFSET values (None: no limit, every row is wanted)."""
+        if limit is None:
+            return None
+        return min(max(limit, 0) + max(offset or 0, 0), INT8_MAX)
+
+    def search_k(self, limit: int | None, offset: int | None) -> int | None:
+        """How many nearest legacy rows to ask the numpy search for: k + n + 1, the extra row giving the bound."""
+        total = self.total(limit, offset)
+        return None if total is None else min(total + 1, INT8_MAX)
+
+    def extra_params(self, keys: Sequence[Any], bound: float | None) -> tuple[list[Any], float | None]:
+        """Values of the two appended parameters, as Python objects a driver encodes (numpy ints become int)."""
+        if self.key_type in _INTEGER_TYPES:
+            return [_int_key(k) for k in keys], None if bound is None else float(bound)
+        return [k.item() if hasattr(k, "item") else k for k in keys], None if bound is None else float(bound)
+
+    def sql_with_literal(self, keys: Sequence[Any], bound: float | None) -> str:
+        """The merged query with the candidates and the bound written as literals (simple Query protocol)."""
+        return _join(self.parts, self.slots, {"keys": self._keys_literal(keys), "bound": _bound_literal(bound)})
+
+    def _keys_literal(self, keys: Sequence[Any]) -> str:
+        array_type = self.extra_param_type
+        if len(keys) == 0:
+            return f"('{{}}'::{array_type})"
+        if self.key_type in _INTEGER_TYPES:
+            items = ",".join(str(_int_key(k)) for k in keys)
+        else:
+            items = ",".join(quote_literal(str(k)) for k in keys)
+        return f"(ARRAY[{items}]::{array_type})"
+
+
+def _int_key(key: Any) -> int:
+    if isinstance(key, bool) or not hasattr(key, "__index__"):
+        raise TypeError(f"candidate key {key!r} is not an integer")
+    return int(key.__index__())
+
+
+def quote_literal(value: str) -> str:
+    """A string constant that reads back as `value` whatever standard_conforming_strings says (the algorithm of
+    PostgreSQL's quote_literal)."""
+    if "\x00" in value:
+        raise ValueError("a string constant cannot contain NUL")
+    body = value.replace("'", "''")
+    if "\\" in body:
+        return "E'" + body.replace("\\", "\\\\") + "'"
+    return "'" + body + "'"
+
+
+def _bound_literal(bound: float | None) -> str:
+    if bound is None:
+        return f"(NULL::{BOUND_TYPE})"
+    bound = float(bound)
+    if math.isnan(bound):
+        text = "NaN"
+    elif math.isinf(bound):
+        text = "Infinity" if bound > 0 else "-Infinity"
+    else:
+        text = repr(bound)  # shortest round-trip form, which float8in reads back exactly
+    return f"('{text}'::{BOUND_TYPE})"
+
+
+def guard_bound(distances: Sequence[float], total: int | None) -> float | None:
+    """The bound for the candidates of a numpy search asked for `total + 1` rows (`MergePlan.search_k`).
+
+    `distances` are the search's distances, nearest first (`fallback.knn.SearchResult.distances`, exact float64,
+    the same units as the SQL operator). The search returns every row within its error bound of the exact
+    (total+1)-th distance, so every row it left out is, by the server's float32 arithmetic too, at least that far:
+    the (total+1)-th distance is a valid bound. Fewer rows than asked means the store holds no others: +Infinity.
+    Without a limit (`total` None) the bound is unknown: None, and the guard always runs.
+
+    >>> guard_bound([0.1, 0.2, 0.3], 2), guard_bound([0.1, 0.2], 2), guard_bound([], 5), guard_bound([0.1], None)
+    (0.3, inf, inf, None)
+    """
+    if total is None:
+        return None
+    if len(distances) <= total:
+        return math.inf
+    return float(distances[total])
+
+
+# -- building ----------------------------------------------------------------------------------------------
+def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, server_decoder: bool = False) -> MergePlan:
+    """The merged query for `query`, or raise Passthrough(reason) for a shape it cannot answer exactly
+    (the proxy then answers from pgvector rows only). `query.expression` is not changed."""
+    route = query.route
+    _check_route(route)
+    _check_shape(query)
+    dims = _dims(route, catalog)
+    key_type, assumed = _key_type(route, catalog)
+    _check_legacy_type(route, catalog)
+    if route.legacy_format.startswith("bytea") and not server_decoder:
+        raise Passthrough("fallback-needs-decoder", route.legacy_format)
+    builder = _Builder(query, catalog, dims)
+    expression = builder.build()
+    sql = to_sql(expression)
+    parts, slots = _cut(sql, builder)
+    param_count = _param_count(query.expression)
+    params = {"keys": f"(${param_count + 1}::{key_type}[])", "bound": f"(${param_count + 2}::{BOUND_TYPE})"}
+    plan = MergePlan(
+        route=route, operator=query.operator, metric=METRICS[query.operator],
+        vector_param_index=query.param_index, vector_literal=query.literal if query.param_index is None else None,
+        limit_value=query.limit_value, limit_param=query.limit_param,
+        offset_value=query.offset_value, offset_param=query.offset_param,
+        param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
+        sql_with_param=_join(parts, slots, params), parts=parts, slots=slots,
+    )
+    _check_parses(plan)
+    return plan
+
+
+def _join(parts: tuple[str, ...], slots: tuple[str, ...], values: dict[str, str]) -> str:
+    out = [parts[0]]
+    for slot, part in zip(slots, parts[1:], strict=True):
+        out += [values[slot], part]
+    return "".join(out)
+
+
+def _check_parses(plan: MergePlan) -> None:
+    """Both forms must be one statement for our own parser: a last guard against a printing slip."""
+    try:
+        for sql in (plan.sql_with_param, plan.sql_with_literal([], math.inf)):
+            if len(parse(sql)) != 1:
+                raise Passthrough("unstable-sql")
+    except SqlglotError:
+        raise Passthrough("unstable-sql") from None
+
+
+def _check_route(route: Route) -> None:
+    if not route.fallback:
+        raise Passthrough("fallback-off")
+    if not route.legacy_column:
+        raise Passthrough("fallback-no-legacy")
+    if route.legacy_column in (route.pg_vector_column, route.key) or route.key == route.pg_vector_column:
+        raise Passthrough("fallback-columns", "legacy, vector and key columns must differ")
+
+
+def _check_shape(query: SimilarityQuery) -> None:
+    if not query.top_level:
+        raise Passthrough("fallback-nested")
+    if query.aggregated:
+        raise Passthrough("fallback-aggregate")
+    if not query.order_by_distance or not query.pure_order:
+        raise Passthrough("fallback-order")
+    if query.function_form or query.operator not in METRICS:
+        raise Passthrough("fallback-operator", query.operator)
+    if query.limit_value is None and query.limit_param is None:
+        raise Passthrough("fallback-needs-limit")
+    if query.offset is not None and query.offset_value is None and query.offset_param is None:
+        raise Passthrough("fallback-offset")
+    if query.param_index is None and query.literal is None:
+        raise Passthrough("fallback-vector-unknown")
+    select = query.select
+    if any(p.find(exp.Window) for p in select.expressions):
+        raise Passthrough("fallback-window")  # window functions would see only the merged rows
+    if select.find(exp.TableSample):
+        raise Passthrough("fallback-tablesample")  # each copy of the FROM list would sample differently
+    names = [item.alias_or_name for item in _from_items(select)]
+    if names.count(query.table_alias) != 1:
+        raise Passthrough("fallback-alias", query.table_alias)
+
+
+def _from_items(select: exp.Select) -> list[exp.Expression]:
+    items = []
+    from_ = select.args.get("from_")
+    if from_ is not None:
+        items.append(from_.this)
+    items.extend(join.this for join in select.args.get("joins") or [])
+    return items
+
+
+def _dims(route: Route, catalog: Catalog | None) -> int:
+    column = _catalog_column(route, catalog, route.pg_vector_column)
+    if column is not None:
+        base, _, typmod = column.type.partition("(")
+        if base.rpartition(".")[2].strip() != "vector":
+            raise Passthrough("fallback-vector-type", column.type)
+        if typmod.rstrip(")").strip().isdigit():
+            dims = int(typmod.rstrip(")"))
+            if route.dims is not None and route.dims != dims:
+                raise Passthrough("fallback-dims", f"route dims {route.dims}, column {column.type}")
+            return dims
+    if route.dims is None:
+        raise Passthrough("fallback-needs-dims")
+    return route.dims
+
+
+def _key_type(route: Route, catalog: Catalog | None) -> tuple[str, bool]:
+    column = _catalog_column(route, catalog, route.key)
+    if column is not None:
+        return column.type, False
+    if catalog is not None and catalog.lookup(route.table) is not None:
+        raise Passthrough("fallback-no-key", route.key)
+    return "bigint", True
+
+
+def _check_legacy_type(route: Route, catalog: Catalog | None) -> None:
+    column = _catalog_column(route, catalog, route.legacy_column or "")
+    if column is None:
+        return
+    fmt, type_ = route.legacy_format, column.type
+    ok = {
+        "json": type_ in ("text", "json", "jsonb") or type_.startswith(("character varying", "character(")),
+        "array": type_ in ("real[]", "double precision[]"),
+    }.get(fmt, type_ == "bytea")
+    if not ok:
+        raise Passthrough("fallback-legacy-type", f"{fmt} in a {type_} column")
+
+
+def _catalog_column(route: Route, catalog: Catalog | None, name: str):
+    info = catalog.lookup(route.table) if catalog is not None else None
+    return info.column(name) if info is not None else None
+
+
+def _param_count(expression: exp.Expression) -> int:
+    highest = 0
+    for node in expression.find_all(exp.Parameter):
+        if isinstance(node.this, exp.Literal) and node.this.this.isdigit():
+            highest = max(highest, int(node.this.this))
+    return highest
+
+
+def legacy_vector(route: Route, legacy: exp.Expression, dims: int) -> exp.Expression:
+    """L: the legacy value `legacy` as a vector(dims), NULL when it is not a valid one; never raises on bad data."""
+    fmt = route.legacy_format
+    if fmt == "json":
+        sql = _JSON_DECODER.format(L=_PLACEHOLDER, syntax=JSON_SYNTAX, risky=JSON_RISKY, commas=dims - 1, dims=dims,
+                                   overflow=FLOAT4_OVERFLOW)
+    elif fmt == "array":
+        sql = _ARRAY_DECODER.format(L=_PLACEHOLDER, risky=ARRAY_RISKY, overflow=FLOAT4_OVERFLOW, dims=dims)
+    else:
+        sql = _BYTEA_DECODER.format(L=_PLACEHOLDER, format=fmt, dims=dims)
+    node = parse_one(f"SELECT {sql}").selects[0]
+    for column in list(node.find_all(exp.Column)):
+        if column.name == _PLACEHOLDER and column.args.get("table") is None:
+            column.replace(legacy.copy())
+    return node
+
+
+# -- the tree ------------------------------------------------------------------------------------------------
+@dataclass
+class _Tagged:
+    select: exp.Select
+    distances: dict[int, exp.Expression]
+    order_key: exp.Ordered
+
+
+def _tagged(expression: exp.Expression) -> _Tagged:
+    distances: dict[int, exp.Expression] = {}
+    order_key = None
+    for node in expression.walk():
+        mark = node.meta.get(MARK) if node._meta else None
+        if isinstance(mark, tuple) and mark[0] == TAG_DISTANCE:
+            distances[mark[1]] = node
+        elif isinstance(mark, tuple) and mark[0] == TAG_ORDER_KEY:
+            order_key = node
+    assert isinstance(expression, exp.Select) and order_key is not None
+    return _Tagged(expression, distances, order_key)
+
+
+class _Builder:
+    def __init__(self, query: SimilarityQuery, catalog: Catalog | None, dims: int) -> None:
+        self.query = query
+        self.catalog = catalog
+        self.route = query.route
+        self.dims = dims
+        token = secrets.token_hex(8)
+        self.keys_name = f"pgcutover_keys_{token}"
+        self.bound_name = f"pgcutover_bound_{token}"
+        self.main: int = query.select.args["order"].expressions[0].meta[MARK][1]  # see analyze's TAG_ORDER_KEY
+
+    # names -----------------------------------------------------------------------------------------------
+    def column(self, name: str) -> exp.Column:
+        return exp.Column(this=identifier(name), table=identifier(self.query.table_alias))
+
+    def keys(self) -> exp.Column:
+        return exp.Column(this=exp.Identifier(this=self.keys_name, quoted=False))
+
+    def bound(self) -> exp.Column:
+        return exp.Column(this=exp.Identifier(this=self.bound_name, quoted=False))
+
+    def coalesced(self) -> exp.Expression:
+        route = self.route
+        assert route.legacy_column
+        legacy = legacy_vector(route, self.column(route.legacy_column), self.dims)
+        return exp.Coalesce(this=self.column(route.pg_vector_column), expressions=[legacy])
+
+    def legacy_only(self) -> list[exp.Expression]:
+        assert self.route.legacy_column
+        return [exp.Is(this=self.column(self.route.pg_vector_column), expression=exp.Null()),
+                exp.Not(this=exp.Is(this=self.column(self.route.legacy_column), expression=exp.Null()))]
+
+    # the statement ---------------------------------------------------------------------------------------
+    def build(self) -> exp.Expression:
+        outer = self.query.expression.copy()
+        tags = _tagged(outer)
+        for index, use in enumerate(self.query.distances):
+            tags.distances[index].set(use.column_arg, self.coalesced())
+        distance = tags.distances[self.main].copy()  # D of the main distance
+        client_where = tags.select.args.get("where")
+        where_d = client_where.this.copy() if client_where is not None else None
+        union = exp.Union(
+            this=exp.Union(this=exp.Subquery(this=self.vector_branch()), expression=self.candidates_branch(),
+                           distinct=False),
+            expression=exp.Subquery(this=self.guard_branch(tags.select, where_d, distance)),
+            distinct=False,
+        )
+        member = exp.EQ(this=self.column(self.route.key), expression=exp.Any(this=exp.Paren(
+            this=exp.Array(expressions=[union]))))
+        not_null = exp.Not(this=exp.Is(this=distance.copy(), expression=exp.Null()))
+        _and_where(tags.select, [member, not_null])
+        return outer
+
+    def total(self) -> exp.Expression:
+        """k + n as SQL."""
+        query = self.query
+        if query.limit_param is None and query.offset_param is None:
+            assert query.limit_value is not None
+            return exp.Literal.number(min(query.limit_value + (query.offset_value or 0), INT8_MAX))
+        limit = _typed_count(query.limit)
+        if query.offset is None:
+            return limit
+        offset = exp.Coalesce(this=_typed_count(query.offset), expressions=[exp.Literal.number(0)])
+        return exp.Paren(this=exp.Add(this=limit, expression=offset))
+
+    def vector_branch(self) -> exp.Select:
+        """The primary rewrite's FROM, WHERE and ORDER BY (vector index shape included), keys only."""
+        primary = add_vector_not_null(to_primary(self.query.expression, self.query, self.catalog), self.query)
+        tags = _tagged(primary)
+        ordered = tags.order_key.copy()
+        if not isinstance(ordered.this, DISTANCE_NODES):  # an output name or ordinal: spell the distance out
+            ordered.set("this", tags.distances[self.main].copy())
+        select = _keys_select(self.column(self.route.key), tags.select, tags.select.args.get("where").this)
+        select.set("order", exp.Order(expressions=[ordered]))
+        select.set("limit", exp.Limit(expression=self.total()))
+        return select
+
+    def candidates_branch(self) -> exp.Select:
+        return exp.Select(expressions=[exp.Explode(this=self.keys())])
+
+    def guard_branch(self, client: exp.Select, where_d: exp.Expression | None,
+                     distance: exp.Expression) -> exp.Select:
+        counted = _keys_select(exp.Count(this=exp.Star()), client, _conjunction([
+            _paren(where_d), *self.legacy_only(),
+            exp.EQ(this=self.column(self.route.key), expression=exp.Any(this=self.keys())),
+            exp.LTE(this=distance.copy(), expression=self.bound()),
+        ]))
+        enough = exp.GTE(this=exp.Subquery(this=counted), expression=self.total())
+        guard = [
+            exp.NullSafeNEQ(this=self.bound(), expression=exp.cast(exp.Literal.string("Infinity"), BOUND_TYPE)),
+            exp.Not(this=exp.Coalesce(this=enough, expressions=[exp.false()])),
+        ]
+        return _keys_select(self.column(self.route.key), client,
+                            _conjunction([_paren(where_d), *self.legacy_only(), *guard]))
+
+
+def _typed_count(node: exp.Expression | None) -> exp.Expression:
+    """A LIMIT/OFFSET value for arithmetic: a bare $n is cast to bigint, as PostgreSQL types it in LIMIT."""
+    assert node is not None
+    if isinstance(node, exp.Parameter):
+        return exp.cast(node.copy(), "bigint")
+    return node.copy()
+
+
+def _paren(node: exp.Expression | None) -> exp.Expression | None:
+    return exp.Paren(this=node.copy()) if node is not None else None
+
+
+def _conjunction(parts: list[exp.Expression | None]) -> exp.Expression:
+    present = [p for p in parts if p is not None]
+    result = present[0]
+    for part in present[1:]:
+        result = exp.And(this=result, expression=part)
+    return result
+
+
+def _keys_select(projection: exp.Expression, source: exp.Select, where: exp.Expression) -> exp.Select:
+    """SELECT projection FROM <source's FROM and JOINs> WHERE where."""
+    select = exp.Select(expressions=[projection])
+    select.set("from_", source.args["from_"].copy())
+    joins = source.args.get("joins")
+    if joins:
+        select.set("joins", [join.copy() for join in joins])
+    select.set("where", exp.Where(this=where))
+    return select
+
+
+def _and_where(select: exp.Select, conditions: list[exp.Expression]) -> None:
+    where = select.args.get("where")
+    parts: list[exp.Expression | None] = [_paren(where.this) if where is not None else None, *conditions]
+    select.set("where", exp.Where(this=_conjunction(parts)))
+
+
+def _cut(sql: str, builder: _Builder) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The merged SQL cut at the placeholders of the extra values."""
+    pieces = re.split(f"({builder.keys_name}|{builder.bound_name})", sql)
+    parts = tuple(pieces[0::2])
+    slots = tuple("keys" if name == builder.keys_name else "bound" for name in pieces[1::2])
+    if slots.count("keys") != 2 or slots.count("bound") != 2:
+        raise Passthrough("unstable-sql", "placeholder count")
+    return parts, slots
+
+
+__all__ = ["METRICS", "MergePlan", "build_merge", "guard_bound", "legacy_vector", "quote_literal"]

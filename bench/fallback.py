@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -88,36 +89,28 @@ async def generate(dsn: str, rows: int, dims: int, migrated: float) -> None:
 
 
 # -- child: load, then (optionally) search -------------------------------------------------------------------
-def bandwidth_bound(store: LegacyStore) -> dict[str, float]:
-    """Seconds to stream the store's matrix once, three ways; the bound is the fastest."""
+def stream_once(store: LegacyStore, pool: ThreadPoolExecutor) -> dict[str, float]:
+    """Seconds to stream the store's matrix once, four ways (the bound is the fastest of them)."""
     views = [v.data for v in store.snapshot().segments]
     ones = np.ones(store.dims or 0, dtype=np.float32)
 
-    def one_thread() -> None:
-        for data in views:
-            data.sum()
+    def shared(fn) -> None:  # segments handed out to two threads, as the search does
+        counter = itertools.count()
 
-    def two_threads() -> None:
-        halves = [views[0::2], views[1::2]]
-        threads = [threading.Thread(target=lambda part=part: [d.sum() for d in part]) for part in halves]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        def work() -> None:
+            while (i := next(counter)) < len(views):
+                fn(views[i])
 
-    def gemv() -> None:
-        for data in views:
-            data @ ones
+        list(pool.map(lambda _: work(), range(2)))
 
     out = {}
-    for name, fn in (("sum_1_thread", one_thread), ("sum_2_threads", two_threads), ("gemv_ones", gemv)):
+    for name, fn in (("sum_1_thread", lambda: [d.sum() for d in views]),
+                     ("sum_2_threads", lambda: shared(np.sum)),
+                     ("gemv_ones_1_thread", lambda: [d @ ones for d in views]),
+                     ("gemv_ones_2_threads", lambda: shared(lambda d: d @ ones))):
+        t = time.perf_counter()
         fn()
-        times = []
-        for _ in range(7):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        out[name] = float(np.median(times))
+        out[name] = time.perf_counter() - t
     out["bound"] = min(out.values())
     return out
 
@@ -161,16 +154,25 @@ async def concurrent(store: LegacyStore, clients: int, rounds: int, k: int, metr
 
 
 def search_figures(store: LegacyStore, n_single: int, k: int, metric: str) -> dict[str, object]:
-    bw = bandwidth_bound(store)
+    """Single-query latency interleaved with the bandwidth anchor (each query gets its own anchor measured right
+    before it, so a busy shared machine slows both), then closed-loop concurrency, best of two rounds."""
     queries = make_queries(store, n_single + 3, seed=1)
     snap = store.snapshot()
+    pool = ThreadPoolExecutor(2)
+    search_snapshot(snap, [Query(queries[0], k, metric)])  # sets up the search threads (and OpenBLAS to 1)
+    stream_once(store, pool)
     for q in queries[:3]:
         search_snapshot(snap, [Query(q, k, metric)])
-    single = []
+    single, bounds, ratios, streams = [], [], [], []
     for q in queries[3:]:
+        stream = stream_once(store, pool)
         t = time.perf_counter()
         search_snapshot(snap, [Query(q, k, metric)])
-        single.append(time.perf_counter() - t)
+        took = time.perf_counter() - t
+        single.append(took)
+        bounds.append(stream["bound"])
+        ratios.append(took / stream["bound"])
+        streams.append(stream)
     per_metric = {}
     for other in ("l2", "cosine", "ip"):
         times = []
@@ -179,9 +181,15 @@ def search_figures(store: LegacyStore, n_single: int, k: int, metric: str) -> di
             search_snapshot(snap, [Query(q, k, other)])
             times.append(time.perf_counter() - t)
         per_metric[other] = pct(times, 50)
-    conc = {c: asyncio.run(concurrent(store, c, rounds=max(4, 96 // c), k=k, metric=metric)) for c in (1, 8, 32)}
-    return {"bandwidth": bw, "single_p50": pct(single, 50), "single_p95": pct(single, 95),
-            "per_metric_p50": per_metric, "concurrent": conc}
+    conc: dict[int, dict[str, float]] = {}
+    for _ in range(2):
+        for c in (1, 8, 32):
+            got = asyncio.run(concurrent(store, c, rounds=max(4, 96 // c), k=k, metric=metric))
+            if c not in conc or got["qps"] > conc[c]["qps"]:
+                conc[c] = got
+    return {"bound_p50": pct(bounds, 50), "ways": {w: pct([s[w] for s in streams], 50) for w in streams[0]},
+            "single_p50": pct(single, 50), "single_p95": pct(single, 95), "ratio_p50": pct(ratios, 50),
+            "per_metric_p50": per_metric, "concurrent": conc, "loadavg": os.getloadavg()}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -233,23 +241,24 @@ def print_load(r: dict) -> None:
 def print_search(r: dict, k: int, metric: str) -> None:
     s = r["search"]
     ms = 1e3
-    bw = s["bandwidth"]
-    gbs = r["matrix_bytes"] / bw["bound"] / 1e9
-    print(f"\nmemory-bandwidth bound for {r['matrix_bytes'] / 1e9:.2f} GB: {bw['bound'] * ms:.1f} ms ({gbs:.1f} GB/s)"
-          f"  [sum 1 thread {bw['sum_1_thread'] * ms:.1f} ms, sum 2 threads {bw['sum_2_threads'] * ms:.1f} ms,"
-          f" gemv with ones {bw['gemv_ones'] * ms:.1f} ms]")
-    print(f"single query ({metric}, k={k}): p50 {s['single_p50'] * ms:.1f} ms, p95 {s['single_p95'] * ms:.1f} ms"
-          f"  -> p50 / bound = {s['single_p50'] / bw['bound']:.2f}  (target <= 1.3)")
+    ways = s["ways"]
+    gbs = r["matrix_bytes"] / s["bound_p50"] / 1e9
+    print(f"\nmemory-bandwidth bound for {r['matrix_bytes'] / 1e9:.2f} GB: p50 {s['bound_p50'] * ms:.1f} ms"
+          f" ({gbs:.1f} GB/s), the fastest of: " + ", ".join(f"{w.replace('_', ' ')} {v * ms:.1f} ms"
+                                                          for w, v in ways.items() if w != "bound"))
+    print(f"single query ({metric}, k={k}): p50 {s['single_p50'] * ms:.1f} ms, p95 {s['single_p95'] * ms:.1f} ms;"
+          f" ratio to the bound measured just before it: p50 {s['ratio_p50']:.2f}  (target <= 1.3)")
     print("  p50 per metric: " + ", ".join(f"{m} {v * ms:.1f} ms" for m, v in s["per_metric_p50"].items()))
     base = s["concurrent"]["1"]["qps"]
     for c in ("1", "8", "32"):
         row = s["concurrent"][c]
         print(f"{c:>3} concurrent: {row['qps']:7.1f} queries/s ({row['qps'] / base:4.1f}x one session),"
               f" per-query p50 {row['p50'] * ms:6.1f} ms p95 {row['p95'] * ms:6.1f} ms,"
-              f" mean batch {row['mean_batch']:.1f}")
+              f" mean batch {row['mean_batch']:.1f}  (best of 2 rounds)")
     print(f"  32 concurrent / single-query throughput = {s['concurrent']['32']['qps'] / base:.1f}x  (target >= 8)")
-    print(f"  vs the seed's 300 ms per query: single {0.3 / s['single_p50']:.1f}x faster, 32 concurrent"
-          f" {0.3 * s['concurrent']['32']['qps']:.1f}x the throughput")
+    print(f"  vs the seed's 300 ms per query: single {0.3 / s['single_p50']:.1f}x faster; 32 concurrent:"
+          f" {0.3 * s['concurrent']['32']['qps']:.0f}x the throughput of one 300 ms query at a time")
+    print(f"  load average at the end: {', '.join(f'{x:.2f}' for x in s['loadavg'])}")
 
 
 def main() -> None:
@@ -275,7 +284,7 @@ def main() -> None:
     common = ["--rows", str(args.rows), "--dims", str(args.dims), "--queries", str(args.queries), "--k",
               str(args.k), "--metric", args.metric, "--dtype", args.dtype]
     print(f"pgcutover fallback bench: {args.rows:,} legacy rows x {args.dims} dims, {args.migrated:.1%} migrated,"
-          f" {os.cpu_count()} CPUs, storage {args.dtype}")
+          f" {os.cpu_count()} CPUs, storage {args.dtype}, load average {os.getloadavg()[0]:.2f}")
     if args.no_db:
         result = run_child([*common, "--search"])
         print_load(result)

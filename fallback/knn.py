@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import itertools
 import math
+import os
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -138,6 +142,10 @@ class _Candidates:
         self._parts.append((query, np.full(len(row), seg), row, score))
         self.pending += len(row)
 
+    def add_all(self, other: _Candidates) -> None:
+        self._parts.append((other.query, other.seg, other.row, other.score))
+        self.pending += len(other.query)
+
     def prune(self, plan: _Plan, threshold: np.ndarray) -> np.ndarray:
         """Tighten each query's threshold to its k-th candidate score plus margin, drop what lies beyond."""
         if self._parts:
@@ -227,8 +235,9 @@ def _threshold32(threshold: np.ndarray) -> np.ndarray:
     return np.where(t32 < threshold, np.nextafter(t32, np.float32(np.inf)), t32)
 
 
-def _screen(plan: _Plan, snap: Snapshot, block_rows: int) -> _Candidates:
-    """Pass 1: every row whose float32 score can still make the top-k, per query.
+def _screen(plan: _Plan, snap: Snapshot, block_rows: int, segments: Callable[[], int | None]) -> _Candidates:
+    """Pass 1: every row whose float32 score can still make the top-k, per query, over the segments that
+    `segments()` hands out (None: no more).
 
     The first block sets each query's threshold (its k-th score plus margin); after that a block costs one
     comparison pass, and the candidates are pruned (tightening the thresholds) whenever they pile up.
@@ -238,7 +247,8 @@ def _screen(plan: _Plan, snap: Snapshot, block_rows: int) -> _Candidates:
     threshold = np.full(len(ks), np.inf)
     budget = int(2 * ks.sum()) + 1024
     first = True
-    for si, view in enumerate(snap.segments):
+    while (si := segments()) is not None:
+        view = snap.segments[si]
         n = view.count
         step = n if len(ks) == 1 and view.data.dtype == np.float32 else block_rows
         for start in range(0, n, step):
@@ -259,6 +269,71 @@ def _screen(plan: _Plan, snap: Snapshot, block_rows: int) -> _Candidates:
                     threshold = cands.prune(plan, threshold)
     cands.prune(plan, threshold)
     return cands
+
+
+# -- threads ----------------------------------------------------------------------------------------------
+def _openblas_set_threads() -> Callable[[int], None] | None:
+    """openblas_set_num_threads of the OpenBLAS numpy loaded, if that is what it loaded (Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                return setter
+    return None
+
+
+class _Pool:
+    """The search threads. OpenBLAS's own threads busy-wait for each other and collapse when a core is taken
+    by something else (the proxy's event loop, PostgreSQL, other processes): measured 4x slower on a busy
+    2-core machine. So OpenBLAS is set to one thread and the rows are shared out here instead, segment by
+    segment, which also balances itself when one core is busy. Without OpenBLAS (MKL, Accelerate...) the
+    library's own threading is kept and the search runs in one thread."""
+
+    _lock = threading.Lock()
+    _instance: _Pool | None = None
+
+    def __init__(self) -> None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        setter = _openblas_set_threads() if cpus > 1 else None
+        if setter is not None:
+            setter(1)
+        self.threads = cpus if setter is not None else 1
+        self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pgcutover-knn-rows") \
+            if self.threads > 1 else None
+
+    @classmethod
+    def get(cls) -> _Pool:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = _Pool()
+            return cls._instance
+
+
+def _screen_all(plan: _Plan, snap: Snapshot, block_rows: int, threads: int | None) -> _Candidates:
+    pool = _Pool.get()
+    threads = min(threads or pool.threads, pool.threads, len(snap.segments))
+    counter = itertools.count()  # next() on it is atomic under the GIL: a shared work queue of segments
+
+    def segments() -> int | None:
+        i = next(counter)
+        return i if i < len(snap.segments) else None
+
+    if threads <= 1 or pool.executor is None:
+        return _screen(plan, snap, block_rows, segments)
+    parts = list(pool.executor.map(lambda _: _screen(plan, snap, block_rows, segments), range(threads)))
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.add_all(part)
+    merged.prune(plan, np.full(len(plan.ks), np.inf))
+    return merged
 
 
 def _gather(snap: Snapshot, segs: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,9 +410,10 @@ def _any_rows(snap: Snapshot, query: Query) -> SearchResult:
     return SearchResult(chosen, np.full(len(chosen), np.nan), query.k)
 
 
-def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int = BLOCK_ROWS
-                    ) -> list[SearchResult]:
-    """Answer a batch of queries over one snapshot (blocking; run it in a worker thread)."""
+def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int = BLOCK_ROWS,
+                    threads: int | None = None) -> list[SearchResult]:
+    """Answer a batch of queries over one snapshot (blocking; run it in a worker thread). `threads` caps the
+    search threads (default: one per CPU when OpenBLAS can be kept single-threaded)."""
     for query in queries:
         if query.vector.shape != (snap.dims,):
             raise ValueError(f"query has {query.vector.shape[0]} dimensions, the store {snap.dims}")
@@ -350,7 +426,8 @@ def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int
             regular.append(i)
     if regular:
         plan = _Plan(snap, [queries[i] for i in regular])
-        for pos, answer in zip(plan.order, _refine(plan, snap, _screen(plan, snap, block_rows)), strict=True):
+        cands = _screen_all(plan, snap, block_rows, threads)
+        for pos, answer in zip(plan.order, _refine(plan, snap, cands), strict=True):
             results[regular[pos]] = answer
     return [r for r in results if r is not None]
 

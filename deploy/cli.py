@@ -140,7 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "vector_column from legacy_column on every write (bad vectors: error, or NULL + "
                     "pgcutover.bad_rows with on_bad_vector = \"skip\"), shadow-sync triggers that apply every "
                     "INSERT/UPDATE/DELETE to shadow_table inside the writer's transaction, and change notices "
-                    "on channel pgcutover_changes. Idempotent: run it again after changing the config.")
+                    "on channel pgcutover_changes. Idempotent: run it again after changing the config or the "
+                    "columns of the table or its shadow (the generated SQL names the columns it copies).")
     _common(p, "only this route's table (default: every route)")
     p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
     p.set_defaults(func=cmd_install)

@@ -320,6 +320,7 @@ class LegacyStore:
         self._pending: deque[tuple[float, str]] = deque()  # (received at, payload) of notices not yet applied
         self._notified = asyncio.Event()
         self._applying_since: float | None = None
+        self._applying_keys: list[Key] = []
         self.last_reconcile: float | None = None
         self.notices_applied = 0
         self.reconciles = 0
@@ -746,6 +747,19 @@ class LegacyStore:
             oldest = self._pending[0][0]
         return 0.0 if oldest is None else time.monotonic() - oldest
 
+    def in_flight_keys(self) -> list[Key]:
+        """Keys named by change notices received but not yet applied (the merged query may add them to its
+        candidates). A pending resync cannot be enumerated; `refresh_lag()` tells that something is pending."""
+        keys = list(self._applying_keys)
+        for _, payload in self._pending:
+            try:
+                notice = parse_notice(payload)
+                if notice.table == self.qualified_table:
+                    keys.extend(self._to_key(key) for key in notice.keys)
+            except (NoticeError, ValueError):
+                continue
+        return keys
+
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._pending.append((time.monotonic(), payload))
         self._notified.set()
@@ -837,7 +851,11 @@ class LegacyStore:
             except ValueError as exc:
                 log.warning("%s: notice key of the wrong type (%s); reconciling", self.route.table, exc)
                 resync = True
-        if resync:
-            await self.reconcile(conn)
-        elif keys:
-            await self.refresh(conn, keys)
+        self._applying_keys = keys
+        try:
+            if resync:
+                await self.reconcile(conn)
+            elif keys:
+                await self.refresh(conn, keys)
+        finally:
+            self._applying_keys = []

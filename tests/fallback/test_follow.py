@@ -179,3 +179,23 @@ def test_lost_connections_are_reopened(dsn: str) -> None:
         await conn.close()
 
     run(main())
+
+
+def test_in_flight_keys_and_lag(dsn: str) -> None:
+    """Notices received but not applied yet: their keys are listed and the lag grows (the follower is not
+    running here, so nothing applies them)."""
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=4, rows=20, seed=25)
+        store = LegacyStore(table.route())
+        conn = await asyncpg.connect(dsn)
+        await store.reconcile(conn)  # resolves the table and reads every row, as a follower would
+        await conn.close()
+        assert len(store) == len(table.truth) and store.refresh_lag() == 0
+        for payload in (build_notices(f"public.{table.name}", "upsert", [3, "4"])
+                        + build_notices("public.other", "delete", [5]) + ["garbage"]):
+            store._on_notify(None, 0, CHANNEL, payload)  # what asyncpg calls on a NOTIFY
+        await asyncio.sleep(0.01)
+        assert store.in_flight_keys() == [3, 4]
+        assert store.refresh_lag() > 0
+
+    run(main())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from deploy.backfill import BackfillOptions, backfill
 from deploy.db import DeployError, quote_ident
 from deploy.triggers import ALL_TRIGGERS, install, uninstall
 
-from .conftest import Env, run, vector_text
+from .conftest import ROOT, Env, run, vector_text
 
 DIMS = 4
 
@@ -154,3 +156,33 @@ def test_dry_run_changes_nothing(env: Env) -> None:
     out = env.cli("install-triggers", "--dry-run", config=config).stdout
     assert "CREATE TRIGGER pgcutover_dual_write" in out and "REFERENCING OLD TABLE" in out
     assert _triggers(env) == set()
+
+
+def test_installs_at_once_and_beside_writers(env: Env) -> None:
+    _tables(env, rows=50)
+    config = env.write_config(_route(env, shadow_table=env.table("shadow")))
+
+    async def go() -> None:
+        async def writer(stop: asyncio.Event) -> int:
+            conn = await env.connect()
+            n = 0
+            try:
+                while not stop.is_set():
+                    await conn.execute(f"UPDATE {env.s}.items SET title = $1 WHERE id = $2", f"w{n}", n % 50 + 1)
+                    n += 1
+            finally:
+                await conn.close()
+            return n
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(writer(stop))
+        procs = [await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "deploy.cli", "install-triggers", "--config", str(config), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for _ in range(3)]
+        outputs = [await proc.communicate() for proc in procs]
+        stop.set()
+        assert await task > 0
+        assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+
+    run(go())
+    assert _triggers(env) == set(ALL_TRIGGERS)

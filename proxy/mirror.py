@@ -107,6 +107,7 @@ class Mirror:
         self._pending: list[report.Sample] = []
         self._statements: OrderedDict[tuple[int, str], tuple[Plan, str | Unsupported]] = OrderedDict()
         self._rng = random.Random()
+        self._buckets: dict[str, tuple[float, float]] = {}  # route table -> (tokens, refreshed at)
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task] = []
         self._closed = False
@@ -132,6 +133,27 @@ class Mirror:
         except Exception:  # the client's path must never see the mirror fail
             log.exception("mirror submit failed")
             return False
+
+    def admit(self, route: Route) -> bool:
+        """Called when a query rolled for mirroring, before anything is decoded for it. False: over budget.
+
+        Token bucket per route: `mirror` is the share of queries offered, `mirror_max_per_s` the budget.
+
+        Each mirrored query costs the database two more queries; on a busy server that load slows every
+        client, however far off their path it runs. The budget keeps it a small, fixed fraction.
+        """
+        rate = route.mirror_max_per_s
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        tokens, last = self._buckets.get(route.table, (rate, now))
+        tokens = min(rate, tokens + (now - last) * rate)  # up to one second's worth saved up
+        if tokens < 1:
+            self._buckets[route.table] = (tokens, now)
+            self._drop(route.table, "rate")
+            return False
+        self._buckets[route.table] = (tokens - 1, now)
+        return True
 
     def _drop(self, table: str, reason: str) -> None:
         self.dropped[table] += 1

@@ -117,7 +117,7 @@ class StatementRouting:
         if execution:
             self.rt.count_routed(route.table, target)
             mirror = (route.mirror > 0 and not in_transaction and self.rt.mirror is not None
-                      and self.split.rng.random() * 100 < route.mirror)
+                      and self.split.rng.random() * 100 < route.mirror and self.rt.mirror.admit(route))
             self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror))
         return target
 

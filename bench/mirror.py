@@ -1,0 +1,93 @@
+"""What mirroring costs the client: p50/p95 and TPS through pgcutover with mirror = 0 and mirror = 100.
+
+    python bench/mirror.py [--rows 50000] [--dims 128] [--duration 15] [--clients 8]
+
+Same data as bench/rewrite.py (HNSW on primary and shadow). Two proxies on the same database, identical but for
+`mirror`; pgbench -M prepared alternates between them. The mirror runs both targets on its own connections, off
+the client's path, so the client's latency should not move; the figure printed is the p95 ratio
+(issue 7's goal: within 10%), plus how many samples the mirror compared and dropped. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.passthrough import wait_port
+from bench.rewrite import PRIMARY_SQL, load, percentile, pgbench
+from proxy.embedded import EmbeddedPostgres, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_proxy(workdir: Path, pg_port: int, mirror: int, max_per_s: float) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = workdir / f"mirror{mirror}.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{port}"\n'
+        f'upstream = "postgresql://postgres@127.0.0.1:{pg_port}/postgres?sslmode=disable"\nmetrics = ""\n'
+        '[[route]]\ntable = "public.items"\ncolumn = "embedding"\nshadow_table = "shadow.items"\n'
+        f"mirror = {mirror}\nmirror_max_per_s = {max_per_s}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--log-level", "WARNING", "serve", "--config",
+                             str(config)], cwd=ROOT)
+    wait_port(port, proc)
+    return proc, port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--dims", type=int, default=128)
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--max-per-s", type=float, default=10.0, help="mirror_max_per_s of the mirrored proxy")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="pgcutover-mirror-"))
+    workdir.chmod(0o755)
+    pg = EmbeddedPostgres(workdir / "data", settings={"shared_buffers": "'1GB'"}).start()
+    procs: list[subprocess.Popen] = []
+    try:
+        print(f"loading {args.rows} x {args.dims} (HNSW on primary and shadow)...", flush=True)
+        load(pg, args.rows, args.dims)
+        plain, plain_port = start_proxy(workdir, pg.port, 0, args.max_per_s)
+        mirrored, mirrored_port = start_proxy(workdir, pg.port, 100, args.max_per_s)
+        procs = [plain, mirrored]
+        script = workdir / "knn.sql"
+        script.write_text("\\set qid random(1, 1000)\n" + PRIMARY_SQL + "\n")
+        runs: dict[str, list] = {"mirror 0": [], "mirror 100": []}
+        order = [("mirror 0", plain_port, "m0"), ("mirror 100", mirrored_port, "m100")]
+        for round_no in range(args.rounds):  # ABBA: neither proxy always runs on the warmer cache
+            for name, port, tag in order if round_no % 2 == 0 else order[::-1]:
+                runs[name].append(pgbench(port, script, args.clients, args.duration, workdir, tag))
+        print(f"\npgbench -M prepared, {args.clients} clients, {args.duration}s x {args.rounds} rounds (ABBA), "
+              f"split 0, mirror_max_per_s {args.max_per_s:g}")
+        figures = {}
+        for name, results in runs.items():
+            lat = [x for _, lats in results for x in lats]
+            figures[name] = (statistics.mean(t for t, _ in results), percentile(lat, 50), percentile(lat, 95))
+            print(f"  {name:<11} tps {figures[name][0]:8.0f}   p50 {figures[name][1]:7.3f} ms   "
+                  f"p95 {figures[name][2]:7.3f} ms")
+        base, mirr = figures["mirror 0"], figures["mirror 100"]
+        print(f"  mirror 100 / mirror 0: p95 {mirr[2] / base[2]:.3f}, p50 {mirr[1] / base[1]:.3f}, "
+              f"tps {mirr[0] / base[0]:.3f}")
+        samples = pg.psql("SELECT count(*) FROM pgcutover.mirror_samples").strip() if pg.psql(
+            "SELECT to_regclass('pgcutover.mirror_samples') IS NOT NULL").strip() == "t" else "0"
+        print(f"  mirrored samples stored: {samples} (the rest: over the mirror_max_per_s budget or a full queue, "
+              "by design)")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+        pg.destroy()
+
+
+if __name__ == "__main__":
+    main()

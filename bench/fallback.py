@@ -21,7 +21,6 @@ import asyncio
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,12 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's own high-water RSS (VmHWM; ru_maxrss would carry the parent's over fork+exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -69,18 +73,20 @@ async def generate(dsn: str, rows: int, dims: int, migrated: float) -> None:
     conn = await asyncpg.connect(dsn)
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
     await conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, content text, embedding text,"
-                       f" embedding_vector vector({dims}))")
+                       f" embedding_vector vector({dims}), embedding_f32 bytea)")
     rng = np.random.default_rng(42)
 
     async def chunks():
         for start in range(0, rows, GEN_ROWS):
             block = unit_rows(rng, min(GEN_ROWS, rows - start), dims)
-            lines = [b"%d\tchunk %d\t%s\n" % (start + i, start + i,
-                                              orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY))
+            # The same vector twice: JSON text (seed 000) and little-endian float32 bytea (seed 002).
+            lines = [b"%d\tchunk %d\t%s\t\\\\x%s\n" % (start + i, start + i,
+                                                       orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY),
+                                                       row.astype("<f4").tobytes().hex().encode())
                      for i, row in enumerate(block)]
             yield b"".join(lines)
 
-    await conn.copy_to_table(TABLE, source=chunks(), columns=["id", "content", "embedding"])
+    await conn.copy_to_table(TABLE, source=chunks(), columns=["id", "content", "embedding", "embedding_f32"])
     step = max(1, round(1 / migrated)) if migrated else 0
     if step:
         await conn.execute(f"UPDATE {TABLE} SET embedding_vector = embedding::vector WHERE id % {step} = 0")
@@ -193,8 +199,8 @@ def search_figures(store: LegacyStore, n_single: int, k: int, metric: str) -> di
 
 
 def child(args: argparse.Namespace) -> None:
-    route = Route(table=TABLE, column="embedding_vector", legacy_column="embedding", legacy_format="json",
-                  dims=args.dims)
+    route = Route(table=TABLE, column="embedding_vector", legacy_column=args.column, dims=args.dims,
+                  legacy_format="bytea_f32" if args.column == "embedding_f32" else "json")
     baseline = rss_bytes()
     store = LegacyStore(route, lanes=tuple(args.lanes.split(",")) if args.lanes else None, dtype=args.dtype)
     report: dict[str, object] = {"lanes": list(store.lanes), "baseline_rss": baseline}
@@ -229,6 +235,7 @@ def run_child(extra: list[str]) -> dict:
 
 # -- printing ----------------------------------------------------------------------------------------------
 def print_load(r: dict) -> None:
+    """One load: rows, time, peak RSS of the child process against the matrix it built."""
     mb = 1e6
     grown = r["peak_rss"] - r["baseline_rss"]
     print(f"  lanes={','.join(r['lanes']):<22} {r['rows']:>8} rows in {r['load_s']:6.1f} s"
@@ -276,6 +283,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--lanes", help=argparse.SUPPRESS)
+    parser.add_argument("--column", default="embedding", help=argparse.SUPPRESS)
     parser.add_argument("--search", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -301,6 +309,9 @@ def main() -> None:
             print("\nload of the JSON TEXT table (fresh process each; target <= 10 s, peak RSS <= 1.2x matrix):")
             for lanes in args.strategies.split(";"):
                 print_load(run_child([*common, "--dsn", pg.dsn(), "--lanes", lanes]))
+            print("load of the same vectors as float32 bytea (seed 002's layout):")
+            print_load(run_child([*common, "--dsn", pg.dsn(), "--column", "embedding_f32"]))
+            print("load of the JSON TEXT table with the default lanes, then the search figures:")
             result = run_child([*common, "--dsn", pg.dsn(), "--search"])
             print_load(result)
             print_search(result, args.k, args.metric)

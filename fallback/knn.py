@@ -18,8 +18,9 @@ store holds fewer than k. Memory per query is O(k): the only O(rows) temporaries
 by the whole batch.
 
 Batching. `BatchSearcher.search()` queues the request; one worker takes whatever is queued when it becomes free
-(optionally after a short window), answers it with one matrix product per block in a worker thread, and resolves
-the futures. The event loop never runs the product.
+(optionally after a short window), answers it with one matrix product per block of rows, and resolves the
+futures. The products run in search threads (one per CPU) that share the segments out among themselves, with
+OpenBLAS kept to one thread (see `_Pool`); the event loop never runs them.
 """
 
 from __future__ import annotations

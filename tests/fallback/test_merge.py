@@ -24,7 +24,8 @@ from pgvector.asyncpg import register_vector
 from deploy.triggers import install_schema
 from fallback.formats import encode_json
 from fallback.merge import (
-    JSON_RISKY,
+    ARRAY_RISKY,
+    JSON_SAFE,
     JSON_SYNTAX,
     MergePlan,
     build_merge,
@@ -370,6 +371,62 @@ def test_join_and_cte(world: World) -> None:
     run(go())
 
 
+@pytest.mark.parametrize("op", OPERATORS)
+def test_distance_filter_in_where(world: World, op: str) -> None:
+    """`WHERE embedding <op> $1 < $2` applies to legacy rows too, through D."""
+    table = world.json[0.5]
+    sql = f"SELECT id, embedding {op} $1 AS d FROM {table.name} WHERE embedding {op} $1 < $2 ORDER BY d LIMIT 10"
+    plan = plan_for(sql, table.route(), world.catalogs[table.name])
+    rng = np.random.default_rng(OPERATORS.index(op))
+
+    async def go() -> None:
+        conn = await connect(world.dsn)
+        try:
+            for rank in (4, 30):  # fewer rows than the limit pass, then more
+                q = rng.standard_normal(DIMS).astype(np.float32)
+                order, dist = ranked(table.effective(), q, op)
+                threshold = (dist[order[rank]] + dist[order[rank + 1]]) / 2
+                keys, bound = candidates(table, q, op, plan, 10, None)
+                rows = await conn.fetch(plan.sql_with_param, q, threshold, *plan.extra_params(keys, bound))
+                assert_exact([r["id"] for r in rows], table, q, op, lambda k, t=threshold, d=dist: d[k] < t, 10, 0,
+                             [r["d"] for r in rows])
+                assert len(rows) == min(rank + 1, 10)
+        finally:
+            await conn.close()
+
+    run(go())
+
+
+def test_limit_null_and_declared_extra_parameters(world: World) -> None:
+    """LIMIT NULL means every row: no bound is known, the guard runs. A client whose Parse declares more
+    parameters than it uses gets the extra values after those."""
+    table = world.json[0.005]
+    sql = f"SELECT id FROM {table.name} WHERE category = $2 ORDER BY embedding <-> $1 LIMIT $3"
+    plan = plan_for(sql, table.route(), world.catalogs[table.name])
+    assert plan.search_k(None, None) is None and guard_bound([1.0], plan.total(None, None)) is None
+    with pytest.raises(ValueError):
+        plan.sql_with_params_from(3)
+    q = np.random.default_rng(9).standard_normal(DIMS).astype(np.float32)
+    keep = lambda k: table.category[k] == 23  # noqa: E731
+
+    async def go() -> None:
+        conn = await connect(world.dsn)
+        try:
+            rows = await conn.fetch(plan.sql_with_param, q, 23, None, *plan.extra_params([], None))
+            assert_exact([r["id"] for r in rows], table, q, "<->", keep, 10**6, 0)
+            keys, bound = candidates(table, q, "<->", plan, 4, None)
+            # $4 stands for a parameter the client declared (asyncpg cannot declare types without using them)
+            shifted = plan.sql_with_params_from(5).replace("WHERE category = $2", "WHERE $4::text IS NULL AND "
+                                                           "category = $2", 1)
+            statement = await conn.prepare(shifted)
+            rows = await statement.fetch(q, 23, 4, None, *plan.extra_params(keys, bound))
+            assert_exact([r["id"] for r in rows], table, q, "<->", keep, 4, 0)
+        finally:
+            await conn.close()
+
+    run(go())
+
+
 # -- the guard and stale candidates -----------------------------------------------------------------------------
 def test_guard_makes_a_selective_filter_exact(world: World) -> None:
     """With a 1% filter, a short candidate list (the unfiltered nearest) misses rows; the guard adds them."""
@@ -562,7 +619,8 @@ JSON_CORPUS = [
     "[1," + "0" * 60 + "1,2]", "[1,,2]", "[nan,1,2]", "[1,inf,2]", "[Infinity,1,2]", "[1,2]", "[1,2,3,4]", "[]",
     "[1,2,3]x", "{1,2,3}", "[\"1\",2,3]", "[1\u00a0,2,3]", "[1 2,3,4]", "[null,1,2]", "", "junk", "[1,2,3],",
     "[1e39,1,1]", "[-1e39,1,1]", "[1e10,1e-50,1]", "[0x1p-200,0x1p100,1]", "[1e38,1e-320,-3.4028235e38]",
-    "[1.5e,1,1]", "[0x,1,1]", "[\t1,\x0b2,\x0c3\r]", "[1,2,3]\x1c",
+    "[1.5e,1,1]", "[0x,1,1]", "[\t1,\x0b2,\x0c3\r]", "[1,2,3]\x1c", "[" + "9" * 27 + ".5,1,1]",
+    "[" + "9" * 28 + ",1,1]", "[1e+09,1e9,1E-99999]", "[" + "0" * 30 + "1,1,1]", "[-0,+0,.0e0]", "[1.,2.e3,3]",
 ]
 ARRAY_CORPUS = ["{1,2,3}", "{1,2}", "{{1,2,3},{4,5,6}}", "{1,NULL,3}", "{NaN,1,2}", "{1,Infinity,2}",
                 "{1e300,1,2}", "{3.4028234e38,1,1}", "{3.5e38,1,1}", "[0:2]={1,2,3}", "{}", "{1e-50,1,1}",
@@ -577,7 +635,7 @@ def test_sql_decoders_agree_with_the_deploy_functions(world: World) -> None:
     async def agree(conn: asyncpg.Connection, fmt: str, cast: str, corpus: list[str]) -> None:
         route = Route(table="t", column="e", legacy_column="e", legacy_format=fmt, dims=3)
         legacy = parse_one(f"SELECT $1::text::{cast}").selects[0]  # the value arrives as text
-        sql = (f"SELECT ({to_sql(legacy_vector(route, legacy, 3))})::text, "
+        sql = (f"SELECT ({to_sql(legacy_vector(route, legacy, 3, cast))})::text, "
                f"pgcutover.try_vector($1::text::{cast}, '{fmt}', 3)::text")
         for value in corpus:
             ours, theirs = await conn.fetchrow(sql, value)
@@ -601,7 +659,7 @@ def test_sql_decoders_agree_with_the_deploy_functions(world: World) -> None:
 
 def test_json_patterns_have_no_backslash() -> None:
     # They must read the same whatever standard_conforming_strings says.
-    assert "\\" not in JSON_SYNTAX + JSON_RISKY
+    assert "\\" not in JSON_SYNTAX + JSON_SAFE + ARRAY_RISKY
 
 
 # -- plans: refusals, caching, index shape, literals -------------------------------------------------------------

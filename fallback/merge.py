@@ -127,7 +127,7 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.analyze import MARK, TAG_DISTANCE, TAG_ORDER_KEY, Passthrough, SimilarityQuery
+from rewrite.analyze import MARK, TAG_DISTANCE, TAG_ORDER_KEY, Passthrough, SimilarityQuery, norm
 from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
 from rewrite.transforms import add_vector_not_null, identifier, to_primary
 
@@ -276,7 +276,7 @@ class MergePlan:
         if self.key_type in _INTEGER_TYPES:
             items = ",".join(str(_int_key(k)) for k in keys)
         else:
-            items = ",".join(quote_literal(str(k)) for k in keys)
+            items = ",".join(quote_literal(_text_key(k)) for k in keys)
         return f"(ARRAY[{items}]::{array_type})"
 
 
@@ -284,6 +284,12 @@ def _int_key(key: Any) -> int:
     if isinstance(key, bool) or not hasattr(key, "__index__"):
         raise TypeError(f"candidate key {key!r} is not an integer")
     return int(key.__index__())
+
+
+def _text_key(key: Any) -> str:
+    if isinstance(key, bytes | bytearray | memoryview):
+        raise TypeError("bytea keys have no literal form here; use sql_with_param")
+    return str(key.item() if hasattr(key, "item") else key)
 
 
 def quote_literal(value: str) -> str:
@@ -408,9 +414,19 @@ def _check_shape(query: SimilarityQuery) -> None:
         raise Passthrough("fallback-window")  # window functions would see only the merged rows
     if select.find(exp.TableSample):
         raise Passthrough("fallback-tablesample")  # each copy of the FROM list would sample differently
-    names = [item.alias_or_name for item in _from_items(select)]
+    # The branches qualify columns with the route table's name in the query: it must name nothing else there.
+    names = [_source_name(item) for item in _from_items(select)]
     if names.count(query.table_alias) != 1:
         raise Passthrough("fallback-alias", query.table_alias)
+
+
+def _source_name(item: exp.Expression) -> str | None:
+    alias = item.args.get("alias")
+    if isinstance(alias, exp.TableAlias) and alias.this is not None:
+        return norm(alias.this)
+    if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
+        return norm(item.this)
+    return None
 
 
 def _from_items(select: exp.Select) -> list[exp.Expression]:

@@ -23,6 +23,7 @@ from pgvector.asyncpg import register_vector
 
 from deploy.triggers import install_schema
 from fallback.formats import encode_json
+from fallback.knn import Query, search_snapshot
 from fallback.merge import (
     ARRAY_RISKY,
     JSON_SAFE,
@@ -33,6 +34,7 @@ from fallback.merge import (
     legacy_vector,
     quote_literal,
 )
+from fallback.store import LegacyStore
 from proxy.config import Route
 from rewrite.analyze import Passthrough, analyze
 from rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo, load_catalog
@@ -421,6 +423,69 @@ def test_limit_null_and_declared_extra_parameters(world: World) -> None:
             statement = await conn.prepare(shifted)
             rows = await statement.fetch(q, 23, 4, None, *plan.extra_params(keys, bound))
             assert_exact([r["id"] for r in rows], table, q, "<->", keep, 4, 0)
+        finally:
+            await conn.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("fraction", [0.005, 0.5])
+def test_with_the_real_store_and_knn(world: World, fraction: float) -> None:
+    """The contract with fallback.knn, as the proxy uses it: search_k rows, guard_bound of their distances."""
+    table = world.json[fraction]
+
+    async def go() -> None:
+        store = LegacyStore(table.route())
+        await store.load(lambda: asyncpg.connect(world.dsn))
+        assert len(store) == len(table.legacy_only())
+        conn = await connect(world.dsn)
+        rng = np.random.default_rng(17)
+        try:
+            for op, case in itertools.product(OPERATORS, CASES[:3]):
+                q = rng.standard_normal(DIMS).astype(np.float32)
+                plan = plan_for(case.sql.format(t=table.name, op=op), table.route(), world.catalogs[table.name])
+                k = plan.search_k(case.limit, case.offset)
+                result = search_snapshot(store.snapshot(), [Query(q, k, plan.metric)])[0]
+                bound = guard_bound(result.distances, plan.total(case.limit, case.offset))
+                rows = await conn.fetch(plan.sql_with_param, *case.params(q), *plan.extra_params(result.keys, bound))
+                assert_exact([r["id"] for r in rows], table, q, op, lambda key, c=case: c.keep(table, key),
+                             case.limit, case.offset)
+        finally:
+            await conn.close()
+            store.close()
+
+    run(go())
+
+
+def test_quoted_and_mixed_case_names(world: World) -> None:
+    name = f'{world.schema}."Odd ""Items"""'
+    route = Route(table=f'{world.schema}.Odd "Items"', column="Legacy Emb", key="Key", vector_column="Vec",
+                  legacy_column="Legacy Emb", legacy_format="json", dims=DIMS)
+    sql = (f'SELECT "Key", "Legacy Emb" <=> $1 AS "Score" FROM {name} AS "T" WHERE "T"."Select" = $2 '
+           'ORDER BY "Score" LIMIT 5')
+    rng = np.random.default_rng(2)
+
+    async def go() -> None:
+        conn = await connect(world.dsn)
+        try:
+            await conn.execute(f'CREATE TABLE {name} ("Key" bigint PRIMARY KEY, "Legacy Emb" text,'
+                               f' "Vec" vector({DIMS}), "Select" int)')
+            table = Table(name, "json")
+            records = []
+            for key in range(400):
+                vec = rng.standard_normal(DIMS).astype(np.float32)
+                table.legacy[key], table.category[key] = vec, key % 4
+                if key % 5 == 0:
+                    table.vectors[key] = vec
+                records.append((key, encode_json(vec), vec if key % 5 == 0 else None, key % 4))
+            await conn.executemany(f"INSERT INTO {name} VALUES ($1, $2, $3, $4)", records)
+            catalog = await load_catalog(conn, [route])
+            plan = plan_for(sql, route, catalog)
+            q = rng.standard_normal(DIMS).astype(np.float32)
+            keys, bound = candidates(table, q, "<=>", plan, 5, None)
+            rows = await conn.fetch(plan.sql_with_param, q, 2, *plan.extra_params(keys, bound))
+            assert_exact([r["Key"] for r in rows], table, q, "<=>", lambda k: table.category[k] == 2, 5, 0,
+                         [r["Score"] for r in rows])
         finally:
             await conn.close()
 

@@ -92,7 +92,7 @@ Parse declares more parameters than its SQL uses. The proxy adds their values to
 Parse lists parameter types, two more OIDs or zeros) and drops the two extra entries from the
 ParameterDescription it relays. `sql_with_literal(keys, bound)` writes both as safely quoted literals, for the
 simple Query protocol. Per query: `search_k(limit, offset)` rows from the numpy search, then
-`extra_params(result.keys, guard_bound(result.distances, total(limit, offset)))`.
+`extra_params(result.keys, guard_bound(result.distances, search_k(limit, offset)))`.
 
 >>> from proxy.config import Route
 >>> from rewrite.analyze import analyze
@@ -316,23 +316,23 @@ def _bound_literal(bound: float | None) -> str:
     return f"('{text}'::{BOUND_TYPE})"
 
 
-def guard_bound(distances: Sequence[float], total: int | None) -> float | None:
-    """The bound for the candidates of a numpy search asked for `total + 1` rows (`MergePlan.search_k`).
+def guard_bound(distances: Sequence[float], asked: int | None) -> float | None:
+    """The bound for the candidates of a numpy search asked for `asked` rows (normally `MergePlan.search_k`).
 
     `distances` are the search's distances, nearest first (`fallback.knn.SearchResult.distances`, exact float64,
-    the same units as the SQL operator). The search returns every row within its error bound of the exact
-    (total+1)-th distance, so every row it left out is, by the server's float32 arithmetic too, at least that far:
-    the (total+1)-th distance is a valid bound. Fewer rows than asked means the store holds no others: +Infinity.
-    Without a limit (`total` None) the bound is unknown: None, and the guard always runs.
+    in the SQL operator's units). The search returns every row within its error bound of the exact asked-th
+    distance, so every row it left out is, by the server's float32 arithmetic too, at least that far: the asked-th
+    distance is a valid bound. Fewer rows than asked means the store holds no others: +Infinity. Asking for fewer
+    than k+n+1 rows (a capped search) stays exact: the guard then runs. No search (`asked` None): None, unknown.
 
-    >>> guard_bound([0.1, 0.2, 0.3], 2), guard_bound([0.1, 0.2], 2), guard_bound([], 5), guard_bound([0.1], None)
+    >>> guard_bound([0.1, 0.2, 0.3], 3), guard_bound([0.1, 0.2], 3), guard_bound([], 5), guard_bound([0.1], None)
     (0.3, inf, inf, None)
     """
-    if total is None:
+    if asked is None:
         return None
-    if len(distances) <= total:
+    if len(distances) < asked:
         return math.inf
-    return float(distances[total])
+    return float(distances[asked - 1])
 
 
 # -- building ----------------------------------------------------------------------------------------------

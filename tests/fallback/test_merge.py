@@ -179,7 +179,7 @@ def candidates(table: Table, q: np.ndarray, op: str, plan: MergePlan, limit: int
     order, dist = ranked(table.legacy_only(), q, op)
     want = plan.search_k(limit, offset)
     chosen = order if want is None else order[:want]
-    return chosen, guard_bound([dist[k] for k in chosen], plan.total(limit, offset))
+    return chosen, guard_bound([dist[k] for k in chosen], want)
 
 
 def assert_exact(got: Sequence[Any], table: Table, q: np.ndarray, op: str, keep: Callable[[Any], bool],
@@ -405,7 +405,7 @@ def test_limit_null_and_declared_extra_parameters(world: World) -> None:
     table = world.json[0.005]
     sql = f"SELECT id FROM {table.name} WHERE category = $2 ORDER BY embedding <-> $1 LIMIT $3"
     plan = plan_for(sql, table.route(), world.catalogs[table.name])
-    assert plan.search_k(None, None) is None and guard_bound([1.0], plan.total(None, None)) is None
+    assert plan.search_k(None, None) is None and guard_bound([1.0], plan.search_k(None, None)) is None
     with pytest.raises(ValueError):
         plan.sql_with_params_from(3)
     q = np.random.default_rng(9).standard_normal(DIMS).astype(np.float32)
@@ -446,7 +446,7 @@ def test_with_the_real_store_and_knn(world: World, fraction: float) -> None:
                 plan = plan_for(case.sql.format(t=table.name, op=op), table.route(), world.catalogs[table.name])
                 k = plan.search_k(case.limit, case.offset)
                 result = search_snapshot(store.snapshot(), [Query(q, k, plan.metric)])[0]
-                bound = guard_bound(result.distances, plan.total(case.limit, case.offset))
+                bound = guard_bound(result.distances, k)
                 rows = await conn.fetch(plan.sql_with_param, *case.params(q), *plan.extra_params(result.keys, bound))
                 assert_exact([r["id"] for r in rows], table, q, op, lambda key, c=case: c.keep(table, key),
                              case.limit, case.offset)
@@ -514,6 +514,11 @@ def test_guard_makes_a_selective_filter_exact(world: World) -> None:
             assert len(rows) < 10
             # An unknown bound (None) always runs the guard: exact.
             rows = await conn.fetch(plan.sql_with_param, q, 42, *plan.extra_params([], None))
+            assert_exact([r["id"] for r in rows], table, q, "<->", keep, 10, 0)
+            # A capped search (3 rows asked for, not k+n+1): the guard runs, still exact.
+            order, dist = ranked(table.legacy_only(), q, "<->")
+            capped = guard_bound([dist[k] for k in order[:3]], 3)
+            rows = await conn.fetch(plan.sql_with_param, q, 42, *plan.extra_params(order[:3], capped))
             assert_exact([r["id"] for r in rows], table, q, "<->", keep, 10, 0)
         finally:
             await conn.close()

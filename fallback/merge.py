@@ -134,7 +134,7 @@ from rewrite.transforms import add_vector_not_null, identifier, to_primary
 
 if TYPE_CHECKING:
     from proxy.config import Route
-    from rewrite.catalog import Catalog
+    from rewrite.catalog import Catalog, ColumnInfo
 
 METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric
 INT8_MAX = 2**63 - 1
@@ -477,7 +477,7 @@ def _check_legacy_type(route: Route, catalog: Catalog | None) -> None:
         raise Passthrough("fallback-legacy-type", f"{fmt} in a {type_} column")
 
 
-def _catalog_column(route: Route, catalog: Catalog | None, name: str):
+def _catalog_column(route: Route, catalog: Catalog | None, name: str) -> ColumnInfo | None:
     info = catalog.lookup(route.table) if catalog is not None else None
     return info.column(name) if info is not None else None
 

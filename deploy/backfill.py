@@ -1,7 +1,7 @@
 """backfill: fill vector_column from legacy_column (and, with --shadow, copy rows to the shadow table).
 
 Design:
-- A *pass* splits the keys still to do into `--workers` slots, contiguous key ranges (lo, hi] with one row each in
+- A *pass* splits the keys still to do into slots (4 per worker), contiguous key ranges (lo, hi] with one row each in
   `pgcutover.backfill_checkpoint`. Workers (one connection each) walk their slot by keyset pagination; every
   batch is one short READ COMMITTED transaction that locks the slot row, picks the next keys after `last_key`,
   converts them server-side (`legacy::vector(dims)` for JSON text; the SQL decoders in schema.sql for bytea) and
@@ -35,6 +35,9 @@ from proxy.config import Config
 MAX_PASSES = 3
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
 BATCH_RETRIES = 20
+# More slots than workers: a worker that is done takes the next free slot, so the pass does not end with one
+# worker alone on the last big range while the others wait.
+SLOTS_PER_WORKER = 4
 CHECKPOINT = f"{SCHEMA}.backfill_checkpoint"
 
 
@@ -363,7 +366,7 @@ class BackfillRun:
             if current["open"] and number != previous and (current["shadow"] or not self.options.shadow):
                 return number, current["shadow"]
             sql = RouteSql(self.r, self.options.shadow)
-            groups = await conn.fetch(sql.bounds_sql, max(1, self.options.workers))
+            groups = await conn.fetch(sql.bounds_sql, SLOTS_PER_WORKER * max(1, self.options.workers))
             # Slot i covers (hi of group i-1, hi of group i]; the first is open below, the last above.
             his = [*(g["hi"] for g in groups[:-1]), None]
             los = [None, *his[:-1]]
@@ -426,6 +429,9 @@ async def _open(config: Config, count: int) -> list[asyncpg.Connection]:
         # A batch commits its checkpoint with its rows, so a commit lost in a server crash is simply redone:
         # no need to wait for the WAL flush of every batch.
         await conn.execute("SET synchronous_commit = off")
+        # Statement triggers keep each batch's old and new rows (with their vectors) in transition tables:
+        # let a batch's worth stay in memory instead of spilling to temporary files.
+        await conn.execute("SET work_mem = '64MB'")
     return conns
 
 

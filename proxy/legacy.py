@@ -18,6 +18,7 @@ from fallback.knn import BatchSearcher
 from fallback.store import LegacyStore
 
 from .config import Route
+from .merged import MergeCache
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -37,6 +38,8 @@ class FallbackService:
         self.searcher = BatchSearcher()
         self.tasks: list[asyncio.Task] = []
         self.failed: dict[str, str] = {}
+        self.merges = MergeCache(self)
+        self.server_decoder = False  # pgcutover.try_vector is installed (bytea legacy formats need it)
 
     @property
     def ready(self) -> bool:
@@ -60,6 +63,12 @@ class FallbackService:
         table = store.route.table
         while not store.loaded:
             try:
+                conn = await self._connect()
+                try:
+                    self.server_decoder = bool(await conn.fetchval(
+                        "SELECT to_regprocedure('pgcutover.try_vector(anyelement,text,integer)') IS NOT NULL"))
+                finally:
+                    await conn.close()
                 report = await store.load(self._connect)
                 log.info("fallback %s: %s", table, report)
                 self.failed.pop(table, None)

@@ -15,12 +15,12 @@ import logging
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .admin import ADMIN_DATABASE
 from .cancel import IssuedKey, UpstreamKey
+from .deferred import Deferred
 from .failover import ShadowCycle
 from .protocol import codes, replies
 from .protocol import messages as msg
@@ -67,18 +67,6 @@ class _RateLimit:
 
 _violation_log = _RateLimit(per_second=5)
 
-
-@dataclass(slots=True)
-class Deferred:
-    """A client message whose replacement is computed asynchronously (e.g. a fallback kNN search).
-
-    `replacement` resolves to the bytes to send upstream (it queues their replies itself, just before it
-    returns). If it fails, `original` is forwarded as the client sent it.
-    """
-
-    replacement: Awaitable[bytes]
-    original: bytes
-    kind: int
 TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router

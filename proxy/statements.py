@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from rewrite.split import SplitSession
 
+from .deferred import Deferred
+from .merged import MergedQueries
 from .mirror import MirrorRequest
 from .protocol import codes
 from .protocol import messages as msg
@@ -93,6 +95,8 @@ class StatementRouting:
         self._sqlstate: str | None = None  # first error since the last ReadyForQuery
         self._failed = False
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
+        self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
+        self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -143,10 +147,13 @@ class StatementRouting:
         plan = self._plan(sql)
         tracker = self.session.tracker
         cycle_start = tracker.idle
-        tracker.expect(QUERY)
         if plan.passthrough:
+            tracker.expect(QUERY)
             return None
         target = self._target(plan, sql)
+        if self.merged is not None and self.merged.wants(plan, target):
+            return Deferred(self.merged.query(plan, sql), msg.message(b"Q", payload), codes.F_QUERY)
+        tracker.expect(QUERY)
         self._guard(plan, target, cycle_start)
         rewritten = plan.sql_for(target)
         return None if rewritten is None else msg.query(rewritten)
@@ -162,6 +169,8 @@ class StatementRouting:
             tracker.expect(CLOSE, DROP)
         tracker.expect(PARSE)
         self.statements.pop(parse.name, None)  # a re-used unnamed (or closed-then-reused) name starts afresh
+        if not parse.name:
+            self.unnamed = None
         plan = self._plan(parse.sql)
         if plan.passthrough:
             return out + msg.message(b"P", payload) if out else None
@@ -169,6 +178,9 @@ class StatementRouting:
         self._guard(plan, target, cycle_start)
         if parse.name:
             self.statements[parse.name] = RoutedStatement(plan, parse.sql, parse.param_oids, target)
+            self.session.hold_statement_messages()
+        elif self.merged is not None and self.merged.wants(plan, target):
+            self.unnamed = RoutedStatement(plan, parse.sql, parse.param_oids, target)  # merged at its Bind
             self.session.hold_statement_messages()
         elif self._executions[-1].mirror:
             self._executions[-1].awaiting_bind = True  # its values come with the Bind of the unnamed statement
@@ -183,7 +195,7 @@ class StatementRouting:
         tracker = self.session.tracker
         portal, pos = msg.read_cstr(payload, 0)
         name, rest = msg.read_cstr(payload, pos)
-        statement = self.statements.get(name) if name else None
+        statement = self.statements.get(name) if name else self.unnamed
         if statement is None:
             if not name and self._executions and self._executions[-1].awaiting_bind:
                 execution = self._executions[-1]
@@ -191,9 +203,14 @@ class StatementRouting:
             tracker.expect(BIND)
             return None
         cycle_start = tracker.idle
-        target = self._target(statement.plan, statement.sql)
-        if self._executions[-1].mirror:
-            self._attach_values(self._executions[-1], payload, statement.param_oids)
+        if not name:  # the unnamed statement was rolled at its Parse: that decision holds for this Bind
+            target = statement.prepared_for
+        else:
+            target = self._target(statement.plan, statement.sql)
+            if self._executions[-1].mirror:
+                self._attach_values(self._executions[-1], payload, statement.param_oids)
+        if self.merged is not None and self.merged.wants(statement.plan, target):
+            return Deferred(self.merged.bind(statement, payload), msg.message(b"B", payload), codes.F_BIND)
         self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
             tracker.expect(BIND)
@@ -232,6 +249,8 @@ class StatementRouting:
     def on_error(self, payload: bytes) -> None:
         """An error skips the rest of the pipeline: a Parse of ours in it may not exist."""
         self._failed = True
+        if self.merged is not None:
+            self.merged.on_error()
         if self._sqlstate is None and self._executions:
             self._sqlstate = msg.parse_error_fields(payload).get("C")
         for statement, target in self._injected:
@@ -239,6 +258,8 @@ class StatementRouting:
 
     def on_ready(self) -> None:
         self._injected.clear()
+        if self.merged is not None:
+            self.merged.on_ready()
         if self._executions:
             self._finish_executions()
         self._failed = False

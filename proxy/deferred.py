@@ -1,0 +1,18 @@
+"""A client message whose replacement is computed asynchronously (e.g. a fallback kNN search)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Deferred:
+    """Returned by the routing instead of bytes: the session holds the client's later bytes, in order, until
+    `replacement` resolves to the bytes to send upstream (it queues their replies itself, just before it
+    returns). If it fails, `original` is forwarded as the client sent it, with the reply of its `kind`.
+    """
+
+    replacement: Awaitable[bytes]
+    original: bytes
+    kind: int

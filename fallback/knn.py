@@ -263,8 +263,9 @@ def _screen(plan: _Plan, snap: Snapshot, block_rows: int, segments: Callable[[],
                 kth = parted[np.arange(len(ks)), kth_idx].astype(np.float64)
                 threshold = np.where(ks <= m, kth + plan.screen_margins(kth), np.inf)
                 threshold = np.where(np.isnan(threshold), np.inf, threshold)
-            queries, rows = np.nonzero(scores <= _threshold32(threshold)[:, None])
-            if len(rows):
+            mask = scores <= _threshold32(threshold)[:, None]  # NaN (dead rows) never passes
+            if mask.any():  # once the thresholds are tight, many blocks have no candidate at all
+                queries, rows = np.nonzero(mask)
                 cands.add(queries, si, rows + start, scores[queries, rows])
                 if cands.pending > budget:
                     threshold = cands.prune(plan, threshold)

@@ -156,13 +156,16 @@ async def trigger_overhead(pg: EmbeddedPostgres, dims: int, writes: int) -> dict
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="pgcutover-bench-") as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "data", settings={"max_wal_size": "'8GB'", "checkpoint_timeout": "'30min'"})
+        settings = {"max_wal_size": "'8GB'", "checkpoint_timeout": "'30min'",
+                    "shared_buffers": f"'{args.shared_buffers}'"}
+        pg = EmbeddedPostgres(Path(tmp) / "data", settings=settings)
         pg.start()
         try:
             pg.psql("CREATE EXTENSION vector")
             conn = await asyncpg.connect(pg.dsn())
             try:
-                print(f"loading {args.rows:,} rows x {args.dims} dims of JSON TEXT ...", flush=True)
+                print(f"server: shared_buffers {args.shared_buffers}, max_wal_size 8GB; loading {args.rows:,} rows x "
+                      f"{args.dims} dims of JSON TEXT ...", flush=True)
                 loaded = await load(conn, args.rows, args.dims)
                 size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('article_chunks'))")
                 avg = await conn.fetchval("SELECT avg(length(txt))::int FROM pool")
@@ -227,4 +230,6 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--writes", type=int, default=1000, help="single-row statements per overhead case")
+    parser.add_argument("--shared-buffers", default="2GB",
+                        help="server shared_buffers (default 2GB, a quarter of a small 8GB database server)")
     asyncio.run(main(parser.parse_args()))

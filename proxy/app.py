@@ -122,8 +122,12 @@ async def serve(config: Config) -> int:
         endpoints = metrics.HttpEndpoints(
             metrics.install(runtime),
             ready=lambda: (runtime.upstream_ok and runtime.routing_loaded and not runtime.shutting_down
-                           and (runtime.fallback is None or runtime.fallback.ready)))
+                           and (runtime.fallback is None or runtime.fallback.ready)),
+            token=config.admin.token)
         await endpoints.start(config.proxy.metrics)
+        if not config.admin.token and config.proxy.metrics.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("/metrics on %s answers anyone who can reach it: set [admin] token to require one",
+                        config.proxy.metrics)
 
     stop = asyncio.Event()
     signals_seen = 0

@@ -214,7 +214,7 @@ KEY_HELP: dict[str, str] = {
     "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
     "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
     "[admin] users": "upstream users allowed on the admin console (virtual database 'pgcutover')",
-    "[admin] token": "bearer token required by the HTTP admin API when it binds beyond localhost",
+    "[admin] token": "when set, /metrics asks for 'Authorization: Bearer <token>' (/healthz and /readyz stay open)",
     "[[route]] table, column, key": "table applications query, the column in `column <-> $1`, its primary key",
     "[[route]] vector_column": "pgvector column in the table (default: column)",
     "[[route]] shadow_table, shadow_column, shadow_type": "shadow copy, its vector column, query-vector cast",

@@ -7,6 +7,7 @@ turns them into Prometheus metrics only when scraped, so pass-through traffic pa
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable, Iterator
 
@@ -113,9 +114,10 @@ def install(runtime: Runtime) -> CollectorRegistry:
 class HttpEndpoints:
     """A minimal HTTP/1.0 server: enough for Prometheus and orchestrator probes, no framework needed."""
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool], token: str | None = None) -> None:
         self.registry = registry
         self.ready = ready
+        self.token = token  # when set, /metrics needs "Authorization: Bearer <token>"; the probes stay open
         self.server: asyncio.Server | None = None
 
     async def start(self, where: HostPort) -> None:
@@ -131,7 +133,11 @@ class HttpEndpoints:
             async with asyncio.timeout(10):
                 request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1].decode("ascii", "replace") if request.count(b" ") >= 2 else "/"
-            status, ctype, body = self._route(path.split("?", 1)[0])
+            path = path.split("?", 1)[0]
+            if path == "/metrics" and not self._authorized(request):
+                status, ctype, body = "401 Unauthorized", "text/plain", b"bearer token required\n"
+            else:
+                status, ctype, body = self._route(path)
             head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
             writer.write(head.encode() + body)
             await writer.drain()
@@ -139,6 +145,15 @@ class HttpEndpoints:
             pass
         finally:
             writer.close()
+
+    def _authorized(self, request: bytes) -> bool:
+        if not self.token:
+            return True
+        for line in request.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                return hmac.compare_digest(value.strip(), f"Bearer {self.token}".encode())
+        return False
 
     def _route(self, path: str) -> tuple[str, str, bytes]:
         if path == "/metrics":

@@ -226,3 +226,16 @@ def test_sigterm_drains_under_load(start_proxy, routed_tables) -> None:
     assert outcome.get("row") == ("", 7)
     assert proxy.proc.wait(10) == 0
     assert time.monotonic() - started < 5 + 5  # shutdown_timeout (5 s in the test config) plus slack
+
+
+def test_metrics_token(start_proxy, routed_tables) -> None:
+    proxy = start_proxy('[admin]\nusers = ["postgres"]\ntoken = "s3cret"\n')
+    base = f"http://127.0.0.1:{proxy.metrics_port}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}/metrics", timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(f"{base}/metrics", headers={"Authorization": "Bearer s3cret"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert b"pgcutover_client_connections" in response.read()
+    with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:  # probes need no token
+        assert response.status == 200

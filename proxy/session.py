@@ -80,6 +80,8 @@ _PORTAL = ord("P")
 _CLIENT_KIND = replies.CLIENT_KIND
 _COMPLETES = replies.COMPLETES
 _NEEDS_TRACKER = replies.NEEDS_TRACKER
+_READY = codes.B_READY
+_ENDS_CYCLE = frozenset((replies.SYNC, replies.QUERY))  # plain entries a ReadyForQuery completes
 _QUERY, _DESCRIBE_STATEMENT, _DESCRIBE_PORTAL, _COPY_END, _SYNC = (
     replies.QUERY, replies.DESCRIBE_STATEMENT, replies.DESCRIBE_PORTAL, replies.COPY_END, replies.SYNC)
 
@@ -114,6 +116,7 @@ class Session:
         self.cycle_request: str | None = None  # set by the routing: start guarding at the current message
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
         self.routing: StatementRouting | None = StatementRouting(self) if runtime.router is not None else None
+        self._plain_ready = self.routing is None  # ReadyForQuery needs no hook but the state check
 
         # client -> server framing state
         self._cpend = bytearray()  # a message held back until whole (or a partial header)
@@ -659,7 +662,22 @@ class Session:
                 self._upstream_garbage()
                 return
             replacement = None
-            if kind in _SERVER_WHOLE:
+            if kind == _READY and not special and self._plain_ready:
+                # once per transaction: the end of a Sync or Query cycle, popped inline when nothing is special
+                if end > n:
+                    break
+                action = FORWARD
+                if queue and queue[0] in _ENDS_CYCLE:
+                    queue.popleft()
+                    while queue and queue[0] == _COPY_END:
+                        queue.popleft()
+                    self.tx_status = data[pos + 5]
+                    if self.state is not ACTIVE or self.rt.attention:
+                        self._ready_outside_steady_state()
+                else:
+                    action = tracker.on_server(kind)
+                    self._on_server_message(kind, data, pos, end)
+            elif kind in _SERVER_WHOLE:
                 if end > n:
                     break
                 action = tracker.on_server(kind)

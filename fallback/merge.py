@@ -130,7 +130,7 @@ from sqlglot.errors import SqlglotError
 
 from rewrite.analyze import MARK, TAG_DISTANCE, TAG_ORDER_KEY, Passthrough, SimilarityQuery, norm
 from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
-from rewrite.transforms import add_vector_not_null, identifier, to_primary
+from rewrite.transforms import add_vector_not_null, from_items, identifier, to_primary
 
 if TYPE_CHECKING:
     from proxy.config import Route
@@ -416,7 +416,7 @@ def _check_shape(query: SimilarityQuery) -> None:
     if select.find(exp.TableSample):
         raise Passthrough("fallback-tablesample")  # each copy of the FROM list would sample differently
     # The branches qualify columns with the route table's name in the query: it must name nothing else there.
-    names = [_source_name(item) for item in _from_items(select)]
+    names = [_source_name(item) for item in from_items(select)]
     if names.count(query.table_alias) != 1:
         raise Passthrough("fallback-alias", query.table_alias)
 
@@ -428,15 +428,6 @@ def _source_name(item: exp.Expression) -> str | None:
     if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
         return norm(item.this)
     return None
-
-
-def _from_items(select: exp.Select) -> list[exp.Expression]:
-    items = []
-    from_ = select.args.get("from_")
-    if from_ is not None:
-        items.append(from_.this)
-    items.extend(join.this for join in select.args.get("joins") or [])
-    return items
 
 
 def _dims(route: Route, catalog: Catalog | None) -> int:

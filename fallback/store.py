@@ -43,12 +43,12 @@ from typing import Any
 import asyncpg
 import numpy as np
 import orjson
-from sqlglot import exp
 
 from fallback import formats, metrics
 from fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
 from fallback.notices import CHANNEL, NoticeError, parse_notice
 from proxy.config import Route
+from rewrite.catalog import quote_ident
 
 log = logging.getLogger("pgcutover.fallback")
 
@@ -195,10 +195,6 @@ class LoadReport:
 
 
 # -- SQL ---------------------------------------------------------------------------------------------------
-def quote_ident(name: str) -> str:
-    return exp.to_identifier(name, quoted=True).sql(dialect="postgres")
-
-
 def quote_table(table: str) -> str:
     schema, _, name = table.rpartition(".")
     return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)

@@ -451,7 +451,7 @@ def expand_route_star(expression: exp.Expression, query: SimilarityQuery,
     expanded: list[exp.Expression] = []
     for projection in select.expressions:
         if isinstance(projection, exp.Star):
-            for source in _from_items(select):
+            for source in from_items(select):
                 if source.meta.get(MARK) == TAG_TABLE if source._meta else False:
                     expanded.extend(c.copy() for c in route_columns)
                 else:
@@ -468,7 +468,8 @@ def expand_route_star(expression: exp.Expression, query: SimilarityQuery,
     return expression
 
 
-def _from_items(select: exp.Select) -> list[exp.Expression]:
+def from_items(select: exp.Select) -> list[exp.Expression]:
+    """The tables and subqueries a SELECT reads: its FROM item and every JOIN's."""
     items = []
     from_ = select.args.get("from_")
     if from_ is not None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgcutover.statements")
 
 _names = itertools.count(1)
+MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)
 
 
 @dataclass(slots=True)
@@ -152,6 +153,7 @@ class StatementRouting:
             return None
         target = self._target(plan, sql)
         if self.merged is not None and self.merged.wants(plan, target):
+            self._executions[-1].target = MERGED
             return Deferred(self.merged.query(plan, sql), msg.message(b"Q", payload), codes.F_QUERY)
         tracker.expect(QUERY)
         self._guard(plan, target, cycle_start)
@@ -210,6 +212,8 @@ class StatementRouting:
             if self._executions[-1].mirror:
                 self._attach_values(self._executions[-1], payload, statement.param_oids)
         if self.merged is not None and self.merged.wants(statement.plan, target):
+            if self._executions:
+                self._executions[-1].target = MERGED
             return Deferred(self.merged.bind(statement, payload), msg.message(b"B", payload), codes.F_BIND)
         self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:

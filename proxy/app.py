@@ -13,6 +13,7 @@ from .config import Config, ConfigError, load_config
 from .control import RoutingFollower
 from .legacy import FallbackService, needs_store
 from .listener import Listener
+from .migration_stats import MigrationStats
 from .mirror import Mirror
 from .routing import Override
 from .runtime import Runtime
@@ -117,6 +118,9 @@ async def serve(config: Config) -> int:
     if any(route.shadow_table for route in config.routes):
         mirror, breaker = Mirror(runtime), Breaker(runtime)
         evidence_tasks = [loop.create_task(mirror.run()), loop.create_task(breaker.run())]
+    if config.routes:
+        runtime.migration = MigrationStats(runtime)
+        evidence_tasks.append(loop.create_task(runtime.migration.run()))
     endpoints = None
     if config.proxy.metrics is not None:
         endpoints = metrics.HttpEndpoints(

@@ -94,6 +94,20 @@ class QueryMetrics:
 _installed: dict[str, object] = {}
 
 
+class _MigrationFigures(Collector):
+    """The runtime's MigrationStats when it has one (serve() starts it after the endpoints)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if self.rt.migration is not None:
+            yield from self.rt.migration.collect()
+
+
+_migration = _MigrationFigures
+
+
 def install(runtime: Runtime) -> CollectorRegistry:
     """Serve the default registry (fallback/ and evidence metrics live there) plus this runtime's collector."""
     disable_created_metrics()  # *_created series only double the scrape for counters that never reset
@@ -102,7 +116,7 @@ def install(runtime: Runtime) -> CollectorRegistry:
     runtime.query_metrics = _installed["queries"]
     from .report import EvidenceCollector
 
-    for name, make in (("runtime", RuntimeCollector), ("evidence", EvidenceCollector)):
+    for name, make in (("runtime", RuntimeCollector), ("evidence", EvidenceCollector), ("migration", _migration)):
         previous = _installed.get(name)
         if previous is not None:
             REGISTRY.unregister(previous)  # type: ignore[arg-type]

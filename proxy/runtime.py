@@ -47,6 +47,7 @@ class Runtime:
     fallback: Any = None  # legacy.FallbackService when a route searches legacy rows in memory
     mirror: Any = None  # mirror.Mirror when a route has a shadow (it sets this itself)
     breaker: Any = None  # breaker.Breaker when a route has a shadow (it sets this itself)
+    migration: Any = None  # migration_stats.MigrationStats when routes exist
     upstream_ok: bool = False  # last known reachability, for /readyz
     routing: RoutingSnapshot = field(default_factory=lambda: RoutingSnapshot(()))
     overrides: list[Override] = field(default_factory=list)

@@ -193,6 +193,7 @@ def test_metrics_parse_and_move(replicas) -> None:
     assert after["pgcutover_bytes_total"] > before["pgcutover_bytes_total"]
     assert after["pgcutover_query_duration_seconds_count"] >= 5
     assert "pgcutover_route_split_percent" in after and "pgcutover_routing_generation" in after
+    wait_until(lambda: "pgcutover_migration_percent" in scrape(first))  # refreshed from `status` in the background
     for path in ("/healthz", "/readyz"):
         with urllib.request.urlopen(f"http://127.0.0.1:{first.metrics_port}{path}", timeout=10) as response:
             assert response.status == 200

@@ -211,22 +211,21 @@ class _Plan:
 
 
 def _score_block(plan: _Plan, view: SegmentView, start: int, stop: int) -> np.ndarray:
-    """Screening scores (queries x rows, float32) of rows [start, stop) of one segment; dead rows are NaN."""
+    """Screening scores (rows x queries, float32, C order) of rows [start, stop) of one segment; dead rows NaN."""
     data = view.data[start:stop]
     if data.dtype != np.float32:
         data = data.astype(np.float32)
     # One query: a matrix-vector product, bound by memory bandwidth. Several: one matrix product.
-    # (rows x B) then viewed as (B x rows): OpenBLAS streams the big operand faster in this orientation.
-    scores = (data @ plan.scaled[0])[None, :] if len(plan.scaled) == 1 else (data @ plan.scaled_t).T
+    scores = (data @ plan.scaled[0])[:, None] if len(plan.scaled) == 1 else data @ plan.scaled_t
     if "l2" in plan.slices:
-        scores[plan.slices["l2"]] += view.sq_norms32[None, start:stop]
+        scores[:, plan.slices["l2"]] += view.sq_norms32[start:stop, None]
     if "cosine" in plan.slices:
-        part = scores[plan.slices["cosine"]]
-        part *= view.inv_norms32[None, start:stop]
+        sl = plan.slices["cosine"]
+        scores[:, sl] *= view.inv_norms32[start:stop, None]
         if view.zero is not None:  # NaN in pgvector, after every number: a score after every real one
-            part[:, view.zero[start:stop]] = ZERO_SCORE
+            scores[np.ix_(np.flatnonzero(view.zero[start:stop]), np.arange(sl.start, sl.stop))] = ZERO_SCORE
     if view.alive is not None:
-        scores[:, ~view.alive[start:stop]] = np.nan  # NaN never passes a threshold
+        scores[~view.alive[start:stop]] = np.nan  # NaN never passes a threshold
     return scores
 
 
@@ -234,6 +233,16 @@ def _threshold32(threshold: np.ndarray) -> np.ndarray:
     """float32 thresholds never below the float64 ones (a row exactly at the bound is kept)."""
     t32 = threshold.astype(np.float32)
     return np.where(t32 < threshold, np.nextafter(t32, np.float32(np.inf)), t32)
+
+
+def _true_positions(mask: np.ndarray) -> np.ndarray:
+    """Flat indices of the True entries of a C-contiguous bool array, mostly False: eight at a time first."""
+    flat = mask.reshape(-1)
+    whole = len(flat) // 8 * 8
+    words = np.flatnonzero(flat[:whole].view(np.uint64))
+    found = (words[:, None] * 8 + np.arange(8)).reshape(-1)
+    found = found[flat[found]]
+    return np.concatenate([found, whole + np.flatnonzero(flat[whole:])]) if whole < len(flat) else found
 
 
 def _screen(plan: _Plan, snap: Snapshot, block_rows: int, segments: Callable[[], int | None]) -> _Candidates:
@@ -245,13 +254,14 @@ def _screen(plan: _Plan, snap: Snapshot, block_rows: int, segments: Callable[[],
     """
     cands = _Candidates()
     ks = plan.ks
-    threshold = np.full(len(ks), np.inf)
+    b = len(ks)
+    threshold = np.full(b, np.inf)
     budget = int(2 * ks.sum()) + 1024
     first = True
     while (si := segments()) is not None:
         view = snap.segments[si]
         n = view.count
-        step = n if len(ks) == 1 and view.data.dtype == np.float32 else block_rows
+        step = n if b == 1 and view.data.dtype == np.float32 else block_rows
         for start in range(0, n, step):
             stop = min(n, start + step)
             scores = _score_block(plan, view, start, stop)
@@ -259,14 +269,15 @@ def _screen(plan: _Plan, snap: Snapshot, block_rows: int, segments: Callable[[],
                 first = False
                 m = stop - start
                 kth_idx = np.minimum(ks, m) - 1
-                parted = np.partition(scores, np.unique(kth_idx), axis=1)  # NaN (dead) sorts last
-                kth = parted[np.arange(len(ks)), kth_idx].astype(np.float64)
+                parted = np.partition(scores, np.unique(kth_idx), axis=0)  # NaN (dead) sorts last
+                kth = parted[kth_idx, np.arange(b)].astype(np.float64)
                 threshold = np.where(ks <= m, kth + plan.screen_margins(kth), np.inf)
                 threshold = np.where(np.isnan(threshold), np.inf, threshold)
-            mask = scores <= _threshold32(threshold)[:, None]  # NaN (dead rows) never passes
-            if mask.any():  # once the thresholds are tight, many blocks have no candidate at all
-                queries, rows = np.nonzero(mask)
-                cands.add(queries, si, rows + start, scores[queries, rows])
+            mask = scores <= _threshold32(threshold)[None, :]  # NaN (dead rows) never passes
+            found = _true_positions(mask)
+            if len(found):
+                rows, queries = np.divmod(found, b)
+                cands.add(queries, si, rows + start, scores.reshape(-1)[found])
                 if cands.pending > budget:
                     threshold = cands.prune(plan, threshold)
     cands.prune(plan, threshold)

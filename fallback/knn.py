@@ -52,7 +52,7 @@ U32 = 2.0 ** -24  # unit roundoff of float32
 U16 = 2.0 ** -11  # relative rounding of float16 (normal range)
 F16_ABS = 2.0 ** -25  # absolute rounding of float16 subnormals
 ZERO_SCORE = 4.0  # cosine screening score of a zero row: after every real one (|-cos| <= 1 + error)
-BLOCK_ROWS = 2048  # rows per matrix product when several queries are batched
+BLOCK_ROWS = 1024  # rows per matrix product when several queries are batched (measured best of 1-4k)
 REFINE_ROWS = 4096  # candidates re-scored in float64 at a time (bounds memory when many rows tie)
 
 

@@ -46,6 +46,7 @@ import orjson
 
 from fallback import formats, metrics
 from fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
+from fallback.knn import BLOCK_ROWS
 from fallback.notices import CHANNEL, NoticeError, parse_notice
 from proxy.config import Route
 from rewrite.catalog import quote_ident
@@ -374,7 +375,8 @@ class LegacyStore:
         if self._segment_rows:
             return self._segment_rows
         assert self.dims
-        return max(256, SEGMENT_BYTES // (self.dims * self.dtype.itemsize) // 256 * 256)
+        # A multiple of the search's block of rows, so no segment ends in a small, inefficient product.
+        return max(BLOCK_ROWS, SEGMENT_BYTES // (self.dims * self.dtype.itemsize) // BLOCK_ROWS * BLOCK_ROWS)
 
     def _tail(self) -> _Segment:
         if not self._segments or self._segments[-1].count == self._segments[-1].capacity:

@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=128)
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pgcutover-rewrite-"))
@@ -111,19 +112,21 @@ def main() -> None:
                             "--config", str(config)], check=True, capture_output=True,
                            cwd=Path(__file__).resolve().parent.parent)
 
-        runs = {}
-        for _ in range(2):  # alternate targets, twice
-            runs.setdefault("direct primary", []).append(
-                pgbench(pg.port, primary_script, args.clients, args.duration, workdir, "dp"))
-            route_set(0)
-            runs.setdefault("pgcutover split 0", []).append(
-                pgbench(port, primary_script, args.clients, args.duration, workdir, "p0"))
-            runs.setdefault("direct shadow (hand-written)", []).append(
-                pgbench(pg.port, shadow_script, args.clients, args.duration, workdir, "ds"))
-            route_set(100)
-            runs.setdefault("pgcutover split 100", []).append(
-                pgbench(port, primary_script, args.clients, args.duration, workdir, "p100"))
-        print(f"\npgbench -M prepared, {args.clients} clients, {args.duration}s x 2 rounds, LIMIT 10 over "
+        targets = [  # (name, port, script, split to set first or None)
+            ("direct primary", pg.port, primary_script, None),
+            ("pgcutover split 0", port, primary_script, 0),
+            ("direct shadow (hand-written)", pg.port, shadow_script, None),
+            ("pgcutover split 100", port, primary_script, 100),
+        ]
+        runs: dict[str, list] = {}
+        for round_no in range(args.rounds):  # ABBA order: no target always runs on the warmest cache
+            for name, target_port, script, split in targets if round_no % 2 == 0 else targets[::-1]:
+                if split is not None:
+                    route_set(split)
+                runs.setdefault(name, []).append(
+                    pgbench(target_port, script, args.clients, args.duration, workdir, f"r{round_no}"))
+        print(f"\npgbench -M prepared, {args.clients} clients, {args.duration}s x {args.rounds} rounds (ABBA), "
+              "LIMIT 10 over "
               f"{args.rows} x {args.dims} HNSW")
         print(f"{'target':<30} {'tps':>8} {'p50 ms':>8} {'p95 ms':>8}")
         summary = {}

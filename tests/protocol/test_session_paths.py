@@ -23,6 +23,7 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.closed = False
+        self.paused = False
 
     def write(self, data: bytes) -> None:
         self.written.append(bytes(data))
@@ -32,6 +33,12 @@ class RecordingTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
     def get_extra_info(self, name: str):
         return ("127.0.0.1", 1) if name == "peername" else None

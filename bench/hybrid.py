@@ -56,7 +56,7 @@ def load(pg: EmbeddedPostgres, rows: int, dims: int, migrated: float) -> None:
     pg.psql(
         f"UPDATE article_chunks SET embedding_vector = embedding::vector WHERE id <= {n};"
         f"CREATE INDEX ON article_chunks USING hnsw ({expression} {ops});"
-        "CREATE TABLE article_chunks_full AS SELECT id, content, embedding::vector AS embedding_vector "
+        f"CREATE TABLE article_chunks_full AS SELECT id, content, embedding::vector({dims}) AS embedding_vector "
         "FROM article_chunks; ALTER TABLE article_chunks_full ADD PRIMARY KEY (id);"
         "SET maintenance_work_mem = '2GB';"
         f"CREATE INDEX ON article_chunks_full USING hnsw ({expression} {ops});"

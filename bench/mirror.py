@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--max-per-s", type=float, default=10.0, help="mirror_max_per_s of the mirrored proxy")
+    parser.add_argument("--max-per-s", type=float, default=5.0, help="mirror_max_per_s of the mirrored proxy")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pgcutover-mirror-"))

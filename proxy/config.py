@@ -132,7 +132,7 @@ class Route:
     metric: str = "cosine"
     mirror: float = 0.0
     mirror_exact: float = 0.0
-    mirror_max_per_s: float = 10.0  # budget of mirrored queries per second (0: no budget)
+    mirror_max_per_s: float = 5.0  # budget of mirrored queries per second (0: no budget)
     shadow_timeout_ms: int = 0
     min_recall: float = 0.95
     max_latency_ratio: float = 1.5
@@ -223,7 +223,7 @@ KEY_HELP: dict[str, str] = {
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
-    "[[route]] mirror_max_per_s": "at most this many mirrored queries a second per proxy (default 10; 0: no cap)",
+    "[[route]] mirror_max_per_s": "at most this many mirrored queries a second per proxy (default 5; 0: no cap)",
     "[[route]] breaker_latency_floor_ms": "latency trips also need shadow p95 - primary p95 above this (default 10)",
     "[[route]] min_recall, max_latency_ratio, max_error_rate, min_samples": "shadow readiness thresholds",
     "[[route]] breaker_window_s, breaker_min_samples": (

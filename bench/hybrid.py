@@ -29,10 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.passthrough import wait_port
+from bench.common import start_pgcutover, stop
 from proxy.embedded import EmbeddedPostgres, free_port, pg_binary
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(pg: EmbeddedPostgres, rows: int, dims: int, migrated: float) -> None:
@@ -111,18 +109,12 @@ def main() -> None:
         started = time.perf_counter()
         load(pg, args.rows, args.dims, args.migrated)
         print(f"  loaded in {time.perf_counter() - started:.0f}s", flush=True)
-        port, metrics_port = free_port(), free_port()
-        config = workdir / "pgcutover.toml"
-        config.write_text(
-            f'[proxy]\nlisten = "127.0.0.1:{port}"\n'
-            f'upstream = "postgresql://postgres@127.0.0.1:{pg.port}/postgres?sslmode=disable"\n'
-            f'metrics = "127.0.0.1:{metrics_port}"\n'
-            '[[route]]\ntable = "public.article_chunks"\ncolumn = "embedding"\nvector_column = "embedding_vector"\n'
-            f'legacy_column = "embedding"\nlegacy_format = "json"\ndims = {args.dims}\n')
+        metrics_port = free_port()
         started = time.perf_counter()
-        proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--log-level", "WARNING", "serve", "--config",
-                                  str(config)], cwd=ROOT)
-        wait_port(port, proxy)
+        proxy, port, _ = start_pgcutover(
+            workdir, pg.port, '[[route]]\ntable = "public.article_chunks"\ncolumn = "embedding"\n'
+            f'vector_column = "embedding_vector"\nlegacy_column = "embedding"\nlegacy_format = "json"\n'
+            f"dims = {args.dims}\n", metrics_port=metrics_port)
         while True:  # ready = the fallback store is loaded
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5)
@@ -159,9 +151,7 @@ def main() -> None:
             hybrid, full = results.values()
             print(f"{'':>7} hybrid / fully migrated: p50 {hybrid[0] / full[0]:.2f}x, q/s {hybrid[2] / full[2]:.2f}x")
     finally:
-        if proxy is not None:
-            proxy.terminate()
-            proxy.wait(30)
+        stop(proxy)
         pg.destroy()
 
 

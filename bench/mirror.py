@@ -19,25 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.passthrough import wait_port
+from bench.common import start_pgcutover, stop
 from bench.rewrite import PRIMARY_SQL, load, percentile, pgbench
-from proxy.embedded import EmbeddedPostgres, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_proxy(workdir: Path, pg_port: int, mirror: int, max_per_s: float) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    config = workdir / f"mirror{mirror}.toml"
-    config.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:{port}"\n'
-        f'upstream = "postgresql://postgres@127.0.0.1:{pg_port}/postgres?sslmode=disable"\nmetrics = ""\n'
-        '[[route]]\ntable = "public.items"\ncolumn = "embedding"\nshadow_table = "shadow.items"\n'
-        f"mirror = {mirror}\nmirror_max_per_s = {max_per_s}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--log-level", "WARNING", "serve", "--config",
-                             str(config)], cwd=ROOT)
-    wait_port(port, proc)
-    return proc, port
+from proxy.embedded import EmbeddedPostgres
 
 
 def main() -> None:
@@ -57,8 +41,10 @@ def main() -> None:
     try:
         print(f"loading {args.rows} x {args.dims} (HNSW on primary and shadow)...", flush=True)
         load(pg, args.rows, args.dims)
-        plain, plain_port = start_proxy(workdir, pg.port, 0, args.max_per_s)
-        mirrored, mirrored_port = start_proxy(workdir, pg.port, 100, args.max_per_s)
+        route = ('[[route]]\ntable = "public.items"\ncolumn = "embedding"\nshadow_table = "shadow.items"\n'
+                 f"mirror_max_per_s = {args.max_per_s}\n")
+        plain, plain_port, _ = start_pgcutover(workdir, pg.port, route + "mirror = 0\n", name="mirror0")
+        mirrored, mirrored_port, _ = start_pgcutover(workdir, pg.port, route + "mirror = 100\n", name="mirror100")
         procs = [plain, mirrored]
         script = workdir / "knn.sql"
         script.write_text("\\set qid random(1, 1000)\n" + PRIMARY_SQL + "\n")
@@ -84,8 +70,7 @@ def main() -> None:
               "by design)")
     finally:
         for proc in procs:
-            proc.terminate()
-            proc.wait(10)
+            stop(proc)
         pg.destroy()
 
 

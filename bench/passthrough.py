@@ -20,12 +20,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import start_pgcutover, wait_port
 from proxy.embedded import SYSTEM_USER, EmbeddedPostgres, free_port, pg_binary
 
 MODES = ("simple", "extended", "prepared")
@@ -79,36 +79,6 @@ def start_pgbouncer(binary: str, workdir: Path, pg_port: int, port: int) -> subp
     return proc
 
 
-def start_pgcutover(workdir: Path, pg_port: int, port: int) -> subprocess.Popen:
-    config = workdir / "pgcutover.toml"
-    config.write_text(
-        "[proxy]\n"
-        f'listen = "127.0.0.1:{port}"\n'
-        f'upstream = "postgresql://postgres@127.0.0.1:{pg_port}/postgres?sslmode=disable"\n'
-        'metrics = ""\n'
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--log-level", "WARNING", "serve",
-                             "--config", str(config)],
-                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL)
-    wait_port(port, proc)
-    return proc
-
-
-def wait_port(port: int, proc: subprocess.Popen) -> None:
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
 def pgbench(port: int, mode: str, clients: int, duration: int, pin: str | None = None) -> tuple[float, float, int]:
     cmd = [pg_binary("pgbench"), "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
            "-T", str(duration), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "postgres"]
@@ -155,9 +125,9 @@ def main() -> None:
     try:
         subprocess.run([pg_binary("pgbench"), "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1",
                         "-p", str(pg.port), "-U", "postgres", "postgres"], check=True, capture_output=True)
-        bouncer_port, cutover_port = free_port(), free_port()
+        bouncer_port = free_port()
         bouncer = start_pgbouncer(bouncer_bin, workdir, pg.port, bouncer_port)
-        cutover = start_pgcutover(workdir, pg.port, cutover_port)
+        cutover, cutover_port, _ = start_pgcutover(workdir, pg.port)
         procs = [bouncer, cutover]
         targets = {"direct": (pg.port, None), "pgbouncer": (bouncer_port, bouncer),
                    "pgcutover": (cutover_port, cutover)}

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.passthrough import wait_port
+from bench.common import ROOT, start_pgcutover, stop
 from proxy.config import parse_config
-from proxy.embedded import EmbeddedPostgres, free_port, pg_binary
+from proxy.embedded import EmbeddedPostgres, pg_binary
 
 PRIMARY_SQL = "SELECT id, content FROM items ORDER BY embedding <-> (SELECT v FROM queries WHERE qid = :qid) LIMIT 10;"
 SHADOW_SQL = ("SELECT id, content FROM shadow.items ORDER BY embedding <-> (SELECT v FROM queries WHERE qid = :qid)"
@@ -93,24 +93,16 @@ def main() -> None:
     try:
         print(f"loading {args.rows} x {args.dims} (HNSW on primary and shadow)...", flush=True)
         load(pg, args.rows, args.dims)
-        port = free_port()
-        config = workdir / "pgcutover.toml"
-        config.write_text(
-            f'[proxy]\nlisten = "127.0.0.1:{port}"\n'
-            f'upstream = "postgresql://postgres@127.0.0.1:{pg.port}/postgres?sslmode=disable"\nmetrics = ""\n'
-            '[[route]]\ntable = "public.items"\ncolumn = "embedding"\nshadow_table = "shadow.items"\n'
-            'sticky = "query"\n')
-        proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--log-level", "WARNING", "serve", "--config",
-                                  str(config)], cwd=Path(__file__).resolve().parent.parent)
-        wait_port(port, proxy)
+        proxy, port, config = start_pgcutover(
+            workdir, pg.port, '[[route]]\ntable = "public.items"\ncolumn = "embedding"\n'
+            'shadow_table = "shadow.items"\nsticky = "query"\n')
         primary_script, shadow_script = workdir / "primary.sql", workdir / "shadow.sql"
         primary_script.write_text("\\set qid random(1, 1000)\n" + PRIMARY_SQL + "\n")
         shadow_script.write_text("\\set qid random(1, 1000)\n" + SHADOW_SQL + "\n")
 
         def route_set(split: int) -> None:
             subprocess.run([sys.executable, "-m", "proxy.cli", "route", "set", "items", "--split", str(split),
-                            "--config", str(config)], check=True, capture_output=True,
-                           cwd=Path(__file__).resolve().parent.parent)
+                            "--config", str(config)], check=True, capture_output=True, cwd=ROOT)
 
         targets = [  # (name, port, script, split to set first or None)
             ("direct primary", pg.port, primary_script, None),
@@ -145,9 +137,7 @@ def main() -> None:
         miss, hit = router_costs(routes)
         print(f"router: cache miss (parse + plan) {miss * 1e6:.0f} us, cache hit {hit * 1e6:.2f} us")
     finally:
-        if proxy is not None:
-            proxy.terminate()
-            proxy.wait(10)
+        stop(proxy)
         pg.destroy()
 
 

@@ -167,7 +167,8 @@ class Session:
         if self.client_transport is not None and not self.fatal_from_server and self._server_at_boundary():
             self._to_client(msg.error_response(
                 "08006", "pgcutover: the upstream server closed the connection unexpectedly", "FATAL"))
-        self.rt.totals.upstream_errors += 0 if self.fatal_from_server else 1
+        if not self.fatal_from_server:  # a FATAL from the server is its own account of the close
+            self.rt.totals.upstream_errors += 1
         self.close()
 
     def close(self) -> None:
@@ -279,10 +280,8 @@ class Session:
 
     def _forward_cancel(self, packet: msg.CancelRequest) -> None:
         key = self.rt.cancels.lookup(packet.pid, packet.secret)
-        if key is not None and key.session.upstream_addr is not None:
+        if key is not None and key.session.cancel_upstream() is not None:
             self.rt.totals.cancels_forwarded += 1
-            cancel = msg.cancel_request(key.upstream.pid, key.upstream.secret)
-            asyncio.get_running_loop().create_task(send_cancel(key.session.upstream_addr, cancel))
         self.close()  # the server answers a CancelRequest by closing, with no message
 
     def _on_startup(self, startup: msg.Startup) -> None:
@@ -480,10 +479,8 @@ class Session:
             self._early.insert(0, data[end:])
 
     def _cycle_timed_out(self, cycle: ShadowCycle) -> None:
-        if self._cycle is cycle and not cycle.done and self.key is not None and self.upstream_addr is not None:
+        if self._cycle is cycle and not cycle.done and self.cancel_upstream() is not None:
             cycle.timed_out = True
-            packet = msg.cancel_request(self.key.upstream.pid, self.key.upstream.secret)
-            asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
 
     def _resolve_cycle(self) -> None:
         cycle, self._cycle = self._cycle, None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import ProxyProcess  # tests/conftest.py, importable as `conftest` (pytest puts tests/ on sys.path)
+from tests.conftest import ProxyProcess
 
 from proxy.embedded import EmbeddedPostgres, free_port
 

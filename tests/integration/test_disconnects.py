@@ -12,7 +12,7 @@ import struct
 import time
 
 import psycopg
-from conftest import AUTH_USERS
+from tests.conftest import AUTH_USERS
 
 from proxy.protocol import messages as msg
 

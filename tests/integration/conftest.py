@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.conftest import ProxyProcess
 
 from proxy.embedded import EmbeddedPostgres, free_port
+from tests.conftest import ProxyProcess
 
 
 def backends(pg: EmbeddedPostgres, application_name: str) -> int:

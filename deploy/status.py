@@ -103,9 +103,11 @@ async def _counts(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any]:
     )
     bad = 0
     if r.legacy is not None and await relation_exists(conn, f"{SCHEMA}.bad_rows"):
-        # Only keys that are still there and still legacy-only: a fixed or deleted row is no longer bad.
+        # Only keys that are still there and still legacy-only: a fixed or deleted row is no longer bad. Joined
+        # on the key's text (as recorded), never by casting the recorded text: whatever is in bad_rows, a key
+        # that does not parse must not fail status.
         bad = await conn.fetchval(
-            f"SELECT count(*) FROM {SCHEMA}.bad_rows AS b JOIN {t} AS t ON t.{r.key.ident} = b.key::{r.key.type_sql} "
+            f"SELECT count(*) FROM {SCHEMA}.bad_rows AS b JOIN {t} AS t ON t.{r.key.ident}::text = b.key "
             f"WHERE b.table_name = $1 AND t.{vec} IS NULL AND t.{r.legacy.ident} IS NOT NULL",
             r.display,
         )

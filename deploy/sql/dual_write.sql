@@ -1,13 +1,15 @@
 -- Dual write: a BEFORE ROW trigger that sets {{vec}} from {{legacy}} whenever the legacy value is written.
 -- Sections are rendered by deploy/triggers.py with quoted identifiers only.
+-- SECURITY DEFINER (as the installer, who owns the table): the writer needs no grant in schema pgcutover for
+-- the decoders and record_bad_row, and applications cannot call those themselves.
 
 -- @section function
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 DECLARE
     converted {{vector_type}};
 BEGIN
-    IF NEW.{{legacy}} IS NULL THEN
+{{guard}}    IF NEW.{{legacy}} IS NULL THEN
         RETURN NEW;
     END IF;
     -- UPDATE OF fires whenever the column is in the SET list; only a changed value is re-converted, so an

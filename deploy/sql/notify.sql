@@ -4,12 +4,13 @@
 --   migrated: a legacy-only row whose vector became non-NULL
 --   delete:   a legacy-only row deleted, or its key changed (the new key is then an upsert)
 --   resync:   TRUNCATE, or a statement too large to list (see pgcutover.notify_keys)
+-- SECURITY DEFINER: pgcutover.notify_keys is not executable by applications.
 
 -- @section insert
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pgcutover.notify_keys({{display_lit}}, 'upsert',
+{{guard}}    PERFORM pgcutover.notify_keys({{display_lit}}, 'upsert',
         (SELECT jsonb_agg(n.{{key}}) FROM pgcutover_new AS n WHERE n.{{vec}} IS NULL AND n.{{legacy}} IS NOT NULL));
     RETURN NULL;
 END
@@ -17,9 +18,9 @@ $pgcutover$;
 
 -- @section update
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
+{{guard}}    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
         (SELECT jsonb_agg(o.{{key}}) FROM pgcutover_old AS o
          WHERE o.{{vec}} IS NULL AND o.{{legacy}} IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM pgcutover_new AS n WHERE n.{{key}} = o.{{key}})));
@@ -37,9 +38,9 @@ $pgcutover$;
 
 -- @section delete
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
+{{guard}}    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
         (SELECT jsonb_agg(o.{{key}}) FROM pgcutover_old AS o WHERE o.{{vec}} IS NULL AND o.{{legacy}} IS NOT NULL));
     RETURN NULL;
 END
@@ -47,9 +48,9 @@ $pgcutover$;
 
 -- @section truncate
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pg_notify('pgcutover_changes', json_build_object('table', {{display_lit}}, 'kind', 'resync')::text);
+{{guard}}    PERFORM pg_notify('pgcutover_changes', json_build_object('table', {{display_lit}}, 'kind', 'resync')::text);
     RETURN NULL;
 END
 $pgcutover$;

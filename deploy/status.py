@@ -122,6 +122,33 @@ async def _counts(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any]:
     }
 
 
+MISMATCH_SAMPLE = 10
+
+
+async def _mismatch(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any] | None:
+    """Rows whose vector is not the one their legacy value gives: a vector left behind when the legacy value
+    was set to NULL or changed without the dual-write trigger, or one a writer set itself. Legacy-only rows
+    (no vector yet) and bad legacy values with no vector are not counted. Compared in binary form (the
+    vector's send function), so no operator lookup depends on the search_path."""
+    if r.legacy is None:
+        return None
+    t, key, vec, send = r.table.ident, r.key.ident, r.vector.ident, r.vector.send_fn
+    legacy = Sql(f"t.{r.legacy.ident}")
+
+    def query(conversion: Sql) -> str:
+        return (
+            f"SELECT t.{key}::text AS k, count(*) OVER () AS n FROM {t} AS t WHERE t.{vec} IS NOT NULL "
+            f"AND {send}(t.{vec}) IS DISTINCT FROM {send}({conversion}) ORDER BY t.{key} LIMIT $1"
+        )
+
+    try:
+        async with conn.transaction():  # a savepoint: one bad legacy value fails the fast form
+            rows = await conn.fetch(query(r.conversion(legacy)), MISMATCH_SAMPLE)
+    except (asyncpg.DataError, asyncpg.ProgramLimitExceededError):
+        rows = await conn.fetch(query(r.safe_conversion(legacy)), MISMATCH_SAMPLE)
+    return {"rows": rows[0]["n"] if rows else 0, "sample_keys": [row["k"] for row in rows]}
+
+
 async def _backfill(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any] | None:
     if not await relation_exists(conn, f"{SCHEMA}.backfill_checkpoint"):
         return None
@@ -185,6 +212,7 @@ async def _split(conn: asyncpg.Connection, r: ResolvedRoute, routing_table: str)
 async def route_status(conn: asyncpg.Connection, r: ResolvedRoute, options: StatusOptions) -> dict[str, Any]:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         status: dict[str, Any] = {"table": r.display, **await _counts(conn, r)}
+        status["vector_mismatch"] = await _mismatch(conn, r) if options.diff else None
         status["backfill"] = await _backfill(conn, r)
         status["shadow"] = None
         if r.shadow is not None:
@@ -257,12 +285,20 @@ def _row(s: dict[str, Any]) -> list[str]:
     indexes = ", ".join(f"{i['type']} {_size(i['size_bytes'])}{'' if i['valid'] else ' INVALID'}"
                         for i in s["indexes"]) or "none"
     trig = ",".join(name for name in ("dual_write", "shadow_sync", "notify") if s["triggers"][name]) or "none"
+    mismatch = s.get("vector_mismatch")
+    if mismatch is None:
+        mm = "-"
+    else:
+        mm = f"{mismatch['rows']:,}"
+        if mismatch["rows"]:
+            keys = mismatch["sample_keys"][:3]
+            mm += f" (keys {', '.join(keys)}{', ...' if mismatch['rows'] > len(keys) else ''})"
     return [s["table"], f"{s['total_rows']:,}", f"{s['migrated']:,}", f"{s['percent_migrated']:.1f}%",
-            f"{s['legacy_only']:,}", f"{s['bad_rows']:,}", bf, sh, indexes, trig, f"{s['split']:g}%"]
+            f"{s['legacy_only']:,}", f"{s['bad_rows']:,}", mm, bf, sh, indexes, trig, f"{s['split']:g}%"]
 
 
-HEADERS = ["TABLE", "ROWS", "MIGRATED", "%", "LEGACY-ONLY", "BAD", "BACKFILL", "SHADOW", "VECTOR INDEXES",
-           "TRIGGERS", "SPLIT"]
+HEADERS = ["TABLE", "ROWS", "MIGRATED", "%", "LEGACY-ONLY", "BAD", "MISMATCHED", "BACKFILL", "SHADOW",
+           "VECTOR INDEXES", "TRIGGERS", "SPLIT"]
 
 
 def to_table(statuses: list[dict]) -> str:

@@ -90,6 +90,7 @@ def _dual_write_sql(r: ResolvedRoute) -> list[str]:
     parts = sections("dual_write.sql")
     values = {
         "guard": guard_sql(r),
+        "vs": r.vs,
         "fn": r.function("dual_write"),
         "table": r.table.ident,
         "legacy": r.legacy.ident,

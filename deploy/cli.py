@@ -45,7 +45,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     grant_to = tuple(args.grant_to or ())
 
     async def work() -> int:
-        plans = await install(config, args.route, dry_run=args.dry_run, grant_to=grant_to)
+        plans = await install(config, args.route, dry_run=args.dry_run, grant_to=grant_to, force=args.force)
         if args.dry_run:
             print("-- privileges on schema pgcutover")
             print("\n".join(s.rstrip() for s in privileges_sql(grant_to)) + "\n")
@@ -155,6 +155,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "pgcutover.try_vector and its decoders, which the fallback's queries for bytea legacy "
                         "formats call as the client (repeat for several roles; grants are kept by later runs). "
                         "Nothing in the schema is open to PUBLIC.")
+    p.add_argument("--force", action="store_true",
+                   help="install even when the source table has row-level security its shadow lacks (refused "
+                        "otherwise: the shadow would serve every tenant's rows)")
     p.set_defaults(func=cmd_install)
 
     p = subparsers.add_parser(

@@ -35,6 +35,7 @@ from deploy.db import (
     relation_exists,
     render,
     resolve_route,
+    rls_gap,
     select_routes,
     sql_file,
     sql_int,
@@ -297,12 +298,27 @@ async def _registry(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
     return {r["table_name"]: (r["table_oid"], r["function_base"]) for r in rows}
 
 
+async def check_rls(conn: asyncpg.Connection, r: ResolvedRoute) -> None:
+    """Refuse to sync into a shadow that would serve rows the source's row-level security hides (issue 12)."""
+    if r.shadow is None:
+        return
+    gap = await rls_gap(conn, r.route.table, r.route.shadow_table or "")
+    if gap:
+        raise DeployError(
+            f"{r.display} has row-level security its shadow {r.shadow.display} lacks ({gap}): copy the policies "
+            "to the shadow and ENABLE ROW LEVEL SECURITY on it, or pass --force"
+        )
+
+
 async def install(config: Config, table: str | None = None, *, dry_run: bool = False,
-                  grant_to: tuple[str, ...] = ()) -> list[RoutePlan]:
+                  grant_to: tuple[str, ...] = (), force: bool = False) -> list[RoutePlan]:
     routes = select_routes(config, table)
     conn = await connect(config)
     try:
         resolved = [await resolve_route(conn, route) for route in routes]
+        if not force:
+            for r in resolved:
+                await check_rls(conn, r)
         if dry_run:
             return [plan_route(r) for r in resolved]
         await install_schema(conn, grant_to)

@@ -8,6 +8,8 @@ the session's superuser, as in the demo.
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import asyncpg
 import pytest
@@ -16,7 +18,7 @@ from deploy.db import function_base, quote_ident
 from deploy.status import StatusOptions, status
 from deploy.triggers import install
 
-from .conftest import Env, run
+from .conftest import ROOT, Env, run
 
 DIMS = 3
 
@@ -206,3 +208,51 @@ def test_status_survives_forged_content_in_the_schema(setup) -> None:
     assert report["bad_rows"] == 1
     assert report["backfill"]["pass"] == 2147483647
     assert report["shadow"]["differing_keys"] is not None
+
+
+def _proxy_cli(env: Env, *args: str, config) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args, "--config", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_row_level_security_the_shadow_lacks_is_refused(env: Env) -> None:
+    s = env.s
+    env.sql(f"CREATE TABLE {s}.docs (id int PRIMARY KEY, tenant text, emb text, emb_vector vector({DIMS}))")
+    env.sql(f'CREATE TABLE {s}."Docs Shadow" (id int PRIMARY KEY, tenant text, emb_vector vector({DIMS}))')
+    env.sql(f"ALTER TABLE {s}.docs ENABLE ROW LEVEL SECURITY")
+    env.sql(f"CREATE POLICY tenant_isolation ON {s}.docs USING (tenant = current_user)")
+    route = {"table": env.table("docs"), "column": "emb", "vector_column": "emb_vector", "legacy_column": "emb",
+             "dims": DIMS, "shadow_table": env.table("Docs Shadow")}
+    config = env.write_config(route)
+
+    def refused(result: subprocess.CompletedProcess, *words: str) -> None:
+        assert result.returncode != 0, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # one clear line, no traceback
+        for word in words:
+            assert word in lines[0], lines[0]
+
+    refused(env.cli("install-triggers", config=config, check=False),
+            "row-level security", "not enabled on the shadow", "tenant_isolation", "--force")
+    assert env.val(f"SELECT count(*) FROM pg_trigger WHERE tgrelid = '{s}.docs'::regclass AND NOT tgisinternal") == 0
+    refused(_proxy_cli(env, "route", "set", env.table("docs"), "--split", "10", config=config),
+            "refusing split 10", "row-level security", "tenant_isolation")
+    # RLS on, but the policy differs (another expression) and an extra permissive one lets everything through
+    env.sql(f'ALTER TABLE {s}."Docs Shadow" ENABLE ROW LEVEL SECURITY')
+    env.sql(f'CREATE POLICY tenant_isolation ON {s}."Docs Shadow" USING (tenant = session_user)')
+    env.sql(f'CREATE POLICY open ON {s}."Docs Shadow" USING (true)')
+    refused(env.cli("install-triggers", config=config, check=False), "missing or different", "tenant_isolation",
+            "only on the shadow: open")
+    env.cli("install-triggers", "--force", config=config)  # the operator's explicit choice
+    env.sql(f'DROP POLICY open ON {s}."Docs Shadow"')
+    env.sql(f'DROP POLICY tenant_isolation ON {s}."Docs Shadow"')
+    env.sql(f'CREATE POLICY tenant_isolation ON {s}."Docs Shadow" USING (tenant = current_user)')
+    env.cli("install-triggers", config=config)  # the same protection on both: accepted, and idempotent
+    env.cli("install-triggers", config=config)
+    result = _proxy_cli(env, "route", "set", env.table("docs"), "--split", "10", config=config)
+    assert result.returncode == 0, result.stderr
+    assert _proxy_cli(env, "route", "set", env.table("docs"), "--split", "0", config=config).returncode == 0
+    env.sql(f"ALTER TABLE {s}.docs FORCE ROW LEVEL SECURITY")
+    refused(_proxy_cli(env, "route", "set", env.table("docs"), "--split", "5", config=config),
+            "does not FORCE row level security")
+    assert _proxy_cli(env, "rollback", env.table("docs"), config=config).returncode == 0  # split 0: always

@@ -256,3 +256,19 @@ def test_row_level_security_the_shadow_lacks_is_refused(env: Env) -> None:
     refused(_proxy_cli(env, "route", "set", env.table("docs"), "--split", "5", config=config),
             "does not FORCE row level security")
     assert _proxy_cli(env, "rollback", env.table("docs"), config=config).returncode == 0  # split 0: always
+
+
+def test_the_table_check_accepts_partitions_of_the_table(env: Env) -> None:
+    s = env.s
+    env.sql(f"CREATE TABLE {s}.parts (id int PRIMARY KEY, emb text, emb_vector vector({DIMS})) "
+            "PARTITION BY RANGE (id)")
+    env.sql(f"CREATE TABLE {s}.parts_low PARTITION OF {s}.parts FOR VALUES FROM (0) TO (100)")
+    env.sql(f"CREATE TABLE {s}.parts_high PARTITION OF {s}.parts FOR VALUES FROM (100) TO (200)")
+    env.sql(f"CREATE TABLE {s}.shadow (id int PRIMARY KEY, emb_vector vector({DIMS}))")
+    run(install(env.config({"table": env.table("parts"), "column": "emb", "vector_column": "emb_vector",
+                            "legacy_column": "emb", "dims": DIMS, "shadow_table": env.table("shadow")})))
+    env.sql(f"INSERT INTO {s}.parts (id, emb) VALUES (1, '[1,2,3]'), (150, '[4,5,6]')")
+    env.sql(f"UPDATE {s}.parts SET emb = NULL WHERE id = 150")
+    rows = env.sql(f"SELECT p.id, p.emb_vector::text AS v, h.emb_vector::text AS hv FROM {s}.parts p "
+                   f"JOIN {s}.shadow h USING (id) ORDER BY 1")
+    assert [(r["id"], r["v"], r["hv"]) for r in rows] == [(1, "[1,2,3]", "[1,2,3]"), (150, None, None)]

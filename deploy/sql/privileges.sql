@@ -26,14 +26,16 @@ TO {{role}};
     -- is recognised by its OID, or by its schema and name (the same table after a dump and restore gets a new
     -- OID; a rename keeps it): no other table can share either while this one exists. Row triggers of a
     -- partitioned table fire for its partitions (only the table's owner can attach one).
-    IF TG_RELID <> {{table_oid}}::oid
-       AND NOT (TG_TABLE_SCHEMA = {{schema_lit}} AND TG_TABLE_NAME = {{name_lit}})
-       AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(TG_RELID) AS a
-                       JOIN pg_catalog.pg_class AS c ON c.oid = a.relid
-                       JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-                       WHERE a.relid = {{table_oid}}::oid
-                          OR (n.nspname = {{schema_lit}} AND c.relname = {{name_lit}})) THEN
-        RAISE EXCEPTION 'pgcutover: this trigger function belongs to %, not to %.%',
-                        {{display_lit}}, TG_TABLE_SCHEMA, TG_TABLE_NAME
-            USING ERRCODE = 'insufficient_privilege';
+    -- (Two IFs: the outer test is a simple expression, evaluated without the executor on every row.)
+    IF TG_RELID <> {{table_oid}}::oid THEN
+        IF NOT (TG_TABLE_SCHEMA = {{schema_lit}} AND TG_TABLE_NAME = {{name_lit}})
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(TG_RELID) AS a
+                           JOIN pg_catalog.pg_class AS c ON c.oid = a.relid
+                           JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                           WHERE a.relid = {{table_oid}}::oid
+                              OR (n.nspname = {{schema_lit}} AND c.relname = {{name_lit}})) THEN
+            RAISE EXCEPTION 'pgcutover: this trigger function belongs to %, not to %.%',
+                            {{display_lit}}, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
     END IF;

@@ -136,16 +136,19 @@ def test_shadow_sync_cannot_be_attached_to_a_table_of_ones_own(setup) -> None:
     s = env.s
     env.sql(f"CREATE TABLE {s}.decoy (id int PRIMARY KEY, title text, emb bytea, emb_vector vector({DIMS}))")
     insert_fn = next(f for f in shadow_fns if f.endswith("_insert()"))
-    env.sql(f"CREATE TRIGGER attack AFTER INSERT ON {s}.decoy REFERENCING NEW TABLE AS pgcutover_new "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {insert_fn}")
-    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="belongs to"):
-        env.sql(f"INSERT INTO {s}.decoy (id, title) VALUES (99, 'forged')")
     [dual] = _functions(env, f"{base}\\_dual\\_write")
-    env.sql(f"CREATE TRIGGER attack2 BEFORE INSERT ON {s}.decoy FOR EACH ROW EXECUTE FUNCTION {dual}")
-    env.sql(f"DROP TRIGGER attack ON {s}.decoy")
-    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="belongs to"):
-        env.sql(f"INSERT INTO {s}.decoy (id, title) VALUES (99, 'forged')")
-    assert env.val(f"SELECT count(*) FROM {s}.shadow WHERE id = 99") == 0
+    try:
+        env.sql(f"CREATE TRIGGER attack AFTER INSERT ON {s}.decoy REFERENCING NEW TABLE AS pgcutover_new "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {insert_fn}")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="belongs to"):
+            env.sql(f"INSERT INTO {s}.decoy (id, title) VALUES (99, 'forged')")
+        env.sql(f"DROP TRIGGER attack ON {s}.decoy")
+        env.sql(f"CREATE TRIGGER attack BEFORE INSERT ON {s}.decoy FOR EACH ROW EXECUTE FUNCTION {dual}")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="belongs to"):
+            env.sql(f"INSERT INTO {s}.decoy (id, title) VALUES (99, 'forged')")
+        assert env.val(f"SELECT count(*) FROM {s}.shadow WHERE id = 99") == 0
+    finally:  # our functions must not stay attached elsewhere (uninstall-triggers would refuse to drop them)
+        env.sql(f"DROP TABLE {s}.decoy")
 
 
 def test_applications_cannot_call_the_helpers(setup) -> None:

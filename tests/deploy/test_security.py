@@ -10,15 +10,18 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import time
 
 import asyncpg
+import numpy as np
+import psycopg
 import pytest
 
 from deploy.db import function_base, quote_ident
 from deploy.status import StatusOptions, status
 from deploy.triggers import install
 
-from .conftest import ROOT, Env, run
+from .conftest import ROOT, Env, run, toml_value
 
 DIMS = 3
 
@@ -275,3 +278,38 @@ def test_the_table_check_accepts_partitions_of_the_table(env: Env) -> None:
     rows = env.sql(f"SELECT p.id, p.emb_vector::text AS v, h.emb_vector::text AS hv FROM {s}.parts p "
                    f"JOIN {s}.shadow h USING (id) ORDER BY 1")
     assert [(r["id"], r["v"], r["hv"]) for r in rows] == [(1, "[1,2,3]", "[1,2,3]"), (150, None, None)]
+
+
+def test_through_the_proxy_a_granted_role_gets_the_bytea_fallback_and_others_a_clean_error(
+        env: Env, start_proxy) -> None:
+    """--grant-to is what a role querying through the proxy needs: the merged query of a bytea route calls
+    pgcutover.try_vector as the client. A role without the grant gets permission denied, and the proxy goes on."""
+    s = env.s
+    env.sql(f"CREATE TABLE {s}.items (id int PRIMARY KEY, emb bytea, emb_vector vector({DIMS}))")
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((60, DIMS)).astype(np.float32)
+    for i, v in enumerate(vectors, start=1):  # 1..20 migrated, the rest legacy-only (served by the fallback)
+        env.sql(f"INSERT INTO {s}.items VALUES ($1, $2, CASE WHEN $1 <= 20 THEN $3::vector END)",
+                i, f32(*v), "[" + ",".join(str(float(x)) for x in v) + "]")
+    roles = Roles(env)
+    for kind in ("reader", "app"):
+        env.sql(f"GRANT USAGE ON SCHEMA {s} TO {quote_ident(roles[kind])}")
+        env.sql(f"GRANT SELECT ON {s}.items TO {quote_ident(roles[kind])}")
+    route = {"table": env.table("items"), "column": "emb", "key": "id", "vector_column": "emb_vector",
+             "legacy_column": "emb", "legacy_format": "bytea_f32", "dims": DIMS}
+    run(install(env.config(route), grant_to=(roles["reader"],)))
+    proxy = start_proxy("[[route]]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in route.items()) + "\n")
+    q = rng.standard_normal(DIMS).astype(np.float32)
+    want = [int(i) + 1 for i in np.argsort(np.linalg.norm(vectors - q, axis=1), kind="stable")[:5]]
+    sql = f"SELECT id FROM {s}.items ORDER BY emb <-> '[{','.join(str(float(x)) for x in q)}]' LIMIT 5"
+    assert any(k > 20 for k in want)  # the answer needs legacy-only rows
+    deadline, got = time.monotonic() + 30, None
+    with psycopg.connect(proxy.dsn(user=roles["reader"]), autocommit=True) as conn:
+        while time.monotonic() < deadline and got != want:  # the store loads in the background
+            got = [r[0] for r in conn.execute(sql).fetchall()]
+            time.sleep(0.1)
+    assert got == want
+    with psycopg.connect(proxy.dsn(user=roles["app"]), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql)
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # same session, still served

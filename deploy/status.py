@@ -12,6 +12,7 @@ else the vector parsed from legacy_column, cast to the shadow column's type.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -256,8 +257,19 @@ async def status(config: Config, table: str | None = None, options: StatusOption
         await conn.close()
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities (a forged or corrupt row in pgcutover's tables) as null: --json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def to_json(statuses: list[dict]) -> str:
-    return json.dumps({"routes": statuses}, indent=2, default=str)
+    return json.dumps({"routes": _finite(statuses)}, indent=2, default=str, allow_nan=False)
 
 
 def _size(num: float) -> str:

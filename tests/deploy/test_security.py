@@ -7,6 +7,7 @@ the session's superuser, as in the demo.
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from deploy.db import function_base, quote_ident
-from deploy.status import StatusOptions, status
+from deploy.status import StatusOptions, status, to_json, to_table
 from deploy.triggers import install
 
 from .conftest import ROOT, Env, run, toml_value
@@ -214,6 +215,8 @@ def test_status_survives_forged_content_in_the_schema(setup) -> None:
     assert report["bad_rows"] == 1
     assert report["backfill"]["pass"] == 2147483647
     assert report["shadow"]["differing_keys"] is not None
+    to_table([report])
+    assert json.loads(to_json([report]))["routes"][0]["backfill"]["rate"] is None  # NaN: valid JSON all the same
 
 
 def _proxy_cli(env: Env, *args: str, config) -> subprocess.CompletedProcess:

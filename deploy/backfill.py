@@ -44,7 +44,7 @@ BATCH_RETRIES = 20
 # Our side of every lock wait: a batch gives up a wait after LOCK_TIMEOUT and tries again (a long application
 # transaction holding a row makes the backfill wait, for up to LOCK_RETRIES tries, never the other way round).
 LOCK_TIMEOUT = "200ms"
-LOCK_RETRIES = 3000  # about ten minutes of waiting for one row
+LOCK_RETRIES = 850  # with the pauses between tries, about ten minutes of waiting for one row
 # More slots than workers: a worker that is done takes the next free slot, so the pass does not end with one
 # worker alone on the last big range while the others wait.
 SLOTS_PER_WORKER = 4

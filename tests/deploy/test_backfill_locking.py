@@ -115,3 +115,37 @@ def test_backfill_under_concurrent_multi_row_updates_makes_no_application_error(
     [report] = run(status(config, options=StatusOptions(diff_batch=500)))
     assert report["legacy_only"] == 0 and report["shadow"]["differing_keys"] == 0
     assert report["vector_mismatch"]["rows"] == 0
+
+
+def test_a_row_held_by_a_long_transaction_makes_the_backfill_wait_not_the_application(env: Env) -> None:
+    """The application holds the first row of a batch (and later wants another row of it) for longer than the
+    backfill's lock_timeout: the backfill steps back and retries; the application never fails."""
+    s = env.s
+    env.sql(f"CREATE TABLE {s}.items (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, emb text, "
+            f"emb_vector vector({DIMS}))")
+    env.sql(f"INSERT INTO {s}.items (id, emb) SELECT i, '[' || array_to_string(array_fill(i::real, "
+            f"ARRAY[{DIMS}]), ',') || ']' FROM generate_series(1, 400) AS i")
+    config = env.config({"table": env.table("items"), "column": "emb", "vector_column": "emb_vector",
+                         "legacy_column": "emb", "dims": DIMS})
+    run(install(config))
+
+    async def scenario() -> None:
+        app = await env.connect()
+        try:
+            tx = app.transaction()
+            await tx.start()
+            await app.execute(f"UPDATE {s}.items SET n = n + 1 WHERE id = 1")  # the first key of the first slot
+            await app.execute(f"UPDATE {s}.items SET n = n + 1 WHERE id = 250")
+            job = asyncio.create_task(backfill(config, options=BackfillOptions(batch=50, workers=2,
+                                                                               progress=False)))
+            await asyncio.sleep(1.0)  # five times the backfill's lock_timeout
+            await app.execute(f"UPDATE {s}.items SET n = n + 1 WHERE id >= 2 AND id < 300")  # rows it may hold
+            await tx.commit()
+            [result] = await job
+            assert result.rows_done == 400
+        finally:
+            await app.close()
+
+    run(scenario())
+    assert env.val(f"SELECT count(*) FROM {s}.items WHERE emb_vector IS DISTINCT FROM emb::vector") == 0
+    assert env.val(f"SELECT sum(n) FROM {s}.items") == 300

@@ -179,7 +179,9 @@ class RouteSql:
         self.lock_sql = (f"SELECT {key}::text FROM {t} WHERE {key} = ANY({self.keys}) "
                          f"ORDER BY {t}.{key} FOR NO KEY UPDATE SKIP LOCKED")
         self.present_sql = f"SELECT {key}::text FROM {t} WHERE {key} = ANY({self.keys})"
-        tables = [t] if r.shadow is None else [t, r.shadow.ident]
+        # The shadow too when we write it ourselves (--shadow needs privileges on it anyway; without it, the sync
+        # triggers write it as their owner).
+        tables = [t, r.shadow.ident] if self.shadow and r.shadow is not None else [t]
         self.table_locks_sql = f"LOCK TABLE {', '.join(tables)} IN ROW EXCLUSIVE MODE"
 
     def orphans(self, lower: str | None, upper: str | None) -> tuple[str, list[object]]:

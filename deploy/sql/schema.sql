@@ -3,7 +3,11 @@
 -- extension; every name below is schema-qualified so that no caller's search_path can change its meaning.
 
 CREATE SCHEMA IF NOT EXISTS pgcutover;
-GRANT USAGE ON SCHEMA pgcutover TO PUBLIC;
+-- Closed to PUBLIC (earlier versions granted USAGE to everyone): application roles reach nothing in here by
+-- themselves. The triggers need no grant (a trigger's function runs without an EXECUTE check, and ours are
+-- SECURITY DEFINER); roles that query through the proxy get what the fallback's queries call with
+-- `install-triggers --grant-to ROLE` (see privileges.sql).
+REVOKE ALL ON SCHEMA pgcutover FROM PUBLIC;
 
 -- Rows whose legacy vector could not be converted (wrong dimensions, unparseable, NaN/Infinity).
 CREATE TABLE IF NOT EXISTS pgcutover.bad_rows (
@@ -138,7 +142,9 @@ EXCEPTION WHEN others THEN
 END
 $pgcutover$;
 
--- Dual-write triggers run as the writing user, who need not be able to write bad_rows: this one may.
+-- Called by the dual-write triggers (SECURITY DEFINER, as the installer); EXECUTE is revoked from PUBLIC, so
+-- applications cannot forge rows here. Itself SECURITY DEFINER so that a trigger owned by another installer
+-- than the schema's still records.
 CREATE OR REPLACE FUNCTION pgcutover.record_bad_row(table_name text, key text, reason text) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
     INSERT INTO pgcutover.bad_rows AS b (table_name, key, reason, seen_at)

@@ -86,6 +86,9 @@ def test_notices_for_each_kind_of_change(env: Env) -> None:
         assert await step("UPDATE {s}.items SET id = 30 WHERE id = 3") == {"delete": [3], "upsert": [30]}
         assert await step("UPDATE {s}.items SET emb = '[2]' WHERE id = 5") == {"upsert": [5]}  # legacy changed
         assert await step("UPDATE {s}.items SET title = 'x' WHERE id = 5") == {}  # legacy untouched
+        # legacy set to NULL: the row leaves the store (it is no longer found by similarity)
+        assert await step("UPDATE {s}.items SET emb = NULL WHERE id = 5") == {"delete": [5]}
+        assert await step("UPDATE {s}.items SET emb = $1 WHERE id = 5", BAD) == {"upsert": [5]}
         assert await step("UPDATE {s}.items SET emb_vector = NULL WHERE id = 1") == {"upsert": [1]}
         assert await step("DELETE FROM {s}.items WHERE id IN (1, 2, 6)") == {"delete": [1, 6]}  # 2 is migrated
         async with db.transaction():

@@ -103,6 +103,7 @@ class ProxySettings:
     max_message_size: int = 256 * 1024 * 1024
     shutdown_timeout: float = 30.0
     connect_timeout: float = 10.0
+    mirror_user: str | None = None  # the role mirrored statements connect as (then SET ROLE to the client's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,11 @@ KEY_HELP: dict[str, str] = {
     "[proxy] max_message_size": "largest client message in bytes (default 268435456); larger -> 08P01, closed",
     "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
     "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
+    "[proxy] mirror_user": (
+        "role the mirror connects as (password: $PGCUTOVER_MIRROR_PASSWORD or ~/.pgpass); it needs no privileges "
+        "of its own, only membership (NOINHERIT) of the application roles, and runs each mirrored statement after "
+        "SET ROLE to the client's user. Unset: nothing is mirrored"
+    ),
     "[admin] users": "upstream users allowed on the admin console (virtual database 'pgcutover')",
     "[admin] token": "when set, /metrics asks for 'Authorization: Bearer <token>' (/healthz and /readyz stay open)",
     "[[route]] table, column, key": "table applications query, the column in `column <-> $1`, its primary key",
@@ -273,6 +279,7 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         max_message_size=int(values.get("max_message_size", 256 * 1024 * 1024)),
         shutdown_timeout=float(values.get("shutdown_timeout", 30.0)),
         connect_timeout=float(values.get("connect_timeout", 10.0)),
+        mirror_user=values.get("mirror_user") or None,
     )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[proxy] tls_cert and tls_key go together")

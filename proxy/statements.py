@@ -283,5 +283,7 @@ class StatementRouting:
                 rt.mirror.submit(MirrorRequest(
                     route=execution.route, plan=execution.plan, sql=execution.sql, params=execution.params,
                     param_formats=execution.param_formats, param_oids=execution.param_oids,
-                    client_target=execution.target, client_latency=seconds, client_ok=ok))
+                    client_target=execution.target, client_latency=seconds, client_ok=ok,
+                    user=self.session.user, database=self.session.database,
+                    search_path=self.session.server_params.get("search_path", "")))
         self._executions.clear()

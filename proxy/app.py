@@ -61,6 +61,7 @@ def reload_config(runtime: Runtime) -> str:
         runtime.last_reload_error = str(exc)
         log.error("reload of %s refused, routing unchanged: %s", path, exc)
         return f"reload refused: {exc}"
+    runtime.last_reload_error = ""  # the refused file's message (and whatever it quoted) goes with it
     if new.proxy != runtime.config.proxy:
         log.warning("[proxy] changes in %s take effect at restart", path)
     log.info("reloaded %s (routing generation %d)", path, runtime.routing.generation)

@@ -6,6 +6,7 @@ parser cannot drift apart. Validation errors name the key and the value; nothing
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -20,6 +21,32 @@ METRICS = ("l2", "cosine", "ip")
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which key and why."""
+
+
+_URL_USERINFO = re.compile(r"^(?P<head>[^:/?#@]*://)?(?P<user>[^:@]*):(?P<secret>.*)@(?P<tail>[^@]*)$", re.S)
+_PASSWORD_PARAM = re.compile(
+    r"(?P<key>(?:^|[?&;\s])(?:password|sslpassword)\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^&\s]*)", re.I)
+
+
+def redact_url(text: object) -> str:
+    """A connection string with any password replaced by ***, also when it is malformed: everything between
+    the first ':' of the user part and the last '@' is the secret, and so is any password= parameter (URL
+    query or key=value form). Used for every message, log line and SHOW CONFIG value that names an upstream.
+
+    >>> redact_url("postgresql://app:s3cret@db:5432/x?sslmode=require")
+    'postgresql://app:***@db:5432/x?sslmode=require'
+    >>> redact_url("postgresq://app:p@ss:w/rd@db:54x2/x")  # a typo in the scheme, '@' and '/' in the password
+    'postgresq://app:***@db:54x2/x'
+    >>> redact_url("postgresql://db/x?user=app&password=s3cret")
+    'postgresql://db/x?user=app&password=***'
+    >>> redact_url("host=db password='a b' user=app")
+    'host=db password=*** user=app'
+    """
+    text = str(text)
+    match = _URL_USERINFO.match(text)
+    if match is not None:
+        text = f"{match['head'] or ''}{match['user']}:***@{match['tail']}"
+    return _PASSWORD_PARAM.sub(lambda m: f"{m['key']}***", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,27 +72,38 @@ class UpstreamDsn:
     host: str  # a hostname, an IP, or a directory holding the unix socket
     port: int
     user: str
-    password: str | None
+    password: str | None = field(repr=False)
     database: str
     sslmode: str  # disable | prefer | require | verify-ca | verify-full
     sslrootcert: str | None
-    text: str
+    text: str = field(repr=False)  # as written: holds the password; show redact_url(text) instead
 
     @property
     def is_unix(self) -> bool:
         return self.host.startswith("/")
 
+    @property
+    def redacted(self) -> str:
+        return redact_url(self.text)
+
     @classmethod
     def parse(cls, text: str) -> UpstreamDsn:
-        parts = urlsplit(text)
+        if not isinstance(text, str):
+            raise ConfigError("upstream must be a string: postgresql://user@host:port/database")
+        shown = redact_url(text)  # every message below names the URL without its password
+        try:
+            parts = urlsplit(text)
+            hostname = parts.hostname
+        except ValueError as exc:
+            raise ConfigError(f"upstream = {shown!r}: not a URL ({exc})") from None
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigError(f"upstream = {text!r}: expected postgresql://user@host:port/database")
+            raise ConfigError(f"upstream = {shown!r}: expected postgresql://user@host:port/database")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        host = query.get("host") or unquote(parts.hostname or "") or "127.0.0.1"
+        host = query.get("host") or unquote(hostname or "") or "127.0.0.1"
         try:
             port = int(query.get("port") or parts.port or 5432)
-        except ValueError as exc:
-            raise ConfigError(f"upstream = {text!r}: bad port") from exc
+        except ValueError:
+            raise ConfigError(f"upstream = {shown!r}: bad port") from None
         sslmode = query.get("sslmode", "disable" if host.startswith("/") else "prefer")
         if sslmode not in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"):
             raise ConfigError(f"upstream sslmode = {sslmode!r} is not a libpq sslmode")

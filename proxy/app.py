@@ -104,6 +104,10 @@ async def make_router(config: Config):
 
 
 async def serve(config: Config) -> int:
+    from .upstream import tls_warnings
+
+    for warning in tls_warnings(config.proxy):
+        log.warning(warning)
     runtime = Runtime(config)
     runtime.router = await make_router(config)
     if any(needs_store(route) for route in config.routes):

@@ -142,6 +142,7 @@ class ProxySettings:
     shutdown_timeout: float = 30.0
     connect_timeout: float = 10.0
     mirror_user: str | None = None  # the role mirrored statements connect as (then SET ROLE to the client's)
+    upstream_sslmode: str | None = None  # overrides the URL's sslmode; "disable" is the only way to TLS -> plain
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +253,10 @@ KEY_HELP: dict[str, str] = {
     "[proxy] max_message_size": "largest client message in bytes (default 268435456); larger -> 08P01, closed",
     "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
     "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
+    "[proxy] upstream_sslmode": (
+        "libpq sslmode for the upstream, overriding the URL's. With tls_cert set, the upstream is encrypted too "
+        "(at least 'require'); only upstream_sslmode = \"disable\" allows a plaintext upstream (warned at start)"
+    ),
     "[proxy] mirror_user": (
         "role the mirror connects as (password: $PGCUTOVER_MIRROR_PASSWORD or ~/.pgpass); it needs no privileges "
         "of its own, only membership (NOINHERIT) of the application roles, and runs each mirrored statement after "
@@ -318,12 +323,38 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         shutdown_timeout=float(values.get("shutdown_timeout", 30.0)),
         connect_timeout=float(values.get("connect_timeout", 10.0)),
         mirror_user=values.get("mirror_user") or None,
+        upstream_sslmode=values.get("upstream_sslmode"),
     )
+    settings = replace(settings, upstream=upstream_tls_policy(settings))
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[proxy] tls_cert and tls_key go together")
     if settings.max_message_size < 1024:
         raise ConfigError("[proxy] max_message_size must be at least 1024")
     return settings
+
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def upstream_tls_policy(settings: ProxySettings) -> UpstreamDsn:
+    """The upstream as the proxy may use it. A client that negotiated TLS with the proxy (maybe verify-full)
+    believes its queries travel encrypted: so when the proxy terminates TLS, the upstream leg is encrypted too,
+    at least `require` ('prefer' would fall back to plaintext silently). A plaintext upstream then needs
+    `upstream_sslmode = "disable"`, said explicitly (serve() warns about it). A unix socket never leaves the
+    host (and PostgreSQL offers no TLS on it): it stays as it is."""
+    upstream, mode = settings.upstream, settings.upstream_sslmode
+    if mode is not None:
+        if mode not in SSLMODES:
+            raise ConfigError(f"[proxy] upstream_sslmode = {mode!r} must be one of {', '.join(SSLMODES)}")
+        return replace(upstream, sslmode=mode)
+    if not settings.tls_cert or upstream.is_unix:
+        return upstream
+    if upstream.sslmode in ("disable", "allow"):
+        raise ConfigError(
+            f"[proxy] tls_cert is set but the upstream URL says sslmode={upstream.sslmode}: clients would get TLS "
+            "to the proxy and plaintext beyond it. Use sslmode=require (or verify-full) for the upstream, or set "
+            "[proxy] upstream_sslmode = \"disable\" to accept a plaintext upstream explicitly")
+    return replace(upstream, sslmode="require") if upstream.sslmode == "prefer" else upstream
 
 
 def parse_config(data: dict[str, Any], source: str | None = None) -> Config:

@@ -100,7 +100,7 @@ async def make_router(config: Config):
             await conn.close()
     except Exception as exc:  # routing still works without it, minus index matching and SELECT * on shadows
         log.warning("could not read the upstream catalog (%s); routing without it", exc)
-    return Router(config.routes, catalog)
+    return Router(config.routes, catalog, cache_bytes=config.proxy.plan_cache_bytes)
 
 
 async def serve(config: Config) -> int:

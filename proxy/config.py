@@ -143,6 +143,8 @@ class ProxySettings:
     connect_timeout: float = 10.0
     mirror_user: str | None = None  # the role mirrored statements connect as (then SET ROLE to the client's)
     upstream_sslmode: str | None = None  # overrides the URL's sslmode; "disable" is the only way to TLS -> plain
+    plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (rewrite/cache.py)
+    max_prepared_statements: int = 1000  # routed named statements per session; more -> FATAL 54000
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,14 @@ KEY_HELP: dict[str, str] = {
         "libpq sslmode for the upstream, overriding the URL's. With tls_cert set, the upstream is encrypted too "
         "(at least 'require'); only upstream_sslmode = \"disable\" allows a plaintext upstream (warned at start)"
     ),
+    "[proxy] plan_cache_bytes": (
+        "bytes of plans cached (default 134217728); the merge-plan cache gets the same budget. Bounded in bytes, "
+        "not entries: every distinct SQL text (e.g. an inlined vector literal) is a new entry"
+    ),
+    "[proxy] max_prepared_statements": (
+        "routed named statements one session may hold (default 1000, and 64 MB of their plans); one more ends "
+        "the session with 54000 program_limit_exceeded"
+    ),
     "[proxy] mirror_user": (
         "role the mirror connects as (password: $PGCUTOVER_MIRROR_PASSWORD or ~/.pgpass); it needs no privileges "
         "of its own, only membership (NOINHERIT) of the application roles, and runs each mirrored statement after "
@@ -324,7 +334,13 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         connect_timeout=float(values.get("connect_timeout", 10.0)),
         mirror_user=values.get("mirror_user") or None,
         upstream_sslmode=values.get("upstream_sslmode"),
+        plan_cache_bytes=int(values.get("plan_cache_bytes", 128 << 20)),
+        max_prepared_statements=int(values.get("max_prepared_statements", 1000)),
     )
+    if settings.plan_cache_bytes < 1 << 20:
+        raise ConfigError("[proxy] plan_cache_bytes must be at least 1048576")
+    if settings.max_prepared_statements < 1:
+        raise ConfigError("[proxy] max_prepared_statements must be at least 1")
     settings = replace(settings, upstream=upstream_tls_policy(settings))
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[proxy] tls_cert and tls_key go together")

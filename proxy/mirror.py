@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from rewrite.cache import ByteLRU
 from rewrite.mirror_sql import (
     MAX_K,
     VOLATILE_ELSEWHERE_SQL,
@@ -72,6 +73,7 @@ log = logging.getLogger("pgcutover.mirror")
 RECENT = 200  # samples per route behind the recall gauge
 MAX_PENDING = 10_000  # samples held while the database cannot take them (the oldest go first)
 STATEMENT_CACHE = 512  # per-target statements kept, by plan
+STATEMENT_CACHE_BYTES = 32 << 20  # and their estimated memory (rewrite.router.plan_bytes)
 VOLATILITY_TTL = 60.0  # seconds a function name's volatility (and the database-wide check) is trusted
 VOLATILITY_CACHE = 4096  # function names kept
 MIRROR_PASSWORD_ENV = "PGCUTOVER_MIRROR_PASSWORD"
@@ -132,14 +134,16 @@ class Mirror:
         self.reports: dict[str, report.RouteReport] = {}  # last summary read back (all replicas' samples)
         self.reports_at: float | None = None
         self._pending: list[report.Sample] = []
-        self._statements: OrderedDict[tuple[int, str], tuple[Plan, str | Unsupported]] = OrderedDict()
+        # per-target statements by plan: bounded in bytes, since each entry keeps its plan alive
+        self._statements: ByteLRU[tuple[int, str], tuple[Plan, str | Unsupported]] = ByteLRU(
+            STATEMENT_CACHE, STATEMENT_CACHE_BYTES)
         self._rng = random.Random()
         self._buckets: dict[str, tuple[float, float]] = {}  # route table -> (tokens, refreshed at)
         self._pool: asyncpg.Pool | None = None  # the proxy's own user: sample storage and the report only
         self._exec_pool: asyncpg.Pool | None = None  # mirror_user: runs client statements (as the client)
         self._volatile: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # name -> (volatile, checked at)
         self._volatile_elsewhere: tuple[bool, float] | None = None
-        self._functions: OrderedDict[str, frozenset[str]] = OrderedDict()  # statement built here -> its calls
+        self._functions: ByteLRU[str, frozenset[str]] = ByteLRU(STATEMENT_CACHE * 3, STATEMENT_CACHE_BYTES)
         self._warned_roles: set[str | None] = set()
         self._tasks: list[asyncio.Task] = []
         self._closed = False
@@ -352,9 +356,7 @@ class Mirror:
         found = self._functions.get(sql)
         if found is None:
             found = called_functions(sql)
-            self._functions[sql] = found
-            if len(self._functions) > STATEMENT_CACHE * 3:
-                self._functions.popitem(last=False)
+            self._functions.put(sql, found, 2 * len(sql) + 200)
         return found
 
     def _keys_sql(self, plan: Plan, target: str) -> str:
@@ -368,11 +370,9 @@ class Mirror:
             except Unsupported as exc:
                 built = exc
             cached = (plan, built)
-            self._statements[key] = cached
-            if len(self._statements) > STATEMENT_CACHE:
-                self._statements.popitem(last=False)
-        else:
-            self._statements.move_to_end(key)
+            # the plan's parsed tree (kept alive here) and the statement text, as rewrite.router.plan_bytes counts
+            text = len(built) if isinstance(built, str) else 0
+            self._statements.put(key, cached, 40_000 + 4 * text)
         if isinstance(cached[1], Unsupported):
             raise _Dropped(f"unsupported:{cached[1].reason}")
         return cached[1]

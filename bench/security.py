@@ -139,7 +139,8 @@ def main() -> None:
         pg.psql(f"CREATE EXTENSION vector; CREATE TABLE items (id bigint PRIMARY KEY, embedding vector({DIMS}));"
                 f"INSERT INTO items SELECT i, (SELECT array_agg(random())::real[]::vector FROM generate_series(1, "
                 f"{DIMS}) WHERE i > 0) FROM generate_series(1, 200) i;"
-                "CREATE SCHEMA shadow; CREATE TABLE shadow.items AS SELECT * FROM items")
+                "CREATE SCHEMA shadow; CREATE TABLE shadow.items AS SELECT * FROM items;"
+                "ALTER TABLE shadow.items ADD PRIMARY KEY (id)")
         routes = ROUTE.format(cache=args.cache_mb << 20, prepared=args.prepared)
         proxy, port, _ = start_pgcutover(workdir, pg.port, routes, name="security")
         idle_rss = rss_mb(proxy.pid)

@@ -77,8 +77,11 @@ STATEMENT_CACHE_BYTES = 32 << 20  # and their estimated memory (rewrite.router.p
 VOLATILITY_TTL = 60.0  # seconds a function name's volatility (and the database-wide check) is trusted
 VOLATILITY_CACHE = 4096  # function names kept
 MIRROR_PASSWORD_ENV = "PGCUTOVER_MIRROR_PASSWORD"
-_EXACT_SETTINGS = ("SELECT set_config('enable_indexscan', 'off', true), set_config('enable_bitmapscan', 'off', true),"
-                   " set_config('enable_indexonlyscan', 'off', true)")
+# pg_catalog-qualified: these run after the client's search_path is in force, which may put a schema of its own
+# before pg_catalog
+_EXACT_SETTINGS = ("SELECT pg_catalog.set_config('enable_indexscan', 'off', true), "
+                   "pg_catalog.set_config('enable_bitmapscan', 'off', true), "
+                   "pg_catalog.set_config('enable_indexonlyscan', 'off', true)")
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError, TimeoutError)
 
 
@@ -313,7 +316,8 @@ class Mirror:
         """Inside the mirrored transaction: the client's role (checked by PostgreSQL against mirror_user's
         memberships) and search_path, both reverting at the transaction's end."""
         try:
-            await conn.execute("SELECT set_config('role', $1, true), set_config('search_path', $2, true)",
+            await conn.execute("SELECT pg_catalog.set_config('role', $1, true), "
+                               "pg_catalog.set_config('search_path', $2, true)",
                                request.user, request.search_path or '"$user", public')
         except asyncpg.PostgresError as exc:
             if exc.sqlstate not in self._warned_roles:
@@ -406,7 +410,7 @@ class Mirror:
             async with conn.transaction(readonly=True):
                 await self._become_client(conn, request)
                 if target == "shadow" and route.shadow_timeout_ms > 0:
-                    await conn.execute("SELECT set_config('statement_timeout', $1, true)",
+                    await conn.execute("SELECT pg_catalog.set_config('statement_timeout', $1, true)",
                                        str(int(route.shadow_timeout_ms)))
                 elif target == "exact":
                     await conn.execute(_EXACT_SETTINGS)

@@ -4,7 +4,8 @@
 - sec_mirror: `[proxy] mirror_user`, LOGIN NOINHERIT, no privileges of its own, member of the application roles;
 - sec_app: an application role: reads docs (and its shadow), not salaries;
 - sec_other: another application role, reads docs but not the shadow;
-- sec_outsider: a role with no grants at all.
+- sec_outsider: a role with no grants at all;
+- sec_loner: reads docs and the shadow, but the mirror role was not made a member of it.
 
 Proxies are real child processes (tests/conftest.py's ProxyProcess) whose upstream is this database.
 """
@@ -19,7 +20,7 @@ from proxy.embedded import free_port
 from tests.conftest import ProxyProcess
 
 DATABASE = "security"
-ROLES = ("sec_proxy", "sec_mirror", "sec_app", "sec_other", "sec_outsider")
+ROLES = ("sec_proxy", "sec_mirror", "sec_app", "sec_other", "sec_outsider", "sec_loner")
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,7 @@ def sec_db(pg) -> Iterator[object]:
         "CREATE TABLE salaries (name text, amount int); INSERT INTO salaries VALUES ('alice', 123456);"
         "GRANT SELECT ON docs TO sec_app, sec_other; GRANT USAGE ON SCHEMA shadow TO sec_app, sec_other;"
         "GRANT SELECT ON shadow.docs TO sec_app; GRANT USAGE ON SCHEMA shadow TO sec_proxy;"
+        "GRANT SELECT ON docs, shadow.docs TO sec_loner; GRANT USAGE ON SCHEMA shadow TO sec_loner;"
         "GRANT SELECT ON docs, shadow.docs TO sec_proxy;",  # catalog, migration status, fallback loads
         database=DATABASE)
     yield pg

@@ -107,3 +107,21 @@ def test_no_mirror_role_means_no_mirroring(sec_db, sec_proxy) -> None:
         assert counters(proxy).get("pgcutover_mirror_samples_total") == 0
 
     asyncio.run(main())
+
+
+def test_no_membership_means_no_mirroring(sec_db, sec_proxy) -> None:
+    """The mirror role may only become roles it was made a member of: PostgreSQL refuses the SET ROLE."""
+    proxy = sec_proxy('mirror_user = "sec_mirror"', MIRRORED_ROUTE)
+
+    async def main() -> None:
+        loner = await asyncpg.connect(proxy.dsn("sec_loner", DATABASE))
+        try:
+            for _ in range(3):
+                assert len(await loner.fetch(NEAREST.format(where=""))) == 3
+        finally:
+            await loner.close()
+        await until(lambda: counters(proxy).get("pgcutover_mirror_dropped_total") == 3, "3 refusals", proxy)
+        assert counters(proxy).get("pgcutover_mirror_samples_total") == 0
+        assert "mirror_user cannot SET ROLE to a session's user (42501)" in proxy.log()
+
+    asyncio.run(main())

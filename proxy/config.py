@@ -260,8 +260,9 @@ KEY_HELP: dict[str, str] = {
         "(at least 'require'); only upstream_sslmode = \"disable\" allows a plaintext upstream (warned at start)"
     ),
     "[proxy] plan_cache_bytes": (
-        "bytes of plans cached (default 134217728); the merge-plan cache gets the same budget. Bounded in bytes, "
-        "not entries: every distinct SQL text (e.g. an inlined vector literal) is a new entry"
+        "bytes of plans cached (default 134217728); the merge-plan cache, and the plans all sessions' prepared "
+        "statements hold, get the same budget each. Bounded in bytes, not entries: every distinct SQL text "
+        "(e.g. an inlined vector literal) is a new entry"
     ),
     "[proxy] max_prepared_statements": (
         "routed named statements one session may hold (default 1000, and 64 MB of their plans); one more ends "

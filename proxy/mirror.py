@@ -392,7 +392,7 @@ class Mirror:
         try:
             args = decode_params(request.params, request.param_formats, request.param_oids, types)
         except UnsupportedParam as exc:
-            log.debug("mirror: %s", exc)
+            log.debug("mirror: unsupported parameter (%s)", type(exc).__name__)  # the message may quote a value
             raise _Dropped("unsupported-param") from exc
         query = request.plan.query
         assert query is not None

@@ -192,6 +192,8 @@ class Session:
         if self.admin is not None:
             self.admin.close()
         self.rt.cancels.release(self.key)
+        if self.routing is not None:
+            self.routing.release()  # the plans its prepared statements held (rewrite/router.py, hold)
         self.rt.session_ended(self)
 
     # flow control: a slow reader on one side pauses reading on the other, so memory stays bounded

@@ -178,6 +178,9 @@ class StatementRouting:
             raise SessionLimit(f"too many prepared statements in this session (max_prepared_statements = {limit}, "
                                f"{MAX_STATEMENT_BYTES >> 20} MB of routed statements); close the ones no longer "
                                "used")
+        if not self.router.hold(statement.plan, statement.sql):
+            raise SessionLimit("the prepared statements of all sessions hold plan_cache_bytes of plans; close "
+                               "the ones no longer used")
         self.statements[name] = statement
         self._statement_bytes += size
 
@@ -185,7 +188,13 @@ class StatementRouting:
         statement = self.statements.pop(name, None)
         if statement is not None:
             self._statement_bytes -= plan_bytes(statement.sql, statement.plan)
+            self.router.release(statement.plan)
         return statement
+
+    def release(self) -> None:
+        """The session ended: its statements no longer hold their plans."""
+        for name in list(self.statements):
+            self._forget(name)
 
     def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
         """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""

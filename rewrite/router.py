@@ -68,6 +68,12 @@ class Router:
         self.max_sql = max_sql
         self._executor: ThreadPoolExecutor | None = None  # created on the first off-loop planning
         self._generation = 0  # replace_routes() bumps it: a plan made for older routes is not cached
+        # Plans kept alive by sessions' prepared statements (they outlive their cache entry), counted once per
+        # plan however many sessions hold it, and bounded like the cache: a client that prepares distinct
+        # statements on many connections cannot grow the proxy past it (statements.SessionLimit).
+        self._held: dict[int, list] = {}  # id(plan) -> [plan, holders, bytes]
+        self.held_bytes = 0
+        self.max_held_bytes = cache_bytes
         self._passthrough: Counter[str] = Counter()
         self._rewritten: Counter[str] = Counter()
         self.replace_routes(routes, catalog)
@@ -128,6 +134,27 @@ class Router:
             self._cache.put((sql, search_path), plan, plan_bytes(sql, plan))
         self._count(plan)
         return plan
+
+    def hold(self, plan: Plan, sql: str) -> bool:
+        """A prepared statement keeps `plan`; False when that would pass max_held_bytes."""
+        entry = self._held.get(id(plan))
+        if entry is not None:
+            entry[1] += 1
+            return True
+        size = plan_bytes(sql, plan)
+        if self.held_bytes + size > self.max_held_bytes:
+            return False
+        self._held[id(plan)] = [plan, 1, size]
+        self.held_bytes += size
+        return True
+
+    def release(self, plan: Plan) -> None:
+        entry = self._held.get(id(plan))
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._held[id(plan)]
+                self.held_bytes -= entry[2]
 
     def close(self) -> None:
         if self._executor is not None:

@@ -4,10 +4,12 @@ pipelined or not. RSS and latency under floods are measured by bench/security.py
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 
 from proxy.protocol import messages as msg
-from tests.integration.wire import RawClient, data_rows, errors, sqlstates
+from tests.integration.wire import Closed, RawClient, data_rows, errors, sqlstates
 
 from .conftest import DATABASE
 
@@ -70,3 +72,38 @@ def test_statements_planned_off_the_loop_keep_order(sec_proxy) -> None:
         client.send(batch)
         rows = [data_rows(client.until_ready()) for _ in range(20)]
         assert rows == [[[str(i).encode()]] for i in range(1, 21)]
+
+
+def test_prepared_plans_of_all_sessions_are_bounded(sec_proxy) -> None:
+    """Plans held by prepared statements are bounded across sessions too (by plan_cache_bytes), and a session
+    that ends gives its share back."""
+    proxy = sec_proxy(f"plan_cache_bytes = {1 << 20}", ROUTE)  # ~20 plans of these statements
+    with RawClient(proxy.port) as first:
+        first.startup("sec_app", DATABASE)
+        first.send(b"".join(parse(f"a{i}", nearest(i)) for i in range(1, 16)) + SYNC)
+        assert sqlstates(first.until_ready()) == []
+        with RawClient(proxy.port) as second:
+            second.startup("sec_app", DATABASE)
+            second.send(b"".join(parse(f"a{i}", nearest(i)) for i in range(1, 16)) + SYNC)  # the same plans
+            assert sqlstates(second.until_ready()) == []
+            second.send(b"".join(parse(f"b{i}", nearest(i) + " OFFSET 0") for i in range(1, 16)) + SYNC)
+            reply = second.until_closed()
+            assert sqlstates(reply) == ["54000"] and "all sessions" in errors(reply)[0]["M"]
+    # the first two sessions ended: once the proxy has seen them go, their plans are released
+    for _ in range(100):
+        if prepares_all(proxy.port, [(f"c{i}", nearest(i) + " OFFSET 1") for i in range(1, 16)]):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the plans of ended sessions were never released")
+
+
+def prepares_all(port: int, statements: list[tuple[str, str]]) -> bool:
+    """A new session Parses all `statements`: True when none failed, False when the proxy ended it."""
+    with RawClient(port) as client:
+        client.startup("sec_app", DATABASE)
+        client.send(b"".join(parse(name, sql) for name, sql in statements) + SYNC)
+        try:
+            return sqlstates(client.until_ready()) == []
+        except Closed:
+            return False

@@ -4,8 +4,8 @@ Three attacks on one pgcutover with a similarity route (and a shadow, so every p
 
 1. similarity flood: FLOODERS processes send distinct similarity queries, each with its own 1,536-dimension
    literal (every one a plan-cache miss, ~20 ms of sqlglot). Meanwhile a probe client runs `SELECT 1` at a
-   steady pace: its p99 during the flood is compared with its p99 idle, measured just before in the same
-   run (goal: within 2x);
+   steady pace: its p99 during the flood is compared with its p99 idle, in alternating rounds (idle, flood,
+   idle, flood, ...) of the same run, so a shared host's changing load hits both alike (goal: within 2x);
 2. literal flood: the same queries with a 100 kB literal (8,000 dimensions): the proxy's RSS against its idle
    RSS and `plan_cache_bytes`;
 3. Parse flood: sessions that Parse named similarity statements (distinct texts) and never close them; each
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--flooders", type=int, default=2)
     parser.add_argument("--cache-mb", type=int, default=64, help="plan_cache_bytes of the proxy, in MB")
     parser.add_argument("--prepared", type=int, default=1000, help="max_prepared_statements of the proxy")
+    parser.add_argument("--rounds", type=int, default=3, help="idle/flood probe rounds")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pgcutover-security-"))
@@ -144,18 +145,28 @@ def main() -> None:
         routes = ROUTE.format(cache=args.cache_mb << 20, prepared=args.prepared)
         proxy, port, _ = start_pgcutover(workdir, pg.port, routes, name="security")
         idle_rss = rss_mb(proxy.pid)
-        idle = probe(port, args.duration)
         print(f"proxy: plan_cache_bytes {args.cache_mb} MB, max_prepared_statements {args.prepared}; "
-              f"{args.flooders} flooding clients, {args.duration:g} s per attack; {os.cpu_count()} CPUs")
+              f"{args.flooders} flooding clients, {args.duration:g} s per attack; {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        idle: list[float] = []
+        latencies: list[float] = []
+        ops = 0
+        peak = idle_rss
+        for _ in range(args.rounds):
+            idle += probe(port, args.duration - 2)
+            flooded, round_peak, round_ops = attack(flood_queries, (port, DIMS), args.flooders, proxy.pid,
+                                                    args.duration, port)
+            assert flooded is not None
+            latencies += flooded
+            ops += round_ops
+            peak = max(peak, round_peak)
         print(f"idle anchor     SELECT 1 p50 {statistics.median(idle):6.2f} ms  p99 {p99(idle):6.2f} ms   "
               f"(n={len(idle)})   RSS {idle_rss:7.1f} MB")
-
-        latencies, peak, ops = attack(flood_queries, (port, DIMS), args.flooders, proxy.pid, args.duration, port)
-        assert latencies is not None
         ratio = p99(latencies) / p99(idle)
+        seconds = args.duration * args.rounds
         print(f"query flood     SELECT 1 p50 {statistics.median(latencies):6.2f} ms  p99 {p99(latencies):6.2f} ms   "
               f"(n={len(latencies)})   p99 / idle p99 = {ratio:.2f} (goal <= 2)   {ops} distinct queries "
-              f"({ops / args.duration:.0f}/s)   peak RSS {peak:7.1f} MB")
+              f"({ops / seconds:.0f}/s)   peak RSS {peak:7.1f} MB")
 
         _, peak, ops = attack(flood_queries, (port, 8000), args.flooders, proxy.pid, args.duration)
         print(f"literal flood   {ops} distinct 100 kB-literal queries: peak RSS {peak:7.1f} MB = idle + "

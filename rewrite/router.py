@@ -14,14 +14,18 @@ the others. So the proxy calls `lookup()` (hits and pre-filter misses only, micr
 while its statement is planned (so each client has at most one planning in flight, and the executor's FIFO
 takes clients in turn), and texts above MAX_PLAN_SQL bytes are not planned at all. sqlglot holds the GIL while
 it works, so the thread competes with the event loop for it: PLANNER_SWITCH_INTERVAL makes it hand the GIL
-back often (bench/security.py measures another client's latency during a flood).
+back often, and PLANNER_NICE makes the OS run it last when CPUs are busy (bench/security.py measures another
+client's latency during a flood).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +53,14 @@ _PREFILTERED = passthrough("prefilter")
 MAX_PLAN_SQL = 1 << 20  # bytes; 16,000 dimensions (pgvector's maximum) in text are ~300 kB: larger is not planned
 _TOO_LARGE = passthrough("too-large")
 PLANNER_SWITCH_INTERVAL = 0.0005  # seconds a thread may keep the GIL while another waits (Python's default: 5 ms)
+PLANNER_NICE = 10  # the planner thread's niceness: on a busy host its CPU goes last, after the event loop's
+
+
+def _lower_priority() -> None:
+    """Linux schedules threads as tasks: a nicer planner thread yields the CPU to the event loop (and to the
+    database on the same host). Raising one's own niceness needs no privilege."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PLANNER_NICE)
 
 
 @dataclass
@@ -124,7 +136,8 @@ class Router:
     async def plan_async(self, sql: str, search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH) -> Plan:
         """Plan a miss on the planner thread and cache it."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcutover-planner")
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcutover-planner",
+                                                initializer=_lower_priority)
             if sys.getswitchinterval() > PLANNER_SWITCH_INTERVAL:
                 sys.setswitchinterval(PLANNER_SWITCH_INTERVAL)
         generation, routes, catalog = self._generation, self._routes, self._catalog

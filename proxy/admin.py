@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from . import control
-from .config import ConfigError
+from .config import ConfigError, redact_url
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.framing import MessageReader
@@ -258,7 +258,7 @@ def show_help(_: Runtime) -> Rows:
 
 
 def _redact(dsn: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    return redact_url(dsn)  # also malformed URLs and password= parameters (proxy/config.py)
 
 
 SHOWS: dict[str, Callable[[Runtime], Rows]] = {

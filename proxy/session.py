@@ -192,6 +192,8 @@ class Session:
         if self.admin is not None:
             self.admin.close()
         self.rt.cancels.release(self.key)
+        if self.routing is not None:
+            self.routing.release()  # the plans its prepared statements held (rewrite/router.py, hold)
         self.rt.session_ended(self)
 
     # flow control: a slow reader on one side pauses reading on the other, so memory stays bounded
@@ -223,13 +225,13 @@ class Session:
             self._to_client(msg.error_response(sqlstate, text, "FATAL"))
         self.close()
 
-    def _violation(self, text: str) -> None:
+    def _violation(self, text: str, sqlstate: str = "08P01") -> None:
         self.rt.totals.protocol_errors += 1
         suppressed = _violation_log.allow()
         if suppressed is not None:  # a hostile client must not be able to fill the logs
             more = f" ({suppressed} more not logged)" if suppressed else ""
             log.warning("protocol violation from %s: %s%s", self.peer, text, more)
-        self.fail_client("08P01", f"pgcutover: {text}")
+        self.fail_client(sqlstate, f"pgcutover: {text}")
 
     # -- startup --------------------------------------------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
@@ -386,7 +388,7 @@ class Session:
                 try:
                     replacement = self._on_client_message(kind, data, pos, end)
                 except msg.ProtocolViolation as exc:
-                    self._violation(str(exc))
+                    self._violation(str(exc), getattr(exc, "sqlstate", "08P01"))
                     return
                 plain = tracker.plain
                 hold = self._hold_types
@@ -537,7 +539,13 @@ class Session:
             out = deferred.original
         if self.state != WAITING:
             return
-        self._to_server(out)
+        if deferred.replay:  # planned off the loop: the message is routed again, from the top, counted once
+            self._early.insert(0, deferred.original)
+            self.bytes_from_client -= len(deferred.original)
+            self.messages_from_client -= 1
+            self.queries -= deferred.kind == codes.F_QUERY
+        else:
+            self._to_server(out)
         self.state = ACTIVE
         self.resume_client_reading()
         while self._early and self.state is ACTIVE:

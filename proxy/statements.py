@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rewrite.router import plan_bytes
 from rewrite.split import SplitSession
 
 from .deferred import Deferred
@@ -38,6 +39,20 @@ log = logging.getLogger("pgcutover.statements")
 
 _names = itertools.count(1)
 MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)
+MAX_STATEMENT_BYTES = 64 << 20  # per session: routed statements keep their plans alive (rewrite.router.plan_bytes)
+
+
+class SessionLimit(msg.ProtocolViolation):
+    """A per-session bound was reached: the session gets a FATAL with `sqlstate` and is closed.
+
+    54000 program_limit_exceeded, not 53200 out_of_memory: the proxy did not run out of memory, a limit the
+    operator set (max_prepared_statements) was reached, like PostgreSQL's own 54xxx limits; PostgreSQL itself
+    has no limit on prepared statements. FATAL because the session cannot be answered in place: the statement
+    would be missing from every later Bind of the client's pipeline."""
+
+    def __init__(self, text: str, sqlstate: str = "54000") -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
 
 
 @dataclass(slots=True)
@@ -98,6 +113,8 @@ class StatementRouting:
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
         self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
         self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
+        self._planned: tuple[str, tuple[str, ...], Plan] | None = None  # planned off the loop, for the replay
+        self._statement_bytes = 0  # plan_bytes of self.statements
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -133,8 +150,51 @@ class StatementRouting:
         execution.param_oids = param_oids
         execution.awaiting_bind = False
 
-    def _plan(self, sql: str) -> Plan:
-        return self.router.plan(sql, self.search_path)
+    def _lookup(self, sql: str) -> Plan | None:
+        """The plan if it is known without planning (rewrite/router.py); None: plan it off the loop first."""
+        planned, self._planned = self._planned, None
+        if planned is not None and planned[0] == sql and planned[1] == self.search_path:
+            return planned[2]
+        return self.router.lookup(sql, self.search_path)
+
+    def _plan_first(self, sql: str, original: bytes, kind: int) -> Deferred:
+        """Hold this client's messages while the planner thread plans `sql`, then route `original` again."""
+        search_path = self.search_path
+
+        async def planned() -> bytes:
+            try:
+                plan = await self.router.plan_async(sql, search_path)
+            except RuntimeError:  # the planner is shut down (the proxy is stopping): plan here
+                plan = self.router.plan(sql, search_path)
+            self._planned = (sql, search_path, plan)
+            return b""
+
+        return Deferred(planned(), original, kind, replay=True)
+
+    def _keep(self, name: str, statement: RoutedStatement) -> None:
+        limit = self.rt.config.proxy.max_prepared_statements
+        size = plan_bytes(statement.sql, statement.plan)
+        if len(self.statements) >= limit or self._statement_bytes + size > MAX_STATEMENT_BYTES:
+            raise SessionLimit(f"too many prepared statements in this session (max_prepared_statements = {limit}, "
+                               f"{MAX_STATEMENT_BYTES >> 20} MB of routed statements); close the ones no longer "
+                               "used")
+        if not self.router.hold(statement.plan, statement.sql):
+            raise SessionLimit("the prepared statements of all sessions hold plan_cache_bytes of plans; close "
+                               "the ones no longer used")
+        self.statements[name] = statement
+        self._statement_bytes += size
+
+    def _forget(self, name: str) -> RoutedStatement | None:
+        statement = self.statements.pop(name, None)
+        if statement is not None:
+            self._statement_bytes -= plan_bytes(statement.sql, statement.plan)
+            self.router.release(statement.plan)
+        return statement
+
+    def release(self) -> None:
+        """The session ended: its statements no longer hold their plans."""
+        for name in list(self.statements):
+            self._forget(name)
 
     def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
         """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
@@ -145,7 +205,9 @@ class StatementRouting:
     # -- messages ---------------------------------------------------------------------------------------------
     def on_query(self, payload: bytes) -> bytes | None:
         sql = msg.parse_query(payload)
-        plan = self._plan(sql)
+        plan = self._lookup(sql)
+        if plan is None:
+            return self._plan_first(sql, msg.message(b"Q", payload), codes.F_QUERY)
         tracker = self.session.tracker
         cycle_start = tracker.idle
         if plan.passthrough:
@@ -162,6 +224,12 @@ class StatementRouting:
 
     def on_parse(self, payload: bytes) -> bytes | None:
         parse = msg.parse_parse(payload)
+        plan = self._lookup(parse.sql)
+        if plan is None:
+            return self._plan_first(parse.sql, msg.message(b"P", payload), codes.F_PARSE)
+        if parse.name and not plan.passthrough:
+            self._forget(parse.name)  # re-used name: its old plan goes (as below), then the limit is checked
+            self._keep(parse.name, RoutedStatement(plan, parse.sql, parse.param_oids, ""))  # target set below
         tracker = self.session.tracker
         cycle_start = tracker.idle
         out = b""
@@ -170,16 +238,16 @@ class StatementRouting:
             out = msg.close("S", parse.name)
             tracker.expect(CLOSE, DROP)
         tracker.expect(PARSE)
-        self.statements.pop(parse.name, None)  # a re-used unnamed (or closed-then-reused) name starts afresh
+        if plan.passthrough or not parse.name:
+            self._forget(parse.name)  # a re-used unnamed (or closed-then-reused) name starts afresh
         if not parse.name:
             self.unnamed = None
-        plan = self._plan(parse.sql)
         if plan.passthrough:
             return out + msg.message(b"P", payload) if out else None
         target = self._target(plan, parse.sql, execution=not parse.name)
         self._guard(plan, target, cycle_start)
         if parse.name:
-            self.statements[parse.name] = RoutedStatement(plan, parse.sql, parse.param_oids, target)
+            self.statements[parse.name].prepared_for = target
             self.session.hold_statement_messages()
         elif self.merged is not None and self.merged.wants(plan, target):
             self.unnamed = RoutedStatement(plan, parse.sql, parse.param_oids, target)  # merged at its Bind
@@ -240,7 +308,7 @@ class StatementRouting:
         if payload[:1] != b"S":
             return None
         name, _ = msg.read_cstr(payload, 1)
-        statement = self.statements.pop(name, None)
+        statement = self._forget(name)
         if statement is None or not statement.others:
             return None
         out = msg.message(b"C", payload)
@@ -283,5 +351,7 @@ class StatementRouting:
                 rt.mirror.submit(MirrorRequest(
                     route=execution.route, plan=execution.plan, sql=execution.sql, params=execution.params,
                     param_formats=execution.param_formats, param_oids=execution.param_oids,
-                    client_target=execution.target, client_latency=seconds, client_ok=ok))
+                    client_target=execution.target, client_latency=seconds, client_ok=ok,
+                    user=self.session.user, database=self.session.database,
+                    search_path=self.session.server_params.get("search_path", "")))
         self._executions.clear()

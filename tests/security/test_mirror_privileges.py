@@ -94,6 +94,9 @@ def test_mirror_runs_as_the_client(sec_db, sec_proxy) -> None:
 
 def test_no_mirror_role_means_no_mirroring(sec_db, sec_proxy) -> None:
     proxy = sec_proxy("", MIRRORED_ROUTE)
+    deadline = time.monotonic() + 30  # the warning comes once the routes are loaded, after the listener is up
+    while "mirror_user is not set" not in proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "mirror_user is not set: nothing is mirrored" in proxy.log()
 
     async def main() -> None:

@@ -68,13 +68,14 @@ INT_TYPES = ("smallint", "integer", "bigint")
 class SegmentView:
     """Rows [0, count) of one segment. Arrays are views: never write to them."""
 
-    data: np.ndarray  # (count, dims) float32 or float16
+    data: np.ndarray  # (count, dims) float32 or float16, or int8 codes (see `quant`)
     keys: np.ndarray  # (count,) int64 or object
     sq_norms: np.ndarray  # (count,) float64, squared norm of the stored row
     sq_norms32: np.ndarray  # (count,) float32, the same for the float32 screening pass
     inv_norms32: np.ndarray  # (count,) float32, 1/norm, 0 for a zero row
     alive: np.ndarray | None  # (count,) bool, None when every row is alive
     zero: np.ndarray | None  # (count,) bool: rows of norm 0 (cosine distance NaN), None when there are none
+    quant: formats.Int8Rows | None = None  # int8 storage: per-row offset, scale and error bounds (codes = data)
 
     @property
     def count(self) -> int:
@@ -96,7 +97,7 @@ class Snapshot:
 # -- segments (what the writer owns) -----------------------------------------------------------------------
 class _Segment:
     __slots__ = ("alive", "alive_published", "count", "data", "dead", "inv_norms32", "keys", "max_sq", "min_sq",
-                 "sq_norms", "sq_norms32", "xmins", "zeros")
+                 "quant", "sq_norms", "sq_norms32", "xmins", "zeros")
 
     def __init__(self, capacity: int, dims: int, dtype: np.dtype, key_dtype: np.dtype) -> None:
         # np.empty leaves pages untouched: an unfilled tail costs address space, not memory.
@@ -113,6 +114,9 @@ class _Segment:
         self.zeros = 0
         self.max_sq = 0.0
         self.min_sq = float("inf")
+        # int8: the codes are `data`; per-row offset, scale and error bounds beside them (float64, 40 bytes a row).
+        self.quant = formats.Int8Rows(self.data, *(np.empty(capacity) for _ in range(5))) \
+            if dtype == np.int8 else None
 
     @property
     def capacity(self) -> int:
@@ -120,19 +124,27 @@ class _Segment:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.data, self.keys, self.xmins, self.sq_norms, self.sq_norms32,
-                                      self.inv_norms32, self.alive))
+        extra = 0 if self.quant is None else 5 * self.quant.offset.nbytes
+        return extra + sum(a.nbytes for a in (self.data, self.keys, self.xmins, self.sq_norms, self.sq_norms32,
+                                              self.inv_norms32, self.alive))
 
-    def fill(self, start: int, keys: Sequence[Key], xmins: np.ndarray, rows: np.ndarray, sq: np.ndarray) -> None:
-        stop = start + len(rows)
-        self.data[start:stop] = rows
+    def fill(self, start: int, keys: Sequence[Key], xmins: np.ndarray, rows: np.ndarray | formats.Int8Rows,
+             sq: np.ndarray) -> None:
+        """Rows [start, start + len(keys)): float rows (quantized here for int8), or int8 rows as they are."""
+        stop = start + len(keys)
+        if self.quant is not None:
+            quant = rows if isinstance(rows, formats.Int8Rows) else formats.quantize_int8(rows)
+            for name in ("codes", "offset", "scale", "resid_l2", "resid_l1", "codes_l2"):
+                getattr(self.quant, name)[start:stop] = getattr(quant, name)
+        else:
+            self.data[start:stop] = rows
         self.keys[start:stop] = keys
         self.xmins[start:stop] = xmins
         self.sq_norms[start:stop] = sq
-        self.sq_norms32[start:stop] = sq
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore", under="ignore"):  # float32 copies: the screening's own
+            self.sq_norms32[start:stop] = sq                              # bounds cover (or refuse) their range
             inv = np.where(sq > 0, 1.0 / np.sqrt(sq), 0.0)
-        self.inv_norms32[start:stop] = inv
+            self.inv_norms32[start:stop] = inv
         self.alive[start:stop] = True
         nonzero = sq[sq > 0]
         self.zeros += len(sq) - len(nonzero)
@@ -151,8 +163,18 @@ class _Segment:
         n = self.count
         self.alive_published = True
         zero = self.sq_norms[:n] == 0 if self.zeros else None
+        quant = None if self.quant is None else formats.Int8Rows(
+            *(getattr(self.quant, name)[:n] for name in ("codes", "offset", "scale", "resid_l2", "resid_l1",
+                                                         "codes_l2")))
         return SegmentView(self.data[:n], self.keys[:n], self.sq_norms[:n], self.sq_norms32[:n],
-                           self.inv_norms32[:n], self.alive[:n] if self.dead else None, zero)
+                           self.inv_norms32[:n], self.alive[:n] if self.dead else None, zero, quant)
+
+    def rows(self, picks: np.ndarray) -> np.ndarray | formats.Int8Rows:
+        """Stored rows at `picks`, in the form `fill` takes back."""
+        if self.quant is None:
+            return self.data[picks]
+        return formats.Int8Rows(*(getattr(self.quant, name)[picks] for name in (
+            "codes", "offset", "scale", "resid_l2", "resid_l1", "codes_l2")))
 
 
 # -- what fetching returns ---------------------------------------------------------------------------------
@@ -292,8 +314,8 @@ class LegacyStore:
         self.route = route
         self.format = route.legacy_format
         self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float16):
-            raise ValueError("dtype must be float32 or float16")
+        if self.dtype not in (np.float32, np.float16, np.int8):
+            raise ValueError("dtype must be float32, float16 or int8")
         self.dims: int | None = route.dims
         self.lanes = tuple(lanes) if lanes else self._default_lanes()
         if any(lane not in ("server", "client") for lane in self.lanes):
@@ -346,7 +368,9 @@ class LegacyStore:
         return key in self._index
 
     def get(self, key: Key) -> np.ndarray | None:
-        """The stored vector of `key` as float32 (a copy), or None."""
+        """The stored vector of `key` as float32 (a copy), or None. An int8 store keeps no such vector."""
+        if self.dtype == np.int8:
+            raise ValueError("an int8 store keeps screening codes only: read the vector from the table")
         loc = self._index.get(key)
         return None if loc is None else loc[0].data[loc[1]].astype(np.float32)
 
@@ -501,7 +525,7 @@ class LegacyStore:
         new = _Segment(total, dims, dtype, key_dtype)
         start = 0
         for seg, rows in picks:
-            new.fill(start, seg.keys[rows].tolist(), seg.xmins[rows], seg.data[rows], seg.sq_norms[rows])
+            new.fill(start, seg.keys[rows].tolist(), seg.xmins[rows], seg.rows(rows), seg.sq_norms[rows])
             start += len(rows)
         new.count = total
         return new, picks

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 STICKY_MODES = ("query", "session", "application_name")
 LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
 BAD_VECTOR_MODES = ("error", "skip")
+FALLBACK_STORAGES = ("float32", "int8", "float16")
 METRICS = ("l2", "cosine", "ip")
 
 
@@ -128,6 +129,7 @@ class Route:
     legacy_format: str = "json"
     dims: int | None = None
     fallback: bool = True
+    fallback_storage: str = "int8"
     on_bad_vector: str = "error"
     metric: str = "cosine"
     mirror: float = 0.0
@@ -176,6 +178,8 @@ class Route:
             raise ConfigError(
                 f"{where}: legacy_format = {self.legacy_format!r} must be one of {', '.join(LEGACY_FORMATS)}"
             )
+        if self.fallback_storage not in FALLBACK_STORAGES:
+            raise ConfigError(f"{where}: fallback_storage must be one of {', '.join(FALLBACK_STORAGES)}")
         if self.on_bad_vector not in BAD_VECTOR_MODES:
             raise ConfigError(f"{where}: on_bad_vector must be one of {', '.join(BAD_VECTOR_MODES)}")
         if self.metric not in METRICS:
@@ -220,6 +224,8 @@ KEY_HELP: dict[str, str] = {
     "[[route]] shadow_table, shadow_column, shadow_type": "shadow copy, its vector column, query-vector cast",
     "[[route]] split, sticky": "percent of similarity queries sent to the shadow; query | session | application_name",
     "[[route]] legacy_column, legacy_format, dims, fallback": "legacy vectors (json|bytea_f32|bytea_f64|array)",
+    "[[route]] fallback_storage": "float32 | int8 | float16: the fallback store's rows (default int8: a quarter of the"
+    " memory, candidates proven by error bounds, ranked exactly by the server)",
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",

@@ -234,11 +234,13 @@ def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np
         assert view.quant is not None and buf is not None, "only l1 searches a float store by bounds"
         raw = np.empty((n, len(plan.gemm)), dtype=np.float32)
         codes = view.quant.codes
+        # One query: a matrix-vector product with a 1-D vector (a (dims, 1) matrix is measured 1.6x slower).
+        q, out = (plan.q_t[:, 0], raw[:, 0]) if len(plan.gemm) == 1 else (plan.q_t, raw)
         for s0 in range(start, stop, GEMM_ROWS):
             s1 = min(stop, s0 + GEMM_ROWS)
             m = s1 - s0
             np.copyto(buf[:m], codes[s0:s1], casting="unsafe")  # int8 -> float32: exact
-            np.matmul(buf[:m], plan.q_t, out=raw[s0 - start:s1 - start])
+            np.matmul(buf[:m], q, out=out[s0 - start:s1 - start])
         low[:, plan.gemm], up[:, plan.gemm] = _gemm_bounds(plan, view, start, stop, raw)
     if len(plan.l1):
         low[:, plan.l1], up[:, plan.l1] = _l1_bounds(plan, view, start, stop)

@@ -47,7 +47,7 @@ import orjson
 from fallback import formats, metrics
 from fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
 from fallback.knn import BLOCK_ROWS
-from fallback.notices import CHANNEL, NoticeError, parse_notice
+from fallback.notices import CHANNEL, NoticeError, WarningLimiter, parse_notice, valid_channel
 from proxy.config import Route
 from rewrite.catalog import quote_ident
 
@@ -59,6 +59,10 @@ Key = Any
 SEGMENT_BYTES = 32 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
 REFRESH_BATCH = 2000
+MAX_PENDING_NOTICES = 10_000  # notices received and not yet applied; beyond, they collapse into one resync
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+RESYNC_INTERVAL = 2.0  # seconds between resyncs that notices ask for (anyone may NOTIFY: bounded work)
+INT_RANGES = {"smallint": 2 ** 15, "integer": 2 ** 31, "bigint": 2 ** 63}
 LOGGED_BAD_ROWS = 20  # per load or refresh; the rest are counted and summarised
 INT_TYPES = ("smallint", "integer", "bigint")
 
@@ -276,7 +280,14 @@ class _Sql:
 def _key_converter(type_name: str) -> Callable[[Any], Key]:
     """Notice keys arrive as JSON numbers or strings; the index holds what asyncpg returns for the column."""
     if type_name in INT_TYPES:
-        return int
+        bound = INT_RANGES[type_name]
+
+        def to_int(key: Any) -> int:
+            value = int(key)
+            if not -bound <= value < bound:  # no row can have it; the driver would raise while encoding it
+                raise ValueError(f"key {str(value)[:40]} is outside {type_name}")
+            return value
+        return to_int
     if type_name == "uuid":
         return lambda k: k if isinstance(k, uuid.UUID) else uuid.UUID(str(k))
     if type_name in ("text", "character varying", "character"):
@@ -308,7 +319,8 @@ class LegacyStore:
 
     def __init__(self, route: Route, *, dtype: str | np.dtype = "float32", lanes: Sequence[str] | None = None,
                  reconcile_interval: float = 60.0, segment_rows: int | None = None, chunk_rows: int | None = None,
-                 compact_ratio: float = 0.25) -> None:
+                 compact_ratio: float = 0.25, channel: str = CHANNEL, max_pending: int = MAX_PENDING_NOTICES,
+                 max_pending_bytes: int = MAX_PENDING_BYTES, resync_interval: float = RESYNC_INTERVAL) -> None:
         if not route.legacy_column:
             raise ValueError(f"route {route.table!r} has no legacy_column")
         self.route = route
@@ -336,7 +348,18 @@ class LegacyStore:
         self.qualified_table: str | None = None  # "<schema>.<table>" as notices name it
         self.loaded = False
         self._ready = asyncio.Event()
+        if not valid_channel(channel):
+            raise ValueError(f"notify channel {channel!r} is not a channel name (1-63 bytes)")
+        self.channel = channel
         self._pending: deque[tuple[float, str]] = deque()  # (received at, payload) of notices not yet applied
+        self._pending_bytes = 0
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.resync_interval = resync_interval
+        self._resync_since: float | None = None  # a resync is owed (overflow, resync or bad notice) since then
+        self._last_resync = float("-inf")  # monotonic end of the last reconcile
+        self.notices_dropped = 0
+        self._warnings = WarningLimiter(log)
         self._notified = asyncio.Event()
         self._applying_since: float | None = None
         self._applying_keys: list[Key] = []
@@ -756,6 +779,7 @@ class LegacyStore:
         differing.extend(key for key in self._bad if key not in seen_bad)
         await self.refresh(conn, differing)
         self.last_reconcile = started
+        self._last_resync = time.monotonic()
         self.reconciles += 1
         metrics.LAST_RECONCILE.labels(**self._labels).set(started)
         metrics.RECONCILE_CHANGES.labels(**self._labels).inc(len(differing))
@@ -764,10 +788,10 @@ class LegacyStore:
     # -- follow ----------------------------------------------------------------------------------------------
     def refresh_lag(self) -> float:
         """Seconds since the oldest change notice that is not yet applied (0 when caught up)."""
-        oldest = self._applying_since
-        if oldest is None and self._pending:
-            oldest = self._pending[0][0]
-        return 0.0 if oldest is None else time.monotonic() - oldest
+        times = [t for t in (self._applying_since, self._resync_since) if t is not None]
+        if self._pending:
+            times.append(self._pending[0][0])
+        return time.monotonic() - min(times) if times else 0.0
 
     def in_flight_keys(self) -> list[Key]:
         """Keys named by change notices received but not yet applied (the merged query may add them to its
@@ -783,7 +807,20 @@ class LegacyStore:
         return keys
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._pending.append((time.monotonic(), payload))
+        now = time.monotonic()
+        if len(self._pending) >= self.max_pending or self._pending_bytes + len(payload) > self.max_pending_bytes:
+            # Full: whatever is queued (and this one) is covered by one resync instead, which reads every key.
+            dropped = len(self._pending) + 1
+            self._resync_since = min(self._resync_since or now, self._pending[0][0] if self._pending else now)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self.notices_dropped += dropped
+            metrics.NOTICES_DROPPED.labels(**self._labels).inc(dropped)
+            self._warnings.warning("overflow", "%s: more than %d change notices (or %d bytes) pending; collapsed"
+                                   " into one resync", self.route.table, self.max_pending, self.max_pending_bytes)
+        else:
+            self._pending.append((now, payload))
+            self._pending_bytes += len(payload)
         self._notified.set()
 
     async def follow(self, conn_factory: ConnFactory, *, stop: asyncio.Event | None = None,
@@ -798,7 +835,7 @@ class LegacyStore:
             listen = work = None
             try:
                 listen = await conn_factory()
-                await listen.add_listener(CHANNEL, self._on_notify)
+                await listen.add_listener(self.channel, self._on_notify)
                 if not self.loaded and not self._segments and not self._bad:
                     await self.load(conn_factory)
                     work = await self._connect(conn_factory)
@@ -818,6 +855,7 @@ class LegacyStore:
                         with contextlib.suppress(Exception):
                             await conn.close()
                 self._pending.clear()
+                self._pending_bytes = 0
                 self._applying_since = None
 
     async def _follow_loop(self, work: asyncpg.Connection, listen: asyncpg.Connection, stop: asyncio.Event) -> None:
@@ -830,16 +868,30 @@ class LegacyStore:
                 while await self.compact():
                     pass
                 continue
+            resync_due = self._last_resync + self.resync_interval - time.monotonic()
+            if self._resync_since is not None and resync_due <= 0:
+                since, self._resync_since = self._resync_since, None
+                self._applying_since = since
+                try:
+                    await self.reconcile(work)
+                finally:
+                    self._applying_since = None
+                while await self.compact():
+                    pass
+                continue
             if not self._pending:
                 self._notified.clear()
+                wait = min(due, 1.0) if self._resync_since is None else min(due, resync_due, 1.0)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wait_any(stop), min(due, 1.0))
+                    await asyncio.wait_for(self._wait_any(stop), max(wait, 0.0))
                 continue
             batch = list(self._pending)
             self._pending.clear()
+            self._pending_bytes = 0
             self._applying_since = batch[0][0]
             try:
-                await self._apply_notices(work, [payload for _, payload in batch])
+                if await self._apply_notices(work, [payload for _, payload in batch]):
+                    self._resync_since = min(self._resync_since or batch[0][0], batch[0][0])
             finally:
                 self._applying_since = None
             while await self.compact():
@@ -853,14 +905,17 @@ class LegacyStore:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _apply_notices(self, conn: asyncpg.Connection, payloads: Sequence[str]) -> None:
+    async def _apply_notices(self, conn: asyncpg.Connection, payloads: Sequence[str]) -> bool:
+        """Refresh the keys the notices name; True when they ask for a resync (or cannot be read: reconciling
+        is the safe reading). The follow loop runs resyncs, spaced by `resync_interval`."""
         keys: list[Any] = []
         resync = False
         for payload in payloads:
             try:
                 notice = parse_notice(payload)
             except NoticeError as exc:
-                log.warning("%s: unreadable change notice (%s); reconciling", self.route.table, exc)
+                self._warnings.warning("unreadable", "%s: unreadable change notice (%s); reconciling",
+                                       self.route.table, exc)
                 resync = True
                 continue
             if notice.table != self.qualified_table:
@@ -868,16 +923,17 @@ class LegacyStore:
             metrics.NOTICES.labels(kind=notice.kind, **self._labels).inc()
             self.notices_applied += 1
             resync = resync or notice.is_resync
-            try:
-                keys.extend(self._to_key(key) for key in notice.keys)
-            except ValueError as exc:
-                log.warning("%s: notice key of the wrong type (%s); reconciling", self.route.table, exc)
-                resync = True
+            for key in notice.keys:
+                try:
+                    keys.append(self._to_key(key))
+                except ValueError as exc:  # no row can have it; it may hide a change that had no notice
+                    self._warnings.warning("key", "%s: notice key of the wrong type or range (%s); reconciling",
+                                           self.route.table, exc)
+                    resync = True
         self._applying_keys = keys
         try:
-            if resync:
-                await self.reconcile(conn)
-            elif keys:
+            if keys:
                 await self.refresh(conn, keys)
         finally:
             self._applying_keys = []
+        return resync

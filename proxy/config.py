@@ -104,6 +104,7 @@ class ProxySettings:
     max_message_size: int = 256 * 1024 * 1024
     shutdown_timeout: float = 30.0
     connect_timeout: float = 10.0
+    notify_channel: str = "pgcutover_changes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,7 @@ KEY_HELP: dict[str, str] = {
     "[proxy] tls_cert, tls_key": "PEM files: when both are set, SSLRequest is answered 'S' and TLS is terminated",
     "[proxy] max_message_size": "largest client message in bytes (default 268435456); larger -> 08P01, closed",
     "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
+    "[proxy] notify_channel": "LISTEN channel of the triggers' change notices (default pgcutover_changes)",
     "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
     "[admin] users": "upstream users allowed on the admin console (virtual database 'pgcutover')",
     "[admin] token": "when set, /metrics asks for 'Authorization: Bearer <token>' (/healthz and /readyz stay open)",
@@ -279,7 +281,11 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         max_message_size=int(values.get("max_message_size", 256 * 1024 * 1024)),
         shutdown_timeout=float(values.get("shutdown_timeout", 30.0)),
         connect_timeout=float(values.get("connect_timeout", 10.0)),
+        notify_channel=values.get("notify_channel", "pgcutover_changes"),
     )
+    channel = settings.notify_channel
+    if not isinstance(channel, str) or not 0 < len(channel.encode()) <= 63 or "\x00" in channel:
+        raise ConfigError("[proxy] notify_channel must be a channel name of 1 to 63 bytes")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[proxy] tls_cert and tls_key go together")
     if settings.max_message_size < 1024:

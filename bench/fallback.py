@@ -191,8 +191,8 @@ def search_child(args: argparse.Namespace) -> None:
     k, metric = args.k, args.metric
     snap = store.snapshot()
     scratch_rows = SCRATCH_BYTES // (args.dims * 4)
-    scratch = [np.random.default_rng(3).standard_normal((scratch_rows, args.dims), dtype=np.float32)
-               [i:i + 8192] for i in range(0, scratch_rows, 8192)]
+    whole = np.random.default_rng(3).standard_normal((scratch_rows, args.dims), dtype=np.float32)
+    scratch = [whole[i:i + 8192] for i in range(0, scratch_rows, 8192)]
     pool = ThreadPoolExecutor(2)
     for q in queries[:3]:  # warm-up (sets up the search threads and OpenBLAS to 1)
         search_snapshot(snap, [Query(q, k, metric)])
@@ -207,7 +207,7 @@ def search_child(args: argparse.Namespace) -> None:
     scale = matrix32 / (scratch_rows * args.dims * 4)
     ways = {w: pct([s[w] for s in streams], 50) * scale for w in streams[0]}
     bound = min(ways.values())
-    del scratch
+    del scratch, whole
     conc: dict[int, dict[str, float]] = {}
     for _ in range(2):
         for c in (1, 32):

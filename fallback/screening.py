@@ -117,7 +117,16 @@ class _Plan:
         self.qn = np.sqrt(np.einsum("ij,ij->i", self.q64, self.q64))
         self.q_l1 = np.abs(self.q64).sum(axis=1)
         self.sumq = self.q64.sum(axis=1)
-        self.gemm = np.array([i for i, m in enumerate(self.metrics) if m != "l1"], dtype=np.int64)
+        # Matrix-product queries grouped by metric, so each metric's columns are one slice of the product.
+        self.gemm = np.array(sorted((i for i, m in enumerate(self.metrics) if m != "l1"),
+                                    key=lambda i: ("l2", "cosine", "ip").index(self.metrics[i])), dtype=np.int64)
+        self.groups: list[tuple[str, slice, np.ndarray]] = []  # (metric, columns of the product, query indices)
+        at = 0
+        for metric in ("l2", "cosine", "ip"):
+            mine = self.gemm[[self.metrics[i] == metric for i in self.gemm]] if len(self.gemm) else self.gemm
+            if len(mine):
+                self.groups.append((metric, slice(at, at + len(mine)), mine))
+                at += len(mine)
         self.l1 = np.array([i for i, m in enumerate(self.metrics) if m == "l1"], dtype=np.int64)
         # q = q' * 2^e with max |q'| in [0.5, 1): codes . q' cannot overflow float32 (|.| <= 127 D).
         exps = np.frexp(np.abs(self.q64).max(axis=1))[1]
@@ -158,44 +167,91 @@ class _Plan:
         return float(kth_up + self.tolerance(np.array(kth_up), b))
 
 
-def _dot_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """x.q estimate and its error bound for rows [start, stop) and the matrix-product queries (rows x G)."""
+Rows = slice | np.ndarray  # rows of a segment: a range, or indices
+
+
+def _dot_bounds(plan: _Plan, view: SegmentView, at: Rows, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x.q estimate and its error bound for rows `at` and the matrix-product queries (rows x G)."""
     quant = view.quant
     assert quant is not None
     g = plan.gemm
-    off, scale = quant.offset[start:stop, None], quant.scale[start:stop, None]
+    off, scale = quant.offset[at, None], quant.scale[at, None]
     dot = raw * (scale * plan.qscale[g]) + off * plan.sumq[g]
-    err = (quant.resid_l2[start:stop, None] + plan.gamma * scale * quant.codes_l2[start:stop, None]) * plan.qn[g] \
+    err = (quant.resid_l2[at, None] + plan.gamma * scale * quant.codes_l2[at, None]) * plan.qn[g] \
         + (plan.tiny * scale) * plan.qscale[g] + SLACK * (np.abs(off) + 127 * scale) * plan.q_l1[g]
     return dot, err
 
 
-def _gemm_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _prefilter(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.ndarray, limit: np.ndarray
+               ) -> np.ndarray | None:
+    """Rows of [start, stop) (relative) whose bounds are worth computing, or None for all of them.
+
+    A cheap lower bound of L per (row, query), from per-row maxima over the batch of the terms that are not the
+    product itself: L >= c_r - raw * a_r * b_q. Rows whose cheap bound is above every query's limit cannot be
+    candidates. Cosine and ip only (l2's |q|^2 differs too much between queries to share a row maximum)."""
+    if not np.isfinite(limit).any() or any(metric == "l2" for metric, _, _ in plan.groups):
+        return None
+    quant = view.quant
+    assert quant is not None
+    at = slice(start, stop)
+    scale, off = quant.scale[at], np.abs(quant.offset[at])
+    spread = quant.resid_l2[at] + plan.gamma * scale * quant.codes_l2[at]  # times |q|: |x.q - estimate|, most of it
+    keep = np.zeros(stop - start, dtype=bool)
+    for metric, cols, queries in plan.groups:
+        qn, qs, sumq, q_l1 = plan.qn[queries], plan.qscale[queries], np.abs(plan.sumq[queries]), plan.q_l1[queries]
+        if metric == "cosine":
+            nx = np.sqrt(view.sq_norms[at])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv = np.where(nx > 0, 1 / nx, 0.0)
+                beta = qs / qn
+                c = 1 - (spread + off * np.max(sumq / qn) + plan.tiny * scale * np.max(beta)
+                         + SLACK * (off + 127 * scale) * np.max(q_l1 / qn)) * inv - 4 * SLACK
+            c = np.where(nx > 0, c, ZERO_SCORE)  # a zero row's bounds are ZERO_SCORE
+            alpha = scale * inv
+            margin = 1e-9
+        else:  # ip
+            beta = qs
+            gamma = spread * np.max(qn) + off * np.max(sumq) + plan.tiny * scale * np.max(qs) \
+                + SLACK * (off + 127 * scale) * np.max(q_l1)
+            c = -gamma
+            alpha = scale
+            margin = 1e-9 * (gamma + 127 * scale * np.max(q_l1))  # float64 rounding of this very test
+        cheap = c[:, None] - raw[:, cols] * (alpha[:, None] * beta[None, :])
+        lim = limit[queries]
+        keep |= (cheap - np.broadcast_to(np.asarray(margin), (stop - start,))[:, None]
+                 <= lim + 1e-9 * np.abs(lim)).any(axis=1)
+    picked = np.flatnonzero(keep)
+    return None if len(picked) > (stop - start) // 2 else picked
+
+
+def _gemm_bounds(plan: _Plan, view: SegmentView, at: Rows, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(L, U) in score units, rows x G."""
-    dot, err = _dot_bounds(plan, view, start, stop, raw)
+    dot, err = _dot_bounds(plan, view, at, raw)
     low = np.empty_like(dot)
     up = np.empty_like(dot)
-    sq = view.sq_norms[start:stop, None]
-    for col, b in enumerate(plan.gemm.tolist()):
-        metric, d, e = plan.metrics[b], dot[:, col:col + 1], err[:, col:col + 1]
+    sq = view.sq_norms[at, None]
+    for metric, cols, queries in plan.groups:
+        d, e = dot[:, cols], err[:, cols]
         if metric == "ip":
-            low[:, col:col + 1], up[:, col:col + 1] = -d - e, -d + e
+            np.subtract(-d, e, out=low[:, cols])
+            np.add(-d, e, out=up[:, cols])
         elif metric == "l2":
-            qq = plan.qn[b] ** 2
+            qq = plan.qn[queries] ** 2
             est = sq - 2 * d + qq
             e2 = 2 * e + SLACK * (sq + qq + 2 * np.abs(d))
-            low[:, col:col + 1], up[:, col:col + 1] = np.maximum(est - e2, 0.0), est + e2
+            np.maximum(est - e2, 0.0, out=low[:, cols])
+            np.add(est, e2, out=up[:, cols])
         else:  # cosine
             with np.errstate(divide="ignore", invalid="ignore"):
-                denom = np.sqrt(sq) * plan.qn[b]
-                est = 1.0 - d / denom
-                ec = e / denom + SLACK * (1.0 + np.abs(d) / denom)
-                lo, hi = np.maximum(est - ec, 0.0), np.minimum(est + ec, 2.0)
-            zero = sq == 0
-            low[:, col:col + 1] = np.where(zero, ZERO_SCORE, lo)
-            up[:, col:col + 1] = np.where(zero, ZERO_SCORE, hi)
+                inv = 1.0 / (np.sqrt(sq) * plan.qn[queries])  # inf for a zero row, replaced below
+                cos = d * inv
+                ec = e * inv + SLACK * (1.0 + np.abs(cos))
+                np.maximum(1.0 - cos - ec, 0.0, out=low[:, cols])
+                np.minimum(1.0 - cos + ec, 2.0, out=up[:, cols])
+            if view.zero is not None:
+                zero = view.zero[at]
+                low[zero, cols] = ZERO_SCORE
+                up[zero, cols] = ZERO_SCORE
     return low, up
 
 
@@ -224,12 +280,12 @@ def _l1_bounds(plan: _Plan, view: SegmentView, start: int, stop: int) -> tuple[n
     return low, up
 
 
-def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray | None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(L, U), rows x queries, for rows [start, stop) of one segment; dead rows (NaN, +inf)."""
+def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray | None,
+                  limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, L, U): rows (relative to start) whose bounds were computed, and their bounds, rows x queries; the
+    rows left out cannot pass `limit`. Dead rows: (NaN, +inf)."""
     n = stop - start
-    low = np.empty((n, plan.size))
-    up = np.empty((n, plan.size))
+    picked = np.arange(n)
     if len(plan.gemm):
         assert view.quant is not None and buf is not None, "only l1 searches a float store by bounds"
         raw = np.empty((n, len(plan.gemm)), dtype=np.float32)
@@ -241,14 +297,23 @@ def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np
             m = s1 - s0
             np.copyto(buf[:m], codes[s0:s1], casting="unsafe")  # int8 -> float32: exact
             np.matmul(buf[:m], q, out=out[s0 - start:s1 - start])
-        low[:, plan.gemm], up[:, plan.gemm] = _gemm_bounds(plan, view, start, stop, raw)
+        pick = _prefilter(plan, view, start, stop, raw, limit) if not len(plan.l1) else None
+        if pick is not None:
+            picked, raw = pick, raw[pick]
+        low = np.empty((len(picked), plan.size))
+        up = np.empty((len(picked), plan.size))
+        low[:, plan.gemm], up[:, plan.gemm] = _gemm_bounds(
+            plan, view, slice(start, stop) if pick is None else start + pick, raw)
+    else:
+        low = np.empty((n, plan.size))
+        up = np.empty((n, plan.size))
     if len(plan.l1):
         low[:, plan.l1], up[:, plan.l1] = _l1_bounds(plan, view, start, stop)
     if view.alive is not None:
-        dead = ~view.alive[start:stop]
+        dead = ~view.alive[start + picked]
         low[dead] = np.nan  # never passes a limit, not even an infinite one
         up[dead] = np.inf
-    return low, up
+    return picked, low, up
 
 
 def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> _Cands:
@@ -261,8 +326,8 @@ def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> 
         view = snap.segments[si]
         for start in range(0, view.count, POST_ROWS):
             stop = min(view.count, start + POST_ROWS)
-            low, up = _block_bounds(plan, view, start, stop, buf)
-            if first:
+            picked, low, up = _block_bounds(plan, view, start, stop, buf, limit)
+            if first:  # every row's bounds were computed (the limit was still infinite)
                 first = False
                 m = stop - start
                 kth_idx = np.minimum(plan.ks, m) - 1
@@ -270,7 +335,8 @@ def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> 
                 limit = plan.low_limit(np.where(plan.ks <= m, kth, np.inf))
             rows, queries = np.nonzero(low <= limit[None, :])
             if len(rows):
-                cands.add(queries, np.full(len(rows), si), rows + start, low[rows, queries], up[rows, queries])
+                cands.add(queries, np.full(len(rows), si), picked[rows] + start, low[rows, queries],
+                          up[rows, queries])
                 if cands.pending > budget:
                     limit = cands.prune(plan, limit)
     cands.prune(plan, limit)

@@ -8,12 +8,15 @@ PostgreSQL's own ORDER BY over a table loaded into an int8 store.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import asyncpg
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fallback import screening
 from fallback.formats import VectorFormatError, quantize_int8
 from fallback.knn import METRICS, OPERATORS, Query, search_snapshot
 from fallback.screening import max_candidates
@@ -109,8 +112,10 @@ def datasets(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, str, list[in
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=datasets(), dtype=st.sampled_from(["int8", "int8", "float32", "float16"]), threads=st.sampled_from([1, 2]))
-def test_candidates_contain_the_exact_top_k(data, dtype: str, threads: int) -> None:
+@given(data=datasets(), dtype=st.sampled_from(["int8", "int8", "float32", "float16"]), threads=st.sampled_from([1, 2]),
+       block=st.sampled_from([3, 8, 8192]))
+def test_candidates_contain_the_exact_top_k(data, dtype: str, threads: int, block: int) -> None:
+    """`block` rows at a time: small blocks run the prefilter (a limit is known after the first block)."""
     x, q, k, metric, deleted, segment_rows = data
     if dtype != "int8" and metric != "l1":
         metric = "l1"  # float stores answer the other metrics exactly (tests/fallback/test_knn.py)
@@ -124,8 +129,29 @@ def test_candidates_contain_the_exact_top_k(data, dtype: str, threads: int) -> N
     alive = np.isin(keys, deleted, invert=True)
     if not alive.any():
         return
-    result = search_snapshot(store.snapshot(), [Query(q, k, metric)], threads=threads)[0]
+    with mock.patch.object(screening, "POST_ROWS", block), mock.patch.object(screening, "GEMM_ROWS", min(block, 5)):
+        result = search_snapshot(store.snapshot(), [Query(q, k, metric)], threads=threads)[0]
     check(result, keys[alive], x[alive], q, metric, k)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.lists(datasets(), min_size=2, max_size=6), block=st.sampled_from([4, 16]))
+def test_batches_with_the_prefilter(data, block: int) -> None:
+    """Several queries over one int8 store, cosine and ip mixed (the prefilter's shared row maxima)."""
+    x = data[0][0]
+    store = LegacyStore(ROUTE, dtype="int8", segment_rows=data[0][5])
+    store.bulk_upsert(list(range(len(x))), x)
+    queries = []
+    for i, (_, q, k, _, _, _) in enumerate(data[1:] or data):
+        if len(q) != x.shape[1]:
+            q = np.resize(q, x.shape[1]).astype(np.float32)
+        if not q.any():
+            q[0] = 1.0
+        queries.append(Query(q, k, ("cosine", "ip")[i % 2]))
+    with mock.patch.object(screening, "POST_ROWS", block), mock.patch.object(screening, "GEMM_ROWS", 3):
+        results = search_snapshot(store.snapshot(), queries, threads=1)
+    for query, result in zip(queries, results, strict=True):
+        check(result, np.arange(len(x)), x, query.vector, query.metric, query.k)
 
 
 def test_batched_queries_each_keep_their_guarantee() -> None:

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 
 SLACK = 1e-11  # relative slack for float64 rounding (D <= 16,000: D * 2^-53 < 2e-12)
 ZERO_SCORE = 10.0  # cosine bounds of a zero row (NaN in pgvector, after every number): beyond every real one (<= 2)
-GEMM_ROWS = 512  # rows upcast and multiplied at a time: the float32 copy stays in cache (measured best 512-1024)
+GEMM_ROWS = 512  # rows upcast and multiplied at a time for one query (the float32 copy stays in cache; twice that
+# for a batch, whose matrix product is compute-bound: measured best 512 and 1024)
 POST_ROWS = 8192  # rows whose bounds are computed at a time (amortises numpy's per-call cost)
 L1_ROWS = 1024  # rows of float64 differences at a time for l1
 
@@ -292,8 +293,9 @@ def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np
         codes = view.quant.codes
         # One query: a matrix-vector product with a 1-D vector (a (dims, 1) matrix is measured 1.6x slower).
         q, out = (plan.q_t[:, 0], raw[:, 0]) if len(plan.gemm) == 1 else (plan.q_t, raw)
-        for s0 in range(start, stop, GEMM_ROWS):
-            s1 = min(stop, s0 + GEMM_ROWS)
+        step = GEMM_ROWS if len(plan.gemm) == 1 else 2 * GEMM_ROWS
+        for s0 in range(start, stop, step):
+            s1 = min(stop, s0 + step)
             m = s1 - s0
             np.copyto(buf[:m], codes[s0:s1], casting="unsafe")  # int8 -> float32: exact
             np.matmul(buf[:m], q, out=out[s0 - start:s1 - start])
@@ -320,7 +322,7 @@ def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> 
     cands = _Cands()
     limit = np.full(plan.size, np.inf)
     budget = int(2 * plan.ks.sum()) + 4096
-    buf = np.empty((GEMM_ROWS, snap.dims), dtype=np.float32) if len(plan.gemm) else None
+    buf = np.empty((2 * GEMM_ROWS, snap.dims), dtype=np.float32) if len(plan.gemm) else None
     first = True
     while (si := segments()) is not None:
         view = snap.segments[si]

@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=11, help="what the merged query asks for LIMIT 10 (k + n + 1)")
     parser.add_argument("--metric", default="cosine", choices=("l2", "cosine", "ip"))
     parser.add_argument("--no-db", action="store_true", help="search figures only")
+    parser.add_argument("--load-only", action="store_true", help="load figures only")
     parser.add_argument("--strategies", default="server,client", help="load lane strategies, ';'-separated")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -326,14 +327,15 @@ def main() -> None:
           " matrix):")
     print_search_header()
     results = []
-    for dims in args.dims.split(","):
+    for dims in args.dims.split(",") if not args.load_only else []:
         for data in args.data.split(","):
             for dtype in storages:
                 r = run_child(["--rows", str(rows), "--dims", dims, "--data", data, "--dtype", dtype,
                                "--queries", str(queries), "--k", str(args.k), "--metric", args.metric])
                 results.append(r)
                 print_search(r)
-    print_targets(results)
+    if results:
+        print_targets(results)
     if args.no_db:
         return None
     dims = 1536

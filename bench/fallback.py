@@ -181,8 +181,8 @@ def search_child(args: argparse.Namespace) -> None:
     store = LegacyStore(route, dtype=args.dtype)
     rng = np.random.default_rng(7)
     t = time.perf_counter()
-    for start in range(0, args.rows, 8192):
-        n = min(8192, args.rows - start)
+    for start in range(0, args.rows, 2048):  # small blocks: the generator's temporaries stay out of peak RSS
+        n = min(2048, args.rows - start)
         store.bulk_upsert(list(range(start, start + n)), mixture.rows(rng, n))
     gen_s = time.perf_counter() - t
     peak = peak_rss_bytes()  # before the scratch array of the anchor

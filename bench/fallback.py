@@ -322,10 +322,11 @@ def main() -> None:
     storages = args.storages.split(",")
     print(f"pgcutover fallback bench: {rows:,} rows, dims {args.dims}, data {args.data}, storages {args.storages},"
           f" {args.metric} k={args.k}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print("\nsearch (one fresh process per line; bound = float32 memory-bandwidth bound of rows x dims x 4 bytes;"
-          " cands = mean candidate-set size; q/s with 1 and 32 concurrent sessions; peak RSS vs the float32"
-          " matrix):")
-    print_search_header()
+    if not args.load_only:
+        print("\nsearch (one fresh process per line; bound = float32 memory-bandwidth bound of rows x dims x 4"
+              " bytes; cands = mean candidate-set size; q/s with 1 and 32 concurrent sessions; peak RSS vs the"
+              " float32 matrix):")
+        print_search_header()
     results = []
     for dims in args.dims.split(",") if not args.load_only else []:
         for data in args.data.split(","):

@@ -1,4 +1,9 @@
-"""The in-memory store of legacy-only rows of one route: keys and vectors in float32 (or float16) segments.
+"""The in-memory store of legacy-only rows of one route: keys and vectors in float32, float16 or int8 segments.
+
+Storage (`[[route]] fallback_storage`). float32 and float16 keep the rows, and the search ranks them exactly.
+int8 keeps per-row scale/offset codes with proven error bounds (fallback.formats.quantize_int8), a quarter of the
+memory: the search then returns a candidate set that provably holds the exact top-k (fallback.screening) and the
+merged query ranks it on the server. No float32 row is kept: rows are quantized chunk by chunk as they are read.
 
 A row is *legacy-only* when `vector_column IS NULL AND legacy_column IS NOT NULL`.
 

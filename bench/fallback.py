@@ -313,10 +313,8 @@ def main() -> None:
     parser.add_argument("--column", default="embedding", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        if args.dsn:
-            return load_child(args)
         args.dims = int(args.dims)
-        return search_child(args)
+        return load_child(args) if args.dsn else search_child(args)
     rows = args.rows or (50_000 if args.quick else 203_727)
     queries = args.queries or (12 if args.quick else 30)
     storages = args.storages.split(",")

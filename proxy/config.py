@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 STICKY_MODES = ("query", "session", "application_name")
 LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
 BAD_VECTOR_MODES = ("error", "skip")
+FALLBACK_STORAGES = ("float32", "int8", "float16")
 METRICS = ("l2", "cosine", "ip")
 
 
@@ -145,6 +146,7 @@ class ProxySettings:
     upstream_sslmode: str | None = None  # overrides the URL's sslmode; "disable" is the only way to TLS -> plain
     plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (rewrite/cache.py)
     max_prepared_statements: int = 1000  # routed named statements per session; more -> FATAL 54000
+    notify_channel: str = "pgcutover_changes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,7 @@ class Route:
     legacy_format: str = "json"
     dims: int | None = None
     fallback: bool = True
+    fallback_storage: str = "int8"
     on_bad_vector: str = "error"
     metric: str = "cosine"
     mirror: float = 0.0
@@ -218,6 +221,8 @@ class Route:
             raise ConfigError(
                 f"{where}: legacy_format = {self.legacy_format!r} must be one of {', '.join(LEGACY_FORMATS)}"
             )
+        if self.fallback_storage not in FALLBACK_STORAGES:
+            raise ConfigError(f"{where}: fallback_storage must be one of {', '.join(FALLBACK_STORAGES)}")
         if self.on_bad_vector not in BAD_VECTOR_MODES:
             raise ConfigError(f"{where}: on_bad_vector must be one of {', '.join(BAD_VECTOR_MODES)}")
         if self.metric not in METRICS:
@@ -254,6 +259,7 @@ KEY_HELP: dict[str, str] = {
     "[proxy] tls_cert, tls_key": "PEM files: when both are set, SSLRequest is answered 'S' and TLS is terminated",
     "[proxy] max_message_size": "largest client message in bytes (default 268435456); larger -> 08P01, closed",
     "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
+    "[proxy] notify_channel": "LISTEN channel of the triggers' change notices (default pgcutover_changes)",
     "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
     "[proxy] upstream_sslmode": (
         "libpq sslmode for the upstream, overriding the URL's. With tls_cert set, the upstream is encrypted too "
@@ -280,6 +286,8 @@ KEY_HELP: dict[str, str] = {
     "[[route]] shadow_table, shadow_column, shadow_type": "shadow copy, its vector column, query-vector cast",
     "[[route]] split, sticky": "percent of similarity queries sent to the shadow; query | session | application_name",
     "[[route]] legacy_column, legacy_format, dims, fallback": "legacy vectors (json|bytea_f32|bytea_f64|array)",
+    "[[route]] fallback_storage": "float32 | int8 | float16: the fallback store's rows (default int8: a quarter of the"
+    " memory, candidates proven by error bounds, ranked exactly by the server)",
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
@@ -337,11 +345,15 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         upstream_sslmode=values.get("upstream_sslmode"),
         plan_cache_bytes=int(values.get("plan_cache_bytes", 128 << 20)),
         max_prepared_statements=int(values.get("max_prepared_statements", 1000)),
+        notify_channel=values.get("notify_channel", "pgcutover_changes"),
     )
     if settings.plan_cache_bytes < 1 << 20:
         raise ConfigError("[proxy] plan_cache_bytes must be at least 1048576")
     if settings.max_prepared_statements < 1:
         raise ConfigError("[proxy] max_prepared_statements must be at least 1")
+    channel = settings.notify_channel
+    if not isinstance(channel, str) or not 0 < len(channel.encode()) <= 63 or "\x00" in channel:
+        raise ConfigError("[proxy] notify_channel must be a channel name of 1 to 63 bytes")
     settings = replace(settings, upstream=upstream_tls_policy(settings))
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[proxy] tls_cert and tls_key go together")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from deploy.db import (
+    NOTIFY_CHANNEL,
     SCHEMA,
     DeployError,
     ResolvedRoute,
@@ -224,13 +225,22 @@ async def _apply_privileges(conn: asyncpg.Connection, grant_to: tuple[str, ...])
             raise DeployError(f"--grant-to: {exc}") from None
 
 
-async def install_schema(conn: asyncpg.Connection, grant_to: tuple[str, ...] = ()) -> None:
+async def _channel_literal(conn: asyncpg.Connection, channel: str | None) -> Sql:
+    """The notices' channel: the one given (install-triggers, from the config), else the one installed before
+    (backfill and status re-install the schema and must not reset it), else the default."""
+    if channel is None and await conn.fetchval("SELECT to_regprocedure('pgcutover.notify_channel()') IS NOT NULL"):
+        channel = await conn.fetchval("SELECT pgcutover.notify_channel()")
+    return quote_literal(channel or NOTIFY_CHANNEL)
+
+
+async def install_schema(conn: asyncpg.Connection, grant_to: tuple[str, ...] = (), channel: str | None = None) -> None:
     """The shared schema, tables and functions (also used by backfill and status), closed to PUBLIC, and the
     grants for `grant_to`. Idempotent."""
     vs = await vector_schema(conn)
+    channel_lit = await _channel_literal(conn, channel)
 
     async def work(c: asyncpg.Connection) -> None:
-        await c.execute(render(sql_file("schema.sql"), {"vs": vs}))
+        await c.execute(render(sql_file("schema.sql"), {"vs": vs, "channel": channel_lit}))
         await _apply_privileges(c, grant_to)
 
     await _with_lock_retries(conn, work)
@@ -240,8 +250,10 @@ async def install_route(conn: asyncpg.Connection, r: ResolvedRoute) -> RoutePlan
     plan = plan_route(r)
     await _check_shadow_cast(conn, r)
 
+    channel_lit = await _channel_literal(conn, None)  # install_schema ran just before with the config's
+
     async def work(c: asyncpg.Connection) -> None:
-        await c.execute(render(sql_file("schema.sql"), {"vs": r.vs}))
+        await c.execute(render(sql_file("schema.sql"), {"vs": r.vs, "channel": channel_lit}))
         for statement in drop_triggers_sql(r.table.ident):
             await c.execute(statement)
         for statement in drop_functions_sql(r.function_base, keep=tuple(plan.functions)):
@@ -321,7 +333,7 @@ async def install(config: Config, table: str | None = None, *, dry_run: bool = F
                 await check_rls(conn, r)
         if dry_run:
             return [plan_route(r) for r in resolved]
-        await install_schema(conn, grant_to)
+        await install_schema(conn, grant_to, config.proxy.notify_channel)
         return [await install_route(conn, r) for r in resolved]
     finally:
         await conn.close()

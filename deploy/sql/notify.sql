@@ -52,7 +52,7 @@ $pgcutover$;
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-{{guard}}    PERFORM pg_notify('pgcutover_changes', json_build_object('table', {{display_lit}}, 'kind', 'resync')::text);
+{{guard}}    PERFORM pg_notify(pgcutover.notify_channel(), json_build_object('table', {{display_lit}}, 'kind', 'resync')::text);
     RETURN NULL;
 END
 $pgcutover$;

@@ -152,7 +152,11 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutove
     ON CONFLICT (table_name, key) DO UPDATE SET reason = EXCLUDED.reason, seen_at = EXCLUDED.seen_at;
 $pgcutover$;
 
--- Change notices for the fallback store: {"table": ..., "kind": ..., "keys": [...]} on pgcutover_changes.
+-- The channel the change notices go to: `[proxy] notify_channel` of the config install-triggers ran with.
+CREATE OR REPLACE FUNCTION pgcutover.notify_channel() RETURNS text
+LANGUAGE sql IMMUTABLE AS $pgcutover$ SELECT {{channel}}::text $pgcutover$;
+
+-- Change notices for the fallback store: {"table": ..., "kind": ..., "keys": [...]} on notify_channel().
 -- NOTIFY payloads must stay under 8000 bytes: a longer key list is cut into several notices by cumulative
 -- length; a statement touching so many keys that it would need more than max_chunks notices sends one
 -- {"table": ..., "kind": "resync"} instead, telling the consumer to reload.
@@ -171,14 +175,14 @@ BEGIN
     END IF;
     payload := json_build_object('table', table_name, 'kind', kind, 'keys', keys)::text;
     IF octet_length(payload) <= budget THEN
-        PERFORM pg_notify('pgcutover_changes', payload);
+        PERFORM pg_notify(pgcutover.notify_channel(), payload);
         RETURN;
     END IF;
     envelope := octet_length(json_build_object('table', table_name, 'kind', kind, 'keys', '[]'::jsonb)::text);
     SELECT max(octet_length(value::text)) + 2 INTO longest FROM jsonb_array_elements(keys);
     room := budget - envelope - longest;
     IF room < longest OR octet_length(payload) > budget * max_chunks THEN
-        PERFORM pg_notify('pgcutover_changes', json_build_object('table', table_name, 'kind', 'resync')::text);
+        PERFORM pg_notify(pgcutover.notify_channel(), json_build_object('table', table_name, 'kind', 'resync')::text);
         RETURN;
     END IF;
     -- A key goes to chunk floor(cumulative length / room): a chunk holds at most room + longest bytes of keys.
@@ -189,7 +193,7 @@ BEGIN
         GROUP BY chunk
         ORDER BY chunk
     LOOP
-        PERFORM pg_notify('pgcutover_changes', payload);
+        PERFORM pg_notify(pgcutover.notify_channel(), payload);
     END LOOP;
 END
 $pgcutover$;

@@ -419,6 +419,8 @@ class Session:
                             expected = _DESCRIBE_PORTAL
                     elif expected == _QUERY:
                         queries += 1
+                    elif expected == _SYNC and self.routing is not None:
+                        self.routing.on_sync()  # a transaction's end as the client sends it (statements.py)
                     if plain:
                         append(expected)
                     else:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rewrite.split import SplitSession
+from rewrite.txcontrol import query_effects, statement_effect
 
 from .deferred import Deferred
 from .merged import MergedQueries
@@ -98,6 +99,7 @@ class StatementRouting:
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
         self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
         self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
+        self._tx_statements: dict[str, int] = {}  # named statements that are BEGIN/COMMIT/...: their effect
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -116,12 +118,15 @@ class StatementRouting:
     def _target(self, plan: Plan, sql: str = "", execution: bool = True) -> str:
         """Roll for one query. `execution` is False for the Parse of a named statement: its Binds count."""
         route = self._live_route(plan)
-        self.split.application_name = self.session.application_name or None
-        in_transaction = self.session.tx_status != codes.TX_IDLE
-        target = self.force_target or self.split.target_for(route, in_transaction)
+        split = self.split
+        split.application_name = self.session.application_name or None
+        if execution:
+            split.implicit()
+        target = self.force_target or split.target_for(route)
         if execution:
             self.rt.count_routed(route.table, target)
-            mirror = (route.mirror > 0 and not in_transaction and self.rt.mirror is not None
+            outside = not split.explicit and self.session.tx_status == codes.TX_IDLE
+            mirror = (route.mirror > 0 and outside and self.rt.mirror is not None
                       and self.split.rng.random() * 100 < route.mirror and self.rt.mirror.admit(route))
             self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror))
         return target
@@ -138,13 +143,32 @@ class StatementRouting:
 
     def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
         """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
-        if target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE:
+        if (target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE
+                and not self.split.explicit):
             assert plan.route is not None
             self.session.cycle_request = plan.route.table
 
     # -- messages ---------------------------------------------------------------------------------------------
-    def on_query(self, payload: bytes) -> bytes | None:
+    def on_query(self, payload: bytes) -> bytes | Deferred | None:
+        """A simple Query is one implicit transaction unless it opens an explicit one; its transaction-control
+        statements take effect in order around its (single) routing decision."""
         sql = msg.parse_query(payload)
+        effects = query_effects(sql)
+        split = self.split
+        split.implicit()
+        lead = 0
+        while lead < len(effects) and effects[lead]:  # BEGIN; SELECT ...: the SELECT is in the transaction
+            split.effect(effects[lead])
+            lead += 1
+        try:
+            return self._route_query(payload, sql)
+        finally:
+            for effect in effects[lead:]:
+                if effect:
+                    split.effect(effect)
+            split.sync()
+
+    def _route_query(self, payload: bytes, sql: str) -> bytes | Deferred | None:
         plan = self._plan(sql)
         tracker = self.session.tracker
         cycle_start = tracker.idle
@@ -171,6 +195,15 @@ class StatementRouting:
             tracker.expect(CLOSE, DROP)
         tracker.expect(PARSE)
         self.statements.pop(parse.name, None)  # a re-used unnamed (or closed-then-reused) name starts afresh
+        effect = statement_effect(parse.sql)
+        if parse.name:
+            if effect:  # it takes effect at each of its Binds
+                self._tx_statements[parse.name] = effect
+                self.session.hold_statement_messages()
+            elif self._tx_statements:
+                self._tx_statements.pop(parse.name, None)
+        elif effect:  # the unnamed statement runs at the Bind/Execute that come with it
+            self.split.effect(effect)
         if not parse.name:
             self.unnamed = None
         plan = self._plan(parse.sql)
@@ -197,6 +230,10 @@ class StatementRouting:
         tracker = self.session.tracker
         portal, pos = msg.read_cstr(payload, 0)
         name, rest = msg.read_cstr(payload, pos)
+        if name and name in self._tx_statements:
+            self.split.effect(self._tx_statements[name])
+            tracker.expect(BIND)
+            return None
         statement = self.statements.get(name) if name else self.unnamed
         if statement is None:
             if not name and self._executions and self._executions[-1].awaiting_bind:
@@ -240,6 +277,7 @@ class StatementRouting:
         if payload[:1] != b"S":
             return None
         name, _ = msg.read_cstr(payload, 1)
+        self._tx_statements.pop(name, None)
         statement = self.statements.pop(name, None)
         if statement is None or not statement.others:
             return None
@@ -260,7 +298,13 @@ class StatementRouting:
         for statement, target in self._injected:
             statement.uncertain.add(target)
 
+    def on_sync(self) -> None:
+        """The client's Sync (as it passes, before any reply): an implicit transaction ends there."""
+        self.split.sync()
+
     def on_ready(self) -> None:
+        if self.session.tracker.idle:  # nothing else in flight: the server's status is the session's state
+            self.split.ready(self.session.tx_status)
         self._injected.clear()
         if self.merged is not None:
             self.merged.on_ready()

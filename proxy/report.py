@@ -384,10 +384,18 @@ class EvidenceCollector(Collector):
                 value = mirror.recent_recall(table)
                 if value is not None:
                     recall.add_metric([table], value)
+        judged = GaugeMetricFamily("pgcutover_breaker_window_errors",
+                                   "Shadow errors in the breaker's window by whose fault they are (only 'shadow' "
+                                   "counts; 'unverified' counts if a probe finds the shadow broken)",
+                                   labels=["route", "verdict"])
         if breaker is not None:
             for (table, reason), count in sorted(breaker.trips.items()):
                 trips.add_metric([table, reason], count)
-        yield from (samples, dropped, errors, recall, trips)
+            for state in breaker.state_rows():
+                for verdict, count in (("shadow", state.shadow_errors), ("client", state.client_errors),
+                                       ("unverified", state.unverified_errors)):
+                    judged.add_metric([state.route, verdict], count)
+        yield from (samples, dropped, errors, recall, trips, judged)
 
 
 def register_metrics(registry: CollectorRegistry, runtime: Runtime) -> None:

@@ -779,6 +779,11 @@ class Session:
             self.close_for_shutdown()
 
     @property
+    def guarded_cycle(self) -> bool:
+        """A shadow-routed cycle is in flight that fails over to the primary if it fails (proxy/failover.py)."""
+        return self._cycle is not None
+
+    @property
     def idle(self) -> bool:
         return self.state == ACTIVE and self.tx_status == codes.TX_IDLE and self.tracker.idle
 

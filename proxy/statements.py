@@ -55,6 +55,7 @@ class Execution:
     param_formats: tuple[int, ...] = ()
     param_oids: tuple[int, ...] = ()
     awaiting_bind: bool = False  # decided at an unnamed Parse: its values come with the next Bind
+    replay: bool = False  # the failover's re-run on the primary of a statement that failed on the shadow
 
 
 @dataclass(slots=True)
@@ -97,6 +98,9 @@ class StatementRouting:
         self._sqlstate: str | None = None  # first error since the last ReadyForQuery
         self._failed = False
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
+        # a failed shadow execution of a guarded cycle, judged by the breaker once the failover's re-run on the
+        # primary has answered: (execution, seconds, sqlstate)
+        self._awaiting_primary: tuple[Execution, float, str | None] | None = None
         self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
         self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
         self._tx_statements: dict[str, int] = {}  # named statements that are BEGIN/COMMIT/...: their effect
@@ -128,7 +132,8 @@ class StatementRouting:
             outside = not split.explicit and self.session.tx_status == codes.TX_IDLE
             mirror = (route.mirror > 0 and outside and self.rt.mirror is not None
                       and self.split.rng.random() * 100 < route.mirror and self.rt.mirror.admit(route))
-            self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror))
+            self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror,
+                                              replay=self.force_target is not None))
         return target
 
     def _attach_values(self, execution: Execution, payload: bytes, param_oids: tuple[int, ...]) -> None:
@@ -305,24 +310,39 @@ class StatementRouting:
     def on_ready(self) -> None:
         if self.session.tracker.idle:  # nothing else in flight: the server's status is the session's state
             self.split.ready(self.session.tx_status)
+        prepared = bool(self._injected)
         self._injected.clear()
         if self.merged is not None:
             self.merged.on_ready()
-        if self._executions:
-            self._finish_executions()
+        if self._executions or self._awaiting_primary is not None:
+            self._finish_executions(prepared)
         self._failed = False
         self._sqlstate = None
 
-    def _finish_executions(self) -> None:
+    def _finish_executions(self, prepared: bool = False) -> None:
         now = time.perf_counter()
         rt, ok = self.rt, not self._failed
+        breaker = rt.breaker
+        # a latency is the execution's own only when it was alone in its cycle and nothing was prepared first
+        clean = len(self._executions) == 1 and not prepared
+        awaiting, self._awaiting_primary = self._awaiting_primary, None
+        if awaiting is not None and breaker is not None:
+            shadow, seconds, sqlstate = awaiting
+            replayed = any(execution.replay for execution in self._executions)
+            primary = ("" if ok else self._sqlstate or "") if replayed else None
+            breaker.record(shadow.route.table, shadow.target, seconds, False, sqlstate, primary=primary, clean=False)
         for execution in self._executions:
             seconds = now - execution.started
             table = execution.route.table
             if rt.query_metrics is not None:
                 rt.query_metrics.observe(table, execution.target, seconds, ok)
-            if rt.breaker is not None:
-                rt.breaker.record(table, execution.target, seconds, ok, None if ok else self._sqlstate)
+            if breaker is not None:
+                if not ok and execution.target == "shadow" and self.session.guarded_cycle:
+                    # the failover re-runs it on the primary: whose fault it is shows there
+                    self._awaiting_primary = (execution, seconds, self._sqlstate)
+                else:
+                    breaker.record(table, execution.target, seconds, ok, None if ok else self._sqlstate,
+                                   clean=clean and not execution.replay)
             if execution.mirror and not execution.awaiting_bind:
                 rt.mirror.submit(MirrorRequest(
                     route=execution.route, plan=execution.plan, sql=execution.sql, params=execution.params,

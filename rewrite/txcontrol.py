@@ -75,9 +75,14 @@ def statement_effect(sql: str, pos: int = 0) -> int:
     ...  "SELECT 1", "begin_x", "")]
     [1, 1, 2, 0, 0, 0, 2, 0, 3, 2, 2, 2, 0, 0, 0, 0]
     """
-    first = _words(sql, pos, 1)
-    if not first or first[0] not in _LEADING:
-        return NONE
+    match = _WORD.match(sql, pos)  # the common case: a statement that starts with its keyword
+    if match is not None:
+        if match.group().upper() not in _LEADING:
+            return NONE
+    else:
+        first = _words(sql, pos, 1)
+        if not first or first[0] not in _LEADING:
+            return NONE
     words = _words(sql, pos, 5)
     head = words[0]
     rest = words[1:]
@@ -158,7 +163,7 @@ def query_effects(sql: str) -> list[int]:
     >>> query_effects("SELECT 1"), query_effects("BEGIN; SELECT 1; COMMIT;"), query_effects("select ';begin'")
     ([0], [1, 0, 2], [0])
     """
-    body = sql.rstrip().rstrip(";")
-    if ";" not in body:
+    semicolon = sql.find(";")
+    if semicolon < 0 or not sql[semicolon:].strip("; \t\r\n"):
         return [statement_effect(sql)]
     return [statement_effect(sql, start) for start in statement_starts(sql)]

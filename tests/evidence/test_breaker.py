@@ -197,3 +197,18 @@ def test_record_ignores_other_targets(evidence_db, target: str) -> None:
         assert breaker.evaluate() == []
 
     asyncio.run(main())
+
+
+def test_latency_counts_only_executions_timed_alone(evidence_db) -> None:
+    async def main() -> None:
+        _, breaker, conn = await fresh(evidence_db)
+        await conn.close()
+        for _ in range(30):  # pipelined or first-prepared shadow executions: their time is not theirs alone
+            breaker.record(TABLE, "shadow", 0.300, True, None, clean=False)
+            breaker.record(TABLE, "primary", 0.010, True, None)
+        assert breaker.evaluate() == []
+        feed(breaker, 25, shadow_latency=0.300, primary_latency=0.010)
+        ((_, reason, detail),) = breaker.evaluate()
+        assert reason == "latency" and "n=25/55" in detail
+
+    asyncio.run(main())

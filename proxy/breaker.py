@@ -7,7 +7,8 @@ times a second and trips when, with at least `breaker_min_samples` executions on
 - the shadow's error rate exceeds `max_error_rate`, counting only the errors that are the shadow's fault, or
 - the shadow's p95 latency exceeds `max_latency_ratio` times the primary's p95 over the same window, and by
   at least `breaker_latency_floor_ms` (only executions timed alone in their cycle count: a pipelined one
-  also waits for its neighbours, a first execution on a target also prepares its statement).
+  also waits for its neighbours, a first execution on a target also prepares its statement; and only from
+  the seconds in which both targets served, so both sides are timed under the same load).
 
 Whose fault an error is, strongest evidence first (`verdict()`):
 
@@ -60,6 +61,7 @@ SHADOW_FAULT_CODES = frozenset({"42P01", "42883"})
 AMBIGUOUS_CODES = frozenset({"42P01", "42883", "42703", "42704"})
 QUERY_CANCELED = "57014"
 MAX_WINDOW_ENTRIES = 50_000  # per route and target: bounds memory at any query rate (the window then shortens)
+LATENCY_BUCKET_S = 1.0  # latencies are paired by the second they were recorded in
 PROBE_TTL = 5.0  # seconds a probe of the shadow settles unverified errors for
 SHADOW, CLIENT, UNVERIFIED = "shadow", "client", "unverified"  # verdicts on a failed shadow execution
 
@@ -260,11 +262,11 @@ class Breaker:
         timeout = route.shadow_timeout_ms / 1000 if route.shadow_timeout_ms > 0 else None
         errors = client = unverified = 0
         last_error = last_unverified = None
-        latencies = []
-        for _, latency, ok, sqlstate, primary, clean in window.shadow:
+        shadow_timed: list[tuple[int, float]] = []
+        for at, latency, ok, sqlstate, primary, clean in window.shadow:
             if ok:
                 if clean:
-                    latencies.append(latency)
+                    shadow_timed.append((int(at / LATENCY_BUCKET_S), latency))
                 continue
             timed_out = timeout is not None and latency >= 0.95 * timeout
             judged = verdict(sqlstate, timed_out=timed_out, primary=primary)
@@ -276,7 +278,14 @@ class Breaker:
             else:
                 unverified += 1
                 last_unverified = sqlstate
-        primary_latencies = [latency for _, latency, ok, _, _, clean in window.primary if ok and clean]
+        primary_timed = [(int(at / LATENCY_BUCKET_S), latency)
+                         for at, latency, ok, _, _, clean in window.primary if ok and clean]
+        # Latencies are compared over the same stretches of time only: seconds in which both targets served.
+        # The machine's load changes from second to second; a split that flips between 0 and 100 would
+        # otherwise compare one side's busy seconds with the other's quiet ones.
+        both = {bucket for bucket, _ in shadow_timed} & {bucket for bucket, _ in primary_timed}
+        latencies = [latency for bucket, latency in shadow_timed if bucket in both]
+        primary_latencies = [latency for bucket, latency in primary_timed if bucket in both]
         return _Figures(len(window.shadow), errors, last_error, latencies, primary_latencies, client, unverified,
                         last_unverified)
 

@@ -9,6 +9,7 @@ shows its target; it must also be exactly the answer of that target's table.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -100,13 +101,18 @@ class Workload:
 
     def psycopg_pipeline(self, dsn: str, replica: int) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            while not self.stop.is_set():
+            for n in itertools.count():
+                if self.stop.is_set():
+                    break
                 started = time.monotonic()
-                with conn.pipeline():  # BEGIN ... COMMIT and both queries in one Sync
-                    conn.execute("BEGIN")
+                named = n % 2 == 1  # every other time BEGIN and COMMIT are server-prepared statements
+                with conn.pipeline() as pipeline:  # BEGIN ... COMMIT sent at once: one Sync, or two
+                    conn.execute("BEGIN", prepare=named)
                     first = conn.execute(PSYCOPG_QUERY, [VECTOR])
+                    if n % 4 >= 2:
+                        pipeline.sync()  # the transaction goes on past a Sync
                     second = conn.execute(PSYCOPG_QUERY, [VECTOR])
-                    conn.execute("COMMIT")
+                    conn.execute("COMMIT", prepare=named)
                 self.record("pipeline", replica, started, first.fetchall(), second.fetchall())
 
     def explicit_text(self, dsn: str, replica: int) -> None:

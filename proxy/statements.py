@@ -329,7 +329,7 @@ class StatementRouting:
         if awaiting is not None and breaker is not None:
             shadow, seconds, sqlstate = awaiting
             replayed = any(execution.replay for execution in self._executions)
-            primary = ("" if ok else self._sqlstate or "") if replayed else None
+            primary = ("" if ok else self._sqlstate or "unknown") if replayed else None  # "": it answered
             breaker.record(shadow.route.table, shadow.target, seconds, False, sqlstate, primary=primary, clean=False)
         for execution in self._executions:
             seconds = now - execution.started

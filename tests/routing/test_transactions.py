@@ -271,3 +271,28 @@ def test_rollback_overrides_sticky_sessions(start_proxy, routed_tables, sticky: 
     assert before and all(tx.targets == {"shadow"} for tx in before), before[-2:]
     late = [tx for tx in load.done if tx.started >= applied and tx.targets != {"primary"}]
     assert not late, late[:2]
+
+
+def test_multi_statement_queries_open_and_close_transactions(query_replicas) -> None:
+    """psql-style simple Queries: `BEGIN; ...` opens a transaction and `...; COMMIT` ends it, inside one Query."""
+    literal = QUERY.replace("$1", f"'{VECTOR}'")
+    proxy = query_replicas[1]
+    set_split(query_replicas[0], 50)
+    wait_until(lambda: proxy_split(proxy) == 50)
+    seen = set()
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            for _ in range(30):
+                conn.execute("BEGIN; SELECT 1")  # no parameters: one simple Query with two statements
+                targets = {c for _ in range(4) for _, c in conn.execute(literal).fetchall()}
+                conn.execute("SELECT 1; COMMIT")
+                assert len(targets) == 1, targets
+                seen |= targets
+                conn.execute("START TRANSACTION; SAVEPOINT a")
+                first = {c for _, c in conn.execute(literal).fetchall()}
+                conn.execute("ROLLBACK TO SAVEPOINT a; SELECT 2")  # still the same transaction
+                assert {c for _, c in conn.execute(literal).fetchall()} == first
+                conn.execute("ROLLBACK")
+    finally:
+        set_split(query_replicas[0], 0)
+    assert seen == {"primary", "shadow"}  # each transaction chose again

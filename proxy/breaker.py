@@ -6,9 +6,10 @@ times a second and trips when, with at least `breaker_min_samples` executions on
 
 - the shadow's error rate exceeds `max_error_rate`, counting only the errors that are the shadow's fault, or
 - the shadow's p95 latency exceeds `max_latency_ratio` times the primary's p95 over the same window, and by
-  at least `breaker_latency_floor_ms` (only executions timed alone in their cycle count: a pipelined one
-  also waits for its neighbours, a first execution on a target also prepares its statement; and only from
-  the seconds in which both targets served, so both sides are timed under the same load).
+  at least `breaker_latency_floor_ms`; so does the shadow's p95 lower bound over the primary's upper bound
+  (90%: a p95 of a few dozen samples is about their largest, one scheduling hiccup). Only executions timed
+  alone in their cycle count (a pipelined one also waits for its neighbours, a first execution on a target
+  also prepares its statement), and only from the seconds in which both targets served (same load).
 
 Whose fault an error is, strongest evidence first (`verdict()`):
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections import Counter, deque
@@ -82,6 +84,23 @@ def shadow_fault(sqlstate: str | None, *, timed_out: bool = False) -> bool:
     if sqlstate == QUERY_CANCELED:
         return timed_out
     return sqlstate[:2] not in CLIENT_FAULT_CLASSES
+
+
+def p95_bounds(values: list[float], z: float = 1.2816) -> tuple[float, float]:
+    """A distribution-free one-sided 90% lower and upper bound of the p95 of what `values` sample: the order
+    statistics whose ranks lie z standard deviations of Binomial(n, 0.95) below and above n x 0.95.
+
+    >>> p95_bounds([float(i) for i in range(1, 101)])
+    (92.0, 99.0)
+    >>> p95_bounds([1.0] * 24 + [50.0])  # one outlier in 25: not the p95's lower bound
+    (1.0, 50.0)
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    spread = z * math.sqrt(n * 0.95 * 0.05)
+    low = min(n, max(1, math.floor(n * 0.95 - spread)))
+    high = min(n, math.ceil(n * 0.95 + spread) + 1)
+    return ordered[low - 1], ordered[high - 1]
 
 
 def verdict(sqlstate: str | None, *, timed_out: bool = False, primary: str | None = None) -> str:
@@ -306,9 +325,15 @@ class Breaker:
             shadow_p95 = percentile(f.shadow_latencies, 0.95)
             primary_p95 = percentile(f.primary_latencies, 0.95)
             assert shadow_p95 is not None and primary_p95 is not None
-            # Both a ratio and an absolute margin: sub-millisecond queries differ by large ratios of noise.
+            # Both a ratio and an absolute margin: sub-millisecond queries differ by large ratios of noise. And
+            # the p95s as far as the samples show them (90% bounds): with a few dozen samples a p95 is about the
+            # largest one, so one scheduling hiccup on a busy machine must not pass for a slow shadow.
+            shadow_low, _ = p95_bounds(f.shadow_latencies)
+            _, primary_high = p95_bounds(f.primary_latencies)
             if (shadow_p95 > route.max_latency_ratio * primary_p95
-                    and shadow_p95 - primary_p95 > route.breaker_latency_floor_ms / 1000):
+                    and shadow_p95 - primary_p95 > route.breaker_latency_floor_ms / 1000
+                    and shadow_low > route.max_latency_ratio * primary_high
+                    and shadow_low - primary_high > route.breaker_latency_floor_ms / 1000):
                 return "latency", (f"shadow p95 {shadow_p95 * 1000:.1f} ms > {route.max_latency_ratio:g} x primary "
                                    f"p95 {primary_p95 * 1000:.1f} ms (n={len(f.shadow_latencies)}/"
                                    f"{len(f.primary_latencies)} {span})")

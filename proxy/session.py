@@ -421,6 +421,8 @@ class Session:
                             expected = _DESCRIBE_PORTAL
                     elif expected == _QUERY:
                         queries += 1
+                    elif expected == _SYNC and self.routing is not None:
+                        self.routing.on_sync()  # a transaction's end as the client sends it (statements.py)
                     if plain:
                         append(expected)
                     else:
@@ -783,6 +785,11 @@ class Session:
     def _close_if_idle_for_shutdown(self) -> None:
         if self.idle:
             self.close_for_shutdown()
+
+    @property
+    def guarded_cycle(self) -> bool:
+        """A shadow-routed cycle is in flight that fails over to the primary if it fails (proxy/failover.py)."""
+        return self._cycle is not None
 
     @property
     def idle(self) -> bool:

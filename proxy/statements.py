@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from rewrite.router import plan_bytes
 from rewrite.split import SplitSession
+from rewrite.txcontrol import query_effects, statement_effect
 
 from .deferred import Deferred
 from .merged import MergedQueries
@@ -69,6 +70,7 @@ class Execution:
     param_formats: tuple[int, ...] = ()
     param_oids: tuple[int, ...] = ()
     awaiting_bind: bool = False  # decided at an unnamed Parse: its values come with the next Bind
+    replay: bool = False  # the failover's re-run on the primary of a statement that failed on the shadow
 
 
 @dataclass(slots=True)
@@ -111,10 +113,14 @@ class StatementRouting:
         self._sqlstate: str | None = None  # first error since the last ReadyForQuery
         self._failed = False
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
+        # a failed shadow execution of a guarded cycle, judged by the breaker once the failover's re-run on the
+        # primary has answered: (execution, seconds, sqlstate)
+        self._awaiting_primary: tuple[Execution, float, str | None] | None = None
         self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
         self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
         self._planned: tuple[str, tuple[str, ...], Plan] | None = None  # planned off the loop, for the replay
         self._statement_bytes = 0  # plan_bytes of self.statements
+        self._tx_statements: dict[str, int] = {}  # named statements that are BEGIN/COMMIT/...: their effect
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -133,14 +139,18 @@ class StatementRouting:
     def _target(self, plan: Plan, sql: str = "", execution: bool = True) -> str:
         """Roll for one query. `execution` is False for the Parse of a named statement: its Binds count."""
         route = self._live_route(plan)
-        self.split.application_name = self.session.application_name or None
-        in_transaction = self.session.tx_status != codes.TX_IDLE
-        target = self.force_target or self.split.target_for(route, in_transaction)
+        split = self.split
+        split.application_name = self.session.application_name or None
+        if execution:
+            split.implicit()
+        target = self.force_target or split.target_for(route)
         if execution:
             self.rt.count_routed(route.table, target)
-            mirror = (route.mirror > 0 and not in_transaction and self.rt.mirror is not None
+            outside = not split.explicit and self.session.tx_status == codes.TX_IDLE
+            mirror = (route.mirror > 0 and outside and self.rt.mirror is not None
                       and self.split.rng.random() * 100 < route.mirror and self.rt.mirror.admit(route))
-            self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror))
+            self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror,
+                                              replay=self.force_target is not None))
         return target
 
     def _attach_values(self, execution: Execution, payload: bytes, param_oids: tuple[int, ...]) -> None:
@@ -198,16 +208,35 @@ class StatementRouting:
 
     def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
         """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
-        if target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE:
+        if (target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE
+                and not self.split.explicit):
             assert plan.route is not None
             self.session.cycle_request = plan.route.table
 
     # -- messages ---------------------------------------------------------------------------------------------
-    def on_query(self, payload: bytes) -> bytes | None:
+    def on_query(self, payload: bytes) -> bytes | Deferred | None:
+        """A simple Query is one implicit transaction unless it opens an explicit one; its transaction-control
+        statements take effect in order around its (single) routing decision."""
         sql = msg.parse_query(payload)
         plan = self._lookup(sql)
-        if plan is None:
+        if plan is None:  # planned off the loop, then this message is routed again: effects apply then, once
             return self._plan_first(sql, msg.message(b"Q", payload), codes.F_QUERY)
+        effects = query_effects(sql)
+        split = self.split
+        split.implicit()
+        lead = 0
+        while lead < len(effects) and effects[lead]:  # BEGIN; SELECT ...: the SELECT is in the transaction
+            split.effect(effects[lead])
+            lead += 1
+        try:
+            return self._route_query(payload, sql, plan)
+        finally:
+            for effect in effects[lead:]:
+                if effect:
+                    split.effect(effect)
+            split.sync()
+
+    def _route_query(self, payload: bytes, sql: str, plan: Plan) -> bytes | Deferred | None:
         tracker = self.session.tracker
         cycle_start = tracker.idle
         if plan.passthrough:
@@ -240,6 +269,15 @@ class StatementRouting:
         tracker.expect(PARSE)
         if plan.passthrough or not parse.name:
             self._forget(parse.name)  # a re-used unnamed (or closed-then-reused) name starts afresh
+        effect = statement_effect(parse.sql)
+        if parse.name:
+            if effect:  # it takes effect at each of its Binds
+                self._tx_statements[parse.name] = effect
+                self.session.hold_statement_messages()
+            elif self._tx_statements:
+                self._tx_statements.pop(parse.name, None)
+        elif effect:  # the unnamed statement runs at the Bind/Execute that come with it
+            self.split.effect(effect)
         if not parse.name:
             self.unnamed = None
         if plan.passthrough:
@@ -265,6 +303,10 @@ class StatementRouting:
         tracker = self.session.tracker
         portal, pos = msg.read_cstr(payload, 0)
         name, rest = msg.read_cstr(payload, pos)
+        if name and name in self._tx_statements:
+            self.split.effect(self._tx_statements[name])
+            tracker.expect(BIND)
+            return None
         statement = self.statements.get(name) if name else self.unnamed
         if statement is None:
             if not name and self._executions and self._executions[-1].awaiting_bind:
@@ -308,6 +350,7 @@ class StatementRouting:
         if payload[:1] != b"S":
             return None
         name, _ = msg.read_cstr(payload, 1)
+        self._tx_statements.pop(name, None)
         statement = self._forget(name)
         if statement is None or not statement.others:
             return None
@@ -328,25 +371,46 @@ class StatementRouting:
         for statement, target in self._injected:
             statement.uncertain.add(target)
 
+    def on_sync(self) -> None:
+        """The client's Sync (as it passes, before any reply): an implicit transaction ends there."""
+        self.split.sync()
+
     def on_ready(self) -> None:
+        if self.session.tracker.idle:  # nothing else in flight: the server's status is the session's state
+            self.split.ready(self.session.tx_status)
+        prepared = bool(self._injected)
         self._injected.clear()
         if self.merged is not None:
             self.merged.on_ready()
-        if self._executions:
-            self._finish_executions()
+        if self._executions or self._awaiting_primary is not None:
+            self._finish_executions(prepared)
         self._failed = False
         self._sqlstate = None
 
-    def _finish_executions(self) -> None:
+    def _finish_executions(self, prepared: bool = False) -> None:
         now = time.perf_counter()
         rt, ok = self.rt, not self._failed
+        breaker = rt.breaker
+        # a latency is the execution's own only when it was alone in its cycle and nothing was prepared first
+        clean = len(self._executions) == 1 and not prepared
+        awaiting, self._awaiting_primary = self._awaiting_primary, None
+        if awaiting is not None and breaker is not None:
+            shadow, seconds, sqlstate = awaiting
+            replayed = any(execution.replay for execution in self._executions)
+            primary = ("" if ok else self._sqlstate or "unknown") if replayed else None  # "": it answered
+            breaker.record(shadow.route.table, shadow.target, seconds, False, sqlstate, primary=primary, clean=False)
         for execution in self._executions:
             seconds = now - execution.started
             table = execution.route.table
             if rt.query_metrics is not None:
                 rt.query_metrics.observe(table, execution.target, seconds, ok)
-            if rt.breaker is not None:
-                rt.breaker.record(table, execution.target, seconds, ok, None if ok else self._sqlstate)
+            if breaker is not None:
+                if not ok and execution.target == "shadow" and self.session.guarded_cycle:
+                    # the failover re-runs it on the primary: whose fault it is shows there
+                    self._awaiting_primary = (execution, seconds, self._sqlstate)
+                else:
+                    breaker.record(table, execution.target, seconds, ok, None if ok else self._sqlstate,
+                                   clean=clean and not execution.replay)
             if execution.mirror and not execution.awaiting_bind:
                 rt.mirror.submit(MirrorRequest(
                     route=execution.route, plan=execution.plan, sql=execution.sql, params=execution.params,

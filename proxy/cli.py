@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     from deploy import cli as deploy_cli
     from rewrite import cli as rewrite_cli
 
-    from . import control_cli, report
+    from . import check_config, control_cli, report
 
+    check_config.register(sub)
     control_cli.register(sub)
     report.register(sub)
     rewrite_cli.register(sub)

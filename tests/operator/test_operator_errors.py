@@ -14,7 +14,7 @@ ROUTE = '[[route]]\ntable = "public.op_items"\ncolumn = "embedding"\nshadow_tabl
 SERVER_COMMANDS = [
     ["init"], ["route", "list"], ["route", "set", "op_items", "--split", "5"], ["route", "history", "op_items"],
     ["rollback", "--all"], ["report"], ["status"], ["backfill"], ["index"], ["install-triggers"],
-    ["uninstall-triggers"],
+    ["uninstall-triggers"], ["check-config", "--live"],
 ]
 
 

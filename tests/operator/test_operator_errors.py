@@ -115,3 +115,18 @@ def test_bad_log_level_and_unknown_route(tmp_path: Path, pg: EmbeddedPostgres) -
                                                        "--config", str(config)), code=2)
     line = one_line_failure(pgcutover("report", "--route", "nope", "--config", str(config)), code=2)
     assert "nope" in line
+
+
+def test_second_demo_in_the_same_folder(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    first = pgcutover("demo", "--no-serve", "--rows", "200", "--data-dir", str(data), timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # the first demo still running: its PostgreSQL holds the folder
+    running = EmbeddedPostgres(data / "pgdata", port=int((data / "pg.port").read_text())).start()
+    try:
+        line = one_line_failure(pgcutover("demo", "--no-serve", "--data-dir", str(data)), code=1)
+        assert "a demo is already running in" in line and "--data-dir" in line
+    finally:
+        running.stop()
+    reset = pgcutover("demo", "--no-serve", "--reset", "--rows", "200", "--data-dir", str(data), timeout=300)
+    assert reset.returncode == 0 and "$ pgcutover install-triggers" in reset.stdout, reset.stdout + reset.stderr

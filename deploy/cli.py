@@ -62,7 +62,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from deploy.backfill import BackfillOptions, backfill, report
+    from deploy.backfill import BackfillOptions, backfill, interrupted_line, report
 
     config = _config(args)
     options = BackfillOptions(batch=args.batch, max_rate=args.max_rate, shadow=args.shadow, workers=args.workers,
@@ -72,7 +72,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         report(await backfill(config, args.route, options), sys.stdout)
         return 0
 
-    return _run(work)
+    try:
+        return _run(work)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"\npgcutover backfill: {interrupted_line(_resume_command())}", file=sys.stderr)
+        return 130
+
+
+def _resume_command() -> str:
+    """The command line that was run, as the operator would type it again (same flags, same checkpoint)."""
+    import shlex
+
+    return shlex.join(["pgcutover", *sys.argv[1:]])
 
 
 def cmd_index(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo psql test lint bench clean
+.PHONY: venv demo psql chromium test lint bench clean
 
 $(BIN)/pgcutover: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,14 @@ psql: $(BIN)/pgcutover
 	"$$($(BIN)/python -c 'from proxy.embedded import pg_binary; print(pg_binary("psql"))')" \
 		"postgresql://postgres@127.0.0.1:$(PORT)/$(DB)"
 
-test: $(BIN)/pgcutover
+# The readiness page is tested in a real headless Chromium from the system packages (a fresh CI machine has none).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "installing chromium (apt) for the readiness page test"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(BIN)/pgcutover chromium
 	$(BIN)/ruff check proxy rewrite fallback deploy tests bench
 	$(BIN)/python -m pytest -q tests
 

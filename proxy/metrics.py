@@ -303,8 +303,10 @@ class HttpEndpoints:
                 request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1].decode("ascii", "replace") if request.count(b" ") >= 2 else "/"
             path = path.split("?", 1)[0]
-            if path == "/metrics" and not self._authorized(request):
+            if path in ("/metrics", "/report") and not self._authorized(request):
                 status, ctype, body = "401 Unauthorized", "text/plain", b"bearer token required\n"
+            elif path == "/report":
+                status, ctype, body = await self._report()
             else:
                 status, ctype, body = self._route(path)
             head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -323,6 +325,20 @@ class HttpEndpoints:
             if name.strip().lower() == b"authorization":
                 return hmac.compare_digest(value.strip(), f"Bearer {self.token}".encode())
         return False
+
+    async def _report(self) -> tuple[str, str, bytes]:
+        """The readiness page (proxy/report_html.py) of the runtime this process serves."""
+        from .report_html import page_for_runtime
+
+        rt = _current.runtime
+        if rt is None:
+            return "503 Service Unavailable", "text/plain", b"not started\n"
+        try:
+            page = await page_for_runtime(rt)
+        except Exception as exc:  # the database may be away: say so, the endpoint stays up
+            log.warning("GET /report failed: %s", exc)
+            return "503 Service Unavailable", "text/plain", f"readiness page unavailable: {exc}\n".encode()
+        return "200 OK", "text/html; charset=utf-8", page.encode()
 
     def _route(self, path: str) -> tuple[str, str, bytes]:
         if path == "/metrics":

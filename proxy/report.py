@@ -20,6 +20,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -472,6 +473,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--route", help="only this route (table name as configured)")
     parser.add_argument("--since", default="24h", help="period to summarise: 30m, 1h, 2d... or 'all' (default 24h)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write the readiness page (charts over time, verdict and reasons) to FILE")
     parser.add_argument("--config", default=os.environ.get("PGCUTOVER_CONFIG"),
                         required="PGCUTOVER_CONFIG" not in os.environ,
                         help="the TOML file `serve` uses (default: $PGCUTOVER_CONFIG)")
@@ -482,7 +485,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     since = parse_since(args.since)
     routes = _selected_routes(config, args.route)
-    reports = asyncio.run(_fetch_reports(config, routes, since))
+    if getattr(args, "html", None):
+        reports, page = asyncio.run(_fetch_page(config, routes, since))
+        Path(args.html).write_text(page)
+    else:
+        reports = asyncio.run(_fetch_reports(config, routes, since))
     if args.json:
         sys.stdout.write(orjson.dumps({"routes": [report_dict(r) for r in reports]},
                                       option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -498,6 +505,31 @@ def _selected_routes(config: Config, table: str | None) -> list[Route]:
     route = config.route_for(name)
     assert route is not None
     return [route]
+
+
+async def _fetch_page(config: Config, routes: Sequence[Route],
+                      since: timedelta | None) -> tuple[list[RouteReport], str]:
+    """The reports and the HTML page drawn from the same summary (and the migration status of each route)."""
+    from .report_html import fetch_page, render
+
+    migration: dict[str, dict[str, Any]] = {}
+    if any(route.legacy_column for route in routes):
+        from deploy.status import StatusOptions, status
+
+        for route in routes:
+            if route.legacy_column:
+                try:
+                    for row in await status(config, route.table, StatusOptions(diff=False)):
+                        migration[row["table"]] = row
+                except Exception:  # the page still shows everything else; `pgcutover status` says why
+                    pass
+    conn = await control.connect(config)
+    try:
+        reports = await summarize(conn, routes, since)
+        page = await fetch_page(conn, routes, reports, since, migration)
+    finally:
+        await conn.close()
+    return reports, render(page)
 
 
 async def _fetch_reports(config: Config, routes: Sequence[Route], since: timedelta | None) -> list[RouteReport]:

@@ -220,8 +220,9 @@ def show_servers(rt: Runtime) -> Rows:
 
 
 def show_fallback(rt: Runtime) -> Rows:
-    columns = [("table", TEXT), ("state", TEXT), ("legacy_rows", INT8), ("bytes", INT8), ("skipped_rows", INT8),
-               ("refresh_lag_s", FLOAT8), ("notices_applied", INT8), ("reconciles", INT8)]
+    columns = [("table", TEXT), ("state", TEXT), ("legacy_rows", INT8), ("bytes_used", INT8),
+               ("bytes_allocated", INT8), ("skipped_rows", INT8), ("refresh_lag_s", FLOAT8), ("notices_applied", INT8),
+               ("reconciles", INT8)]
     rows = []
     service = rt.fallback
     for route in rt.routing.routes:
@@ -230,13 +231,22 @@ def show_fallback(rt: Runtime) -> Rows:
         store = service.store_for(route.table) if service is not None else None
         if store is None:
             state = "fallback = false" if not route.fallback else "legacy column is the vector column"
-            rows.append([route.table, state, None, None, None, None, None, None])
+            rows.append([route.table, state, None, None, None, None, None, None, None])
             continue
         failed = service.failed.get(route.table)
         state = "loaded" if store.loaded else f"load failed: {failed}" if failed else "loading"
-        rows.append([route.table, state, len(store), store.nbytes, len(store.skipped), round(store.refresh_lag(), 3),
-                     store.notices_applied, store.reconciles])
+        rows.append([route.table, state, len(store), _used_bytes(store), store.nbytes, len(store.skipped),
+                     round(store.refresh_lag(), 3), store.notices_applied, store.reconciles])
     return columns, rows
+
+
+def _used_bytes(store: object) -> int:
+    """Bytes of the filled rows of the store's segments; `nbytes` counts whole preallocated segments."""
+    used = 0
+    for seg in getattr(store, "_segments", ()):
+        if seg.capacity:
+            used += seg.nbytes * seg.count // seg.capacity
+    return used
 
 
 def show_config(rt: Runtime) -> Rows:

@@ -166,7 +166,7 @@ ROUTE_SERIES: dict[str, tuple[str, str, Callable[[Route], list[dict[str, str]]]]
                                 lambda r: [{"reason": "error_rate"}, {"reason": "latency"}] if r.shadow_table else []),
     "pgcutover_fallback_legacy_rows": ("gauge", "Legacy-only rows held in memory by the fallback store",
                                        _has_fallback),
-    "pgcutover_fallback_bytes": ("gauge", "Bytes of vector storage used by the fallback store", _has_fallback),
+    "pgcutover_fallback_bytes": ("gauge", "Bytes of vector storage allocated by the fallback store", _has_fallback),
     "pgcutover_fallback_refresh_lag_seconds": ("gauge", "Age of the oldest change notice not yet applied",
                                                _has_fallback),
     "pgcutover_fallback_search_seconds": ("histogram", "Latency of one fallback search", _has_fallback),

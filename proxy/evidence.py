@@ -283,7 +283,7 @@ def verdict(summary: RouteSummary, route: Route) -> str:
         if route.mirror <= 0 and route.mirror_exact <= 0:
             return f"{INSUFFICIENT}: no mirrored samples: set mirror > 0 on this route to compare the shadow"
         return (f"{INSUFFICIENT}: no mirrored samples yet (mirror = {route.mirror:g}%): no similarity query on this "
-                f"route reached the proxy in the period, or every one was dropped (SHOW REPORT, dropped)")
+                f"route reached the proxy in the period, or every one was dropped (SHOW REPORT, dropped_here)")
     reasons = _decisive(s, route)
     if reasons:
         return f"{NOT_READY}: " + "; ".join(reasons)

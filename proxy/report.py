@@ -366,8 +366,8 @@ def parse_since(text: str) -> timedelta | None:
 # -- SHOW REPORT ----------------------------------------------------------------------------------------------
 SHOW_COLUMNS = [
     ("route", TEXT), ("verdict", TEXT), ("samples", INT8), ("recall", FLOAT8), ("recall_ci95", TEXT),
-    ("p95_ratio", FLOAT8), ("shadow_error_rate", FLOAT8), ("mirror_percent", FLOAT8), ("breaker", TEXT),
-    ("refreshed_s_ago", FLOAT8),
+    ("p95_ratio", FLOAT8), ("shadow_error_rate", FLOAT8), ("mirror_percent", FLOAT8), ("dropped_here", TEXT),
+    ("breaker", TEXT), ("refreshed_s_ago", FLOAT8),
 ]
 
 
@@ -399,8 +399,9 @@ def show_report(rt: Runtime) -> tuple[list[tuple[str, int]], list[list[object]]]
         s = report.summary
         state = states.get(s.route)
         ci = f"{s.recall.low:.4f}-{s.recall.high:.4f}" if s.recall else None
+        dropped = mirror.dropped_reasons_text(s.route) if mirror is not None else None
         rows.append([s.route, report.verdict, s.samples, _round(s.recall.mean if s.recall else None), ci,
-                     _round(s.latency_ratio, 3), _round(s.shadow_error_rate), mirror_percent.get(s.route),
+                     _round(s.latency_ratio, 3), _round(s.shadow_error_rate), mirror_percent.get(s.route), dropped,
                      state.state if state else None, age])
     return SHOW_COLUMNS, rows
 

@@ -95,7 +95,7 @@ def test_report_show_report_and_metrics_agree(pg: EmbeddedPostgres, start_proxy)
                 break
             assert time.monotonic() < deadline, shown
             time.sleep(0.2)
-    assert len(columns) <= 10
+    assert len(columns) <= 11
     run = pgcutover("report", "--json", "--config", str(proxy.config_path))
     assert run.returncode == 0, run.stderr
     (cli,) = json.loads(run.stdout)["routes"]

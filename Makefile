@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: venv demo psql chromium test lint bench clean
 
 $(BIN)/pgcutover: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -11,10 +11,26 @@ $(BIN)/pgcutover: pyproject.toml
 	$(BIN)/pip install -q -e '.[embedded,test]'
 	touch $@
 
+venv: $(BIN)/pgcutover
+
 demo: $(BIN)/pgcutover
 	$(BIN)/pgcutover demo
 
-test: $(BIN)/pgcutover
+# psql from the embedded PostgreSQL wheel, on the demo proxy (DB=pgcutover for the admin console)
+DB ?= postgres
+PORT ?= 6432
+psql: $(BIN)/pgcutover
+	"$$($(BIN)/python -c 'from proxy.embedded import pg_binary; print(pg_binary("psql"))')" \
+		"postgresql://postgres@127.0.0.1:$(PORT)/$(DB)"
+
+# The readiness page is tested in a real headless Chromium from the system packages (a fresh CI machine has none).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "installing chromium (apt) for the readiness page test"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(BIN)/pgcutover chromium
 	$(BIN)/ruff check proxy rewrite fallback deploy tests bench
 	$(BIN)/python -m pytest -q tests
 

@@ -29,12 +29,22 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 import asyncpg
 
-from deploy.db import SCHEMA, DeployError, ResolvedRoute, Sql, connect, resolve_route, select_routes
+from deploy.db import (
+    SCHEMA,
+    DeployError,
+    ResolvedRoute,
+    Sql,
+    connect,
+    quote_literal,
+    resolve_route,
+    select_routes,
+)
 from deploy.triggers import SHADOW_TRIGGERS, install_schema, shadow_values
 from proxy.config import Config
 
@@ -68,21 +78,73 @@ class BackfillResult:
     rows_copied: int = 0  # rows copied to the shadow by this run
     bad: dict[str, str] = field(default_factory=dict)  # key -> reason, found by this run
     elapsed: float = 0.0
+    pass_numbers: list[int] = field(default_factory=list)  # the table's pass numbers this run worked on
 
     @property
     def rate(self) -> float:
-        return self.rows_done / self.elapsed if self.elapsed > 0 else 0.0
+        """Rows handled per second (vectors written, or rows copied with --shadow), sleeps included."""
+        rows = max(self.rows_done, self.rows_copied)
+        return rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def passes_text(self) -> str:
+        """The same numbering as the progress line and `pgcutover status`: `pass 3`, `passes 3-4`."""
+        numbers = self.pass_numbers
+        if not numbers:
+            return "no pass"
+        return f"pass {numbers[0]}" if len(numbers) == 1 else f"passes {numbers[0]}-{numbers[-1]}"
+
+
+RATE_WINDOW_S = 10.0
+
+
+class RateWindow:
+    """Rows per second over the last RATE_WINDOW_S seconds of wall time (throttling sleeps included), so the
+    rate shown is the rate achieved, whatever --max-rate makes the workers wait."""
+
+    def __init__(self, seconds: float = RATE_WINDOW_S) -> None:
+        self.seconds = seconds
+        self.points: deque[tuple[float, int]] = deque()
+
+    def add(self, total: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.points.append((now, total))
+        while len(self.points) > 2 and now - self.points[1][0] >= self.seconds:
+            self.points.popleft()
+
+    def rate(self) -> float | None:
+        """None until the window spans half a second (too short to say)."""
+        if len(self.points) < 2:
+            return None
+        (t0, n0), (t1, n1) = self.points[0], self.points[-1]
+        return (n1 - n0) / (t1 - t0) if t1 - t0 >= 0.5 else None
+
+
+@dataclass
+class Position:
+    """Where this process is, for the line Ctrl-C prints."""
+
+    table: str = ""
+    pass_number: int = 0
+    done: int = 0
+    total: int = 0
+
+
+POSITION = Position()
 
 
 class Progress:
     """A one-line bar with rate and ETA on a terminal; a plain log line every few seconds otherwise."""
 
-    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr, enabled: bool = True) -> None:
+    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr, enabled: bool = True,
+                 max_rate: float | None = None) -> None:
         self.label, self.total, self.stream, self.enabled = label, max(total, 0), stream, enabled
         self.tty = enabled and stream.isatty()
         self.last_log = time.monotonic()
+        self.max_rate = max_rate
 
-    def update(self, done: int, rate: float, *, final: bool = False) -> None:
+    def update(self, done: int, rate: float | None, *, final: bool = False) -> None:
+        POSITION.done, POSITION.total = done, max(self.total, done)
         if not self.enabled:
             return
         now = time.monotonic()
@@ -92,8 +154,18 @@ class Progress:
         total = max(self.total, done)
         pct = 100.0 * done / total if total else 100.0
         remaining = max(total - done, 0)
-        eta = _duration(remaining / rate) if rate > 0 and remaining else "0s"
-        text = f"{self.label}: {done:,}/{total:,} rows ({pct:5.1f}%) {rate:,.0f} rows/s ETA {eta}"
+        if self.max_rate:
+            # too early to measure: the throttle is the best guess; and after a stall the workers catch up in a
+            # burst above --max-rate, but what remains cannot go faster than the throttle
+            rate = self.max_rate if rate is None else min(rate, self.max_rate)
+        if not remaining:
+            eta = "0s"
+        elif rate:
+            eta = _duration(remaining / rate)
+        else:
+            eta = "?"
+        shown = "?" if rate is None else f"{rate:,.0f}"
+        text = f"{self.label}: {done:,}/{total:,} rows ({pct:5.1f}%) {shown} rows/s ETA {eta}"
         if self.tty:
             width = 30
             filled = int(width * pct / 100)
@@ -237,10 +309,13 @@ class Shared:
         self.processed = 0  # candidate rows handled by this run in this pass (what --max-rate limits)
         self.done = done  # rows done in this pass by anyone, for the progress bar
         self.rates: dict[int, float] = {}
+        self.window = RateWindow()
+        self.window.add(done, self.started)
 
     @property
-    def rate(self) -> float:
-        return sum(self.rates.values())
+    def rate(self) -> float | None:
+        """This run's rows per second over the sliding window (None until it can tell)."""
+        return self.window.rate()
 
     async def throttle(self) -> None:
         if self.options.max_rate:
@@ -257,6 +332,9 @@ class Worker:
         self.preferred = index
         self.batch = max(1, min(shared.options.batch, int(shared.options.max_rate or shared.options.batch)))
         self.rate = 0.0
+        self.rows = 0  # rows this worker handled, for its own sliding window (the slot's `rate` in status)
+        self.window = RateWindow()
+        self.window.add(0)
 
     async def run(self, pass_: int) -> None:
         while True:
@@ -328,8 +406,10 @@ class Worker:
             written, bad = await self.convert(keys)
             copied = await self.copy_to_shadow(keys, written, lower, last) if slot.shadow else 0
             count = copied if slot.shadow else len(written)
-            batch_rate = count / max(time.monotonic() - t0, 1e-6)
-            self.rate = batch_rate if self.rate == 0 else 0.7 * self.rate + 0.3 * batch_rate
+            self.rows += count
+            self.window.add(self.rows)
+            # the achieved rate (throttle sleeps included); the batch's own speed only until the window can tell
+            self.rate = self.window.rate() or count / max(time.monotonic() - t0, 1e-6)
             await self.conn.execute(
                 f"UPDATE {CHECKPOINT} SET last_key = $3, rows_done = rows_done + $4, rows_bad = rows_bad + $5, "
                 "rows_copied = rows_copied + $6, rate = $7, updated_at = now() WHERE table_name = $1 AND slot = $2",
@@ -341,6 +421,7 @@ class Worker:
         result.bad.update(bad)
         self.shared.processed += len(keys)
         self.shared.done += count
+        self.shared.window.add(self.shared.done)
         self.shared.rates[slot.number] = self.rate
         return True
 
@@ -455,12 +536,15 @@ class BackfillRun:
             f"FROM {CHECKPOINT} WHERE table_name = $1 AND pass = $2", self.r.display, number,
         )
         progress = Progress(f"{self.r.display} pass {number}", totals["total"] or 0, self.stream,
-                            self.options.progress)
+                            self.options.progress, self.options.max_rate)
+        POSITION.table, POSITION.pass_number = self.r.display, number
+        POSITION.done, POSITION.total = totals["done"] or 0, totals["total"] or 0
         shared = Shared(self.result, self.options, progress, totals["done"] or 0)
         workers = [Worker(conn, sql, shared, i) for i, conn in enumerate(self.conns)]
         await asyncio.gather(*(w.run(number) for w in workers))
         elapsed = time.monotonic() - shared.started
-        progress.update(shared.done, shared.processed / elapsed if elapsed > 0 else 0.0, final=True)
+        progress.update(shared.done, (shared.done - (totals["done"] or 0)) / elapsed if elapsed > 0 else None,
+                        final=True)
 
     async def remaining(self) -> int:
         if self.r.legacy is None:
@@ -472,8 +556,10 @@ class BackfillRun:
         previous: int | None = None
         for _ in range(MAX_PASSES):
             number, shadow = await self.begin_pass(previous)
+            await self._heartbeat_name()
             await self.run_pass(number, shadow)
             self.result.passes += 1
+            self.result.pass_numbers.append(number)
             previous = number
             left = await self.remaining()
             if left == 0:
@@ -481,6 +567,12 @@ class BackfillRun:
             self._say(f"{self.r.display}: {left} legacy-only rows were written behind the cursor; another pass")
         self.result.elapsed = time.monotonic() - started
         return self.result
+
+    async def _heartbeat_name(self) -> None:
+        """Name the connections after the route: while they exist the backfill is alive (`pgcutover status`
+        tells `running` or `stale` from `interrupted` by looking for them in pg_stat_activity)."""
+        for conn in self.conns:
+            await conn.execute(f"SET application_name = {quote_literal(heartbeat_name(self.r.display))}")
 
     def _say(self, text: str) -> None:
         if self.options.progress:
@@ -527,11 +619,25 @@ async def backfill(config: Config, table: str | None = None, options: BackfillOp
             await conn.close()
 
 
+def heartbeat_name(table: str) -> str:
+    """application_name of a backfill's connections (PostgreSQL keeps 63 bytes of it)."""
+    return f"pgcutover backfill {table}"[:63]
+
+
+def interrupted_line(command: str) -> str:
+    """What Ctrl-C prints: where this run stopped and how to resume (batches in flight were rolled back)."""
+    if not POSITION.table:
+        return f"interrupted before the first batch; nothing changed. Resume: {command}"
+    pct = 100.0 * POSITION.done / POSITION.total if POSITION.total else 0.0
+    return (f"interrupted: {POSITION.table} pass {POSITION.pass_number} stopped at {POSITION.done:,}/"
+            f"{POSITION.total:,} rows ({pct:.1f}%), checkpoint saved; resume with: {command}")
+
+
 def report(results: list[BackfillResult], stream: TextIO, limit: int = 20) -> None:
     for res in results:
         stream.write(
             f"{res.table}: {res.rows_done:,} vectors written, {res.rows_copied:,} rows copied to the shadow, "
-            f"{len(res.bad):,} bad rows skipped, {res.passes} pass(es), {res.elapsed:.1f}s ({res.rate:,.0f} rows/s)\n"
+            f"{len(res.bad):,} bad rows skipped, {res.passes_text}, {res.elapsed:.1f}s ({res.rate:,.0f} rows/s)\n"
         )
         for key, reason in list(res.bad.items())[:limit]:
             stream.write(f"  bad row key={key}: {reason}\n")

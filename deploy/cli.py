@@ -13,23 +13,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import asyncpg
-
-from deploy.db import DeployError
 from proxy.config import METRICS, ConfigError, load_config
 
 CONFIG_HELP = "TOML file with [proxy] upstream and the [[route]] tables (as for `serve`); default $PGCUTOVER_CONFIG"
 
 
 def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    try:
-        return asyncio.run(work())
-    except DeployError as exc:
-        print(f"pgcutover: {exc}", file=sys.stderr)
-        return 1
-    except (asyncpg.PostgresError, OSError) as exc:
-        print(f"pgcutover: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    # failures (DeployError, asyncpg errors, OSError) become one line in proxy.cli.run_command
+    return asyncio.run(work())
 
 
 def _config(args: argparse.Namespace):
@@ -77,7 +68,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from deploy.backfill import BackfillOptions, backfill, report
+    from deploy.backfill import BackfillOptions, backfill, interrupted_line, report
 
     config = _config(args)
     options = BackfillOptions(batch=args.batch, max_rate=args.max_rate, shadow=args.shadow, workers=args.workers,
@@ -87,7 +78,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         report(await backfill(config, args.route, options), sys.stdout)
         return 0
 
-    return _run(work)
+    try:
+        return _run(work)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"\npgcutover backfill: {interrupted_line(_resume_command())}", file=sys.stderr)
+        return 130
+
+
+def _resume_command() -> str:
+    """The command line that was run, as the operator would type it again (same flags, same checkpoint)."""
+    import shlex
+
+    return shlex.join(["pgcutover", *sys.argv[1:]])
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -215,12 +219,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgcutover", description=__doc__)
     register(parser.add_subparsers(dest="command", required=True))
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"pgcutover: configuration error: {exc}", file=sys.stderr)
-        return 2
+    from proxy.cli import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":

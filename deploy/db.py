@@ -341,6 +341,7 @@ async def resolve_route(conn: asyncpg.Connection, route: Route) -> ResolvedRoute
     table = await describe_table(conn, route.table)
     if table is None:
         raise DeployError(f"[[route]] table {route.table!r} does not exist")
+    vs = await vector_schema(conn)  # a missing extension first: without it no vector column can be added
     key = table.column(route.key, "key")
     _check_unique(table, route.key, "route")
     vector, dims = _check_vector_column(route, table)
@@ -355,7 +356,7 @@ async def resolve_route(conn: asyncpg.Connection, route: Route) -> ResolvedRoute
         _check_unique(shadow, route.key, "shadow")
     return ResolvedRoute(
         route=route, table=table, key=key, vector=vector, dims=dims, legacy=legacy, shadow=shadow,
-        shadow_column=shadow_column, shadow_key=shadow_key, vs=await vector_schema(conn),
+        shadow_column=shadow_column, shadow_key=shadow_key, vs=vs,
     )
 
 

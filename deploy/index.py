@@ -193,6 +193,14 @@ async def build(conn: asyncpg.Connection, watch: asyncpg.Connection | None, plan
     return f"{plan.table}: built index {plan.name} ({size})"
 
 
+async def _dry_run(conn: asyncpg.Connection, plan: IndexPlan) -> str:
+    """What `build` would do, without doing it: nothing for an equivalent valid index, else the DDL."""
+    for row in await _existing(conn, plan):
+        if row["valid"] and _equivalent(row, plan):
+            return f"-- {plan.table}: index {row['name']} already exists and is valid; nothing to do"
+    return plan.script()
+
+
 async def create_indexes(config: Config, table: str | None = None, options: IndexOptions | None = None,
                          *, dry_run: bool = False, stream: TextIO = sys.stdout) -> list[str]:
     options = options or IndexOptions()
@@ -201,7 +209,7 @@ async def create_indexes(config: Config, table: str | None = None, options: Inde
     try:
         plans = [plan_index(await resolve_route(conn, route), options) for route in select_routes(config, table)]
         if dry_run:
-            return [plan.script() for plan in plans]
+            return [await _dry_run(conn, plan) for plan in plans]
         watch = await connect(config)
         return [await build(conn, watch, plan, stream) for plan in plans]
     finally:

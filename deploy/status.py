@@ -163,7 +163,7 @@ async def _backfill(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any
     return {
         "pass": max(row["pass"] for row in rows),
         "shadow": rows[0]["shadow"],
-        "state": "finished" if finished else "running" if any(row["active"] for row in rows) else "interrupted",
+        "state": "finished" if finished else await _liveness(conn, r, rows),
         "rows_done": sum(row["rows_done"] for row in rows),
         "rows_bad": sum(row["rows_bad"] for row in rows),
         "rows_copied": sum(row["rows_copied"] for row in rows),
@@ -175,6 +175,18 @@ async def _backfill(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any
         "slots": [{"slot": row["slot"], "lo": row["lo"], "hi": row["hi"], "last_key": row["last_key"],
                    "finished": row["finished_at"] is not None} for row in rows],
     }
+
+
+async def _liveness(conn: asyncpg.Connection, r: ResolvedRoute, rows: list[asyncpg.Record]) -> str:
+    """`running`, `stale` (its connections are there but nothing moved for ACTIVE_SECONDS: stuck on a lock or a
+    hung client) or `interrupted` (no backfill connection left: the process is gone; run it again to resume)."""
+    from deploy.backfill import heartbeat_name
+
+    alive = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+                                "AND pid <> pg_backend_pid()", heartbeat_name(r.display))
+    if not alive:
+        return "interrupted"
+    return "running" if any(row["active"] for row in rows) else "stale"
 
 
 _INDEXES_SQL = """

@@ -220,8 +220,9 @@ def show_servers(rt: Runtime) -> Rows:
 
 
 def show_fallback(rt: Runtime) -> Rows:
-    columns = [("table", TEXT), ("state", TEXT), ("legacy_rows", INT8), ("bytes", INT8), ("skipped_rows", INT8),
-               ("refresh_lag_s", FLOAT8), ("notices_applied", INT8), ("reconciles", INT8)]
+    columns = [("table", TEXT), ("state", TEXT), ("legacy_rows", INT8), ("bytes_used", INT8),
+               ("bytes_allocated", INT8), ("skipped_rows", INT8), ("refresh_lag_s", FLOAT8), ("notices_applied", INT8),
+               ("reconciles", INT8)]
     rows = []
     service = rt.fallback
     for route in rt.routing.routes:
@@ -230,13 +231,22 @@ def show_fallback(rt: Runtime) -> Rows:
         store = service.store_for(route.table) if service is not None else None
         if store is None:
             state = "fallback = false" if not route.fallback else "legacy column is the vector column"
-            rows.append([route.table, state, None, None, None, None, None, None])
+            rows.append([route.table, state, None, None, None, None, None, None, None])
             continue
         failed = service.failed.get(route.table)
         state = "loaded" if store.loaded else f"load failed: {failed}" if failed else "loading"
-        rows.append([route.table, state, len(store), store.nbytes, len(store.skipped), round(store.refresh_lag(), 3),
-                     store.notices_applied, store.reconciles])
+        rows.append([route.table, state, len(store), _used_bytes(store), store.nbytes, len(store.skipped),
+                     round(store.refresh_lag(), 3), store.notices_applied, store.reconciles])
     return columns, rows
+
+
+def _used_bytes(store: object) -> int:
+    """Bytes of the filled rows of the store's segments; `nbytes` counts whole preallocated segments."""
+    used = 0
+    for seg in getattr(store, "_segments", ()):
+        if seg.capacity:
+            used += seg.nbytes * seg.count // seg.capacity
+    return used
 
 
 def show_config(rt: Runtime) -> Rows:
@@ -251,8 +261,36 @@ def show_config(rt: Runtime) -> Rows:
     return [("key", TEXT), ("value", TEXT)], items
 
 
+def show_version(_: Runtime) -> Rows:
+    from .cli import version
+
+    return [("version", TEXT)], [[f"pgcutover {version()}"]]
+
+
+def show_pools(rt: Runtime) -> Rows:
+    """PgBouncer's SHOW POOLS, as far as it fits a proxy without pooling: sessions per database and user."""
+    pools: dict[tuple[str, str], list[int]] = {}
+    for s in list(rt.sessions):
+        counts = pools.setdefault((s.database or "", s.user or ""), [0, 0])
+        counts[0] += 1
+        counts[1] += s.server_transport is not None
+    columns = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("sv_active", INT8), ("pool_mode", TEXT)]
+    return columns, [[db, user, cl, sv, "session"] for (db, user), (cl, sv) in sorted(pools.items())]
+
+
+def show_databases(rt: Runtime) -> Rows:
+    """PgBouncer's SHOW DATABASES: where every database is forwarded (one upstream for all)."""
+    up = rt.config.proxy.upstream
+    columns = [("name", TEXT), ("host", TEXT), ("port", INT8), ("database", TEXT), ("current_connections", INT8)]
+    names = sorted({s.database or "" for s in list(rt.sessions)} | {"*"})
+    rows = [[name, up.host, up.port, name if name != "*" else "(the client's)",
+             sum(1 for s in list(rt.sessions) if name in ("*", s.database))] for name in names]
+    return columns, rows
+
+
 def show_help(_: Runtime) -> Rows:
-    lines = ["SHOW ROUTES | STATS | CLIENTS | SERVERS | FALLBACK | CONFIG | REPORT | HELP",
+    lines = ["SHOW ROUTES | STATS | CLIENTS | SERVERS | POOLS | DATABASES | FALLBACK | CONFIG | REPORT | VERSION",
+             "SHOW HELP",
              "SET SPLIT <table> <percent>", "ROLLBACK [<table>]", "RELOAD", "PAUSE", "RESUME", "SHUTDOWN"]
     return [("command", TEXT)], [[line] for line in lines]
 
@@ -264,6 +302,7 @@ def _redact(dsn: str) -> str:
 SHOWS: dict[str, Callable[[Runtime], Rows]] = {
     "ROUTES": show_routes, "STATS": show_stats, "CLIENTS": show_clients, "SERVERS": show_servers,
     "FALLBACK": show_fallback, "CONFIG": show_config, "HELP": show_help, "REPORT": show_report,
+    "VERSION": show_version, "POOLS": show_pools, "DATABASES": show_databases,
 }
 
 COMMANDS: dict[str, Callable[[AdminConsole, list[str]], Awaitable[bytes]]] = {

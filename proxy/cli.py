@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
+from importlib import metadata
 
-from .config import KEY_HELP, ConfigError, load_config
+from .config import KEY_HELP, load_config
+from .failure import EXIT_INTERRUPTED, context_for, describe
 
 
 def _serve_epilog() -> str:
@@ -33,6 +36,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgcutover", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (default: one line)")
+    parser.add_argument("--version", action="version", version=f"pgcutover {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy", epilog=_serve_epilog(),
@@ -40,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run the proxy: applications connect to [proxy] listen instead of the "
                                        "server; everything that is not a routed similarity query passes "
                                        "through unchanged.")
-    serve.add_argument("--config", required=True, help="TOML file with [proxy], [admin] and [[route]]")
+    serve.add_argument("--config", required=True,
+                       help="TOML file with [proxy], [admin] and [[route]] (default: $PGCUTOVER_CONFIG)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="embedded PostgreSQL + pgvector, demo data, and the proxy in front",
@@ -48,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "data folder of its own, load demo data, start the proxy and print "
                                       "the DSN. Ctrl-C stops everything.")
     demo.add_argument("--data-dir", default=".pgcutover/demo", help="where the demo keeps its database")
-    demo.add_argument("--port", type=int, default=6432, help="proxy port (default 6432)")
-    demo.add_argument("--metrics-port", type=int, default=9187, help="metrics port (default 9187)")
+    demo.add_argument("--port", type=int, help="proxy port (default 6432, or a free port reported when taken)")
+    demo.add_argument("--metrics-port", type=int,
+                      help="metrics port (default 9187, or a free port reported when taken)")
+    demo.add_argument("--reset", action="store_true",
+                      help="stop a server left in --data-dir and delete the folder first (start from scratch)")
     demo.add_argument("--rows", type=int, default=5000, help="rows in the demo table")
     demo.add_argument("--no-serve", action="store_true", help="set up and exit (for scripts and tests)")
     demo.set_defaults(func=cmd_demo)
@@ -57,26 +66,60 @@ def build_parser() -> argparse.ArgumentParser:
     from deploy import cli as deploy_cli
     from rewrite import cli as rewrite_cli
 
-    from . import control_cli, report
+    from . import check_config, control_cli, report
 
+    check_config.register(sub)
     control_cli.register(sub)
     report.register(sub)
     rewrite_cli.register(sub)
     deploy_cli.register(sub)
+    _config_from_environment(parser)
     return parser
+
+
+def version() -> str:
+    try:
+        return metadata.version("pgcutover")
+    except metadata.PackageNotFoundError:  # running from a checkout without `pip install -e .`
+        return "0.1.0+source"
+
+
+def _config_from_environment(parser: argparse.ArgumentParser) -> None:
+    """Every `--config` of every command defaults to $PGCUTOVER_CONFIG (and is then no longer required)."""
+    env = os.environ.get("PGCUTOVER_CONFIG")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _config_from_environment(child)
+        elif action.dest == "config" and env:
+            action.default = env
+            action.required = False
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = "DEBUG" if args.debug and args.log_level.upper() == "INFO" else args.log_level.upper()
     try:
-        code = args.func(args)
-    except ConfigError as exc:
-        print(f"pgcutover: configuration error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except ValueError:
+        print(f"pgcutover: --log-level {args.log_level!r}: use DEBUG, INFO, WARNING or ERROR", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_command(args))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; an expected failure becomes one line on stderr and its exit code."""
+    try:
+        return args.func(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        if getattr(args, "debug", False):
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        line, code = describe(exc, context_for(getattr(args, "config", None)))
+        command = " ".join(w for w in (getattr(args, "command", None), getattr(args, "route_command", None)) if w)
+        print(f"pgcutover {command}: {line}" if command else f"pgcutover: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ parser cannot drift apart. Validation errors name the key and the value; nothing
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -302,6 +303,52 @@ KEY_HELP: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a key's value may be, beyond its type: a closed range and/or one of a set of values.
+
+    `kind` overrides the type read from the dataclass annotation (for keys parsed from text: host:port, URLs).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    kind: str | None = None  # "hostport", "hostport?" ("" allowed), "url"
+    exclusive_low: bool = False
+
+
+# One row per key that has a range, a set of values or a textual format; the type of every key comes from its
+# dataclass field. A new key: a field, a KEY_HELP row, and a row here when its values are restricted.
+KEY_RULES: dict[str, Rule] = {
+    "proxy.listen": Rule(kind="hostport"),
+    "proxy.upstream": Rule(kind="url"),
+    "proxy.metrics": Rule(kind="hostport?"),
+    "proxy.max_message_size": Rule(low=1024),
+    "proxy.shutdown_timeout": Rule(low=0),
+    "proxy.connect_timeout": Rule(low=0, exclusive_low=True),
+    "route.split": Rule(0, 100),
+    "route.sticky": Rule(choices=STICKY_MODES),
+    "route.legacy_format": Rule(choices=LEGACY_FORMATS),
+    "route.dims": Rule(1, 16000),
+    "route.on_bad_vector": Rule(choices=BAD_VECTOR_MODES),
+    "route.metric": Rule(choices=METRICS),
+    "route.mirror": Rule(0, 100),
+    "route.mirror_exact": Rule(0, 100),
+    "route.mirror_max_per_s": Rule(low=0),
+    "route.shadow_timeout_ms": Rule(low=0),
+    "route.min_recall": Rule(0, 1),
+    "route.max_latency_ratio": Rule(low=0, exclusive_low=True),
+    "route.max_error_rate": Rule(0, 1),
+    "route.min_samples": Rule(low=1),
+    "route.breaker_window_s": Rule(low=0, exclusive_low=True),
+    "route.breaker_min_samples": Rule(low=1),
+    "route.breaker_latency_floor_ms": Rule(low=0),
+}
+REQUIRED_KEYS = {"proxy": ("upstream",), "route": ("table", "column")}
+SECTIONS = {"proxy": "ProxySettings", "admin": "AdminSettings", "route": "Route"}
+SECRET_KEYS = {"upstream", "token"}  # may hold a password: never echoed in a message
+
+
 def _take(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)
@@ -387,6 +434,9 @@ def upstream_tls_policy(settings: ProxySettings) -> UpstreamDsn:
 
 
 def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
+    problems = check_config_data(data, "", source or "<config>")
+    if problems:
+        raise ConfigError("\n".join(problems))
     unknown = sorted(set(data) - {"proxy", "admin", "route"})
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
@@ -404,9 +454,169 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return parse_config(data, source=str(path))
+    problems = check_config_data(data, text, str(path))
+    if problems:  # with line numbers, before parse_config reports the same without
+        raise ConfigError("\n".join(problems))
+    try:
+        return parse_config(data, source=str(path))
+    except ConfigError as exc:  # a cross-key rule (Route.validate, ...): point at the section at least
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+# -- schema check: every problem at once, with file:line ----------------------------------------------------
+_SECTION_LINE = re.compile(r"^\s*(\[\[|\[)\s*([A-Za-z0-9_.-]+)\s*\]")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
+
+
+def key_lines(text: str) -> dict[tuple[str, int, str], int]:
+    """(section, index, key) -> 1-based line, from a plain scan (tomllib keeps no positions).
+
+    Key "" is the section header's line. [[route]] entries are numbered from 0 in file order.
+
+    >>> key_lines('[proxy]\\n[[route]]\\ntable = "t"\\n[[route]]\\ntable = "u"\\n')[("route", 1, "table")]
+    5
+    """
+    lines: dict[tuple[str, int, str], int] = {}
+    counts: dict[str, int] = {}
+    section, index = "", 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _SECTION_LINE.match(line)
+        if header:
+            section = header.group(2)
+            if header.group(1) == "[[":
+                index = counts.get(section, -1) + 1
+                counts[section] = index
+            else:
+                index = 0
+            lines.setdefault((section, index, ""), number)
+            continue
+        key = _KEY_LINE.match(line)
+        if key:
+            lines.setdefault((section, index, key.group(1).strip('"')), number)
+    return lines
+
+
+def _suggest(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_of(section: str, name: str) -> str:
+    cls = {"proxy": ProxySettings, "admin": AdminSettings, "route": Route}[section]
+    for f in fields(cls):
+        if f.name == name:
+            return str(f.type)
+    return "Any"
+
+
+def _check_type(value: Any, annotation: str) -> str | None:
+    """None when `value` (as TOML gave it) fits the field's annotation, else what was expected."""
+    optional = "None" in annotation
+    base = annotation.replace("| None", "").replace("None |", "").strip()
+    if value is None and optional:
+        return None
+    if base == "str":
+        return None if isinstance(value, str) else "a string"
+    if base == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if base == "int":
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if base == "float":
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    if base.startswith(("tuple[str", "list[str")):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return None if ok else "a list of strings, e.g. [\"postgres\"]"
+    return None
+
+
+def _check_rule(value: Any, rule: Rule) -> str | None:
+    if rule.kind in ("hostport", "hostport?"):
+        if not isinstance(value, str):
+            return 'a string "host:port"'
+        if value == "" and rule.kind == "hostport?":
+            return None
+        try:
+            HostPort.parse(value, "")
+        except ConfigError:
+            return 'a string "host:port" with a port from 0 to 65535'
+        return None
+    if rule.kind == "url":
+        if not isinstance(value, str):
+            return 'a string "postgresql://user@host:port/database"'
+        try:
+            UpstreamDsn.parse(value)
+        except ConfigError as exc:
+            return str(exc).partition(": ")[2] or "a libpq URL"
+        return None
+    if rule.choices and value not in rule.choices:
+        return "one of " + ", ".join(repr(c) for c in rule.choices) + _suggest(str(value), list(rule.choices))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low_ok = rule.low is None or (value > rule.low if rule.exclusive_low else value >= rule.low)
+        high_ok = rule.high is None or value <= rule.high
+        if not (low_ok and high_ok):
+            if rule.low is not None and rule.high is not None:
+                return f"between {rule.low:g} and {rule.high:g}"
+            return f"{'greater than' if rule.exclusive_low else 'at least'} {rule.low:g}"
+    return None
+
+
+def check_config_data(data: dict[str, Any], text: str = "", path: str = "<config>") -> list[str]:
+    """Every schema problem of a parsed TOML document, one line each: `file:line: where: key = value: what`."""
+    lines = key_lines(text)
+    problems: list[str] = []
+
+    def at(section: str, index: int, key: str) -> str:
+        line = lines.get((section, index, key)) or lines.get((section, index, ""))
+        return f"{path}:{line}" if line else path
+
+    for name in data:
+        if name not in SECTIONS:
+            problems.append(f"{at(name, 0, '')}: unknown section [{name}]{_suggest(name, list(SECTIONS))}")
+    if "proxy" not in data:
+        problems.append(f"{path}: [proxy] section is required (with upstream = \"postgresql://...\")")
+    for section in SECTIONS:
+        raw = data.get(section)
+        if raw is None:
+            continue
+        entries = raw if isinstance(raw, list) else [raw]
+        if section == "route" and not isinstance(raw, list):
+            problems.append(f"{at(section, 0, '')}: [route] must be written [[route]] (one per table)")
+            continue
+        if section != "route" and isinstance(raw, list):
+            problems.append(f"{at(section, 0, '')}: [[{section}]] must be written [{section}] (only one)")
+            continue
+        cls = {"proxy": ProxySettings, "admin": AdminSettings, "route": Route}[section]
+        known = [f.name for f in fields(cls)]
+        for index, entry in enumerate(entries):
+            title = f"[[route]] #{index + 1}" if section == "route" else f"[{section}]"
+            if section == "route" and isinstance(entry.get("table"), str):
+                title += f" ({entry['table']})"
+            for required in REQUIRED_KEYS.get(section, ()):
+                if required not in entry:
+                    problems.append(f"{at(section, index, '')}: {title}: {required} is required")
+            for key, value in entry.items():
+                where = at(section, index, key)
+                if key not in known:
+                    problems.append(f"{where}: {title}: unknown key {key!r}{_suggest(key, known)}")
+                    continue
+                rule = KEY_RULES.get(f"{section}.{key}")
+                expected = None if rule and rule.kind else _check_type(value, _type_of(section, key))
+                if expected is None and rule is not None:
+                    expected = _check_rule(value, rule)
+                if expected is not None:
+                    shown = "(hidden)" if key in SECRET_KEYS and isinstance(value, str) else _show(value)
+                    problems.append(f"{where}: {title}: {key} = {shown}: expected {expected}")
+    return problems
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else '"' + value + '"'
+    return text if len(text) <= 60 else text[:57] + "..."

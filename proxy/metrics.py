@@ -13,12 +13,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from .config import HostPort
+from .config import HostPort, Route
 from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.metrics")
@@ -69,8 +70,8 @@ class RuntimeCollector(Collector):
                                         labels=["decision", "reason"])
         for reason, count in stats.passthrough.items():
             decisions.add_metric(["passthrough", reason], count)
-        for table, count in stats.rewritten.items():
-            decisions.add_metric(["rewrite", f"similarity:{table}"], count)
+        for table in {route.table for route in rt.routing.routes} | set(stats.rewritten):
+            decisions.add_metric(["rewrite", f"similarity:{table}"], stats.rewritten.get(table, 0))
         yield decisions
         cache = CounterMetricFamily("pgcutover_plan_cache", "Plan cache lookups", labels=["result"])
         cache.add_metric(["hit"], stats.hits)
@@ -121,7 +122,126 @@ class QueryMetrics:
         yield latency
 
 
+# -- one naming scheme, and every series from the start -----------------------------------------------------
+def _targets(route: Route) -> list[str]:
+    targets = ["primary"]
+    if route.shadow_table:
+        targets.append("shadow")
+    if route.legacy_column and route.fallback:
+        targets.append("fallback_merged")
+    return targets
+
+
+def _one(route: Route) -> list[dict[str, str]]:
+    return [{}]
+
+
+def _has_shadow(route: Route) -> list[dict[str, str]]:
+    return [{}] if route.shadow_table else []
+
+
+def _has_fallback(route: Route) -> list[dict[str, str]]:
+    return [{}] if route.legacy_column and route.fallback else []
+
+
+# family -> (type, help, label sets per configured route). A series the alerts or the dashboard use is exported
+# for every route it applies to from the first scrape: counters at 0, histograms empty, gauges NaN (no value
+# yet: NaN compares false, so no alert fires on it, and a panel shows no point rather than a made-up 0).
+ROUTE_SERIES: dict[str, tuple[str, str, Callable[[Route], list[dict[str, str]]]]] = {
+    "pgcutover_queries": ("counter", "Routed queries by route, target and outcome",
+                          lambda r: [{"target": t, "outcome": o} for t in _targets(r) for o in ("ok", "error")]),
+    "pgcutover_query_duration_seconds": ("histogram", "Routed query latency, send to ReadyForQuery",
+                                         lambda r: [{"target": t} for t in _targets(r)]),
+    "pgcutover_route_split_percent": ("gauge", "Percent of similarity queries to the shadow", _one),
+    "pgcutover_migration_percent": ("gauge", "Rows with a pgvector value, percent of rows with any vector", _one),
+    "pgcutover_legacy_only_rows": ("gauge", "Rows with only a legacy vector", _one),
+    "pgcutover_shadow_diff_keys": ("gauge", "Keys whose (key, vector) differ between table and shadow",
+                                   _has_shadow),
+    "pgcutover_mirror_samples": ("counter", "Mirrored comparisons completed by this replica", _has_shadow),
+    "pgcutover_mirror_dropped": ("counter", "Mirrored comparisons dropped", _has_shadow),
+    "pgcutover_shadow_errors": ("counter", "Mirrored queries that failed on the shadow while the primary answered",
+                                _has_shadow),
+    "pgcutover_shadow_recall": ("gauge", "Mean recall@k of the shadow against the primary", _has_shadow),
+    "pgcutover_breaker_trips": ("counter", "Circuit breaker rollbacks written by this replica",
+                                lambda r: [{"reason": "error_rate"}, {"reason": "latency"}] if r.shadow_table else []),
+    "pgcutover_fallback_legacy_rows": ("gauge", "Legacy-only rows held in memory by the fallback store",
+                                       _has_fallback),
+    "pgcutover_fallback_bytes": ("gauge", "Bytes of vector storage allocated by the fallback store", _has_fallback),
+    "pgcutover_fallback_refresh_lag_seconds": ("gauge", "Age of the oldest change notice not yet applied",
+                                               _has_fallback),
+    "pgcutover_fallback_search_seconds": ("histogram", "Latency of one fallback search", _has_fallback),
+    "pgcutover_fallback_batch_size": ("histogram", "Queries answered by one matrix product", _has_fallback),
+    "pgcutover_fallback_skipped_rows": ("counter", "Reads of legacy rows skipped because the value is not a vector",
+                                        _has_fallback),
+}
+SKIPPED_READS = "pgcutover_fallback_skipped_reads"  # by (table, reason); summed into ..._skipped_rows_total
+
+
+def _relabel(family: Metric) -> Metric:
+    """fallback/ labels its series `table`; everything else says `route`, so the dashboard's filter works."""
+    if not family.name.startswith("pgcutover_fallback_") or not any("table" in s.labels for s in family.samples):
+        return family
+    family.samples = [s._replace(labels={("route" if k == "table" else k): v for k, v in s.labels.items()})
+                      for s in family.samples]
+    return family
+
+
+def _sample_name(family: Metric, suffix: str = "") -> str:
+    return family.name + ("_total" if family.type == "counter" else suffix)
+
+
+def _skipped_rows_total(families: list[Metric]) -> Metric:
+    """pgcutover_fallback_skipped_rows_total{route}: the skipped reads of every reason, added up."""
+    total = CounterMetricFamily("pgcutover_fallback_skipped_rows", ROUTE_SERIES["pgcutover_fallback_skipped_rows"][1],
+                                labels=["route"])
+    sums: dict[str, float] = {}
+    for family in families:
+        if family.name == SKIPPED_READS:
+            for sample in family.samples:
+                if sample.name.endswith("_total") and "route" in sample.labels:
+                    sums[sample.labels["route"]] = sums.get(sample.labels["route"], 0.0) + sample.value
+    for route, value in sorted(sums.items()):
+        total.add_metric([route], value)
+    return total
+
+
+def _zero_fill(families: list[Metric], routes: tuple[Route, ...]) -> list[Metric]:
+    families.append(_skipped_rows_total(families))  # beside the gauge of the same base name (rows skipped now)
+    for name, (kind, help_text, label_sets) in ROUTE_SERIES.items():
+        family = next((f for f in families if f.name == name and f.type == kind), None)
+        if family is None:
+            family = Metric(name, help_text, kind)
+            families.append(family)
+        for route in routes:
+            for extra in label_sets(route):
+                if not any(s.labels.get("route") == route.table and all(s.labels.get(k) == v for k, v in extra.items())
+                           for s in family.samples):
+                    family.samples.extend(_zero_samples(family, {"route": route.table, **extra}))
+    return families
+
+
+def _zero_samples(family: Metric, labels: dict[str, str]) -> list[Sample]:
+    if family.type == "counter":
+        return [Sample(family.name + "_total", labels, 0.0)]
+    if family.type == "histogram":
+        buckets = [Sample(family.name + "_bucket", {**labels, "le": floatToGoString(b)}, 0.0)
+                   for b in (*LATENCY_BUCKETS, float("inf"))]
+        return [*buckets, Sample(family.name + "_count", labels, 0.0), Sample(family.name + "_sum", labels, 0.0)]
+    return [Sample(family.name, labels, float("nan"))]
+
+
+class _Served(Collector):
+    """What /metrics serves: the default registry (fallback/ and process metrics, and this runtime's figures
+    through _current), relabelled to one scheme and zero-filled for every configured route."""
+
+    def collect(self) -> Iterator[Metric]:
+        families = [_relabel(f) for f in REGISTRY.collect()]
+        rt = _current.runtime
+        yield from _zero_fill(families, rt.routing.routes if rt is not None else ())
+
+
 _installed: dict[str, object] = {}
+_served = CollectorRegistry(auto_describe=False)
 
 
 class _CurrentRuntime(Collector):
@@ -154,9 +274,10 @@ def install(runtime: Runtime) -> CollectorRegistry:
     if not _installed:
         _installed["current"] = _current
         REGISTRY.register(_current)
+        _served.register(_Served())
     runtime.query_metrics = QueryMetrics()
     _current.runtime = runtime
-    return REGISTRY
+    return _served
 
 
 class HttpEndpoints:
@@ -182,8 +303,10 @@ class HttpEndpoints:
                 request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1].decode("ascii", "replace") if request.count(b" ") >= 2 else "/"
             path = path.split("?", 1)[0]
-            if path == "/metrics" and not self._authorized(request):
+            if path in ("/metrics", "/report") and not self._authorized(request):
                 status, ctype, body = "401 Unauthorized", "text/plain", b"bearer token required\n"
+            elif path == "/report":
+                status, ctype, body = await self._report()
             else:
                 status, ctype, body = self._route(path)
             head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -202,6 +325,20 @@ class HttpEndpoints:
             if name.strip().lower() == b"authorization":
                 return hmac.compare_digest(value.strip(), f"Bearer {self.token}".encode())
         return False
+
+    async def _report(self) -> tuple[str, str, bytes]:
+        """The readiness page (proxy/report_html.py) of the runtime this process serves."""
+        from .report_html import page_for_runtime
+
+        rt = _current.runtime
+        if rt is None:
+            return "503 Service Unavailable", "text/plain", b"not started\n"
+        try:
+            page = await page_for_runtime(rt)
+        except Exception as exc:  # the database may be away: say so, the endpoint stays up
+            log.warning("GET /report failed: %s", exc)
+            return "503 Service Unavailable", "text/plain", f"readiness page unavailable: {exc}\n".encode()
+        return "200 OK", "text/html; charset=utf-8", page.encode()
 
     def _route(self, path: str) -> tuple[str, str, bytes]:
         if path == "/metrics":

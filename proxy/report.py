@@ -16,9 +16,11 @@ import os
 import re
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -29,7 +31,17 @@ from prometheus_client.registry import Collector
 
 from . import control
 from .config import Config, ConfigError, Route, load_config
-from .evidence import Latency, RouteSummary, mean_interval, verdict, wilson
+from .evidence import (
+    INSUFFICIENT,
+    NOT_READY,
+    READY,
+    Latency,
+    RouteSummary,
+    mean_interval,
+    quantile_ranks,
+    verdict,
+    wilson,
+)
 from .routing import canonical_table
 
 if TYPE_CHECKING:
@@ -134,18 +146,22 @@ SELECT route,
        count(primary_recall_exact) AS primary_exact_n,
        avg(rank_agreement) AS rank_agreement, avg(distance_mean_abs) AS distance_mean_abs,
        count(*) FILTER (WHERE primary_ok) AS primary_n,
-       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY primary_ms)
-           FILTER (WHERE primary_ok) AS primary_ms,
+       percentile_cont($3::float8[]) WITHIN GROUP (ORDER BY primary_ms) FILTER (WHERE primary_ok) AS primary_ms,
        count(*) FILTER (WHERE shadow_ok) AS shadow_n,
-       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY shadow_ms)
-           FILTER (WHERE shadow_ok) AS shadow_ms,
+       percentile_cont($3::float8[]) WITHIN GROUP (ORDER BY shadow_ms) FILTER (WHERE shadow_ok) AS shadow_ms,
        count(*) FILTER (WHERE NOT primary_ok) AS primary_errors,
        count(*) FILTER (WHERE shadow_fault) AS shadow_errors,
-       max(sampled_at)::text AS last_sample
+       max(sampled_at)::text AS last_sample,
+       extract(epoch FROM max(sampled_at) - min(sampled_at))::float8 AS span_s
 FROM pgcutover.mirror_samples
 WHERE sampled_at >= now() - $1::interval AND route = ANY($2::text[])
 GROUP BY route
 """
+
+
+# Latency quantiles read in one pass: p50, p99, and a fine grid around p95 from which the order-statistic
+# interval of the p95 is interpolated (evidence.quantile_ranks) whatever the sample count.
+QUANTILE_GRID = sorted({0.5, 0.99, *(round(0.6 + i * 0.005, 4) for i in range(81))})
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +178,7 @@ async def summarize(conn: asyncpg.Connection, routes: Sequence[Route],
     rows: dict[str, asyncpg.Record] = {}
     if await conn.fetchval("SELECT to_regclass('pgcutover.mirror_samples') IS NOT NULL"):
         window = since if since is not None else timedelta(days=36500)
-        for row in await conn.fetch(_SUMMARY_SQL, window, [r.table for r in routes]):
+        for row in await conn.fetch(_SUMMARY_SQL, window, [r.table for r in routes], QUANTILE_GRID):
             rows[row["route"]] = row
     reports = []
     for route in routes:
@@ -184,14 +200,28 @@ def summary_from_row(table: str, row: Any | None) -> RouteSummary:
                                            row["primary_exact_sd"]),
         rank_agreement=row["rank_agreement"], distance_mean_abs=row["distance_mean_abs"],
         primary=_latency(row["primary_n"], row["primary_ms"]), shadow=_latency(row["shadow_n"], row["shadow_ms"]),
-        primary_errors=row["primary_errors"], shadow_errors=row["shadow_errors"],
+        primary_errors=row["primary_errors"], shadow_errors=row["shadow_errors"], span_s=row["span_s"],
     )
 
 
 def _latency(n: int, ms: Sequence[float] | None) -> Latency:
+    """Latency (seconds) from percentile_cont over QUANTILE_GRID (milliseconds)."""
     if not n or not ms:
         return Latency(n, None, None, None)
-    return Latency(n, ms[0] / 1000, ms[1] / 1000, ms[2] / 1000)
+
+    def at(q: float) -> float:
+        i = bisect_left(QUANTILE_GRID, q)
+        if i < len(QUANTILE_GRID) and QUANTILE_GRID[i] == q:
+            return ms[i] / 1000
+        if i == 0:
+            return ms[0] / 1000
+        if i >= len(QUANTILE_GRID):
+            return ms[-1] / 1000
+        lo_q, hi_q = QUANTILE_GRID[i - 1], QUANTILE_GRID[i]
+        return (ms[i - 1] + (ms[i] - ms[i - 1]) * (q - lo_q) / (hi_q - lo_q)) / 1000
+
+    low, high = quantile_ranks(0.95, n)
+    return Latency(n, at(0.5), at(0.95), at(0.99), at(max(low, QUANTILE_GRID[0])), at(high))
 
 
 # -- presentation ---------------------------------------------------------------------------------------------
@@ -211,7 +241,9 @@ def report_dict(report: RouteReport) -> dict[str, Any]:
         "rank_agreement_kendall_tau": s.rank_agreement,
         "distance_mean_abs_diff": s.distance_mean_abs,
         "latency_ms": {"primary": _latency_ms(s.primary), "shadow": _latency_ms(s.shadow),
-                       "p95_ratio": s.latency_ratio},
+                       "p95_ratio": s.latency_ratio,
+                       "p95_ratio_ci95": list(s.latency_ratio_interval) if s.latency_ratio_interval else None},
+        "comparisons_per_minute": round(s.compared_per_s * 60, 2) if s.compared_per_s else None,
         "errors": {
             "primary": s.primary_errors, "primary_rate": s.primary_error_rate,
             "shadow": s.shadow_errors, "shadow_rate": s.shadow_error_rate,
@@ -276,11 +308,14 @@ def format_text(reports: Sequence[RouteReport]) -> str:
                    f"mean |distance diff| {_num(s.distance_mean_abs, 6)}")
         out.append(f"  latency primary   {_lat(s.primary)}")
         out.append(f"  latency shadow    {_lat(s.shadow)}")
-        out.append(f"  p95 ratio         {_num(s.latency_ratio, 3)}")
+        ratio_ci = s.latency_ratio_interval
+        out.append(f"  p95 ratio         {_num(s.latency_ratio, 3)}"
+                   + (f" [{ratio_ci[0]:.3f}, {ratio_ci[1]:.3f}]" if ratio_ci else ""))
         out.append(f"  errors            primary {s.primary_errors} ({_pct(s.primary_error_rate)}), shadow "
                    f"{s.shadow_errors} ({_pct(s.shadow_error_rate)})")
         out.append("")
-    out.append("intervals: 95%, normal approximation over queries (mean ± 1.96·s/√n)")
+    out.append("intervals: 95%; recall: normal approximation over queries (mean ± 1.96·s/√n); p95 ratio: "
+               "order statistics of each side; error rates: Wilson")
     return "\n".join(out)
 
 
@@ -330,27 +365,50 @@ def parse_since(text: str) -> timedelta | None:
 
 
 # -- SHOW REPORT ----------------------------------------------------------------------------------------------
-def show_report(rt: Runtime) -> tuple[list[tuple[str, int]], list[list[object]]]:
-    """The summary this replica's mirror refreshed last (all replicas' samples), and its breaker's state."""
+SHOW_COLUMNS = [
+    ("route", TEXT), ("verdict", TEXT), ("samples", INT8), ("recall", FLOAT8), ("recall_ci95", TEXT),
+    ("p95_ratio", FLOAT8), ("shadow_error_rate", FLOAT8), ("mirror_percent", FLOAT8), ("dropped_here", TEXT),
+    ("breaker", TEXT), ("refreshed_s_ago", FLOAT8),
+]
+
+
+def current_reports(rt: Runtime) -> list[RouteReport]:
+    """The summary this replica's mirror refreshed last (all replicas' samples, `summarize` over DEFAULT_SINCE),
+    one per route in force: what SHOW REPORT, the metrics and GET /report show, so they agree."""
     mirror = getattr(rt, "mirror", None)
-    breaker = getattr(rt, "breaker", None)
     reports: dict[str, RouteReport] = dict(getattr(mirror, "reports", None) or {})
-    states = {state.route: state for state in breaker.state_rows()} if breaker is not None else {}
-    columns = [*REPORT_COLUMNS, ("mirror_percent", FLOAT8), ("dropped_here", TEXT), ("breaker", TEXT),
-               ("last_trip", TEXT), ("refreshed_s_ago", FLOAT8)]
-    refreshed = getattr(mirror, "reports_at", None)
-    age = round(time.monotonic() - refreshed, 1) if refreshed else None
-    rows = []
+    out = []
     for route in rt.routing.routes:
         report = reports.get(route.table)
         if report is None:
             summary = summary_from_row(route.table, None)
             report = RouteReport(summary, verdict(summary, route), None, DEFAULT_SINCE)
-        state = states.get(route.table)
-        dropped = mirror.dropped_reasons_text(route.table) if mirror is not None else None
-        rows.append([*report_row(report), route.mirror, dropped, _breaker_text(state) if state else None,
-                     state.last_trip if state else None, age])
-    return columns, rows
+        out.append(report)
+    return out
+
+
+def show_report(rt: Runtime) -> tuple[list[tuple[str, int]], list[list[object]]]:
+    """A summary per route (details: `pgcutover report`, or GET /report on the metrics port)."""
+    mirror = getattr(rt, "mirror", None)
+    breaker = getattr(rt, "breaker", None)
+    states = {state.route: state for state in breaker.state_rows()} if breaker is not None else {}
+    refreshed = getattr(mirror, "reports_at", None)
+    age = round(time.monotonic() - refreshed, 1) if refreshed else None
+    mirror_percent = {route.table: route.mirror for route in rt.routing.routes}
+    rows = []
+    for report in current_reports(rt):
+        s = report.summary
+        state = states.get(s.route)
+        ci = f"{s.recall.low:.4f}-{s.recall.high:.4f}" if s.recall else None
+        dropped = mirror.dropped_reasons_text(s.route) if mirror is not None else None
+        rows.append([s.route, report.verdict, s.samples, _round(s.recall.mean if s.recall else None), ci,
+                     _round(s.latency_ratio, 3), _round(s.shadow_error_rate), mirror_percent.get(s.route), dropped,
+                     _breaker_text(state) if state else None, age])
+    return SHOW_COLUMNS, rows
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else round(v, digits)
 
 
 def _breaker_text(state: BreakerState) -> str:
@@ -382,8 +440,12 @@ class EvidenceCollector(Collector):
                                      "Mirrored queries that failed on the shadow while the primary answered",
                                      labels=["route"])
         recall = GaugeMetricFamily("pgcutover_shadow_recall",
-                                   "Mean recall@k of the shadow against the primary over recent mirrored queries",
-                                   labels=["route"])
+                                   "Mean recall@k of the shadow against the primary (the readiness summary: "
+                                   "pgcutover report, SHOW REPORT)", labels=["route"])
+        ready = GaugeMetricFamily("pgcutover_readiness", "1 for the route's current verdict (the readiness "
+                                  "summary), 0 for the others", labels=["route", "verdict"])
+        summary_samples = GaugeMetricFamily("pgcutover_readiness_samples", "Mirrored samples in the readiness "
+                                            "summary (all replicas, last 24h)", labels=["route"])
         trips = CounterMetricFamily("pgcutover_breaker_trips", "Circuit breaker rollbacks written by this replica",
                                     labels=["route", "reason"])
         if mirror is not None:
@@ -391,9 +453,14 @@ class EvidenceCollector(Collector):
                 samples.add_metric([table], mirror.samples[table])
                 dropped.add_metric([table], mirror.dropped[table])
                 errors.add_metric([table], mirror.shadow_errors[table])
-                value = mirror.recent_recall(table)
-                if value is not None:
-                    recall.add_metric([table], value)
+        for report in current_reports(self.rt):
+            s = report.summary
+            if s.recall is not None:
+                recall.add_metric([s.route], s.recall.mean)
+            summary_samples.add_metric([s.route], s.samples)
+            current = report.verdict.split(":", 1)[0]
+            for name in (READY, NOT_READY, INSUFFICIENT):
+                ready.add_metric([s.route, name], 1.0 if current == name else 0.0)
         judged = GaugeMetricFamily("pgcutover_breaker_window_errors",
                                    "Shadow errors in the breaker's window by whose fault they are (only 'shadow' "
                                    "counts; 'unverified' counts if a probe finds the shadow broken)",
@@ -405,7 +472,7 @@ class EvidenceCollector(Collector):
                 for verdict, count in (("shadow", state.shadow_errors), ("client", state.client_errors),
                                        ("unverified", state.unverified_errors)):
                     judged.add_metric([state.route, verdict], count)
-        yield from (samples, dropped, errors, recall, trips, judged)
+        yield from (samples, dropped, errors, recall, trips, ready, summary_samples, judged)
 
 
 def register_metrics(registry: CollectorRegistry, runtime: Runtime) -> None:
@@ -425,6 +492,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--route", help="only this route (table name as configured)")
     parser.add_argument("--since", default="24h", help="period to summarise: 30m, 1h, 2d... or 'all' (default 24h)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write the readiness page (charts over time, verdict and reasons) to FILE")
     parser.add_argument("--config", default=os.environ.get("PGCUTOVER_CONFIG"),
                         required="PGCUTOVER_CONFIG" not in os.environ,
                         help="the TOML file `serve` uses (default: $PGCUTOVER_CONFIG)")
@@ -435,7 +504,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     since = parse_since(args.since)
     routes = _selected_routes(config, args.route)
-    reports = asyncio.run(_fetch_reports(config, routes, since))
+    if getattr(args, "html", None):
+        reports, page = asyncio.run(_fetch_page(config, routes, since))
+        Path(args.html).write_text(page)
+    else:
+        reports = asyncio.run(_fetch_reports(config, routes, since))
     if args.json:
         sys.stdout.write(orjson.dumps({"routes": [report_dict(r) for r in reports]},
                                       option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -451,6 +524,31 @@ def _selected_routes(config: Config, table: str | None) -> list[Route]:
     route = config.route_for(name)
     assert route is not None
     return [route]
+
+
+async def _fetch_page(config: Config, routes: Sequence[Route],
+                      since: timedelta | None) -> tuple[list[RouteReport], str]:
+    """The reports and the HTML page drawn from the same summary (and the migration status of each route)."""
+    from .report_html import fetch_page, render
+
+    migration: dict[str, dict[str, Any]] = {}
+    if any(route.legacy_column for route in routes):
+        from deploy.status import StatusOptions, status
+
+        for route in routes:
+            if route.legacy_column:
+                try:
+                    for row in await status(config, route.table, StatusOptions(diff=False)):
+                        migration[row["table"]] = row
+                except Exception:  # the page still shows everything else; `pgcutover status` says why
+                    pass
+    conn = await control.connect(config)
+    try:
+        reports = await summarize(conn, routes, since)
+        page = await fetch_page(conn, routes, reports, since, migration)
+    finally:
+        await conn.close()
+    return reports, render(page)
 
 
 async def _fetch_reports(config: Config, routes: Sequence[Route], since: timedelta | None) -> list[RouteReport]:

@@ -44,6 +44,8 @@ METRICS: dict[str, tuple[str, dict[str, tuple[str, ...] | None]]] = {
     "pgcutover_shadow_recall": ("gauge", ROUTE),
     "pgcutover_shadow_errors_total": ("counter", ROUTE),
     "pgcutover_breaker_trips_total": ("counter", {"route": None, "reason": None}),
+    "pgcutover_readiness": ("gauge", {"route": None, "verdict": ("ready", "not ready", "insufficient data")}),
+    "pgcutover_readiness_samples": ("gauge", ROUTE),
 }
 
 # Series that come from Prometheus itself or kube-state-metrics, used by the availability alerts.

@@ -134,7 +134,8 @@ def test_verdict_ready() -> None:
 
 def test_verdict_insufficient_data() -> None:
     assert verdict(summary(samples=0), ROUTE).startswith("insufficient data: no mirrored samples")
-    assert verdict(summary(samples=99), ROUTE) == "insufficient data: 99 of min_samples 100 comparisons"
+    assert verdict(summary(samples=99), ROUTE) == ("insufficient data: 99 of min_samples 100 comparisons; "
+                                                   "about 1 more comparison needed")
     # enough attempts but too few of them comparable (e.g. the primary returned nothing)
     assert verdict(summary(samples=150, compared=40), ROUTE).startswith("insufficient data: 40 of")
 

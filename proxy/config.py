@@ -16,6 +16,7 @@ STICKY_MODES = ("query", "session", "application_name")
 LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
 BAD_VECTOR_MODES = ("error", "skip")
 METRICS = ("l2", "cosine", "ip")
+INEXACT_MODES = ("error", "primary_only")
 
 
 class ConfigError(ValueError):
@@ -141,6 +142,8 @@ class Route:
     breaker_window_s: float = 30.0
     breaker_min_samples: int = 20
     breaker_latency_floor_ms: float = 10.0  # the shadow must also be this much slower to trip on latency
+    on_inexact: str = "error"  # a similarity query the fallback cannot answer exactly: error | primary_only
+    fallback_wait_ms: int = 5000  # how long such a query waits for a store that is not loaded yet
 
     @property
     def schema(self) -> str | None:
@@ -178,6 +181,11 @@ class Route:
             )
         if self.on_bad_vector not in BAD_VECTOR_MODES:
             raise ConfigError(f"{where}: on_bad_vector must be one of {', '.join(BAD_VECTOR_MODES)}")
+        if self.on_inexact not in INEXACT_MODES:
+            raise ConfigError(f"{where}: on_inexact = {self.on_inexact!r} must be one of {', '.join(INEXACT_MODES)}")
+        if isinstance(self.fallback_wait_ms, bool) or not isinstance(self.fallback_wait_ms, int) \
+                or self.fallback_wait_ms < 0:
+            raise ConfigError(f"{where}: fallback_wait_ms = {self.fallback_wait_ms!r} must be an integer >= 0")
         if self.metric not in METRICS:
             raise ConfigError(f"{where}: metric = {self.metric!r} must be one of {', '.join(METRICS)}")
         if self.split > 0 and not self.shadow_table:
@@ -221,6 +229,14 @@ KEY_HELP: dict[str, str] = {
     "[[route]] split, sticky": "percent of similarity queries sent to the shadow; query | session | application_name",
     "[[route]] legacy_column, legacy_format, dims, fallback": "legacy vectors (json|bytea_f32|bytea_f64|array)",
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
+    "[[route]] on_inexact": (
+        'error | primary_only (default "error"): a similarity query the fallback cannot answer exactly over all '
+        "rows gets SQLSTATE 0A000 naming the route and the reason, or the answer from pgvector rows with a NOTICE"
+    ),
+    "[[route]] fallback_wait_ms": (
+        "how long a similarity query waits for the route's fallback store to load (default 5000) before it gets "
+        "the on_inexact treatment with reason store-not-ready"
+    ),
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
     "[[route]] mirror_max_per_s": "at most this many mirrored queries a second per proxy (default 5; 0: no cap)",

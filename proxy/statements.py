@@ -13,9 +13,12 @@ two into the messages the server gets, keeping the reply queue exact:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,7 +29,7 @@ from .merged import MergedQueries
 from .mirror import MirrorRequest
 from .protocol import codes
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DROP, PARSE, QUERY
+from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, PARSE, QUERY
 
 if TYPE_CHECKING:
     from rewrite.plan import Plan
@@ -38,6 +41,42 @@ log = logging.getLogger("pgcutover.statements")
 
 _names = itertools.count(1)
 MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)
+REFUSED = "fallback_refused"  # ... of one refused with 0A000 (on_inexact = "error"): no target answered it
+INEXACT_SQLSTATE = "0A000"  # feature_not_supported
+CANCELED_SQLSTATE = "57014"  # query_canceled, as the server says it
+_RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
+# Statements after which the server has dropped prepared statements (ours included). A simple Query may hold
+# several statements, so it is searched; a Parse holds one, so its first word decides.
+_MAY_DROP = re.compile(r"(?i:deallocate|discard)")  # the cheap test, on the first 4 KB of every text
+_DROPS_STATEMENTS = re.compile(r"\b(?:deallocate|discard\s+all)\b", re.IGNORECASE)
+
+
+def drops_statements(sql: str) -> bool:
+    return _MAY_DROP.search(sql, 0, 4096) is not None and _DROPS_STATEMENTS.search(sql, 0, 4096) is not None
+
+
+def raise_sql(sqlstate: str, message: str, hint: str | None = None) -> str:
+    """A statement that makes the server itself raise `sqlstate`: the error then has the server's own semantics
+    (the transaction aborts, the extended protocol skips to Sync, ReadyForQuery follows). The texts are ours
+    (route name, reason code, a load error), written as E'' literals: unambiguous whatever
+    standard_conforming_strings says, and the dollar-quote tag cannot occur in them."""
+
+    def literal(text: str) -> str:
+        text = text.replace("\0", "").replace("$pgcutover$", "$ pgcutover $")
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+    using = f"ERRCODE = '{sqlstate}', MESSAGE = {literal(message)}"
+    if hint:
+        using += f", HINT = {literal(hint)}"
+    return f"DO $pgcutover$ BEGIN RAISE EXCEPTION USING {using}; END $pgcutover$"
+
+
+_HINT = 'on_inexact = "primary_only" answers from pgvector rows only, with a notice; see README "Limits"'
+
+
+def reason_code(reason: str) -> str:
+    """The metric label of a refusal reason: "store-not-ready: <error>" -> "store-not-ready"."""
+    return reason.split(":", 1)[0].strip() or "unknown"
 
 
 @dataclass(slots=True)
@@ -98,6 +137,8 @@ class StatementRouting:
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
         self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
         self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
+        self._refused = False  # the merge in progress was refused (set by refuse_query/refuse_bind)
+        self._cancel: asyncio.Event | None = None  # set while a query waits for a fallback store
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -145,6 +186,8 @@ class StatementRouting:
     # -- messages ---------------------------------------------------------------------------------------------
     def on_query(self, payload: bytes) -> bytes | None:
         sql = msg.parse_query(payload)
+        if drops_statements(sql):
+            self.statements_dropped()
         plan = self._plan(sql)
         tracker = self.session.tracker
         cycle_start = tracker.idle
@@ -153,8 +196,10 @@ class StatementRouting:
             return None
         target = self._target(plan, sql)
         if self.merged is not None and self.merged.wants(plan, target):
-            self._executions[-1].target = MERGED
-            return Deferred(self.merged.query(plan, sql), msg.message(b"Q", payload), codes.F_QUERY)
+            merged = self.merged
+            return Deferred(self._merge(plan, lambda: merged.query(plan, sql),
+                                        lambda reason: self.refuse_query(plan, sql, reason)),
+                            msg.message(b"Q", payload), codes.F_QUERY)
         tracker.expect(QUERY)
         self._guard(plan, target, cycle_start)
         rewritten = plan.sql_for(target)
@@ -170,6 +215,8 @@ class StatementRouting:
             out = msg.close("S", parse.name)
             tracker.expect(CLOSE, DROP)
         tracker.expect(PARSE)
+        if drops_statements(parse.sql):
+            self.statements_dropped()
         self.statements.pop(parse.name, None)  # a re-used unnamed (or closed-then-reused) name starts afresh
         if not parse.name:
             self.unnamed = None
@@ -212,9 +259,10 @@ class StatementRouting:
             if self._executions[-1].mirror:
                 self._attach_values(self._executions[-1], payload, statement.param_oids)
         if self.merged is not None and self.merged.wants(statement.plan, target):
-            if self._executions:
-                self._executions[-1].target = MERGED
-            return Deferred(self.merged.bind(statement, payload), msg.message(b"B", payload), codes.F_BIND)
+            merged = self.merged
+            return Deferred(self._merge(statement.plan, lambda: merged.bind(statement, payload),
+                                        lambda reason: self.refuse_bind(statement, payload, reason)),
+                            msg.message(b"B", payload), codes.F_BIND)
         self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
             tracker.expect(BIND)
@@ -248,6 +296,123 @@ class StatementRouting:
             out += msg.close("S", other)
             tracker.expect(CLOSE, DROP)
         return out
+
+    # -- merged executions and their refusals ------------------------------------------------------------------
+    async def _merge(self, plan: Plan, run: Callable[[], Awaitable[bytes]],
+                     refuse: Callable[[str], bytes]) -> bytes:
+        """A similarity query on a route with a fallback store: merged (fallback/, proxy/merged.py) or refused.
+        Labelled fallback_merged only when the merge went through without a refuse_*() call."""
+        execution = self._executions[-1] if self._executions and self._executions[-1].plan is plan else None
+        self._refused = False
+        if execution is not None:
+            execution.target = "primary"
+        reason = await self._wait_for_store(plan)
+        if reason == CANCELED_SQLSTATE:
+            return refuse(reason)
+        if reason is not None:
+            return refuse(f"store-not-ready: {reason}")
+        out = await run()
+        if execution is not None and not self._refused:
+            execution.target = MERGED
+        return out
+
+    async def _wait_for_store(self, plan: Plan) -> str | None:
+        """None once the route's store is loaded; else, after at most fallback_wait_ms, why it is not (or
+        CANCELED_SQLSTATE when the client's CancelRequest came first)."""
+        service = self.rt.fallback
+        assert service is not None and plan.route is not None
+        table = plan.route.table
+        store = service.store_for(table)
+        if store is None or store.loaded:
+            return None
+        route = self._live_route(plan)
+        self._cancel = asyncio.Event()
+        waits = [asyncio.ensure_future(store.wait_ready()), asyncio.ensure_future(self._cancel.wait())]
+        try:
+            await asyncio.wait(waits, timeout=route.fallback_wait_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            cancelled, self._cancel = self._cancel.is_set(), None
+        if store.loaded:
+            return None
+        if cancelled:
+            return CANCELED_SQLSTATE
+        return service.failed.get(table) or f"still loading after {route.fallback_wait_ms} ms"
+
+    def cancel_wait(self) -> bool:
+        """A CancelRequest for this session: ends a wait for a store (the query then gets 57014)."""
+        if self._cancel is None:
+            return False
+        self._cancel.set()
+        return True
+
+    def _inexact(self, plan: Plan, reason: str) -> tuple[Route, str]:
+        """Count a refusal; the route as in force now and the client-facing text naming it and the reason."""
+        route = self._live_route(plan)
+        self._refused = True
+        if self.rt.fallback is not None:
+            self.rt.fallback.count_unmerged(route.table, reason_code(reason))
+        log.info("%s: not answered exactly over all rows (%s); on_inexact = %s", route.table, reason,
+                 route.on_inexact)
+        return route, (f"pgcutover: route {route.table}: this similarity query cannot be answered exactly over all "
+                       f"rows while legacy rows remain ({reason})")
+
+    def _relabel(self, plan: Plan, target: str) -> None:
+        if self._executions and self._executions[-1].plan is plan:
+            self._executions[-1].target = target
+
+    def refuse_query(self, plan: Plan, sql: str, reason: str) -> bytes:
+        """The replacement of a simple Query the merge cannot answer exactly (route's on_inexact applies)."""
+        self.session.tracker.expect(QUERY)
+        if reason == CANCELED_SQLSTATE:
+            self._relabel(plan, REFUSED)
+            return msg.query(raise_sql(CANCELED_SQLSTATE, "canceling statement due to user request"))
+        route, text = self._inexact(plan, reason)
+        if route.on_inexact == "primary_only":
+            self._relabel(plan, "primary")
+            self.session._to_client(msg.notice_response(text + "; answered from pgvector rows only", "01000"))
+            return msg.query(plan.sql_for("primary") or sql)
+        self._relabel(plan, REFUSED)
+        return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
+
+    def refuse_bind(self, statement: RoutedStatement, payload: bytes, reason: str) -> bytes:
+        """The replacement of a Bind the merge cannot answer exactly. For "error", the Bind becomes our own
+        statement that raises: the client sees the ErrorResponse where its BindComplete was due, and the server
+        skips the client's Describe/Execute up to its Sync, as after any failed Bind."""
+        tracker = self.session.tracker
+        plan = statement.plan
+        if reason == CANCELED_SQLSTATE:
+            sqlstate, text, hint = CANCELED_SQLSTATE, "canceling statement due to user request", None
+        else:
+            route, text = self._inexact(plan, reason)
+            if route.on_inexact == "primary_only":
+                self._relabel(plan, "primary")
+                self.session._to_client(msg.notice_response(text + "; answered from pgvector rows only", "01000"))
+                tracker.expect(BIND)
+                return msg.message(b"B", payload)
+            sqlstate, hint = INEXACT_SQLSTATE, _HINT
+        self._relabel(plan, REFUSED)
+        portal, _ = msg.read_cstr(payload, 0)
+        out = msg.close("S", _RAISE_NAME)  # closing a statement that does not exist is not an error
+        tracker.expect(CLOSE, DROP)
+        out += msg.parse_message(_RAISE_NAME, raise_sql(sqlstate, text, hint))
+        tracker.expect(PARSE, DROP)
+        out += msg.bind_message(msg.Bind(portal, _RAISE_NAME, (), (), ()))
+        tracker.expect(BIND, DROP)
+        out += msg.execute(portal)
+        tracker.expect(EXECUTE, DROP)
+        return out
+
+    def statements_dropped(self) -> None:
+        """DEALLOCATE ALL / DISCARD ALL is on its way to the server: every statement of ours is prepared again
+        (after a Close, in case the command failed) before its next use."""
+        for statement in self.statements.values():
+            statement.uncertain.update(statement.others)
+        if self.unnamed is not None:
+            self.unnamed.uncertain.update(self.unnamed.others)
+        if self.merged is not None:
+            self.merged.prepared.clear()
 
     # -- replies ----------------------------------------------------------------------------------------------
     def on_error(self, payload: bytes) -> None:

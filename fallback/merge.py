@@ -137,6 +137,11 @@ if TYPE_CHECKING:
     from rewrite.catalog import Catalog, ColumnInfo
 
 METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric
+# analyze's metric -> (the legacy search's metric, sign): the distance's value is sign * the search's distance.
+# inner_product() is pgvector's `<#>` negated, so its largest values are the search's nearest rows.
+SEARCH_METRICS = {"l2": ("l2", 1), "cosine": ("cosine", 1), "inner_product": ("ip", 1),
+                  "inner_product_positive": ("ip", -1), "l1": ("l1", 1)}
+KNN_METRICS = frozenset(METRICS.values())  # what fallback.knn searches (nearest first); others: fallback.scan
 INT8_MAX = 2**63 - 1
 BOUND_TYPE = "double precision"
 _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint", "int2", "int4", "int8"})
@@ -202,8 +207,9 @@ class MergePlan:
     """The merged query of one SQL text, and what the proxy needs to run the numpy search for it."""
 
     route: Route
-    operator: str  # "<->" | "<=>" | "<#>"
-    metric: str  # "l2" | "cosine" | "ip" (fallback.knn's names)
+    operator: str  # "<->" | "<=>" | "<#>" | "<+>" or a function name ("l2_distance", "inner_product", ...)
+    metric: str  # "l2" | "cosine" | "ip" | "l1": the legacy search's metric (fallback.knn's names, and l1)
+    farthest: bool  # the legacy candidates are the search's farthest rows, not its nearest
     vector_param_index: int | None  # $n holding the query vector (possibly cast)
     vector_literal: str | None  # or the literal vector text
     limit_value: int | None
@@ -353,9 +359,12 @@ def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, serve
     sql = to_sql(expression)
     parts, slots = _cut(sql, builder)
     param_count = _param_count(query.expression)
+    assert query.rank is not None
+    use = query.distances[query.rank.distance]
+    metric, sign = SEARCH_METRICS[use.metric]
     plan = MergePlan(
-        route=route, operator=query.operator, metric=METRICS[query.operator],
-        vector_param_index=query.param_index, vector_literal=query.literal if query.param_index is None else None,
+        route=route, operator=use.operator, metric=metric, farthest=(sign > 0) == query.rank.descending,
+        vector_param_index=use.param_index, vector_literal=use.literal if use.param_index is None else None,
         limit_value=query.limit_value, limit_param=query.limit_param,
         offset_value=query.offset_value, offset_param=query.offset_param,
         param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
@@ -400,15 +409,16 @@ def _check_shape(query: SimilarityQuery) -> None:
         raise Passthrough("fallback-nested")
     if query.aggregated:
         raise Passthrough("fallback-aggregate")
-    if not query.order_by_distance or not query.pure_order:
+    if query.rank is None:
         raise Passthrough("fallback-order")
-    if query.function_form or query.operator not in METRICS:
-        raise Passthrough("fallback-operator", query.operator)
+    use = query.distances[query.rank.distance]
+    if use.metric not in SEARCH_METRICS:
+        raise Passthrough("fallback-operator", use.operator)
     if query.limit_value is None and query.limit_param is None:
         raise Passthrough("fallback-needs-limit")
     if query.offset is not None and query.offset_value is None and query.offset_param is None:
         raise Passthrough("fallback-offset")
-    if query.param_index is None and query.literal is None:
+    if use.param_index is None and use.literal is None:
         raise Passthrough("fallback-vector-unknown")
     select = query.select
     if any(p.find(exp.Window) for p in select.expressions):
@@ -514,7 +524,7 @@ def _decoder(fmt: str, dims: int, legacy_type: str | None, validity: bool) -> ex
 class _Tagged:
     select: exp.Select
     distances: dict[int, exp.Expression]
-    order_key: exp.Ordered
+    order_key: exp.Ordered | None
 
 
 def _tagged(expression: exp.Expression) -> _Tagged:
@@ -526,7 +536,7 @@ def _tagged(expression: exp.Expression) -> _Tagged:
             distances[mark[1]] = node
         elif isinstance(mark, tuple) and mark[0] == TAG_ORDER_KEY:
             order_key = node
-    assert isinstance(expression, exp.Select) and order_key is not None
+    assert isinstance(expression, exp.Select)
     return _Tagged(expression, distances, order_key)
 
 
@@ -541,7 +551,10 @@ class _Builder:
         token = secrets.token_hex(8)
         self.keys_name = f"pgcutover_keys_{token}"
         self.bound_name = f"pgcutover_bound_{token}"
-        self.main: int = query.select.args["order"].expressions[0].meta[MARK][1]  # see analyze's TAG_ORDER_KEY
+        assert query.rank is not None
+        self.rank = query.rank
+        self.main: int = query.rank.distance
+        self.sign = SEARCH_METRICS[query.distances[self.main].metric][1]
 
     # names -----------------------------------------------------------------------------------------------
     def column(self, name: str) -> exp.Column:
@@ -607,11 +620,16 @@ class _Builder:
         """The primary rewrite's FROM, WHERE and ORDER BY (vector index shape included), keys only."""
         primary = add_vector_not_null(to_primary(self.query.expression, self.query, self.catalog), self.query)
         tags = _tagged(primary)
-        ordered = tags.order_key.copy()
-        if not isinstance(ordered.this, DISTANCE_NODES):  # an output name or ordinal: spell the distance out
-            ordered.set("this", tags.distances[self.main].copy())
+        keys = []
+        for position, ordered in enumerate(tags.select.args["order"].expressions):
+            ordered = ordered.copy()
+            if position == 0 and tags.order_key is not None and not isinstance(ordered.this, DISTANCE_NODES):
+                ordered.set("this", tags.distances[self.main].copy())  # an output name or ordinal
+            else:
+                ordered.set("this", _order_expression(ordered.this, tags.select))
+            keys.append(ordered)
         select = _keys_select(self.column(self.route.key), tags.select, tags.select.args.get("where").this)
-        select.set("order", exp.Order(expressions=[ordered]))
+        select.set("order", exp.Order(expressions=keys))
         select.set("limit", exp.Limit(expression=self.total()))
         return select
 
@@ -633,7 +651,7 @@ class _Builder:
         counted = _keys_select(exp.Count(this=exp.Star()), client, _conjunction([
             _paren(where_d), *self.legacy_only(),
             exp.EQ(this=self.column(self.route.key), expression=exp.Any(this=self.keys())),
-            exp.LTE(this=distance.copy(), expression=self.bound()),
+            self.ahead_of_bound(distance),
         ]))
         enough = exp.GTE(this=exp.Subquery(this=counted), expression=self.total())
         guard = [
@@ -642,6 +660,33 @@ class _Builder:
         ]
         return _keys_select(self.column(self.route.key), client,
                             _conjunction([_paren(where_d), *self.legacy_only(), *guard, self.valid_legacy()]))
+
+
+    def ahead_of_bound(self, distance: exp.Expression) -> exp.Expression:
+        """D ranks at or before the bound (strictly before when other ORDER BY keys could break a tie). The
+        bound is in the search's units: the distance's value is `sign` times it."""
+        bound: exp.Expression = self.bound() if self.sign > 0 else exp.Neg(this=exp.Paren(this=self.bound()))
+        strict = not self.rank.only_key
+        comparisons = {(True, True): exp.GT, (True, False): exp.GTE, (False, True): exp.LT, (False, False): exp.LTE}
+        node = comparisons[(self.rank.descending, strict)]
+        return node(this=distance.copy(), expression=bound)
+
+
+def _order_expression(key: exp.Expression, select: exp.Select) -> exp.Expression:
+    """An ORDER BY key spelled as an expression: an ordinal or an output name becomes the select-list entry it
+    names (PostgreSQL's rule: output names first), for a copy of the FROM list that has no such outputs."""
+    projections = select.expressions
+    if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+        index = int(key.this) - 1
+        if 0 <= index < len(projections):
+            target = projections[index]
+            return (target.this if isinstance(target, exp.Alias) else target).copy()
+    if isinstance(key, exp.Column) and key.args.get("table") is None and isinstance(key.this, exp.Identifier):
+        name = norm(key.this)
+        for projection in projections:
+            if isinstance(projection, exp.Alias) and norm(projection.args.get("alias")) == name:
+                return projection.this.copy()
+    return key.copy()
 
 
 def _typed_count(node: exp.Expression | None) -> exp.Expression:

@@ -4,9 +4,12 @@ For the primary target of such a route, the session hands the statement here ins
 1. the merge plan (fallback/merge.py) is built once per SQL text, in a worker thread (it parses SQL);
 2. the query vector is read from the literal or the Bind parameter (text or binary pgvector format), and the
    numpy search (fallback/knn.py, batched across sessions, off the event loop) returns candidate keys;
-3. what goes upstream is the merged query with those candidates: a simple Query with them as literals, or
-   in the extended protocol a statement of ours (prepared once per session and SQL text, its ParseComplete
-   swallowed) bound with the client's own values plus two more (candidate keys, distance bound).
+3. what goes upstream is the merged query with those candidates as two parameters (candidate keys, distance
+   bound), never as literals: for a simple Query, an unnamed extended-protocol statement of ours (Parse, Bind,
+   Describe, Execute, Sync, whose ParseComplete and BindComplete are swallowed, so the client sees exactly a
+   Query's replies), so that a row-level-security tenant's `current_query()` and pg_stat_activity never show
+   other tenants' keys; in the extended protocol a statement of ours (prepared once per session and SQL text,
+   its ParseComplete swallowed) bound with the client's own values plus the two.
 It runs on the client's own connection, so privileges and row-level security apply to legacy rows exactly as
 to migrated ones. When the vector cannot be known before execution (a subquery, an unreadable value) or the
 shape is not one the merge answers exactly, the statement goes to the primary as planned: pgvector rows only,
@@ -24,11 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pgvector import Vector
 
-from fallback.merge import MergePlan, build_merge, guard_bound
+from fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
+from fallback.scan import candidates as scan_candidates
 from rewrite.analyze import Passthrough
 
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DROP, PARSE, QUERY
+from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, QUERY, SYNC
 
 if TYPE_CHECKING:
     from rewrite.plan import Plan
@@ -133,12 +137,20 @@ class MergedQueries:
         asked = merge.search_k(limit, offset)
         if asked is None:
             return [], None  # no LIMIT: every row is wanted, the guard reads every legacy row
-        asked = min(asked, MAX_CANDIDATES)
         if vector.shape[0] != merge.dims:
             raise Unanswerable("vector-dims")
-        result = await self.service.searcher.search(store, vector, asked, merge.metric)
-        keys, bound = merge.extra_params(list(result.keys), guard_bound(result.distances, asked))
-        return keys, bound
+        if merge.metric in KNN_METRICS and not merge.farthest:
+            asked = min(asked, MAX_CANDIDATES)
+            result = await self.service.searcher.search(store, vector, asked, merge.metric)
+            return merge.extra_params(list(result.keys), guard_bound(result.distances, asked))
+        found, bound = await asyncio.to_thread(scan_candidates, store.snapshot(), vector, asked, merge.metric,
+                                               farthest=merge.farthest, cap=MAX_CANDIDATES)
+        return merge.extra_params(list(found), bound)
+
+    @staticmethod
+    def _literal_vector(merge: MergePlan) -> np.ndarray:
+        assert merge.vector_literal is not None
+        return read_vector(merge.vector_literal.encode(), binary=False)
 
     # -- simple Query -------------------------------------------------------------------------------------------
     async def query(self, plan: Plan, sql: str) -> bytes:
@@ -147,13 +159,32 @@ class MergedQueries:
             merge = await self.service.merges.get(plan, sql)
             if merge.vector_literal is None:
                 raise Unanswerable("vector-not-literal")
-            vector = read_vector(merge.vector_literal.strip("'").encode(), binary=False)
+            vector = self._literal_vector(merge)
             keys, bound = await self._candidates(merge, vector, merge.limit_value, merge.offset_value)
-            out = msg.query(merge.sql_with_literal(keys, bound))
         except Unanswerable as exc:
+            refuse = getattr(self.session.routing, "refuse_query", None)
+            if refuse is not None:
+                return refuse(plan, sql, str(exc))
             self._unmerged(plan, str(exc))
-            out = msg.query(plan.sql_for("primary") or sql)
-        self.session.tracker.expect(QUERY)
+            self.session.tracker.expect(QUERY)
+            return msg.query(plan.sql_for("primary") or sql)
+        return self._as_query(merge, keys, bound)
+
+    def _as_query(self, merge: MergePlan, keys: list, bound: float | None) -> bytes:
+        """The merged query in place of a simple Query, its candidates and bound bound as parameters: an unnamed
+        statement and portal of ours (a Query would have replaced the unnamed statement too). The client sees a
+        Query's replies: ParseComplete and BindComplete are dropped; RowDescription (from the Describe),
+        DataRows, CommandComplete, ErrorResponse and ReadyForQuery are forwarded."""
+        tracker = self.session.tracker
+        params = (keys_text(merge, keys), bound_text(bound))
+        out = (msg.parse_message("", merge.sql_with_param, (0,) * (merge.param_count + 2))
+               + msg.bind_message(msg.Bind("", "", (), params, ()))
+               + msg.describe("P", "") + msg.execute("", 0) + msg.message(b"S"))
+        tracker.expect(PARSE, DROP)
+        tracker.expect(BIND, DROP)
+        tracker.expect(DESCRIBE_PORTAL)
+        tracker.expect(EXECUTE)
+        tracker.expect(SYNC)
         return out
 
     # -- extended protocol ----------------------------------------------------------------------------------------
@@ -163,13 +194,17 @@ class MergedQueries:
         bind = msg.parse_bind(payload)
         try:
             merge = await self.service.merges.get(statement.plan, statement.sql)
-            if merge.vector_param_index is None:
-                raise Unanswerable("vector-not-parameter")
-            vector = self._param_vector(bind, merge.vector_param_index)
+            if merge.vector_param_index is not None:
+                vector = self._param_vector(bind, merge.vector_param_index)
+            else:  # a literal vector in a prepared statement
+                vector = self._literal_vector(merge)
             limit = self._param_int(bind, merge.limit_param, merge.limit_value)
             offset = self._param_int(bind, merge.offset_param, merge.offset_value)
             keys, bound = await self._candidates(merge, vector, limit, offset)
         except Unanswerable as exc:
+            refuse = getattr(self.session.routing, "refuse_bind", None)
+            if refuse is not None:
+                return refuse(statement, payload, str(exc))
             self._unmerged(statement.plan, str(exc))
             tracker.expect(BIND)
             return msg.message(b"B", payload)

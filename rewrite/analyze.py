@@ -74,6 +74,18 @@ class DistanceUse:
 
 
 @dataclass(frozen=True, slots=True)
+class Ranking:
+    """The first ORDER BY key is a strictly monotone function of one distance (the distance itself, a
+    parenthesised or aliased one, an ordinal, or a score such as `1 - (embedding <=> $1)`): rows come in
+    ascending (or, `descending`, descending) order of that distance's value."""
+
+    distance: int  # index into SimilarityQuery.distances
+    descending: bool  # largest distance value first
+    only_key: bool  # the ORDER BY has no other key (ties may be broken any way)
+    nulls_first: bool  # NULL values of the key come first (DESC's default, or NULLS FIRST)
+
+
+@dataclass(frozen=True, slots=True)
 class ColumnUse:
     """A reference to a route-table column outside a distance operand."""
 
@@ -106,6 +118,7 @@ class SimilarityQuery:
     literal: str | None
     order_by_distance: bool  # first ORDER BY key is the main distance, nearest first (ASC; DESC for inner_product())
     pure_order: bool  # ORDER BY is exactly that key, ASC NULLS LAST
+    rank: Ranking | None  # how the first ORDER BY key ranks rows by a distance (None: it does not)
     limit: exp.Expression | None
     offset: exp.Expression | None
     where: exp.Expression | None
@@ -137,6 +150,8 @@ class SimilarityQuery:
 
 
 def _int_literal(node: exp.Expression | None) -> int | None:
+    while isinstance(node, exp.Cast):  # `LIMIT 5::integer`
+        node = node.this
     if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
         return int(node.this)
     return None
@@ -654,7 +669,7 @@ class _Recognizer:
                     raise Passthrough("distance-shape", "query vector uses the route table")
             projection = None
             if clause == "select":
-                inner = top.this if isinstance(top, exp.Alias) else top
+                inner = _unparen(top.this if isinstance(top, exp.Alias) else top)
                 if inner is node:
                     projection = top.index
             uses.append(DistanceUse(
@@ -662,7 +677,7 @@ class _Recognizer:
                 column_arg=column_arg, query_vector=other, param_index=_param_index(other),
                 literal=_literal_text(other), projection=projection,
                 in_function=isinstance(node, VectorDistanceFunc),
-                ordering=clause == "order" or id(node) in ordering_targets,
+                ordering=clause == "order" or _within(node, ordering_targets, self.scope.select),
             ))
         return uses
 
@@ -756,12 +771,29 @@ class _Recognizer:
         if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
             index = int(key.this) - 1
             if 0 <= index < len(select.expressions):
-                return _unalias(select.expressions[index])
+                return _unparen(_unalias(select.expressions[index]))
         if isinstance(key, exp.Column) and key.args.get("table") is None and isinstance(key.this, exp.Identifier):
             index = self.outputs.get(norm(key.this) or "")
             if index is not None:
-                return _unalias(select.expressions[index])
-        return key
+                return _unparen(_unalias(select.expressions[index]))
+        return _unparen(key)
+
+    def _ranking(self, select: exp.Select, distances: list[DistanceUse]) -> Ranking | None:
+        order = select.args.get("order")
+        if order is None or not order.expressions:
+            return None
+        first = order.expressions[0]
+        found = _monotone(self._order_target(first, select))
+        if found is None:
+            return None
+        node, increasing = found
+        index = next((i for i, u in enumerate(distances) if u.node is node), None)
+        if index is None:
+            return None
+        desc = bool(first.args.get("desc"))
+        nulls_first = first.args.get("nulls_first")
+        return Ranking(distance=index, descending=desc == increasing, only_key=len(order.expressions) == 1,
+                       nulls_first=bool(nulls_first) if nulls_first is not None else desc)
 
     def _build(self, select: exp.Select, distances: list[DistanceUse], columns: list[ColumnUse],
                star: bool) -> SimilarityQuery:
@@ -775,11 +807,14 @@ class _Recognizer:
             for use in distances:
                 if use.node is target:
                     if bool(first.args.get("desc")) != use.nearest_first_desc:
-                        raise Passthrough("similarity-asc" if use.nearest_first_desc else "distance-desc")
+                        break  # farthest first: a ranking (see `rank`), but not the index order
                     main = use
                     order_by_distance = True
                     pure_order = len(order.expressions) == 1 and not first.args.get("nulls_first")
                     first.meta[MARK] = (TAG_ORDER_KEY, distances.index(use))
+        rank = self._ranking(select, distances)
+        if main is None and rank is not None:
+            main = distances[rank.distance]
         if main is None:
             main = next((u for u in distances if u.clause == "select"), None) or distances[0]
         for i, use in enumerate(distances):
@@ -807,7 +842,7 @@ class _Recognizer:
             top_level=select is self.expression, single_source=len(self.scope.sources) == 1,
             operator=main.operator, metric=main.metric, function_form=main.in_function,
             query_vector=main.query_vector, param_index=main.param_index, literal=main.literal,
-            order_by_distance=order_by_distance, pure_order=pure_order,
+            order_by_distance=order_by_distance, pure_order=pure_order, rank=rank,
             limit=limit_expr, offset=offset_expr, where=where.this if where is not None else None,
             projections=tuple(select.expressions), distances=tuple(distances), columns=tuple(columns),
             star=star, aggregated=aggregated,
@@ -816,6 +851,66 @@ class _Recognizer:
 
 def _unalias(node: exp.Expression) -> exp.Expression:
     return node.this if isinstance(node, exp.Alias) else node
+
+
+def _within(node: exp.Expression, targets: set[int], stop: exp.Expression) -> bool:
+    """Whether `node` or an enclosing expression below `stop` is one of `targets` (ids)."""
+    current: exp.Expression | None = node
+    while current is not None and current is not stop:
+        if id(current) in targets:
+            return True
+        current = current.parent
+    return False
+
+
+def _unparen(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _positive_number(node: exp.Expression) -> bool | None:
+    """True/False for a positive/negative numeric literal (or its negation), None otherwise (or zero)."""
+    node = _unparen(node)
+    sign = 1
+    while isinstance(node, exp.Neg):
+        sign, node = -sign, _unparen(node.this)
+    if not isinstance(node, exp.Literal) or node.is_string:
+        return None
+    try:
+        value = float(node.this) * sign
+    except ValueError:
+        return None
+    return None if value == 0 else value > 0
+
+
+def _monotone(node: exp.Expression) -> tuple[exp.Expression, bool] | None:
+    """(distance node, increasing) when `node` is a strictly monotone function of one distance built from
+    constants: `d`, `-d`, `c + d`, `c - d`, `d - c`, `c * d`, `d / c` (c a non-zero numeric literal)."""
+    node = _unparen(node)
+    if isinstance(node, DISTANCE_NODES):
+        return node, True
+    if isinstance(node, exp.Neg):
+        inner = _monotone(node.this)
+        return (inner[0], not inner[1]) if inner else None
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div):
+        left, right = node.this, node.expression
+        for variable, constant, on_left in ((left, right, True), (right, left, False)):
+            sign = _positive_number(constant)
+            if sign is None:
+                continue
+            inner = _monotone(variable)
+            if inner is None:
+                return None
+            distance, increasing = inner
+            if isinstance(node, exp.Add):
+                return distance, increasing
+            if isinstance(node, exp.Sub):
+                return distance, increasing if on_left else not increasing
+            if isinstance(node, exp.Mul):
+                return distance, increasing == sign
+            return (distance, increasing == sign) if on_left else None  # c / d is not monotone over signs
+    return None
 
 
 def _literal_text(node: exp.Expression) -> str | None:
@@ -834,6 +929,6 @@ def is_pgvector_type(type_sql: str) -> bool:
 
 
 __all__ = [
-    "ColumnUse", "DistanceUse", "Passthrough", "SimilarityQuery", "VectorDistance", "VectorDistanceFunc",
+    "ColumnUse", "DistanceUse", "Passthrough", "Ranking", "SimilarityQuery", "VectorDistance", "VectorDistanceFunc",
     "analyze", "is_pgvector_type", "norm", "normalize_search_path",
 ]

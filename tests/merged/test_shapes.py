@@ -1,0 +1,165 @@
+"""Issue 10 item 1 through the real proxy: every similarity shape the router recognises is merged exactly on a
+partly migrated table (the answer equals numpy brute force over all rows), in the simple and the extended
+protocol, with the query vector as a literal or a parameter. The route's column is also its vector column
+(langchain's and pgvector-python's layout): legacy rows have it NULL and keep their vector in a JSON column."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector import Vector
+
+from proxy.embedded import pg_binary
+
+DIMS = 8
+ROWS = 1200
+MIGRATED = 0.3
+
+ROUTE = """
+[[route]]
+table = "public.sh_docs"
+column = "embedding"
+key = "id"
+vector_column = "embedding"
+legacy_column = "legacy"
+legacy_format = "json"
+dims = 8
+"""
+
+# metric name -> (SQL distance template with {c} the column and {v} the vector, truth function of (x, q))
+METRICS = {
+    "<->": ("{c} <-> {v}", lambda x, q: np.sqrt(((x - q) ** 2).sum(axis=1))),
+    "<=>": ("{c} <=> {v}", lambda x, q: 1 - (x @ q) / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))),
+    "<#>": ("{c} <#> {v}", lambda x, q: -(x @ q)),
+    "<+>": ("{c} <+> {v}", lambda x, q: np.abs(x - q).sum(axis=1)),
+    "l2_distance": ("l2_distance({c}, {v})", lambda x, q: np.sqrt(((x - q) ** 2).sum(axis=1))),
+    "cosine_distance": ("cosine_distance({c}, {v})",
+                        lambda x, q: 1 - (x @ q) / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))),
+    "inner_product": ("inner_product({c}, {v})", lambda x, q: x @ q),
+    "l1_distance": ("l1_distance({c}, {v})", lambda x, q: np.abs(x - q).sum(axis=1)),
+}
+SIMILARITY = {"inner_product"}  # larger is nearer: nearest first is DESC
+
+
+@pytest.fixture(scope="module")
+def docs(pg):
+    rng = np.random.default_rng(21)
+    vectors = rng.standard_normal((ROWS, DIMS)).astype(np.float32)
+    pg.psql("DROP TABLE IF EXISTS sh_docs, sh_cats; "
+            "CREATE TABLE sh_cats (id int PRIMARY KEY, name text NOT NULL);"
+            "INSERT INTO sh_cats SELECT i, CASE WHEN i % 2 = 0 THEN 'even' ELSE 'odd' END FROM generate_series(0, 9) i;"
+            f"CREATE TABLE sh_docs (id bigint PRIMARY KEY, cat_id int NOT NULL, content text, legacy text, "
+            f"embedding vector({DIMS}))")
+    lines = "".join(f"{i}\t{i % 10}\tdoc {i}\t{json.dumps([float(x) for x in v])}\n"
+                    for i, v in enumerate(vectors, start=1))
+    subprocess.run([pg_binary("psql"), "-X", "-q", "-d", pg.dsn(), "-c",
+                    "COPY sh_docs (id, cat_id, content, legacy) FROM STDIN"], input=lines, text=True, check=True)
+    pg.psql(f"UPDATE sh_docs SET embedding = legacy::vector WHERE id % 10 < {int(MIGRATED * 10)}; ANALYZE sh_docs")
+    return vectors
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy, docs):
+    return start_proxy(ROUTE)
+
+
+def values(docs: np.ndarray, metric: str, q: np.ndarray) -> np.ndarray:
+    return METRICS[metric][1](docs.astype(np.float64), q.astype(np.float64))
+
+
+def ranked(docs: np.ndarray, key: np.ndarray, descending: bool, keep: np.ndarray | None = None) -> list[int]:
+    ids = np.arange(1, len(docs) + 1)
+    if keep is not None:
+        ids, key = ids[keep], key[keep]
+    order = np.argsort(-key if descending else key, kind="stable")
+    return [int(i) for i in ids[order]]
+
+
+def vector_sql(literal: bool) -> str:
+    return "'{q}'::vector" if literal else "%(q)s::vector"
+
+
+def run(conn: psycopg.Connection, sql: str, q: np.ndarray, extended: bool, **params) -> list[tuple]:
+    """Simple protocol: everything inlined as literals. Extended: psycopg parameters (possibly none)."""
+    text = Vector(q).to_text()
+    if extended:
+        return conn.execute(sql.replace("{q}", text), {"q": text, **params}).fetchall()
+    inlined = sql.replace("{q}", text).replace("%(q)s", f"'{text}'")
+    for name, value in params.items():
+        inlined = inlined.replace(f"%({name})s", str(value))
+    return conn.execute(inlined.replace("%%", "%")).fetchall()
+
+
+MODES = [("simple", True), ("extended", True), ("extended", False)]  # (protocol, literal vector)
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+@pytest.mark.parametrize(("protocol", "literal"), MODES)
+def test_every_metric_and_shape(proxy, docs, metric: str, protocol: str, literal: bool) -> None:
+    rng = np.random.default_rng(abs(hash((metric, protocol, literal))) % 2**32)
+    q = rng.standard_normal(DIMS).astype(np.float32)
+    extended = protocol == "extended"
+    d = METRICS[metric][0].format(c="embedding", v=vector_sql(literal))
+    value = values(docs, metric, q)
+    near_desc = metric in SIMILARITY
+    asc, desc = ("DESC", "ASC") if near_desc else ("ASC", "DESC")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        # the plain top-k
+        got = run(conn, f"SELECT id FROM sh_docs ORDER BY {d} {asc} LIMIT 5", q, extended)
+        assert [r[0] for r in got] == ranked(docs, value, near_desc)[:5]
+        # Django: a parenthesised distance, aliased, ORDER BY its ordinal
+        got = run(conn, f'SELECT "sh_docs"."id", "sh_docs"."content", ({d}) AS "distance" FROM "sh_docs" '
+                        f"ORDER BY 3 {asc} LIMIT 5", q, extended)
+        assert [r[0] for r in got] == ranked(docs, value, near_desc)[:5]
+        assert all(content == f"doc {id_}" for id_, content, _ in got)
+        assert np.allclose([r[2] for r in got], np.sort(value)[::-1][:5] if near_desc else np.sort(value)[:5],
+                           rtol=1e-5, atol=1e-5)
+        # ORDER BY an alias, OFFSET
+        got = run(conn, f"SELECT id, {d} AS dist FROM sh_docs ORDER BY dist {asc} LIMIT 4 OFFSET 3", q, extended)
+        assert [r[0] for r in got] == ranked(docs, value, near_desc)[3:7]
+        # a score: 1 - distance, largest first
+        got = run(conn, f"SELECT id, 1 - ({d}) AS score FROM sh_docs ORDER BY score {desc} LIMIT 5", q, extended)
+        assert [r[0] for r in got] == ranked(docs, value, near_desc)[:5]
+        # farthest first
+        got = run(conn, f"SELECT id FROM sh_docs ORDER BY {d} {desc} LIMIT 4", q, extended)
+        assert [r[0] for r in got] == ranked(docs, value, not near_desc)[:4]
+        # a threshold in WHERE (the vector given twice), a join with a filter on the joined table
+        top = ranked(docs, value, near_desc)
+        cut = (value[top[2] - 1] + value[top[3] - 1]) / 2
+        op = ">" if near_desc else "<"
+        got = run(conn, f"SELECT id FROM sh_docs WHERE {d} {op} %(cut)s ORDER BY {d} {asc} LIMIT 10", q, extended,
+                  cut=repr(float(cut)))
+        assert [r[0] for r in got] == top[:3]
+        joined = METRICS[metric][0].format(c="d.embedding", v=vector_sql(literal))
+        even = np.array([(i % 10) % 2 == 0 for i in range(1, ROWS + 1)])
+        got = run(conn, f"SELECT d.id, c.name FROM sh_docs d JOIN sh_cats c ON c.id = d.cat_id WHERE c.name = 'even' "
+                        f"ORDER BY {joined} {asc} LIMIT %(k)s::INTEGER", q, extended, k=6)
+        assert [r[0] for r in got] == ranked(docs, value, near_desc, even)[:6]
+
+
+def test_prepared_literal_vector_and_secondary_order_key(proxy, docs) -> None:
+    """asyncpg prepares everything: a literal vector in a prepared statement, and ORDER BY distance, id."""
+    import asyncio
+
+    import asyncpg
+
+    q = np.random.default_rng(5).standard_normal(DIMS).astype(np.float32)
+    value = values(docs, "<=>", q)
+
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.dsn())
+        try:
+            stmt = await conn.prepare(f"SELECT id FROM sh_docs WHERE cat_id = $1 "
+                                      f"ORDER BY embedding <=> '{Vector(q).to_text()}', id LIMIT $2")
+            for cat in (1, 4):
+                rows = await stmt.fetch(cat, 7)
+                keep = np.array([i % 10 == cat for i in range(1, ROWS + 1)])
+                assert [r["id"] for r in rows] == ranked(docs, value, False, keep)[:7]
+        finally:
+            await conn.close()
+
+    asyncio.run(main())

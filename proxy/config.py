@@ -144,6 +144,7 @@ class Route:
     breaker_latency_floor_ms: float = 10.0  # the shadow must also be this much slower to trip on latency
     on_inexact: str = "error"  # a similarity query the fallback cannot answer exactly: error | primary_only
     fallback_wait_ms: int = 5000  # how long such a query waits for a store that is not loaded yet
+    max_shipped_rows: int = 1_000_000  # legacy distances shipped to the server by the universal exact path
 
     @property
     def schema(self) -> str | None:
@@ -186,6 +187,9 @@ class Route:
         if isinstance(self.fallback_wait_ms, bool) or not isinstance(self.fallback_wait_ms, int) \
                 or self.fallback_wait_ms < 0:
             raise ConfigError(f"{where}: fallback_wait_ms = {self.fallback_wait_ms!r} must be an integer >= 0")
+        if isinstance(self.max_shipped_rows, bool) or not isinstance(self.max_shipped_rows, int) \
+                or self.max_shipped_rows < 0:
+            raise ConfigError(f"{where}: max_shipped_rows = {self.max_shipped_rows!r} must be an integer >= 0")
         if self.metric not in METRICS:
             raise ConfigError(f"{where}: metric = {self.metric!r} must be one of {', '.join(METRICS)}")
         if self.split > 0 and not self.shadow_table:
@@ -236,6 +240,11 @@ KEY_HELP: dict[str, str] = {
     "[[route]] fallback_wait_ms": (
         "how long a similarity query waits for the route's fallback store to load (default 5000) before it gets "
         "the on_inexact treatment with reason store-not-ready"
+    ),
+    "[[route]] max_shipped_rows": (
+        "statements the top-k merge cannot bound (a weighted score, a window function) are answered exactly by "
+        "shipping every legacy row's distance to the server, up to this many rows (default 1000000); above it, "
+        "on_inexact applies"
     ),
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",

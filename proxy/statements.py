@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 
 from rewrite.split import SplitSession
 
+from .decision import MERGED, REFUSED, Decision, decide
 from .deferred import Deferred
-from .merged import MergedQueries
+from .merged import MergedQueries, Unanswerable
 from .mirror import MirrorRequest
 from .protocol import codes
 from .protocol import messages as msg
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgcutover.statements")
 
 _names = itertools.count(1)
-MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)
-REFUSED = "fallback_refused"  # ... of one refused with 0A000 (on_inexact = "error"): no target answered it
 INEXACT_SQLSTATE = "0A000"  # feature_not_supported
 CANCELED_SQLSTATE = "57014"  # query_canceled, as the server says it
 _RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
@@ -197,7 +196,7 @@ class StatementRouting:
         target = self._target(plan, sql)
         if self.merged is not None and self.merged.wants(plan, target):
             merged = self.merged
-            return Deferred(self._merge(plan, lambda: merged.query(plan, sql),
+            return Deferred(self._merge(plan, sql, lambda: merged.query(plan, sql),
                                         lambda reason: self.refuse_query(plan, sql, reason)),
                             msg.message(b"Q", payload), codes.F_QUERY)
         tracker.expect(QUERY)
@@ -260,7 +259,7 @@ class StatementRouting:
                 self._attach_values(self._executions[-1], payload, statement.param_oids)
         if self.merged is not None and self.merged.wants(statement.plan, target):
             merged = self.merged
-            return Deferred(self._merge(statement.plan, lambda: merged.bind(statement, payload),
+            return Deferred(self._merge(statement.plan, statement.sql, lambda: merged.bind(statement, payload),
                                         lambda reason: self.refuse_bind(statement, payload, reason)),
                             msg.message(b"B", payload), codes.F_BIND)
         self._guard(statement.plan, target, cycle_start)
@@ -298,23 +297,36 @@ class StatementRouting:
         return out
 
     # -- merged executions and their refusals ------------------------------------------------------------------
-    async def _merge(self, plan: Plan, run: Callable[[], Awaitable[bytes]],
+    async def _merge(self, plan: Plan, sql: str, run: Callable[[], Awaitable[bytes]],
                      refuse: Callable[[str], bytes]) -> bytes:
-        """A similarity query on a route with a fallback store: merged (fallback/, proxy/merged.py) or refused.
-        Labelled fallback_merged only when the merge went through without a refuse_*() call."""
+        """A similarity query for the primary of a route with a fallback store: the Decision (proxy/decision.py,
+        as `explain` prints it) is merge or refuse; merge runs proxy/merged.py, which may still refuse at
+        execution (an unreadable vector, ...). Labelled fallback_merged only when no refuse_*() was called."""
         execution = self._executions[-1] if self._executions and self._executions[-1].plan is plan else None
         self._refused = False
         if execution is not None:
             execution.target = "primary"
-        reason = await self._wait_for_store(plan)
-        if reason == CANCELED_SQLSTATE:
-            return refuse(reason)
-        if reason is not None:
-            return refuse(f"store-not-ready: {reason}")
+        waited = await self._wait_for_store(plan)
+        if waited == CANCELED_SQLSTATE:
+            return refuse(waited)
+        unmergeable = f"store-not-ready: {waited}" if waited is not None else None
+        if unmergeable is None:
+            assert self.rt.fallback is not None
+            try:
+                await self.rt.fallback.merges.get(plan, sql)  # the shape's verdict, cached per SQL text
+            except Unanswerable as exc:
+                unmergeable = str(exc)
+        decision = self.decision(plan, unmergeable)
+        if decision.action != "merge":
+            return refuse(decision.reason)
         out = await run()
         if execution is not None and not self._refused:
             execution.target = MERGED
         return out
+
+    def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
+        """The decision for the primary of a fallback route, with the route as in force now."""
+        return decide(plan, "primary", self._live_route(plan), store=True, unmergeable=unmergeable)
 
     async def _wait_for_store(self, plan: Plan) -> str | None:
         """None once the route's store is loaded; else, after at most fallback_wait_ms, why it is not (or
@@ -347,33 +359,34 @@ class StatementRouting:
         self._cancel.set()
         return True
 
-    def _inexact(self, plan: Plan, reason: str) -> tuple[Route, str]:
-        """Count a refusal; the route as in force now and the client-facing text naming it and the reason."""
-        route = self._live_route(plan)
+    def _refusal(self, plan: Plan, reason: str) -> tuple[Decision, str]:
+        """Count a refusal and label its execution; the decision and the text naming route and reason."""
+        decision = self.decision(plan, reason)
         self._refused = True
-        if self.rt.fallback is not None:
-            self.rt.fallback.count_unmerged(route.table, reason_code(reason))
-        log.info("%s: not answered exactly over all rows (%s); on_inexact = %s", route.table, reason,
-                 route.on_inexact)
-        return route, (f"pgcutover: route {route.table}: this similarity query cannot be answered exactly over all "
-                       f"rows while legacy rows remain ({reason})")
-
-    def _relabel(self, plan: Plan, target: str) -> None:
         if self._executions and self._executions[-1].plan is plan:
-            self._executions[-1].target = target
+            self._executions[-1].target = decision.target or "primary"
+        assert decision.route is not None
+        if self.rt.fallback is not None:
+            self.rt.fallback.count_unmerged(decision.route, reason_code(reason))
+        log.info("%s", decision.describe())
+        return decision, (f"pgcutover: route {decision.route}: this similarity query cannot be answered exactly "
+                          f"over all rows while legacy rows remain ({reason})")
+
+    def _cancelled(self, plan: Plan) -> None:
+        self._refused = True
+        if self._executions and self._executions[-1].plan is plan:
+            self._executions[-1].target = REFUSED
 
     def refuse_query(self, plan: Plan, sql: str, reason: str) -> bytes:
         """The replacement of a simple Query the merge cannot answer exactly (route's on_inexact applies)."""
         self.session.tracker.expect(QUERY)
         if reason == CANCELED_SQLSTATE:
-            self._relabel(plan, REFUSED)
+            self._cancelled(plan)
             return msg.query(raise_sql(CANCELED_SQLSTATE, "canceling statement due to user request"))
-        route, text = self._inexact(plan, reason)
-        if route.on_inexact == "primary_only":
-            self._relabel(plan, "primary")
+        decision, text = self._refusal(plan, reason)
+        if not decision.error:
             self.session._to_client(msg.notice_response(text + "; answered from pgvector rows only", "01000"))
             return msg.query(plan.sql_for("primary") or sql)
-        self._relabel(plan, REFUSED)
         return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
 
     def refuse_bind(self, statement: RoutedStatement, payload: bytes, reason: str) -> bytes:
@@ -383,16 +396,15 @@ class StatementRouting:
         tracker = self.session.tracker
         plan = statement.plan
         if reason == CANCELED_SQLSTATE:
+            self._cancelled(plan)
             sqlstate, text, hint = CANCELED_SQLSTATE, "canceling statement due to user request", None
         else:
-            route, text = self._inexact(plan, reason)
-            if route.on_inexact == "primary_only":
-                self._relabel(plan, "primary")
+            decision, text = self._refusal(plan, reason)
+            if not decision.error:
                 self.session._to_client(msg.notice_response(text + "; answered from pgvector rows only", "01000"))
                 tracker.expect(BIND)
                 return msg.message(b"B", payload)
             sqlstate, hint = INEXACT_SQLSTATE, _HINT
-        self._relabel(plan, REFUSED)
         portal, _ = msg.read_cstr(payload, 0)
         out = msg.close("S", _RAISE_NAME)  # closing a statement that does not exist is not an error
         tracker.expect(CLOSE, DROP)

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
+from proxy.decision import decide
 from proxy.embedded import pg_binary
 from proxy.protocol import codes
 from proxy.protocol import messages as msg
@@ -71,13 +72,15 @@ def tables(pg):
         subprocess.run([pg_binary("psql"), "-X", "-q", "-d", pg.dsn(), "-c",
                         f"COPY {table} (id, embedding) FROM STDIN"], input=lines, text=True, check=True)
         pg.psql(f"UPDATE {table} SET embedding_vector = embedding::vector WHERE id <= {MIGRATED}")
+    pg.psql("DROP TABLE IF EXISTS ix_full; CREATE TABLE ix_full AS SELECT id, embedding_vector AS embedding_text, "
+            "embedding::vector AS embedding FROM ix_items")  # as if fully migrated: the oracle of exactness
     return vectors
 
 
 @pytest.fixture(scope="module")
 def proxy(start_proxy, tables):
     proxy = start_proxy(ROUTES)
-    wait_until(lambda: "fallback store public.ix_items" not in readyz(proxy)[1])
+    wait_until(lambda: (lambda status, body: status and "fallback store public.ix_items" not in body)(*readyz(proxy)))
     return proxy
 
 
@@ -95,6 +98,8 @@ def readyz(proxy) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except urllib.error.URLError:  # the metrics endpoint starts just after the proxy's listener
+        return 0, ""
 
 
 def unmerged(proxy, table: str, reason: str) -> float:
@@ -264,3 +269,63 @@ def test_merged_executions_are_labelled_merged(proxy, tables) -> None:
     assert 'pgcutover_queries_total{outcome="ok",route="public.ix_items",target="fallback_merged"}' in text
     assert 'route="public.ix_not_ready",target="fallback_merged"' not in text
     assert 'pgcutover_queries_total{outcome="error",route="public.ix_not_ready",target="fallback_refused"}' in text
+
+
+# -- item 7: one decision ----------------------------------------------------------------------------------------
+SHAPES = (
+    "SELECT id FROM ix_items ORDER BY embedding <-> $1 LIMIT 5",
+    "SELECT id FROM ix_items ORDER BY embedding <=> $1 DESC LIMIT 4",
+    "SELECT id FROM ix_items ORDER BY embedding <+> $1 LIMIT 5",
+    "SELECT id, row_number() OVER (ORDER BY embedding <-> $1) FROM ix_items ORDER BY embedding <-> $1 LIMIT 5",
+    "SELECT id FROM ix_items WHERE mod(id, 3) = 0 ORDER BY l2_distance(embedding, $1) LIMIT 5",
+)
+
+
+@pytest.mark.parametrize("sql", SHAPES)
+def test_explain_predicts_what_the_proxy_does(proxy, tables, pg, sql) -> None:
+    """`explain --live` and the proxy take one decision: "merge" answers as if the table were fully migrated (the
+    same SQL on a fully migrated copy), "refuse" gets 0A000 (on_inexact = "error")."""
+    import argparse
+    import io
+
+    from rewrite.cli import cmd_explain, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = io.StringIO()
+    cmd_explain(parser.parse_args(["explain", "--config", str(proxy.config_path), "--live", sql]), out)
+    text = out.getvalue()
+    decision = next(line.split()[1] for line in text.splitlines() if line.startswith("decision:"))
+    assert decision in ("merge", "refuse"), text
+    q = vec_text(tables[MIGRATED + 33])
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        if decision == "refuse":
+            with pytest.raises(pgerrors.FeatureNotSupported):
+                conn.execute(sql.replace("$1", "%s"), [q] * sql.count("$1"))
+            return
+        got = conn.execute(sql.replace("$1", "%s"), [q] * sql.count("$1")).fetchall()
+    with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+        want = direct.execute(sql.replace("$1", "%s::vector").replace("ix_items", "ix_full"),
+                              [q] * sql.count("$1")).fetchall()
+    assert got == want, text
+
+
+def test_decision_values() -> None:
+    """The function both call: forward / rewrite / merge / refuse, with the route's on_inexact."""
+    from dataclasses import replace
+
+    from proxy.config import Route
+    from rewrite.plan import passthrough
+
+    route = Route(table="public.t", column="embedding", vector_column="v", legacy_column="embedding")
+    plan = replace(passthrough("similarity", route), query=object())  # a plan that rewrites
+    assert decide(passthrough("not-similarity"), None).action == "forward"
+    assert decide(plan, "shadow", route, store=True).action == "rewrite"
+    assert decide(plan, "primary", route, store=False).action == "rewrite"
+    merged = decide(plan, "primary", route, store=True)
+    assert (merged.action, merged.target) == ("merge", "fallback_merged")
+    refused = decide(plan, "primary", route, store=True, unmergeable="fallback-window")
+    assert (refused.action, refused.target, refused.error) == ("refuse", "fallback_refused", True)
+    assert "0A000" in refused.describe() and "fallback-window" in refused.describe()
+    lenient = decide(plan, "primary", replace(route, on_inexact="primary_only"), store=True, unmergeable="x")
+    assert (lenient.action, lenient.target, lenient.error) == ("refuse", "primary", False)

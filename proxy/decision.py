@@ -55,9 +55,11 @@ def decide(plan: Plan, target: str | None, route: Route | None = None, *, store:
     """The decision for one execution. `route`: the route as in force now (split, on_inexact; default the
     plan's); `store`: the route has a fallback store; `unmergeable`: why the merge cannot answer this execution
     exactly (None: it can, as far as is known)."""
-    if plan.passthrough or plan.route is None or target is None:
+    if plan.route is None or target is None or (plan.passthrough and not (store and target == "primary")):
         return Decision(FORWARD, plan.route.table if plan.route else None, None, plan.reason)
     route = route or plan.route
+    if plan.passthrough:  # a similarity query on a fallback route the router could not plan: never exact
+        unmergeable = unmergeable or plan.reason
     if target != "primary" or not store:
         return Decision(REWRITE, route.table, target, plan.reason)
     if unmergeable is None:

@@ -158,10 +158,11 @@ class StatementRouting:
         route = self._live_route(plan)
         self.split.application_name = self.session.application_name or None
         in_transaction = self.session.tx_status != codes.TX_IDLE
-        target = self.force_target or self.split.target_for(route, in_transaction)
+        # an unplanned similarity query on a fallback route (a passthrough plan naming it) is refused on the primary
+        target = "primary" if plan.passthrough else self.force_target or self.split.target_for(route, in_transaction)
         if execution:
             self.rt.count_routed(route.table, target)
-            mirror = (route.mirror > 0 and not in_transaction and self.rt.mirror is not None
+            mirror = (route.mirror > 0 and not in_transaction and self.rt.mirror is not None and not plan.passthrough
                       and self.split.rng.random() * 100 < route.mirror and self.rt.mirror.admit(route))
             self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror))
         return target
@@ -190,7 +191,7 @@ class StatementRouting:
         plan = self._plan(sql)
         tracker = self.session.tracker
         cycle_start = tracker.idle
-        if plan.passthrough:
+        if plan.passthrough and not self._unplanned(plan):
             tracker.expect(QUERY)
             return None
         target = self._target(plan, sql)
@@ -221,6 +222,14 @@ class StatementRouting:
             self.unnamed = None
         plan = self._plan(parse.sql)
         if plan.passthrough:
+            if self._unplanned(plan):  # forwarded as is, and refused at its Binds (primary-only answers)
+                self._target(plan, parse.sql, execution=not parse.name)
+                statement = RoutedStatement(plan, parse.sql, parse.param_oids, "primary")
+                if parse.name:
+                    self.statements[parse.name] = statement
+                else:
+                    self.unnamed = statement
+                self.session.hold_statement_messages()
             return out + msg.message(b"P", payload) if out else None
         target = self._target(plan, parse.sql, execution=not parse.name)
         self._guard(plan, target, cycle_start)
@@ -297,6 +306,12 @@ class StatementRouting:
         return out
 
     # -- merged executions and their refusals ------------------------------------------------------------------
+    def _unplanned(self, plan: Plan) -> bool:
+        """A similarity query on a route with a fallback store that the router could not plan (the router names
+        the route on such passthrough plans): the primary alone would leave the legacy rows out."""
+        return (plan.route is not None and self.merged is not None and self.rt.fallback is not None
+                and self.rt.fallback.store_for(plan.route.table) is not None)
+
     async def _merge(self, plan: Plan, sql: str, run: Callable[[], Awaitable[bytes]],
                      refuse: Callable[[str], bytes]) -> bytes:
         """A similarity query for the primary of a route with a fallback store: the Decision (proxy/decision.py,
@@ -306,6 +321,8 @@ class StatementRouting:
         self._refused = False
         if execution is not None:
             execution.target = "primary"
+        if plan.passthrough:  # the router could not plan it: no merge can be exact
+            return refuse(plan.reason)
         waited = await self._wait_for_store(plan)
         if waited == CANCELED_SQLSTATE:
             return refuse(waited)

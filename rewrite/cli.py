@@ -58,8 +58,10 @@ async def _live_catalog(config: Config) -> tuple[Catalog, bool]:
 def decisions(plan: Plan, catalog: Catalog | None, server_decoder: bool = True) -> list[Decision]:
     """One decision per target the split can pick for this statement (both when 0 < split < 100)."""
     route = plan.route
-    if plan.passthrough or route is None:
+    if route is None:
         return [decide(plan, None)]
+    if plan.passthrough:  # a route is named only for a similarity query the router could not plan
+        return [decide(plan, "primary", route, store=needs_store(route))]
     targets = ["primary"] if route.split <= 0 else ["shadow"] if route.split >= 100 else ["primary", "shadow"]
     store = needs_store(route)
     out = []

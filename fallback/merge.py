@@ -128,7 +128,7 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.analyze import MARK, TAG_DISTANCE, TAG_ORDER_KEY, Passthrough, SimilarityQuery, norm
+from rewrite.analyze import MARK, TAG_COLUMN, TAG_DISTANCE, TAG_ORDER_KEY, TAG_TABLE, Passthrough, SimilarityQuery, norm
 from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
 from rewrite.transforms import add_vector_not_null, from_items, identifier, to_primary
 
@@ -525,19 +525,23 @@ class _Tagged:
     select: exp.Select
     distances: dict[int, exp.Expression]
     order_key: exp.Ordered | None
+    columns: dict[int, exp.Column]
 
 
 def _tagged(expression: exp.Expression) -> _Tagged:
     distances: dict[int, exp.Expression] = {}
+    columns: dict[int, exp.Column] = {}
     order_key = None
     for node in expression.walk():
         mark = node.meta.get(MARK) if node._meta else None
         if isinstance(mark, tuple) and mark[0] == TAG_DISTANCE:
             distances[mark[1]] = node
+        elif isinstance(mark, tuple) and mark[0] == TAG_COLUMN:
+            columns[mark[1]] = node
         elif isinstance(mark, tuple) and mark[0] == TAG_ORDER_KEY:
             order_key = node
     assert isinstance(expression, exp.Select)
-    return _Tagged(expression, distances, order_key)
+    return _Tagged(expression, distances, order_key, columns)
 
 
 class _Builder:
@@ -590,6 +594,8 @@ class _Builder:
         tags = _tagged(outer)
         for index, use in enumerate(self.query.distances):
             tags.distances[index].set(use.column_arg, self.coalesced())
+        self.vector_columns(tags)
+        self.expand_star(tags.select)
         distance = tags.distances[self.main].copy()  # D of the main distance
         client_where = tags.select.args.get("where")
         where_d = client_where.this.copy() if client_where is not None else None
@@ -603,6 +609,68 @@ class _Builder:
             this=exp.Array(expressions=[union]))))
         _and_where(tags.select, [member])
         return outer
+
+    def vector_value(self, column: exp.Column) -> exp.Expression:
+        """The vector column as if the row were migrated: its value, or the legacy value decoded by the server."""
+        route = self.route
+        assert route.legacy_column
+        legacy = legacy_vector(route, self.column(route.legacy_column), self.dims, self.legacy_type)
+        return exp.Coalesce(this=column, expressions=[legacy])
+
+    def vector_columns(self, tags: _Tagged) -> None:
+        """Every other reference to the vector column in the route table's SELECT (select list, WHERE, ORDER BY)
+        reads the row's vector, legacy value included: a legacy row is returned with its vector, never NULL,
+        and `embedding IS NOT NULL` holds for it, as if the table were fully migrated."""
+        route = self.route
+        for index, use in enumerate(self.query.columns):
+            if use.name != route.pg_vector_column or use.clause not in ("select", "where", "order"):
+                continue
+            if not use.certain:
+                raise Passthrough("fallback-ambiguous-column", use.name)
+            node = tags.columns[index]
+            if use.output is not None:  # the projection is named after the column: keep the name
+                node.replace(self.vector_value(node.copy()))
+                projection = tags.select.expressions[use.output]
+                projection.replace(exp.Alias(this=projection.copy(), alias=identifier(use.name)))
+            else:
+                node.replace(self.vector_value(node.copy()))
+
+    def expand_star(self, select: exp.Select) -> None:
+        """`*` and `alias.*` over the route table become its columns (from the catalog), the vector column as in
+        `vector_columns`."""
+        query = self.query
+        if not query.star:
+            return
+        info = self.catalog.lookup(self.route.table) if self.catalog is not None else None
+        if info is None:
+            raise Passthrough("fallback-star-needs-catalog")
+        for join in select.args.get("joins") or []:
+            if join.args.get("using") or (join.args.get("method") or "").upper() == "NATURAL":
+                raise Passthrough("fallback-star-join-using")
+        columns: list[exp.Expression] = []
+        for column in info.columns:
+            node = self.column(column.name)
+            if column.name == self.route.pg_vector_column:
+                columns.append(exp.Alias(this=self.vector_value(node), alias=identifier(column.name)))
+            else:
+                columns.append(node)
+        expanded: list[exp.Expression] = []
+        for projection in select.expressions:
+            if isinstance(projection, exp.Star):
+                for source in from_items(select):
+                    if source._meta and source.meta.get(MARK) == TAG_TABLE:
+                        expanded.extend(c.copy() for c in columns)
+                    else:
+                        name = _source_name(source)
+                        if not name:
+                            raise Passthrough("fallback-star-unnamed-source")
+                        expanded.append(exp.Column(this=exp.Star(), table=identifier(name)))
+            elif isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star) \
+                    and norm(projection.args.get("table")) == query.table_alias:
+                expanded.extend(c.copy() for c in columns)
+            else:
+                expanded.append(projection)
+        select.set("expressions", expanded)
 
     def total(self) -> exp.Expression:
         """k + n as SQL."""
@@ -677,6 +745,8 @@ def _order_expression(key: exp.Expression, select: exp.Select) -> exp.Expression
     names (PostgreSQL's rule: output names first), for a copy of the FROM list that has no such outputs."""
     projections = select.expressions
     if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+        if any(_is_star(p) for p in projections):
+            raise Passthrough("fallback-star-ordinal")  # positions count the columns `*` expands to
         index = int(key.this) - 1
         if 0 <= index < len(projections):
             target = projections[index]
@@ -687,6 +757,10 @@ def _order_expression(key: exp.Expression, select: exp.Select) -> exp.Expression
             if isinstance(projection, exp.Alias) and norm(projection.args.get("alias")) == name:
                 return projection.this.copy()
     return key.copy()
+
+
+def _is_star(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Star) or (isinstance(node, exp.Column) and isinstance(node.this, exp.Star))
 
 
 def _typed_count(node: exp.Expression | None) -> exp.Expression:

@@ -769,6 +769,9 @@ class _Recognizer:
         """What an ORDER BY key sorts by: output names and ordinals refer to the select list."""
         key = ordered.this
         if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+            if any(isinstance(p, exp.Star) or (isinstance(p, exp.Column) and isinstance(p.this, exp.Star))
+                   for p in select.expressions):
+                return key  # a position among the columns `*` expands to: unknown here
             index = int(key.this) - 1
             if 0 <= index < len(select.expressions):
                 return _unparen(_unalias(select.expressions[index]))

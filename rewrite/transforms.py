@@ -379,6 +379,21 @@ def _check_shadow_column(query: SimilarityQuery, name: str, catalog: Catalog | N
     return mapped
 
 
+def _cast_back(query: SimilarityQuery, name: str, catalog: Catalog | None) -> exp.DataType | None:
+    """The primary's type of a returned route-table column whose shadow column has another vector type (a
+    halfvec or RuVector shadow of a vector column): the shadow's value is cast back to it, so the client gets its
+    own type. None when the types agree or are not both known."""
+    primary, shadow = _shadow_tables(query, catalog)
+    if primary is None or shadow is None:
+        return None
+    source, target = primary.column(name), shadow.column(shadow_name(query.route, name))
+    if source is None or target is None or source.type == target.type:
+        return None
+    if not is_pgvector_type(source.type):
+        return None
+    return build_type(source.type)
+
+
 def _check_uncertain_column(query: SimilarityQuery, name: str, catalog: Catalog | None) -> None:
     """A name that may or may not be the route table's keeps its spelling; if it is the route table's, the
     shadow must have it too, with the same type."""
@@ -409,13 +424,16 @@ def rename_shadow_columns(expression: exp.Expression, query: SimilarityQuery,
         if not use.certain:
             _check_uncertain_column(query, use.name, catalog)
             continue
-        mapped = _check_shadow_column(query, use.name, catalog, type_matters=not use.null_test)
+        cast = _cast_back(query, use.name, catalog) if use.clause == "select" else None
+        mapped = _check_shadow_column(query, use.name, catalog, type_matters=not use.null_test and cast is None)
         column = _column_like(node, mapped, query, keep_db=False) if mapped != use.name or node.args.get("db") \
             else None
+        if cast is not None:
+            column = exp.Cast(this=column or node.copy(), to=cast)
         if column is None:
             continue
         node.replace(column)
-        if use.output is not None and mapped != use.name and tags.scope is not None:
+        if use.output is not None and (mapped != use.name or cast is not None) and tags.scope is not None:
             # the projection was named after the column: keep that name for the client
             projection = tags.scope.expressions[use.output]
             projection.replace(exp.Alias(this=projection.copy(), alias=identifier(use.name)))
@@ -444,10 +462,14 @@ def expand_route_star(expression: exp.Expression, query: SimilarityQuery,
             raise Passthrough("star-join-using")
     route_columns = []
     for column in primary.columns:
-        mapped = _check_shadow_column(query, column.name, catalog, type_matters=True)
-        node = exp.Column(this=identifier(mapped),
-                          table=None if query.single_source else identifier(query.table_alias))
-        route_columns.append(exp.Alias(this=node, alias=identifier(column.name)) if mapped != column.name else node)
+        cast = _cast_back(query, column.name, catalog)
+        mapped = _check_shadow_column(query, column.name, catalog, type_matters=cast is None)
+        node: exp.Expression = exp.Column(this=identifier(mapped),
+                                          table=None if query.single_source else identifier(query.table_alias))
+        if cast is not None:
+            node = exp.Cast(this=node, to=cast)
+        renamed = mapped != column.name or cast is not None
+        route_columns.append(exp.Alias(this=node, alias=identifier(column.name)) if renamed else node)
     expanded: list[exp.Expression] = []
     for projection in select.expressions:
         if isinstance(projection, exp.Star):

@@ -163,3 +163,84 @@ def test_prepared_literal_vector_and_secondary_order_key(proxy, docs) -> None:
             await conn.close()
 
     asyncio.run(main())
+
+
+# -- item 3: the selected vector column ------------------------------------------------------------------------
+@pytest.mark.parametrize("binary", [False, True])
+def test_selected_vector_column_carries_the_legacy_vector(proxy, docs, binary: bool) -> None:
+    from pgvector.psycopg import register_vector
+
+    q = np.random.default_rng(8).standard_normal(DIMS).astype(np.float32)
+    value = values(docs, "<->", q)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        register_vector(conn)
+        cur = conn.cursor(binary=binary)
+        for sql in ("SELECT id, embedding FROM sh_docs ORDER BY embedding <-> %s LIMIT 12",
+                    "SELECT * FROM sh_docs ORDER BY embedding <-> %s LIMIT 12",
+                    "SELECT id, embedding FROM sh_docs WHERE embedding IS NOT NULL ORDER BY embedding <-> %s "
+                    "LIMIT 12"):
+            rows = cur.execute(sql, [q]).fetchall()
+            names = [c.name for c in cur.description]
+            at = names.index("embedding")
+            assert [r[0] for r in rows] == ranked(docs, value, False)[:12], sql
+            legacy = [r for r in rows if r[0] % 10 >= int(MIGRATED * 10)]
+            assert legacy, "the top-12 holds legacy rows"
+            for row in rows:
+                assert row[at] is not None, (sql, row[0])
+                got = row[at].to_numpy() if hasattr(row[at], "to_numpy") else row[at]
+                assert np.array_equal(np.asarray(got, dtype=np.float32), docs[row[0] - 1]), (sql, row[0])
+        # a simple Query (text) as psql sends it
+        text = Vector(q).to_text()
+        rows = conn.execute(f"SELECT id, embedding::text FROM sh_docs ORDER BY embedding <-> '{text}' LIMIT 5"
+                            ).fetchall()
+        direct = {r[0]: r[1] for r in conn.execute(
+            "SELECT id, legacy::vector::text FROM sh_docs WHERE id = ANY(%s)", [[r[0] for r in rows]]).fetchall()}
+        assert all(r[1] == direct[r[0]] for r in rows)
+
+
+HALF_ROUTE = """
+[[route]]
+table = "public.hv_items"
+column = "embedding"
+key = "id"
+shadow_table = "hv_shadow.hv_items"
+shadow_column = "embedding"
+shadow_type = "halfvec"
+split = 0
+"""
+
+
+def test_halfvec_shadow_returns_the_route_columns_type(pg, start_proxy) -> None:
+    """A halfvec shadow: `SELECT id, embedding` and `SELECT *` are routed to it (not passed through), and the
+    client gets vector values (the shadow's, cast back)."""
+    from tests.routing.conftest import cli
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((200, DIMS)).astype(np.float32)
+    rows = ",".join(f"({i}, '{Vector(v).to_text()}')" for i, v in enumerate(vectors, start=1))
+    pg.psql("DROP SCHEMA IF EXISTS hv_shadow CASCADE; DROP TABLE IF EXISTS hv_items; CREATE SCHEMA hv_shadow;"
+            f"CREATE TABLE hv_items (id bigint PRIMARY KEY, embedding vector({DIMS}));"
+            f"INSERT INTO hv_items VALUES {rows};"
+            f"CREATE TABLE hv_shadow.hv_items (id bigint PRIMARY KEY, embedding halfvec({DIMS}));"
+            "INSERT INTO hv_shadow.hv_items SELECT id, embedding::halfvec FROM hv_items;")
+    proxy = start_proxy(HALF_ROUTE)
+    result = cli("route", "set", "hv_items", "--split", "100", proxy=proxy)
+    assert result.returncode == 0, result.stderr
+    q = Vector(rng.standard_normal(DIMS).astype(np.float32)).to_text()
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        deadline = __import__("time").monotonic() + 30
+        for sql in ("SELECT id, embedding FROM hv_items ORDER BY embedding <-> %s LIMIT 5",
+                    "SELECT * FROM hv_items ORDER BY embedding <-> %s LIMIT 5"):
+            while True:  # the split change reaches the proxy within a second
+                cur = conn.execute(sql, [q])
+                got = cur.fetchall()
+                type_name = conn.execute("SELECT format_type(%s, NULL)", [cur.description[1].type_code]).fetchone()
+                halved = [np.asarray(Vector.from_text(r[1]).to_numpy(), dtype=np.float32) for r in got]
+                exact = [vectors[r[0] - 1] for r in got]
+                if not all(np.array_equal(h, e) for h, e in zip(halved, exact, strict=True)) \
+                        or __import__("time").monotonic() > deadline:
+                    break
+                __import__("time").sleep(0.1)
+            assert type_name == ("vector",)
+            assert all(np.array_equal(h, e.astype(np.float16).astype(np.float32))
+                       for h, e in zip(halved, exact, strict=True)), "answered by the halfvec shadow"

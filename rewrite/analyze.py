@@ -838,7 +838,7 @@ class _Recognizer:
         select.meta[MARK] = TAG_SCOPE
         where = select.args.get("where")
         aggregated = bool(select.args.get("distinct") or select.args.get("group") or select.args.get("having")) \
-            or any(p.find(exp.AggFunc) for p in select.expressions)
+            or any(_aggregates(p) for p in select.expressions)
         return SimilarityQuery(
             route=route, expression=self.expression, select=select, table=self.source.node,
             table_alias=self.source.name or route.relname, table_schema=self.source.schema,
@@ -854,6 +854,19 @@ class _Recognizer:
 
 def _unalias(node: exp.Expression) -> exp.Expression:
     return node.this if isinstance(node, exp.Alias) else node
+
+
+def _aggregates(node: exp.Expression) -> bool:
+    """Whether an aggregate of this query level is in `node` (one inside a subquery aggregates that subquery)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, exp.AggFunc):
+            return True
+        if current is not node and isinstance(current, exp.Query | exp.Subquery):
+            continue
+        stack.extend(current.iter_expressions())
+    return False
 
 
 def _within(node: exp.Expression, targets: set[int], stop: exp.Expression) -> bool:

@@ -128,7 +128,17 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.analyze import MARK, TAG_COLUMN, TAG_DISTANCE, TAG_ORDER_KEY, TAG_TABLE, Passthrough, SimilarityQuery, norm
+from rewrite.analyze import (
+    MARK,
+    TAG_COLUMN,
+    TAG_DISTANCE,
+    TAG_ORDER_KEY,
+    TAG_TABLE,
+    Passthrough,
+    SimilarityQuery,
+    norm,
+    vector_subquery,
+)
 from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
 from rewrite.transforms import add_vector_not_null, from_items, identifier, to_primary
 
@@ -222,7 +232,20 @@ class MergePlan:
     dims: int
     sql_with_param: str
     parts: tuple[str, ...]  # the merged SQL cut at the extra values; slots[i] goes between parts[i], parts[i+1]
-    slots: tuple[str, ...]  # "keys" | "bound"
+    slots: tuple[str, ...]  # "keys" | "bound" | "vector"
+    # the query vector is the route row with this key (`(SELECT embedding FROM t WHERE id = $n)`): the proxy
+    # passes the vector it searched with as a third parameter, and the merged query only trusts the candidates
+    # when the server's own value of that row agrees (else the guard reads every legacy row: still exact)
+    vector_key_param: int | None = None
+    vector_key_literal: str | None = None
+
+    @property
+    def vector_from_row(self) -> bool:
+        return "vector" in self.slots
+
+    @property
+    def extra_count(self) -> int:
+        return 3 if self.vector_from_row else 2
 
     @property
     def keys_param_index(self) -> int:
@@ -270,11 +293,12 @@ class MergePlan:
         declares more parameter types than its SQL uses (`sql_with_param` is this with param_count + 1)."""
         if first <= self.param_count:
             raise ValueError(f"${first} is one of the client's parameters (it uses up to ${self.param_count})")
-        return _join(self.parts, self.slots, _param_slots(first, self.key_type))
+        return _join(self.parts, self.slots, _param_slots(first, self.key_type, self.dims))
 
     def sql_with_literal(self, keys: Sequence[Any], bound: float | None) -> str:
         """The merged query with the candidates and the bound written as literals (simple Query protocol)."""
-        return _join(self.parts, self.slots, {"keys": self._keys_literal(keys), "bound": _bound_literal(bound)})
+        return _join(self.parts, self.slots, {"keys": self._keys_literal(keys), "bound": _bound_literal(bound),
+                                              "vector": "(NULL::vector)"})
 
     def _keys_literal(self, keys: Sequence[Any]) -> str:
         array_type = self.extra_param_type
@@ -368,14 +392,31 @@ def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, serve
         limit_value=query.limit_value, limit_param=query.limit_param,
         offset_value=query.offset_value, offset_param=query.offset_param,
         param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
-        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type)), parts=parts, slots=slots,
+        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type, dims)), parts=parts, slots=slots,
+        vector_key_param=_param_index_of(use.vector_key),
+        vector_key_literal=_literal_of(use.vector_key),
     )
     _check_parses(plan)
     return plan
 
 
-def _param_slots(first: int, key_type: str) -> dict[str, str]:
-    return {"keys": f"(${first}::{key_type}[])", "bound": f"(${first + 1}::{BOUND_TYPE})"}
+def _param_slots(first: int, key_type: str, dims: int) -> dict[str, str]:
+    return {"keys": f"(${first}::{key_type}[])", "bound": f"(${first + 1}::{BOUND_TYPE})",
+            "vector": f"(${first + 2}::vector({dims}))"}
+
+
+def _param_index_of(node: exp.Expression | None) -> int | None:
+    while isinstance(node, exp.Cast):
+        node = node.this
+    if isinstance(node, exp.Parameter) and isinstance(node.this, exp.Literal) and node.this.this.isdigit():
+        return int(node.this.this)
+    return None
+
+
+def _literal_of(node: exp.Expression | None) -> str | None:
+    while isinstance(node, exp.Cast):
+        node = node.this
+    return node.this if isinstance(node, exp.Literal) else None
 
 
 def _join(parts: tuple[str, ...], slots: tuple[str, ...], values: dict[str, str]) -> str:
@@ -418,7 +459,7 @@ def _check_shape(query: SimilarityQuery) -> None:
         raise Passthrough("fallback-needs-limit")
     if query.offset is not None and query.offset_value is None and query.offset_param is None:
         raise Passthrough("fallback-offset")
-    if use.param_index is None and use.literal is None:
+    if use.param_index is None and use.literal is None and use.vector_key is None:
         raise Passthrough("fallback-vector-unknown")
     select = query.select
     if any(p.find(exp.Window) for p in select.expressions):
@@ -555,6 +596,8 @@ class _Builder:
         token = secrets.token_hex(8)
         self.keys_name = f"pgcutover_keys_{token}"
         self.bound_name = f"pgcutover_bound_{token}"
+        self.vector_name = f"pgcutover_vector_{token}"
+        self.from_row = query.distances[query.rank.distance].vector_key is not None if query.rank else False
         assert query.rank is not None
         self.rank = query.rank
         self.main: int = query.rank.distance
@@ -608,7 +651,41 @@ class _Builder:
         member = exp.EQ(this=self.column(self.route.key), expression=exp.Any(this=exp.Paren(
             this=exp.Array(expressions=[union]))))
         _and_where(tags.select, [member])
+        for node in list(outer.find_all(exp.Subquery)):
+            if vector_subquery(node) is node:
+                node.replace(self.row_vector(node))
         return outer
+
+    def row_vector(self, subquery: exp.Subquery) -> exp.Expression:
+        """The client's `(SELECT embedding FROM t WHERE key = X)` as if the table were migrated: the row's
+        vector, or its legacy value decoded by the server."""
+        route = self.route
+        assert route.legacy_column
+        inner = subquery.this
+        name = "pgcutover_q"
+        table = inner.args["from_"].this.copy()
+        table.set("alias", exp.TableAlias(this=exp.Identifier(this=name, quoted=False)))
+        test = inner.args["where"].this
+        value = test.expression if isinstance(test.this, exp.Column) and not isinstance(test.expression, exp.Column) \
+            else test.this
+
+        def column(col: str) -> exp.Column:
+            return exp.Column(this=identifier(col), table=exp.Identifier(this=name, quoted=False))
+
+        legacy = legacy_vector(route, column(route.legacy_column), self.dims, self.legacy_type)
+        select = exp.Select(expressions=[exp.Coalesce(this=column(route.pg_vector_column), expressions=[legacy])])
+        select.set("from_", exp.From(this=table))
+        select.set("where", exp.Where(this=exp.EQ(this=column(route.key), expression=value.copy())))
+        return exp.Subquery(this=select)
+
+    def same_vector(self) -> exp.Expression:
+        """The server's value of the query vector's row is the one the proxy searched with (a subquery tagged
+        here; `build` replaces it with `row_vector`)."""
+        query = self.query
+        node = vector_subquery(query.distances[self.main].query_vector)
+        assert node is not None
+        return exp.Not(this=exp.NullSafeNEQ(this=node.copy(), expression=exp.Column(
+            this=exp.Identifier(this=self.vector_name, quoted=False))))
 
     def vector_value(self, column: exp.Column) -> exp.Expression:
         """The vector column as if the row were migrated: its value, or the legacy value decoded by the server."""
@@ -709,9 +786,12 @@ class _Builder:
                        expression=self.valid_legacy())
         select = exp.Select(expressions=[self.column(route.key)])
         select.set("from_", exp.From(this=self.query.table.copy()))
-        select.set("where", exp.Where(this=exp.And(
+        condition: exp.Expression = exp.And(
             this=exp.EQ(this=self.column(route.key), expression=exp.Any(this=self.keys())),
-            expression=exp.Paren(this=ranks))))
+            expression=exp.Paren(this=ranks))
+        if self.from_row:  # candidates near another vector than the server's (e.g. a row the client cannot see)
+            condition = exp.And(this=condition, expression=self.same_vector())
+        select.set("where", exp.Where(this=condition))
         return select
 
     def guard_branch(self, client: exp.Select, where_d: exp.Expression | None,
@@ -722,10 +802,16 @@ class _Builder:
             self.ahead_of_bound(distance),
         ]))
         enough = exp.GTE(this=exp.Subquery(this=counted), expression=self.total())
-        guard = [
-            exp.NullSafeNEQ(this=self.bound(), expression=exp.cast(exp.Literal.string("Infinity"), BOUND_TYPE)),
-            exp.Not(this=exp.Coalesce(this=enough, expressions=[exp.false()])),
-        ]
+        if self.from_row:
+            everything = exp.EQ(this=self.bound(), expression=exp.cast(exp.Literal.string("Infinity"), BOUND_TYPE))
+            trusted = exp.And(this=self.same_vector(), expression=exp.Paren(this=exp.Or(this=everything,
+                                                                                       expression=enough)))
+            guard = [exp.Not(this=exp.Coalesce(this=trusted, expressions=[exp.false()]))]
+        else:
+            guard = [
+                exp.NullSafeNEQ(this=self.bound(), expression=exp.cast(exp.Literal.string("Infinity"), BOUND_TYPE)),
+                exp.Not(this=exp.Coalesce(this=enough, expressions=[exp.false()])),
+            ]
         return _keys_select(self.column(self.route.key), client,
                             _conjunction([_paren(where_d), *self.legacy_only(), *guard, self.valid_legacy()]))
 
@@ -802,10 +888,11 @@ def _and_where(select: exp.Select, conditions: list[exp.Expression]) -> None:
 
 def _cut(sql: str, builder: _Builder) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The merged SQL cut at the placeholders of the extra values."""
-    pieces = re.split(f"({builder.keys_name}|{builder.bound_name})", sql)
+    pieces = re.split(f"({builder.keys_name}|{builder.bound_name}|{builder.vector_name})", sql)
     parts = tuple(pieces[0::2])
-    slots = tuple("keys" if name == builder.keys_name else "bound" for name in pieces[1::2])
-    if slots.count("keys") != 2 or slots.count("bound") != 2:
+    names = {builder.keys_name: "keys", builder.bound_name: "bound", builder.vector_name: "vector"}
+    slots = tuple(names[name] for name in pieces[1::2])
+    if slots.count("keys") != 2 or slots.count("bound") < 1 or slots.count("vector") != (2 if builder.from_row else 0):
         raise Passthrough("unstable-sql", "placeholder count")
     return parts, slots
 

@@ -29,7 +29,9 @@ from pgvector import Vector
 
 from fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
 from fallback.scan import candidates as scan_candidates
+from fallback.store import quote_table
 from rewrite.analyze import Passthrough
+from rewrite.catalog import quote_ident
 
 from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, QUERY, SYNC
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgcutover.merged")
 
+_INT_TYPES = frozenset({"bigint", "integer", "smallint", "int8", "int4", "int2"})
 MAX_CANDIDATES = 10_000  # a search capped here stays exact: the merged query's guard covers the rest
 MAX_STATEMENTS = 64  # merged statements kept prepared per session (least recently used are closed)
 _names = itertools.count(1)
@@ -152,15 +155,74 @@ class MergedQueries:
         assert merge.vector_literal is not None
         return read_vector(merge.vector_literal.encode(), binary=False)
 
+    async def _extras(self, merge: MergePlan, bind: msg.Bind | None) -> tuple[bytes | None, ...]:
+        """The values of the merged query's extra parameters for one execution (`bind` None: a simple Query)."""
+        if merge.vector_from_row:
+            vector = await self._row_vector(merge, bind)
+        elif merge.vector_param_index is not None:
+            if bind is None:
+                raise Unanswerable("vector-not-literal")
+            vector = self._param_vector(bind, merge.vector_param_index)
+        else:  # a literal vector, in a simple Query or a prepared statement
+            vector = self._literal_vector(merge)
+        if bind is None:
+            limit, offset = merge.limit_value, merge.offset_value
+        else:
+            limit = self._param_int(bind, merge.limit_param, merge.limit_value)
+            offset = self._param_int(bind, merge.offset_param, merge.offset_value)
+        keys, bound = await self._candidates(merge, vector, limit, offset) if vector is not None else ([], None)
+        extras: tuple[bytes | None, ...] = (keys_text(merge, keys), bound_text(bound))
+        if merge.vector_from_row:
+            extras += (None if vector is None else Vector(vector).to_text().encode(),)
+        return extras
+
+    async def _row_vector(self, merge: MergePlan, bind: msg.Bind | None) -> np.ndarray | None:
+        """The vector of the row the client's `(SELECT embedding FROM t WHERE key = X)` names, to search with:
+        the store's copy of a legacy row, else the row's pgvector value. Read by the proxy only to pick
+        candidates: the merged query trusts them only when the server's own value of the row (under the
+        client's privileges) is the same vector, and reads every legacy row otherwise. None: unknown."""
+        if merge.vector_key_param is not None:
+            if bind is None or merge.vector_key_param > len(bind.params):
+                raise Unanswerable("vector-key-missing")
+            raw = bind.params[merge.vector_key_param - 1]
+            if raw is None:
+                return None
+            if bind.param_format(merge.vector_key_param - 1) == 1:
+                if merge.key_type not in _INT_TYPES:
+                    return None  # a binary key of another type: no search, the guard reads every legacy row
+                text = str(int.from_bytes(raw, "big", signed=True))
+            else:
+                text = raw.decode(errors="replace")
+        else:
+            text = merge.vector_key_literal or ""
+        key: object = text
+        if merge.key_type in _INT_TYPES:
+            try:
+                key = int(text)
+            except ValueError:
+                return None
+        store = self.service.store_for(merge.route.table)
+        found = store.get(key) if store is not None else None
+        if found is not None:
+            return found
+        route = merge.route
+        conn = await self.service._connect()
+        try:
+            value = await conn.fetchval(
+                f"SELECT {quote_ident(route.pg_vector_column)}::text FROM {quote_table(route.table)} "
+                f"WHERE {quote_ident(route.key)} = $1::text::{merge.key_type}", text)
+        except Exception:  # an unknown vector only costs speed: the guard then reads every legacy row
+            return None
+        finally:
+            await conn.close()
+        return None if value is None else Vector.from_text(value).to_numpy()
+
     # -- simple Query -------------------------------------------------------------------------------------------
     async def query(self, plan: Plan, sql: str) -> bytes:
         """The replacement of a Query message (its reply cycle is queued just before it is returned)."""
         try:
             merge = await self.service.merges.get(plan, sql)
-            if merge.vector_literal is None:
-                raise Unanswerable("vector-not-literal")
-            vector = self._literal_vector(merge)
-            keys, bound = await self._candidates(merge, vector, merge.limit_value, merge.offset_value)
+            extras = await self._extras(merge, None)
         except Unanswerable as exc:
             refuse = getattr(self.session.routing, "refuse_query", None)
             if refuse is not None:
@@ -168,17 +230,16 @@ class MergedQueries:
             self._unmerged(plan, str(exc))
             self.session.tracker.expect(QUERY)
             return msg.query(plan.sql_for("primary") or sql)
-        return self._as_query(merge, keys, bound)
+        return self._as_query(merge, extras)
 
-    def _as_query(self, merge: MergePlan, keys: list, bound: float | None) -> bytes:
+    def _as_query(self, merge: MergePlan, extras: tuple[bytes | None, ...]) -> bytes:
         """The merged query in place of a simple Query, its candidates and bound bound as parameters: an unnamed
         statement and portal of ours (a Query would have replaced the unnamed statement too). The client sees a
         Query's replies: ParseComplete and BindComplete are dropped; RowDescription (from the Describe),
         DataRows, CommandComplete, ErrorResponse and ReadyForQuery are forwarded."""
         tracker = self.session.tracker
-        params = (keys_text(merge, keys), bound_text(bound))
-        out = (msg.parse_message("", merge.sql_with_param, (0,) * (merge.param_count + 2))
-               + msg.bind_message(msg.Bind("", "", (), params, ()))
+        out = (msg.parse_message("", merge.sql_with_param, (0,) * (merge.param_count + merge.extra_count))
+               + msg.bind_message(msg.Bind("", "", (), extras, ()))
                + msg.describe("P", "") + msg.execute("", 0) + msg.message(b"S"))
         tracker.expect(PARSE, DROP)
         tracker.expect(BIND, DROP)
@@ -194,13 +255,7 @@ class MergedQueries:
         bind = msg.parse_bind(payload)
         try:
             merge = await self.service.merges.get(statement.plan, statement.sql)
-            if merge.vector_param_index is not None:
-                vector = self._param_vector(bind, merge.vector_param_index)
-            else:  # a literal vector in a prepared statement
-                vector = self._literal_vector(merge)
-            limit = self._param_int(bind, merge.limit_param, merge.limit_value)
-            offset = self._param_int(bind, merge.offset_param, merge.offset_value)
-            keys, bound = await self._candidates(merge, vector, limit, offset)
+            extras = await self._extras(merge, bind)
         except Unanswerable as exc:
             refuse = getattr(self.session.routing, "refuse_bind", None)
             if refuse is not None:
@@ -214,9 +269,8 @@ class MergedQueries:
         if len(formats) == 1:
             formats = formats * nparams
         if formats:
-            formats = (*formats, 0, 0)  # our two values are text
-        merged_bind = msg.Bind(bind.portal, name, formats,
-                               (*bind.params, keys_text(merge, keys), bound_text(bound)), bind.result_formats)
+            formats = (*formats, *(0,) * len(extras))  # our values are text
+        merged_bind = msg.Bind(bind.portal, name, formats, (*bind.params, *extras), bind.result_formats)
         tracker.expect(BIND)
         return out + msg.bind_message(merged_bind)
 
@@ -236,7 +290,7 @@ class MergedQueries:
             out += msg.close("S", old)
             tracker.expect(CLOSE, DROP)
         name = f"pgcutover_merged_{next(_names)}"
-        declared = (*oids, *([0] * (first - 1 - len(oids))), 0, 0)
+        declared = (*oids, *([0] * (first - 1 - len(oids))), *(0,) * merge.extra_count)
         out += msg.parse_message(name, sql, declared)
         tracker.expect(PARSE, DROP)
         self.prepared[key] = name

@@ -34,6 +34,7 @@ TAG_STAR = "route-star"
 TAG_DISTANCE = "distance"  # meta[MARK] = ("distance", index into SimilarityQuery.distances)
 TAG_COLUMN = "column"  # meta[MARK] = ("column", index into SimilarityQuery.columns)
 TAG_ORDER_KEY = "order-key"  # the Ordered node whose key is the main distance (directly or by output name)
+TAG_VECTOR_SUBQUERY = "vector-subquery"  # `(SELECT embedding FROM <route table> WHERE key = $n)` as a query vector
 
 _LEADING = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/|\()*(select|with)\b",
                       re.IGNORECASE)
@@ -66,6 +67,7 @@ class DistanceUse:
     projection: int | None  # index in the select list when the distance is (the whole of) a projection
     in_function: bool  # function form (l2_distance(...)) rather than an operator
     ordering: bool  # it sorts rows: in ORDER BY, or a projection that an ORDER BY key names
+    vector_key: exp.Expression | None = None  # the query vector is the route row with this key ($n or literal)
 
     @property
     def nearest_first_desc(self) -> bool:
@@ -519,7 +521,9 @@ class _Recognizer:
         if len({id(source.route) for _, source in refs}) > 1:
             raise Passthrough("multiple-routes")
         if len(refs) > 1:
-            raise Passthrough("route-table-repeated")
+            refs = [(scope, source) for scope, source in refs if not self._vector_subquery(scope, source)]
+            if len(refs) != 1:
+                raise Passthrough("route-table-repeated")
         self.scope, self.source = refs[0]
         self.route = self.source.route
         assert self.route is not None
@@ -533,6 +537,41 @@ class _Recognizer:
         columns = self._columns(distances)
         star = self._stars()
         return self._build(select, distances, columns, star)
+
+    def _vector_subquery(self, scope: _Scope, source: _Source) -> bool:
+        """`(SELECT <route column> FROM <route table> WHERE <key> = $n | literal)` as the vector operand of a
+        distance (pgvector's "rows similar to row X"): tagged, it is not the route reference of the query."""
+        route = source.route
+        assert route is not None
+        select = scope.select
+        node: exp.Expression | None = select.parent
+        if not isinstance(node, exp.Subquery) or any(node.args.get(k) for k in ("order", "limit", "offset")):
+            return False
+        operand: exp.Expression = node
+        while isinstance(operand.parent, exp.Cast | exp.Paren):
+            operand = operand.parent
+        if not isinstance(operand.parent, DISTANCE_NODES) or operand.arg_key not in ("this", "expression"):
+            return False
+        allowed = {"expressions", "from_", "where"}
+        if any(value for key, value in select.args.items() if key not in allowed) or len(scope.sources) != 1:
+            return False
+        projection = select.expressions[0] if len(select.expressions) == 1 else None
+        if not isinstance(projection, exp.Column) or norm(projection.this) not in (route.column,
+                                                                                   route.pg_vector_column):
+            return False
+        where = select.args.get("where")
+        test = where.this if where is not None else None
+        if not isinstance(test, exp.EQ):
+            return False
+        for column, value in ((test.this, test.expression), (test.expression, test.this)):
+            if isinstance(column, exp.Column) and norm(column.this) == route.key \
+                    and norm(column.args.get("table")) in (None, source.name) and column.args.get("db") is None \
+                    and (_param_index(value) is not None or (isinstance(value, exp.Literal))):
+                if norm(projection.args.get("table")) not in (None, source.name) or projection.args.get("db"):
+                    return False
+                node.meta[MARK] = TAG_VECTOR_SUBQUERY
+                return True
+        return False
 
     # column resolution ----------------------------------------------------------------------------------
     def _has_column(self, source: _Source, name: str) -> bool | None:
@@ -678,6 +717,7 @@ class _Recognizer:
                 literal=_literal_text(other), projection=projection,
                 in_function=isinstance(node, VectorDistanceFunc),
                 ordering=clause == "order" or _within(node, ordering_targets, self.scope.select),
+                vector_key=_vector_key(other),
             ))
         return uses
 
@@ -854,6 +894,24 @@ class _Recognizer:
 
 def _unalias(node: exp.Expression) -> exp.Expression:
     return node.this if isinstance(node, exp.Alias) else node
+
+
+def vector_subquery(node: exp.Expression) -> exp.Subquery | None:
+    """The tagged vector subquery that a distance's vector operand is (through casts and parentheses)."""
+    while isinstance(node, exp.Cast | exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Subquery) and node._meta and node.meta.get(MARK) == TAG_VECTOR_SUBQUERY:
+        return node
+    return None
+
+
+def _vector_key(node: exp.Expression) -> exp.Expression | None:
+    subquery = vector_subquery(node)
+    if subquery is None:
+        return None
+    test = subquery.this.args["where"].this
+    return test.expression if isinstance(test.this, exp.Column) and not isinstance(test.expression, exp.Column) \
+        else test.this
 
 
 def _aggregates(node: exp.Expression) -> bool:

@@ -37,6 +37,7 @@ from rewrite.analyze import (
     SimilarityQuery,
     is_pgvector_type,
     norm,
+    vector_subquery,
 )
 from rewrite.catalog import FLOAT8, IndexInfo
 from rewrite.dialect import OPERATOR_NODES, VectorDistanceFunc, build_type
@@ -130,6 +131,24 @@ def retarget_primary(expression: exp.Expression, query: SimilarityQuery) -> exp.
         if operand is column and norm(column.this) == target:
             continue
         node.set(use.column_arg, _column_like(column, target, query, keep_db=True))
+    return expression
+
+
+def retarget_vector_subqueries(expression: exp.Expression, query: SimilarityQuery) -> exp.Expression:
+    """`(SELECT embedding FROM items WHERE id = $1)` as a query vector reads the row's pgvector value, whatever
+    the application calls the column (the fallback merge reads the legacy value too).
+
+    >>> q = analyze("SELECT id FROM items ORDER BY embedding <-> (SELECT embedding FROM items WHERE id = $1)", [route])
+    >>> to_sql(retarget_vector_subqueries(q.expression.copy(), q))
+    'SELECT id FROM items ORDER BY embedding <-> (SELECT embedding_vector FROM items WHERE id = $1)'
+    """
+    target = query.route.pg_vector_column
+    for node in list(expression.find_all(exp.Subquery)):
+        if vector_subquery(node) is not node:
+            continue
+        column = node.this.expressions[0]
+        if norm(column.this) != target:
+            column.replace(exp.Column(this=identifier(target), table=column.args.get("table")))
     return expression
 
 
@@ -241,6 +260,8 @@ def primary_changes(query: SimilarityQuery, catalog: Catalog | None = None) -> b
         operand = use.node.args[use.column_arg]
         if isinstance(operand, exp.Cast) or norm(operand.this) != column:
             return True
+        if use.vector_key is not None and column != query.route.column:
+            return True
     return index_for(query, catalog) is not None
 
 
@@ -249,6 +270,7 @@ def to_primary(expression: exp.Expression, query: SimilarityQuery,
     """The statement for the table's own pgvector column (a copy; `expression` is not changed)."""
     expression = expression.copy()
     not_null = needs_not_null(query)
+    retarget_vector_subqueries(expression, query)
     retarget_primary(expression, query)
     if not_null:
         add_vector_not_null(expression, query)
@@ -506,6 +528,7 @@ def to_shadow(expression: exp.Expression, query: SimilarityQuery,
     if not query.route.shadow_table:
         raise Passthrough("no-shadow")
     expression = expression.copy()
+    retarget_vector_subqueries(expression, query)
     rename_shadow_columns(expression, query, catalog)
     retarget_shadow(expression, query, catalog)
     expand_route_star(expression, query, catalog)

@@ -1,8 +1,9 @@
 """Issue 10's generated oracle: random similarity statements from a grammar of the shapes clients send (operators
 and functions, parentheses, aliases, ordinals, score expressions, nearest or farthest first, filters, a join,
-thresholds, OFFSET, secondary ORDER BY keys, literal or parameter vectors, simple or extended protocol, prepared
-and reused) over a partly migrated table, through the real proxy. Every answer must equal numpy brute force over
-all rows, or the statement must be refused loudly (SQLSTATE 0A000). Both counts are printed."""
+thresholds, OFFSET, secondary ORDER BY keys, literal, parameter or row-subquery vectors, simple or extended
+protocol, prepared and reused) over a partly migrated table, through the real proxy. Every answer must equal
+numpy brute force over all rows, or the statement must be refused loudly (SQLSTATE 0A000). Both counts are
+printed."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class Case:
     filter: str  # none | cat | range | threshold | join
     limit: int
     offset: int | None
-    literal: bool
+    vector: str  # literal | param | row: `(SELECT embedding FROM or_docs WHERE id = $n)`
     protocol: str  # simple | extended | prepared
     limit_param: bool
     seed: int
@@ -90,7 +91,7 @@ def cases() -> st.SearchStrategy[Case]:
         filter=st.sampled_from(["none", "cat", "range", "threshold", "join"]),
         limit=st.integers(1, 12),
         offset=st.one_of(st.none(), st.integers(0, 5)),
-        literal=st.booleans(),
+        vector=st.sampled_from(["literal", "param", "row"]),
         protocol=st.sampled_from(["simple", "extended", "prepared"]),
         limit_param=st.booleans(),
         seed=st.integers(0, 2**31),
@@ -119,7 +120,10 @@ def proxy(start_proxy, docs):
 def statement(case: Case, q: np.ndarray, docs: np.ndarray) -> tuple[str, list, list[int]]:
     """(SQL with %s placeholders or literals, parameters, the expected ids)."""
     template, fn, similarity = METRICS[case.metric]
-    vector = f"'{Vector(q).to_text()}'::vector" if case.literal else "%s::vector"
+    vector = {"literal": f"'{Vector(q).to_text()}'::vector", "param": "%s::vector",
+              "row": "(SELECT embedding FROM or_docs WHERE id = %s)"}[case.vector]
+    literal = case.vector == "literal"
+    vector_value = Vector(q).to_text() if case.vector == "param" else case.seed % ROWS + 1
     column = "d.embedding"
     distance = template.format(c=column, v=vector)
     score_sql, score_fn, increasing = SCORES[case.score]
@@ -149,13 +153,13 @@ def statement(case: Case, q: np.ndarray, docs: np.ndarray) -> tuple[str, list, l
         ordered = np.sort(value)
         cut = float((ordered[ROWS // 3] + ordered[ROWS // 3 + 1]) / 2)
         where.append(f"{distance} < {cut!r}")
-        vector_params += not case.literal
+        vector_params += not literal
         keep &= value < cut
     select = f"d.id, {key_sql} AS score"
     order_key = {"expression": key_sql, "alias": "score", "ordinal": "2"}[case.order_by]
     if case.order_by == "expression":
-        vector_params += not case.literal
-    vector_params += not case.literal  # the select list
+        vector_params += not literal
+    vector_params += not literal  # the select list
     order = f"{order_key} {'DESC' if descending_key else 'ASC'}" + (", d.id" if case.secondary else "")
     limit = "%s::integer" if case.limit_param else str(case.limit)
     sql = f"SELECT {select} FROM or_docs d{joins}"
@@ -164,9 +168,9 @@ def statement(case: Case, q: np.ndarray, docs: np.ndarray) -> tuple[str, list, l
     sql += f" ORDER BY {order} LIMIT {limit}"
     if case.offset is not None:
         sql += f" OFFSET {case.offset}"
-    text = Vector(q).to_text()
+    text = vector_value
     # parameters in textual order: select list, WHERE, ORDER BY, LIMIT
-    if not case.literal:
+    if not literal:
         params.append(text)  # select list
         if case.filter == "threshold":
             params.append(text)
@@ -205,6 +209,8 @@ def test_generated_statements_are_exact_or_refused(proxy, docs) -> None:
     @given(case=cases())
     def check(case: Case) -> None:
         q = np.random.default_rng(case.seed).standard_normal(DIMS).astype(np.float32)
+        if case.vector == "row":
+            q = docs[case.seed % ROWS]
         sql, params, want = statement(case, q, docs)
         try:
             got = run(conn, case, sql, params)

@@ -244,3 +244,23 @@ def test_halfvec_shadow_returns_the_route_columns_type(pg, start_proxy) -> None:
             assert type_name == ("vector",)
             assert all(np.array_equal(h, e.astype(np.float16).astype(np.float32))
                        for h, e in zip(halved, exact, strict=True)), "answered by the halfvec shadow"
+
+
+# -- item 2: the query vector is a row of the route table -------------------------------------------------------
+@pytest.mark.parametrize(("protocol", "legacy"), [("simple", True), ("simple", False), ("extended", True),
+                                                  ("extended", False)])
+def test_rows_similar_to_row_x(proxy, docs, protocol: str, legacy: bool) -> None:
+    """pgvector's README form: `ORDER BY embedding <-> (SELECT embedding FROM items WHERE id = $1)`. A legacy
+    row X finds its neighbours (itself first), as a migrated one does."""
+    x = 7 if legacy else 12  # ids with id % 10 >= 3 are legacy
+    value = values(docs, "<=>", docs[x - 1])
+    sql = ("SELECT id FROM sh_docs WHERE cat_id <> 5 ORDER BY embedding <=> (SELECT embedding FROM sh_docs "
+           "WHERE id = {k}) LIMIT 6")
+    keep = np.array([i % 10 != 5 for i in range(1, ROWS + 1)])
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        if protocol == "simple":
+            rows = conn.execute(sql.format(k=x)).fetchall()
+        else:
+            rows = conn.execute(sql.format(k="%s"), [x]).fetchall()
+    want = ranked(docs, value, False, keep)[:6]
+    assert [r[0] for r in rows] == want and want[0] == x

@@ -394,6 +394,17 @@ class StatementRouting:
         if self._executions and self._executions[-1].plan is plan:
             self._executions[-1].target = REFUSED
 
+    def _notice(self, text: str, tries: int = 200) -> None:
+        """A NoticeResponse to the client (one may come at any time), between two whole server messages: while a
+        large reply of an earlier pipelined query streams through, it waits for the boundary (up to ~1 s)."""
+        session = self.session
+        if session._server_at_boundary():
+            session._to_client(msg.notice_response(text, "01000"))
+        elif tries > 0:
+            asyncio.get_running_loop().call_later(0.005, self._notice, text, tries - 1)
+        else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
+            log.warning("could not place the notice %r between server messages", text)
+
     def refuse_query(self, plan: Plan, sql: str, reason: str) -> bytes:
         """The replacement of a simple Query the merge cannot answer exactly (route's on_inexact applies)."""
         self.session.tracker.expect(QUERY)
@@ -402,7 +413,7 @@ class StatementRouting:
             return msg.query(raise_sql(CANCELED_SQLSTATE, "canceling statement due to user request"))
         decision, text = self._refusal(plan, reason)
         if not decision.error:
-            self.session._to_client(msg.notice_response(text + "; answered from pgvector rows only", "01000"))
+            self._notice(text + "; answered from pgvector rows only")
             return msg.query(plan.sql_for("primary") or sql)
         return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
 
@@ -418,7 +429,7 @@ class StatementRouting:
         else:
             decision, text = self._refusal(plan, reason)
             if not decision.error:
-                self.session._to_client(msg.notice_response(text + "; answered from pgvector rows only", "01000"))
+                self._notice(text + "; answered from pgvector rows only")
                 tracker.expect(BIND)
                 return msg.message(b"B", payload)
             sqlstate, hint = INEXACT_SQLSTATE, _HINT

@@ -287,6 +287,8 @@ class StatementRouting:
             tracker.expect(PARSE, DROP)
             statement.others[target] = other
             self._injected.append((statement, target))
+            if tracker.skipping:  # an error already came back: the server discards this Parse until the Sync
+                statement.uncertain.add(target)
         tracker.expect(BIND)
         return out + msg.message(b"B", msg.cstr(portal) + msg.cstr(other) + payload[rest:])
 
@@ -337,6 +339,10 @@ class StatementRouting:
         if decision.action != "merge":
             return refuse(decision.reason)
         out = await run()
+        if self.session.tracker.skipping and self.merged is not None:
+            # an error came back while the merge was computed: the server discards the statement of ours this
+            # Bind prepares (until the client's Sync), so it must be prepared again next time
+            self.merged.on_error()
         if execution is not None and not self._refused:
             execution.target = MERGED
         return out

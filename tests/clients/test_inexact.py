@@ -238,7 +238,7 @@ def test_show_fallback_and_stats_list_refusals(proxy, tables) -> None:
 
 
 # -- item 4: statement lifecycle ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["DEALLOCATE ALL", "DISCARD ALL"])
+@pytest.mark.parametrize("command", ["DEALLOCATE ALL", "DISCARD ALL", "DISCARD PLANS", "RESET ALL"])
 def test_merged_statements_survive_deallocate_all(proxy, tables, command) -> None:
     """psycopg prepares from the first execution (prepare_threshold=0): the proxy's merged statement for it is
     prepared once; after the client's DEALLOCATE ALL / DISCARD ALL it is prepared again, not missing."""
@@ -254,6 +254,19 @@ def test_merged_statements_survive_deallocate_all(proxy, tables, command) -> Non
         assert unprepared == expected
         conn.execute(command, prepare=False)
         assert [r[0] for r in conn.execute(SIMILAR.format(table="ix_items"), [vec_text(q)])] == expected
+
+
+def test_merged_statements_survive_an_error_that_skips_their_parse(proxy, tables) -> None:
+    """In a pipeline, an error before our Parse makes the server skip it: it is prepared again next time."""
+    q = tables[MIGRATED + 21]
+    expected = brute_force(tables, q, 5)
+    with psycopg.connect(proxy.dsn(), autocommit=True, prepare_threshold=0) as conn:
+        for _ in range(3):
+            with pytest.raises(pgerrors.DivisionByZero), conn.pipeline():
+                conn.execute("SELECT 1/0")
+                conn.execute(SIMILAR.format(table="ix_items"), [vec_text(q)])
+            got = [r[0] for r in conn.execute(SIMILAR.format(table="ix_items"), [vec_text(q)])]
+            assert got == expected
 
 
 def test_merged_executions_are_labelled_merged(proxy, tables) -> None:

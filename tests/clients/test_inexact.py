@@ -28,6 +28,7 @@ from proxy.embedded import pg_binary
 from proxy.protocol import codes
 from proxy.protocol import messages as msg
 from tests.integration.wire import RawClient, data_rows, errors
+from tests.routing import conftest as routing
 from tests.routing.test_operate import scrape
 
 DIMS = 8
@@ -342,3 +343,33 @@ def test_decision_values() -> None:
     assert "0A000" in refused.describe() and "fallback-window" in refused.describe()
     lenient = decide(plan, "primary", replace(route, on_inexact="primary_only"), store=True, unmergeable="x")
     assert (lenient.action, lenient.target, lenient.error) == ("refuse", "primary", False)
+
+
+# -- item 4 for the other target's statements (a split route, sticky = "query") ----------------------------------
+routed_tables = routing.routed_tables  # the routed table and its shadow (a fixture of tests/routing)
+
+
+@pytest.fixture(scope="module")
+def split_proxy(start_proxy, routed_tables):
+    return start_proxy(routing.ROUTE_TOML.format(sticky="query").replace("split = 0", "split = 50"))
+
+
+def test_other_target_statements_survive_skipped_parses_and_deallocate(split_proxy) -> None:
+    """A prepared statement executed on both targets: the other target's statement of ours is prepared again
+    after an error made the server skip its Parse, and after DEALLOCATE ALL."""
+    sql = "SELECT id, content FROM rt_items ORDER BY embedding <-> %s LIMIT 3"
+    vector = "[" + ",".join(["0.5"] * 8) + "]"
+    with psycopg.connect(split_proxy.dsn(), autocommit=True, prepare_threshold=0) as conn:
+        seen = set()
+        for round_ in range(12):
+            if round_ % 3 == 0:
+                with pytest.raises(pgerrors.DivisionByZero), conn.pipeline():
+                    conn.execute("SELECT 1/0")
+                    conn.execute(sql, [vector])
+            if round_ % 4 == 3:
+                conn.execute("DEALLOCATE ALL")
+            for _ in range(4):
+                rows = conn.execute(sql, [vector]).fetchall()
+                assert [r[0] for r in rows] and len({r[1] for r in rows}) == 1
+                seen.add(rows[0][1])
+        assert seen == {"primary", "shadow"}  # both targets answered the same prepared statement

@@ -335,10 +335,17 @@ class StatementRouting:
                 await self.rt.fallback.merges.get(plan, sql)  # the shape's verdict, cached per SQL text
             except Unanswerable as exc:
                 unmergeable = str(exc)
+            except Exception:  # a bug must not turn into a quiet pgvector-rows-only answer
+                log.exception("%s: merge planning failed", plan.route.table if plan.route else "?")
+                unmergeable = "internal-error"
         decision = self.decision(plan, unmergeable)
         if decision.action != "merge":
             return refuse(decision.reason)
-        out = await run()
+        try:
+            out = await run()  # (a replacement queues its replies just before it returns: none if it raised)
+        except Exception:
+            log.exception("%s: merged execution failed", plan.route.table if plan.route else "?")
+            return refuse("internal-error")
         if self.session.tracker.skipping and self.merged is not None:
             # an error came back while the merge was computed: the server discards the statement of ours this
             # Bind prepares (until the client's Sync), so it must be prepared again next time

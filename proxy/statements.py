@@ -45,7 +45,7 @@ INEXACT_SQLSTATE = "0A000"  # feature_not_supported
 CANCELED_SQLSTATE = "57014"  # query_canceled, as the server says it
 _RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
 # Statements after which the server has dropped prepared statements (ours included). A simple Query may hold
-# several statements, so it is searched; a Parse holds one, so its first word decides.
+# several statements, so the text is searched (a match inside a string literal only costs a re-prepare).
 _MAY_DROP = re.compile(r"(?i:deallocate|discard)")  # the cheap test, on the first 4 KB of every text
 _DROPS_STATEMENTS = re.compile(r"\b(?:deallocate|discard\s+all)\b", re.IGNORECASE)
 

@@ -133,6 +133,7 @@ from rewrite.analyze import (
     TAG_COLUMN,
     TAG_DISTANCE,
     TAG_ORDER_KEY,
+    TAG_SCOPE,
     TAG_TABLE,
     Passthrough,
     SimilarityQuery,
@@ -238,6 +239,11 @@ class MergePlan:
     # when the server's own value of that row agrees (else the guard reads every legacy row: still exact)
     vector_key_param: int | None = None
     vector_key_literal: str | None = None
+    # the universal merge (`build_universal`): every legacy row's distance is shipped (keys, distances, xmins)
+    universal: bool = False
+    value_sign: int = 1  # the distance's value is value_sign * the search's distance (inner_product(): -1)
+    # the universal merge's other distances' vectors ($n or literal): at execution they must equal the first
+    other_vectors: tuple[tuple[int | None, str | None], ...] = ()
 
     @property
     def vector_from_row(self) -> bool:
@@ -245,7 +251,7 @@ class MergePlan:
 
     @property
     def extra_count(self) -> int:
-        return 3 if self.vector_from_row else 2
+        return 3 if self.vector_from_row or self.universal else 2
 
     @property
     def keys_param_index(self) -> int:
@@ -367,12 +373,23 @@ def guard_bound(distances: Sequence[float], asked: int | None) -> float | None:
 
 
 # -- building ----------------------------------------------------------------------------------------------
+# Shapes the top-k merge cannot bound that the universal merge answers (every legacy distance shipped).
+UNIVERSAL_REASONS = frozenset({"fallback-order", "fallback-window", "fallback-aggregate", "fallback-nested",
+                               "fallback-needs-limit", "fallback-offset", "fallback-alias"})
+
+
 def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, server_decoder: bool = False) -> MergePlan:
     """The merged query for `query`, or raise Passthrough(reason) for a shape it cannot answer exactly
-    (the proxy then answers from pgvector rows only). `query.expression` is not changed."""
+    (the proxy then refuses it, or answers from pgvector rows only: `on_inexact`). `query.expression` is not
+    changed. A shape the top-k merge cannot bound gets the universal merge (`build_universal`)."""
     route = query.route
     _check_route(route)
-    _check_shape(query)
+    try:
+        _check_shape(query)
+    except Passthrough as exc:
+        if exc.reason not in UNIVERSAL_REASONS:
+            raise
+        return build_universal(query, catalog, server_decoder=server_decoder)
     dims = _dims(route, catalog)
     key_type, assumed = _key_type(route, catalog)
     _check_legacy_type(route, catalog)
@@ -402,7 +419,94 @@ def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, serve
 
 def _param_slots(first: int, key_type: str, dims: int) -> dict[str, str]:
     return {"keys": f"(${first}::{key_type}[])", "bound": f"(${first + 1}::{BOUND_TYPE})",
-            "vector": f"(${first + 2}::vector({dims}))"}
+            "vector": f"(${first + 2}::vector({dims}))",
+            "ukeys": f"(${first}::{key_type}[])", "udist": f"(${first + 1}::{BOUND_TYPE}[])",
+            "uxmin": f"(${first + 2}::bigint[])"}
+
+
+def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
+                    server_decoder: bool = False) -> MergePlan:
+    """The universal merge: the client's own statement, evaluated by the server over every row, with each
+    distance on the route column read as
+
+        COALESCE(<vector column> <op> q, <shipped legacy distance>, L(<legacy column>) <op> q)
+
+    The proxy computes every legacy row's distance with numpy (fallback/scan.py) and ships them as three array
+    parameters, joined to the route table by key and row version: `(<table> LEFT JOIN unnest($keys, $distances,
+    $xmins) AS pgcutover_u(...) ON <key and xmin match>)`. A row migrated
+    since the store's snapshot has its vector; a row changed since (another xmin) or added since is computed by
+    the server from its current legacy value. So any expression of the distance is exact (weighted hybrid
+    scores, window functions, aggregates, no LIMIT), at the cost of shipping every legacy row's distance: the
+    proxy refuses above the route's `max_shipped_rows`. The shipped distances are float64 (pgvector computes in
+    float32: values may differ in the last digits)."""
+    route = query.route
+    _check_route(route)
+    if query.aggregated and query.star:
+        raise Passthrough("universal-star-aggregate")
+    uses = query.distances
+    first = uses[0]
+    if any(u.metric != first.metric for u in uses):
+        raise Passthrough("universal-distances", "distances of different metrics")
+    if first.metric not in SEARCH_METRICS:
+        raise Passthrough("fallback-operator", first.operator)
+    if any(u.param_index is None and u.literal is None for u in uses):
+        raise Passthrough("fallback-vector-unknown")
+    if query.select.find(exp.TableSample):
+        raise Passthrough("fallback-tablesample")
+    dims = _dims(route, catalog)
+    key_type, assumed = _key_type(route, catalog)
+    _check_legacy_type(route, catalog)
+    if route.legacy_format.startswith("bytea") and not server_decoder:
+        raise Passthrough("fallback-needs-decoder", route.legacy_format)
+    builder = _Builder(query, catalog, dims)
+    names = {"ukeys": builder.keys_name, "udist": builder.bound_name, "uxmin": builder.vector_name}
+    table_name = f"pgcutover_utable_{secrets.token_hex(8)}"
+    outer = query.expression.copy()
+    tags = _tagged(outer)
+    shipped = exp.Column(this=exp.Identifier(this="pgcutover_d", quoted=False),
+                         table=exp.Identifier(this="pgcutover_u", quoted=False))
+    for index, use in enumerate(uses):
+        node = tags.distances[index]
+        vector_d = node.copy()
+        vector_d.set(use.column_arg, builder.column(route.pg_vector_column))
+        legacy_d = node.copy()
+        assert route.legacy_column
+        legacy_d.set(use.column_arg, legacy_vector(route, builder.column(route.legacy_column), dims,
+                                                   builder.legacy_type))
+        node.replace(exp.Coalesce(this=vector_d, expressions=[shipped.copy(), legacy_d]))
+    builder.vector_columns(tags)
+    builder.expand_star(tags.select)
+    table = next(n for n in outer.walk() if n._meta and n.meta.get(MARK) == TAG_TABLE)
+    table_sql = to_sql(table)
+    table.replace(exp.Table(this=exp.Identifier(this=table_name, quoted=False)))
+    alias = to_sql(identifier(query.table_alias))
+    joined = (f"({table_sql} LEFT JOIN UNNEST({names['ukeys']}, {names['udist']}, {names['uxmin']}) "
+              f"AS pgcutover_u(pgcutover_k, pgcutover_d, pgcutover_x) "
+              f"ON pgcutover_u.pgcutover_k = {alias}.{to_sql(identifier(route.key))} "
+              f"AND pgcutover_u.pgcutover_x = {alias}.xmin::text::int8)")
+    sql = to_sql(outer)
+    if sql.count(table_name) != 1:
+        raise Passthrough("unstable-sql", "table placeholder")
+    sql = sql.replace(table_name, joined)
+    pieces = re.split(f"({'|'.join(names.values())})", sql)
+    by_name = {v: k for k, v in names.items()}
+    parts, slots = tuple(pieces[0::2]), tuple(by_name[n] for n in pieces[1::2])
+    if sorted(slots) != ["udist", "ukeys", "uxmin"]:
+        raise Passthrough("unstable-sql", "placeholder count")
+    param_count = _param_count(query.expression)
+    metric, sign = SEARCH_METRICS[first.metric]
+    plan = MergePlan(
+        route=route, operator=first.operator, metric=metric, farthest=False,
+        vector_param_index=first.param_index, vector_literal=first.literal if first.param_index is None else None,
+        limit_value=query.limit_value, limit_param=query.limit_param,
+        offset_value=query.offset_value, offset_param=query.offset_param,
+        param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
+        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type, dims)), parts=parts, slots=slots,
+        universal=True, value_sign=sign,
+        other_vectors=tuple((u.param_index, u.literal if u.param_index is None else None) for u in uses[1:]),
+    )
+    _check_parses(plan)
+    return plan
 
 
 def _param_index_of(node: exp.Expression | None) -> int | None:
@@ -573,16 +677,19 @@ def _tagged(expression: exp.Expression) -> _Tagged:
     distances: dict[int, exp.Expression] = {}
     columns: dict[int, exp.Column] = {}
     order_key = None
+    scope = expression
     for node in expression.walk():
         mark = node.meta.get(MARK) if node._meta else None
         if isinstance(mark, tuple) and mark[0] == TAG_DISTANCE:
             distances[mark[1]] = node
         elif isinstance(mark, tuple) and mark[0] == TAG_COLUMN:
             columns[mark[1]] = node
+        elif mark == TAG_SCOPE:
+            scope = node
         elif isinstance(mark, tuple) and mark[0] == TAG_ORDER_KEY:
             order_key = node
-    assert isinstance(expression, exp.Select)
-    return _Tagged(expression, distances, order_key, columns)
+    assert isinstance(scope, exp.Select)
+    return _Tagged(scope, distances, order_key, columns)
 
 
 class _Builder:
@@ -598,10 +705,9 @@ class _Builder:
         self.bound_name = f"pgcutover_bound_{token}"
         self.vector_name = f"pgcutover_vector_{token}"
         self.from_row = query.distances[query.rank.distance].vector_key is not None if query.rank else False
-        assert query.rank is not None
-        self.rank = query.rank
-        self.main: int = query.rank.distance
-        self.sign = SEARCH_METRICS[query.distances[self.main].metric][1]
+        self.rank = query.rank  # type: ignore[assignment]  # None only for the universal merge
+        self.main: int = query.rank.distance if query.rank is not None else 0
+        self.sign = SEARCH_METRICS.get(query.distances[self.main].metric, ("", 1))[1]
 
     # names -----------------------------------------------------------------------------------------------
     def column(self, name: str) -> exp.Column:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ from pgvector import Vector
 
 from fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
 from fallback.scan import candidates as scan_candidates
+from fallback.scan import scan
 from fallback.store import quote_table
 from rewrite.analyze import Passthrough
 from rewrite.catalog import quote_ident
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgcutover.merged")
 
 _INT_TYPES = frozenset({"bigint", "integer", "smallint", "int8", "int4", "int2"})
+MAX_SHIPPED_ROWS = 1_000_000  # the route key `max_shipped_rows`, when the config does not have it
 MAX_CANDIDATES = 10_000  # a search capped here stays exact: the merged query's guard covers the rest
 MAX_STATEMENTS = 64  # merged statements kept prepared per session (least recently used are closed)
 _names = itertools.count(1)
@@ -83,6 +86,19 @@ class MergeCache:
         if isinstance(found, str):
             raise Unanswerable(found)
         return found
+
+
+def _shipped_arrays(merge: MergePlan, store, keys: np.ndarray, distances: np.ndarray) -> tuple[bytes, ...]:
+    """Text-format arrays of keys, distances (NaN/Infinity spelled as float8in reads them) and xmins (-1: unknown,
+    the server then computes that row's distance itself)."""
+    values = distances * merge.value_sign
+    text = ",".join("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity") if math.isinf(v) else repr(v)
+                    for v in values.tolist())
+    xmins = []
+    for key in keys.tolist():
+        xmin = store.xmin(key)
+        xmins.append(str(xmin) if xmin else "-1")
+    return keys_text(merge, list(keys)), ("{" + text + "}").encode(), ("{" + ",".join(xmins) + "}").encode()
 
 
 def read_vector(value: bytes | None, binary: bool) -> np.ndarray:
@@ -165,6 +181,13 @@ class MergedQueries:
             vector = self._param_vector(bind, merge.vector_param_index)
         else:  # a literal vector, in a simple Query or a prepared statement
             vector = self._literal_vector(merge)
+        if merge.universal:
+            for param, literal in merge.other_vectors:  # one shipped array serves one query vector
+                other = self._param_vector(bind, param) if param is not None and bind is not None else \
+                    read_vector(literal.encode(), binary=False) if literal is not None else None
+                if other is None or not np.array_equal(other, vector):
+                    raise Unanswerable("universal-distances")
+            return await self._shipped(merge, vector)
         if bind is None:
             limit, offset = merge.limit_value, merge.offset_value
         else:
@@ -175,6 +198,21 @@ class MergedQueries:
         if merge.vector_from_row:
             extras += (None if vector is None else Vector(vector).to_text().encode(),)
         return extras
+
+    async def _shipped(self, merge: MergePlan, vector: np.ndarray | None) -> tuple[bytes | None, ...]:
+        """The universal merge's three arrays: every legacy row's key, distance (in the SQL value's units) and
+        row version, bounded by the route's `max_shipped_rows`."""
+        store = self.service.store_for(merge.route.table)
+        assert store is not None and vector is not None
+        await store.wait_ready()
+        if vector.shape[0] != merge.dims:
+            raise Unanswerable("vector-dims")
+        snap = store.snapshot()
+        limit = getattr(merge.route, "max_shipped_rows", MAX_SHIPPED_ROWS)
+        if snap.rows > limit:
+            raise Unanswerable(f"too-many-legacy-rows: {snap.rows} legacy rows, max_shipped_rows = {limit}")
+        result = await asyncio.to_thread(scan, snap, vector, merge.metric)
+        return await asyncio.to_thread(_shipped_arrays, merge, store, result.keys, result.distances)
 
     async def _row_vector(self, merge: MergePlan, bind: msg.Bind | None) -> np.ndarray | None:
         """The vector of the row the client's `(SELECT embedding FROM t WHERE key = X)` names, to search with:

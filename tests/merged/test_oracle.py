@@ -56,11 +56,13 @@ METRICS = {
 }
 # ORDER BY key as a function of the distance value: (SQL with {d}, numpy function, increasing)
 SCORES = {
-    "d": ("{d}", lambda v: v, True),
-    "(d)": ("({d})", lambda v: v, True),
-    "1 - d": ("1 - ({d})", lambda v: 1 - v, False),
-    "-d": ("-({d})", lambda v: -v, False),
-    "2 * d": ("2 * ({d})", lambda v: 2 * v, True),
+    "d": ("{d}", lambda v, c: v, True),
+    "(d)": ("({d})", lambda v, c: v, True),
+    "1 - d": ("1 - ({d})", lambda v, c: 1 - v, False),
+    "-d": ("-({d})", lambda v, c: -v, False),
+    "2 * d": ("2 * ({d})", lambda v, c: 2 * v, True),
+    # a weighted hybrid of the distance and another column: no top-k bound, the universal merge answers it
+    "hybrid": ("0.8 * ({d}) + 0.2 * (d.cat / 10.0)", lambda v, c: 0.8 * v + 0.2 * (c / 10.0), True),
 }
 
 
@@ -129,7 +131,7 @@ def statement(case: Case, q: np.ndarray, docs: np.ndarray) -> tuple[str, list, l
     score_sql, score_fn, increasing = SCORES[case.score]
     key_sql = score_sql.format(d=distance)
     value = fn(docs.astype(np.float64), q.astype(np.float64))
-    key = score_fn(value)
+    key = score_fn(value, np.arange(1, ROWS + 1) % 10)
     # nearest first: ascending distance value (descending for a similarity); through a decreasing score, flipped
     ascending_value = not similarity if case.nearest else similarity
     descending_key = ascending_value != increasing
@@ -216,7 +218,7 @@ def test_generated_statements_are_exact_or_refused(proxy, docs) -> None:
             got = run(conn, case, sql, params)
         except psycopg.errors.FeatureNotSupported as exc:  # 0A000: refused loudly
             counts["refused"] += 1
-            reasons[str(exc).split("(")[-1].rstrip(")\n")] += 1
+            reasons[str(exc).splitlines()[0].rsplit("(", 1)[-1].rstrip(")")] += 1
             return
         assert got == want, (case, sql)
         counts["exact"] += 1

@@ -264,3 +264,42 @@ def test_rows_similar_to_row_x(proxy, docs, protocol: str, legacy: bool) -> None
             rows = conn.execute(sql.format(k="%s"), [x]).fetchall()
     want = ranked(docs, value, False, keep)[:6]
     assert [r[0] for r in rows] == want and want[0] == x
+
+
+# -- item 5: the universal merge (every legacy distance shipped) ------------------------------------------------
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_statements_the_top_k_merge_cannot_bound(proxy, docs, protocol: str) -> None:
+    """A weighted score of the distance and another column, a window function, an aggregate, no LIMIT: each
+    evaluated by the server over every row, legacy distances shipped by the proxy."""
+    q = np.random.default_rng(31).standard_normal(DIMS).astype(np.float32)
+    extended = protocol == "extended"
+    value = values(docs, "<=>", q)
+    cats = np.arange(1, ROWS + 1) % 10
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        hybrid = 0.7 * (1 - value) + 0.3 * (cats / 10.0)
+        got = run(conn, "SELECT id, 0.7 * (1 - (embedding <=> %(q)s::vector)) + 0.3 * (cat_id / 10.0) AS score "
+                        "FROM sh_docs ORDER BY score DESC LIMIT 8", q, extended)
+        assert [r[0] for r in got] == ranked(docs, hybrid, True)[:8]
+        assert np.allclose([r[1] for r in got], np.sort(hybrid)[::-1][:8], atol=1e-6)
+        got = run(conn, "SELECT id, rank() OVER (ORDER BY embedding <=> %(q)s::vector) AS r FROM sh_docs "
+                        "ORDER BY embedding <=> %(q)s::vector LIMIT 4", q, extended)
+        assert [(r[0], r[1]) for r in got] == [(i, n) for n, i in enumerate(ranked(docs, value, False)[:4], 1)]
+        cut = float(np.sort(value)[50] + np.sort(value)[51]) / 2
+        got = run(conn, "SELECT count(*), min(embedding <=> %(q)s::vector) FROM sh_docs "
+                        "WHERE embedding <=> %(q)s::vector < %(cut)s", q, extended, cut=repr(cut))
+        assert got[0][0] == 51 and abs(got[0][1] - value.min()) < 1e-6
+        got = run(conn, "SELECT id FROM sh_docs WHERE embedding <=> %(q)s::vector < %(cut)s ORDER BY id", q, extended,
+                  cut=repr(cut))
+        assert [r[0] for r in got] == sorted(int(i) + 1 for i in np.flatnonzero(value < cut))
+        got = run(conn, "WITH near AS (SELECT id FROM sh_docs ORDER BY embedding <=> %(q)s::vector LIMIT 5) "
+                        "SELECT n.id FROM near n JOIN sh_cats c ON c.id = n.id %% 10 ORDER BY n.id", q, extended)
+        assert [r[0] for r in got] == sorted(ranked(docs, value, False)[:5])
+
+
+def test_universal_merge_refused_above_max_shipped_rows(pg, start_proxy, docs) -> None:
+    proxy = start_proxy(ROUTE.replace("dims = 8", "dims = 8\nmax_shipped_rows = 100"))
+    q = Vector(np.ones(DIMS, dtype=np.float32)).to_text()
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="too-many-legacy-rows"):
+            conn.execute("SELECT count(*) FROM sh_docs WHERE embedding <-> %s < 1", [q])
+        assert conn.execute("SELECT id FROM sh_docs ORDER BY embedding <-> %s LIMIT 3", [q]).fetchall()  # top-k

@@ -26,7 +26,6 @@ from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pgvector import Vector
 
 from fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
 from fallback.scan import candidates as scan_candidates
@@ -37,6 +36,7 @@ from rewrite.catalog import quote_ident
 
 from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, QUERY, SYNC
+from .vectors import Vector
 
 if TYPE_CHECKING:
     from rewrite.plan import Plan

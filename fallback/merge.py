@@ -251,7 +251,7 @@ class MergePlan:
 
     @property
     def extra_count(self) -> int:
-        return 3 if self.vector_from_row or self.universal else 2
+        return 2 + self.vector_from_row + self.universal
 
     @property
     def keys_param_index(self) -> int:
@@ -299,7 +299,7 @@ class MergePlan:
         declares more parameter types than its SQL uses (`sql_with_param` is this with param_count + 1)."""
         if first <= self.param_count:
             raise ValueError(f"${first} is one of the client's parameters (it uses up to ${self.param_count})")
-        return _join(self.parts, self.slots, _param_slots(first, self.key_type, self.dims))
+        return _join(self.parts, self.slots, _param_slots(first, self.key_type, self.dims, self.universal))
 
     def sql_with_literal(self, keys: Sequence[Any], bound: float | None) -> str:
         """The merged query with the candidates and the bound written as literals (simple Query protocol)."""
@@ -417,9 +417,9 @@ def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, serve
     return plan
 
 
-def _param_slots(first: int, key_type: str, dims: int) -> dict[str, str]:
+def _param_slots(first: int, key_type: str, dims: int, universal: bool = False) -> dict[str, str]:
     return {"keys": f"(${first}::{key_type}[])", "bound": f"(${first + 1}::{BOUND_TYPE})",
-            "vector": f"(${first + 2}::vector({dims}))",
+            "vector": f"(${first + (3 if universal else 2)}::vector({dims}))",
             "ukeys": f"(${first}::{key_type}[])", "udist": f"(${first + 1}::{BOUND_TYPE}[])",
             "uxmin": f"(${first + 2}::bigint[])"}
 
@@ -449,8 +449,11 @@ def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
         raise Passthrough("universal-distances", "distances of different metrics")
     if first.metric not in SEARCH_METRICS:
         raise Passthrough("fallback-operator", first.operator)
-    if any(u.param_index is None and u.literal is None for u in uses):
+    if any(u.param_index is None and u.literal is None and u.vector_key is None for u in uses):
         raise Passthrough("fallback-vector-unknown")
+    from_row = first.vector_key is not None
+    if any((u.vector_key is not None) != from_row for u in uses):
+        raise Passthrough("universal-distances", "different query vectors")
     if query.select.find(exp.TableSample):
         raise Passthrough("fallback-tablesample")
     dims = _dims(route, catalog)
@@ -459,12 +462,16 @@ def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
     if route.legacy_format.startswith("bytea") and not server_decoder:
         raise Passthrough("fallback-needs-decoder", route.legacy_format)
     builder = _Builder(query, catalog, dims)
-    names = {"ukeys": builder.keys_name, "udist": builder.bound_name, "uxmin": builder.vector_name}
+    token = secrets.token_hex(8)
+    names = {"ukeys": f"pgcutover_ukeys_{token}", "udist": f"pgcutover_udist_{token}",
+             "uxmin": f"pgcutover_uxmin_{token}"}
+    if from_row:
+        names["vector"] = builder.vector_name
     table_name = f"pgcutover_utable_{secrets.token_hex(8)}"
     outer = query.expression.copy()
     tags = _tagged(outer)
-    shipped = exp.Column(this=exp.Identifier(this="pgcutover_d", quoted=False),
-                         table=exp.Identifier(this="pgcutover_u", quoted=False))
+    shipped: exp.Expression = exp.Column(this=exp.Identifier(this="pgcutover_d", quoted=False),
+                                         table=exp.Identifier(this="pgcutover_u", quoted=False))
     for index, use in enumerate(uses):
         node = tags.distances[index]
         vector_d = node.copy()
@@ -473,9 +480,19 @@ def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
         assert route.legacy_column
         legacy_d.set(use.column_arg, legacy_vector(route, builder.column(route.legacy_column), dims,
                                                    builder.legacy_type))
-        node.replace(exp.Coalesce(this=vector_d, expressions=[shipped.copy(), legacy_d]))
+        value = shipped.copy()
+        if from_row:  # distances to the vector the proxy read: used only where the server's row agrees
+            row = vector_subquery(use.query_vector)
+            assert row is not None
+            same = exp.Not(this=exp.NullSafeNEQ(this=row.copy(), expression=exp.Column(
+                this=exp.Identifier(this=builder.vector_name, quoted=False))))
+            value = exp.Case(ifs=[exp.If(this=same, true=value)])
+        node.replace(exp.Coalesce(this=vector_d, expressions=[value, legacy_d]))
     builder.vector_columns(tags)
     builder.expand_star(tags.select)
+    for node in list(outer.find_all(exp.Subquery)):
+        if vector_subquery(node) is node:
+            node.replace(builder.row_vector(node))
     table = next(n for n in outer.walk() if n._meta and n.meta.get(MARK) == TAG_TABLE)
     table_sql = to_sql(table)
     table.replace(exp.Table(this=exp.Identifier(this=table_name, quoted=False)))
@@ -491,7 +508,7 @@ def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
     pieces = re.split(f"({'|'.join(names.values())})", sql)
     by_name = {v: k for k, v in names.items()}
     parts, slots = tuple(pieces[0::2]), tuple(by_name[n] for n in pieces[1::2])
-    if sorted(slots) != ["udist", "ukeys", "uxmin"]:
+    if sorted(set(slots)) != sorted(names) or any(slots.count(n) != 1 for n in ("udist", "ukeys", "uxmin")):
         raise Passthrough("unstable-sql", "placeholder count")
     param_count = _param_count(query.expression)
     metric, sign = SEARCH_METRICS[first.metric]
@@ -501,8 +518,9 @@ def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
         limit_value=query.limit_value, limit_param=query.limit_param,
         offset_value=query.offset_value, offset_param=query.offset_param,
         param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
-        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type, dims)), parts=parts, slots=slots,
-        universal=True, value_sign=sign,
+        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type, dims, True)), parts=parts,
+        slots=slots, universal=True, value_sign=sign,
+        vector_key_param=_param_index_of(first.vector_key), vector_key_literal=_literal_of(first.vector_key),
         other_vectors=tuple((u.param_index, u.literal if u.param_index is None else None) for u in uses[1:]),
     )
     _check_parses(plan)

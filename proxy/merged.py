@@ -182,6 +182,9 @@ class MergedQueries:
         else:  # a literal vector, in a simple Query or a prepared statement
             vector = self._literal_vector(merge)
         if merge.universal:
+            if merge.vector_from_row:  # distances to the row the proxy read; the server checks it is the same
+                shipped = await self._shipped(merge, vector) if vector is not None else (b"{}", b"{}", b"{}")
+                return (*shipped, None if vector is None else Vector(vector).to_text().encode())
             for param, literal in merge.other_vectors:  # one shipped array serves one query vector
                 other = self._param_vector(bind, param) if param is not None and bind is not None else \
                     read_vector(literal.encode(), binary=False) if literal is not None else None

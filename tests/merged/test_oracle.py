@@ -79,6 +79,7 @@ class Case:
     vector: str  # literal | param | row: `(SELECT embedding FROM or_docs WHERE id = $n)`
     protocol: str  # simple | extended | prepared
     limit_param: bool
+    extra: str  # none | vector (the vector column selected) | window (row_number() over the same order)
     seed: int
 
 
@@ -96,6 +97,7 @@ def cases() -> st.SearchStrategy[Case]:
         vector=st.sampled_from(["literal", "param", "row"]),
         protocol=st.sampled_from(["simple", "extended", "prepared"]),
         limit_param=st.booleans(),
+        extra=st.sampled_from(["none", "none", "vector", "window"]),
         seed=st.integers(0, 2**31),
     )
 
@@ -158,6 +160,12 @@ def statement(case: Case, q: np.ndarray, docs: np.ndarray) -> tuple[str, list, l
         vector_params += not literal
         keep &= value < cut
     select = f"d.id, {key_sql} AS score"
+    direction = f"{'DESC' if descending_key else 'ASC'}" + (", d.id" if case.secondary else "")
+    if case.extra == "vector":
+        select += ", d.embedding::text AS emb"
+    elif case.extra == "window":
+        select += f", row_number() OVER (ORDER BY {key_sql} {direction}) AS rn"
+        vector_params += not literal
     order_key = {"expression": key_sql, "alias": "score", "ordinal": "2"}[case.order_by]
     if case.order_by == "expression":
         vector_params += not literal
@@ -174,6 +182,8 @@ def statement(case: Case, q: np.ndarray, docs: np.ndarray) -> tuple[str, list, l
     # parameters in textual order: select list, WHERE, ORDER BY, LIMIT
     if not literal:
         params.append(text)  # select list
+        if case.extra == "window":
+            params.append(text)
         if case.filter == "threshold":
             params.append(text)
         if case.order_by == "expression":
@@ -187,18 +197,18 @@ def statement(case: Case, q: np.ndarray, docs: np.ndarray) -> tuple[str, list, l
     return sql, params, [int(i) for i in ids[keep][order_ids][start:start + case.limit]]
 
 
-def run(conn: psycopg.Connection, case: Case, sql: str, params: list) -> list[int]:
+def run(conn: psycopg.Connection, case: Case, sql: str, params: list) -> list[tuple]:
     if case.protocol == "simple":
         inlined = sql
         for value in params:
             inlined = inlined.replace("%s", f"'{value}'" if isinstance(value, str) else str(value), 1)
-        return [r[0] for r in conn.execute(inlined).fetchall()]
+        return conn.execute(inlined).fetchall()
     prepare = case.protocol == "prepared"
     rows = conn.execute(sql, params, prepare=prepare).fetchall()
     if prepare:  # reused: a second execution of the prepared statement must agree
         again = conn.execute(sql, params, prepare=True).fetchall()
         assert again == rows
-    return [r[0] for r in rows]
+    return rows
 
 
 def test_generated_statements_are_exact_or_refused(proxy, docs) -> None:
@@ -215,12 +225,17 @@ def test_generated_statements_are_exact_or_refused(proxy, docs) -> None:
             q = docs[case.seed % ROWS]
         sql, params, want = statement(case, q, docs)
         try:
-            got = run(conn, case, sql, params)
+            rows = run(conn, case, sql, params)
         except psycopg.errors.FeatureNotSupported as exc:  # 0A000: refused loudly
             counts["refused"] += 1
             reasons[str(exc).splitlines()[0].rsplit("(", 1)[-1].rstrip(")")] += 1
             return
-        assert got == want, (case, sql)
+        assert [r[0] for r in rows] == want, (case, sql)
+        if case.extra == "vector":  # legacy rows carry their vector too
+            assert all(np.array_equal(Vector.from_text(r[2]).to_numpy(), docs[r[0] - 1]) for r in rows), (case, sql)
+        elif case.extra == "window":
+            start = case.offset or 0
+            assert [r[2] for r in rows] == list(range(start + 1, start + 1 + len(rows))), (case, sql)
         counts["exact"] += 1
 
     try:

@@ -71,6 +71,26 @@ What is not covered: a legacy row inserted, or changed to come nearer, after the
 it is found only by the guard. The proxy may add any keys to the candidates (e.g. keys with change notices in
 flight): extra keys are harmless.
 
+Shapes (issue 10). The argument above needs only that the first ORDER BY key ranks rows by one distance D
+(`rewrite.analyze.Ranking`): the distance itself, parenthesised, aliased, an ordinal, or a strictly monotone
+score of it (`1 - (embedding <=> $1)`, `-d`, `2 * d`), ascending or descending. Descending on a distance (or
+ascending on `inner_product()`, a similarity) asks for the farthest rows: the candidates are the store's
+farthest (fallback/scan.py) and the guard counts candidates at or beyond the bound. The bound is passed in the
+search's units (`<#>`'s for inner_product(), whose value is its negation). Other ORDER BY keys after the first
+(`ORDER BY d, id`) are copied to the pgvector branch and make the guard's count strict (`D < bound`): a row at
+the bound outside the candidates could win a tie. All four float metrics and their function forms are merged;
+l1 (`<+>`) has no matrix-product screening, so its candidates come from the exact scan too.
+
+The selected vector column reads `COALESCE(vector_column, L(row))` (select list, WHERE, ORDER BY, `SELECT *`
+expanded from the catalog): legacy rows come back with their vector, as if migrated. A query vector written as
+`(SELECT embedding FROM <route table> WHERE key = X)` becomes the row's server-side value
+`(SELECT COALESCE(vector_column, L) FROM ... WHERE key = X)`; the proxy searches with its own copy of that row and
+passes it as a third parameter: the candidates count only where the server's value is the same vector (else the
+guard reads every legacy row), so the answer stays exact, and a row the client may not see leaks nothing.
+
+What has no top-k bound (an ORDER BY that is not a ranking of one distance, such as a weighted hybrid score;
+window functions; aggregates; nested queries; no LIMIT) gets `build_universal`: every legacy distance shipped.
+
 Decoders, `CASE` expressions that return NULL for a bad value and never raise (they read the value once):
 - json: the comma count, then a regular expression accepting decimal numbers that cannot overflow float4 (the
   common case), then `legacy::text::vector(dims)`. Otherwise a regular expression accepting exactly the numbers

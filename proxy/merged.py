@@ -2,18 +2,22 @@
 
 For the primary target of such a route, the session hands the statement here instead of forwarding it:
 1. the merge plan (fallback/merge.py) is built once per SQL text, in a worker thread (it parses SQL);
-2. the query vector is read from the literal or the Bind parameter (text or binary pgvector format), and the
-   numpy search (fallback/knn.py, batched across sessions, off the event loop) returns candidate keys;
-3. what goes upstream is the merged query with those candidates as two parameters (candidate keys, distance
-   bound), never as literals: for a simple Query, an unnamed extended-protocol statement of ours (Parse, Bind,
-   Describe, Execute, Sync, whose ParseComplete and BindComplete are swallowed, so the client sees exactly a
-   Query's replies), so that a row-level-security tenant's `current_query()` and pg_stat_activity never show
-   other tenants' keys; in the extended protocol a statement of ours (prepared once per session and SQL text,
-   its ParseComplete swallowed) bound with the client's own values plus the two.
+2. the query vector is read from the literal or the Bind parameter (text or binary pgvector format), or, for
+   `(SELECT embedding FROM <route table> WHERE key = X)`, from the store's copy of row X (its pgvector value
+   when it is migrated); the numpy search (fallback/knn.py, batched across sessions, off the event loop; the
+   exact scan of fallback/scan.py for l1 and farthest-first) returns candidate keys and a bound. For the
+   universal merge (shapes without a top-k bound) the scan ships every legacy row's distance instead;
+3. what goes upstream is the merged query with those values as parameters (candidate keys, distance bound,
+   and the searched vector for a row subquery; or keys, distances and row versions), never as literals: for a
+   simple Query, an unnamed extended-protocol statement of ours (Parse, Bind, Describe, Execute, Sync, whose
+   ParseComplete and BindComplete are swallowed, so the client sees exactly a Query's replies), so that a
+   row-level-security tenant's `current_query()` and pg_stat_activity never show other tenants' keys; in the
+   extended protocol a statement of ours (prepared once per session and SQL text, its ParseComplete swallowed)
+   bound with the client's own values plus ours.
 It runs on the client's own connection, so privileges and row-level security apply to legacy rows exactly as
-to migrated ones. When the vector cannot be known before execution (a subquery, an unreadable value) or the
-shape is not one the merge answers exactly, the statement goes to the primary as planned: pgvector rows only,
-counted by reason and logged.
+to migrated ones. What cannot be merged exactly (the reason: fallback/merge.py's Passthrough at build time,
+`Unanswerable` here at execution) is handed to the routing's refusal (`on_inexact`: an error or a notice),
+never answered silently from pgvector rows only.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ log = logging.getLogger("pgcutover.merged")
 
 _INT_TYPES = frozenset({"bigint", "integer", "smallint", "int8", "int4", "int2"})
 MAX_SHIPPED_ROWS = 1_000_000  # the route key `max_shipped_rows`, when the config does not have it
+ROW_READS = 4  # concurrent reads of a migrated query row's vector on connections of the proxy's own
 MAX_CANDIDATES = 10_000  # a search capped here stays exact: the merged query's guard covers the rest
 MAX_STATEMENTS = 64  # merged statements kept prepared per session (least recently used are closed)
 _names = itertools.count(1)
@@ -66,6 +71,7 @@ class MergeCache:
         self.size = size
         self._plans: OrderedDict[tuple[str, str], MergePlan | str] = OrderedDict()
         self.unmerged: Counter[str] = Counter()  # reason -> executions answered from pgvector rows only
+        self.row_reads = asyncio.Semaphore(ROW_READS)  # the proxy's own connections reading a query row
 
     async def get(self, plan: Plan, sql: str) -> MergePlan:
         assert plan.route is not None and plan.query is not None
@@ -247,15 +253,19 @@ class MergedQueries:
         if found is not None:
             return found
         route = merge.route
-        conn = await self.service._connect()
-        try:
-            value = await conn.fetchval(
-                f"SELECT {quote_ident(route.pg_vector_column)}::text FROM {quote_table(route.table)} "
-                f"WHERE {quote_ident(route.key)} = $1::text::{merge.key_type}", text)
-        except Exception:  # an unknown vector only costs speed: the guard then reads every legacy row
-            return None
-        finally:
-            await conn.close()
+        async with self.service.merges.row_reads:
+            try:
+                conn = await self.service._connect()
+            except Exception:  # an unknown vector only costs speed: the guard then reads every legacy row
+                return None
+            try:
+                value = await conn.fetchval(
+                    f"SELECT {quote_ident(route.pg_vector_column)}::text FROM {quote_table(route.table)} "
+                    f"WHERE {quote_ident(route.key)} = $1::text::{merge.key_type}", text)
+            except Exception:  # as above
+                return None
+            finally:
+                await conn.close()
         return None if value is None else Vector.from_text(value).to_numpy()
 
     # -- simple Query -------------------------------------------------------------------------------------------

@@ -553,9 +553,13 @@ class _Recognizer:
         if not isinstance(operand.parent, DISTANCE_NODES) or operand.arg_key not in ("this", "expression"):
             return False
         allowed = {"expressions", "from_", "where"}
-        if any(value for key, value in select.args.items() if key not in allowed) or len(scope.sources) != 1:
+        limit = select.args.get("limit")  # Django writes `[:1]`: the key selects one row anyway
+        if limit is not None and not (isinstance(limit, exp.Limit) and (_int_literal(limit.expression) or 0) >= 1):
             return False
-        projection = select.expressions[0] if len(select.expressions) == 1 else None
+        if any(value for key, value in select.args.items() if key not in allowed | {"limit"}) \
+                or len(scope.sources) != 1:
+            return False
+        projection = _unalias(select.expressions[0]) if len(select.expressions) == 1 else None
         if not isinstance(projection, exp.Column) or norm(projection.this) not in (route.column,
                                                                                    route.pg_vector_column):
             return False

@@ -147,6 +147,8 @@ def retarget_vector_subqueries(expression: exp.Expression, query: SimilarityQuer
         if vector_subquery(node) is not node:
             continue
         column = node.this.expressions[0]
+        if isinstance(column, exp.Alias):  # `SELECT U0."embedding" AS "embedding"` (Django)
+            column = column.this
         if norm(column.this) != target:
             column.replace(exp.Column(this=identifier(target), table=column.args.get("table")))
     return expression

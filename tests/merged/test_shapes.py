@@ -256,6 +256,9 @@ def test_rows_similar_to_row_x(proxy, docs, protocol: str, legacy: bool) -> None
     value = values(docs, "<=>", docs[x - 1])
     sql = ("SELECT id FROM sh_docs WHERE cat_id <> 5 ORDER BY embedding <=> (SELECT embedding FROM sh_docs "
            "WHERE id = {k}) LIMIT 6")
+    if not legacy:  # Django's spelling: an aliased table and column, and LIMIT 1
+        sql = ('SELECT "sh_docs"."id" FROM "sh_docs" WHERE cat_id <> 5 ORDER BY ("sh_docs"."embedding" <=> '
+               '(SELECT U0."embedding" AS "embedding" FROM "sh_docs" U0 WHERE U0."id" = {k} LIMIT 1)) ASC LIMIT 6')
     keep = np.array([i % 10 != 5 for i in range(1, ROWS + 1)])
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         if protocol == "simple":

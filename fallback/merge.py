@@ -71,6 +71,26 @@ What is not covered: a legacy row inserted, or changed to come nearer, after the
 it is found only by the guard. The proxy may add any keys to the candidates (e.g. keys with change notices in
 flight): extra keys are harmless.
 
+Shapes (issue 10). The argument above needs only that the first ORDER BY key ranks rows by one distance D
+(`rewrite.analyze.Ranking`): the distance itself, parenthesised, aliased, an ordinal, or a strictly monotone
+score of it (`1 - (embedding <=> $1)`, `-d`, `2 * d`), ascending or descending. Descending on a distance (or
+ascending on `inner_product()`, a similarity) asks for the farthest rows: the candidates are the store's
+farthest (fallback/scan.py) and the guard counts candidates at or beyond the bound. The bound is passed in the
+search's units (`<#>`'s for inner_product(), whose value is its negation). Other ORDER BY keys after the first
+(`ORDER BY d, id`) are copied to the pgvector branch and make the guard's count strict (`D < bound`): a row at
+the bound outside the candidates could win a tie. All four float metrics and their function forms are merged;
+l1 (`<+>`) has no matrix-product screening, so its candidates come from the exact scan too.
+
+The selected vector column reads `COALESCE(vector_column, L(row))` (select list, WHERE, ORDER BY, `SELECT *`
+expanded from the catalog): legacy rows come back with their vector, as if migrated. A query vector written as
+`(SELECT embedding FROM <route table> WHERE key = X)` becomes the row's server-side value
+`(SELECT COALESCE(vector_column, L) FROM ... WHERE key = X)`; the proxy searches with its own copy of that row and
+passes it as a third parameter: the candidates count only where the server's value is the same vector (else the
+guard reads every legacy row), so the answer stays exact, and a row the client may not see leaks nothing.
+
+What has no top-k bound (an ORDER BY that is not a ranking of one distance, such as a weighted hybrid score;
+window functions; aggregates; nested queries; no LIMIT) gets `build_universal`: every legacy distance shipped.
+
 Decoders, `CASE` expressions that return NULL for a bad value and never raise (they read the value once):
 - json: the comma count, then a regular expression accepting decimal numbers that cannot overflow float4 (the
   common case), then `legacy::text::vector(dims)`. Otherwise a regular expression accepting exactly the numbers
@@ -128,7 +148,18 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.analyze import MARK, TAG_DISTANCE, TAG_ORDER_KEY, Passthrough, SimilarityQuery, norm
+from rewrite.analyze import (
+    MARK,
+    TAG_COLUMN,
+    TAG_DISTANCE,
+    TAG_ORDER_KEY,
+    TAG_SCOPE,
+    TAG_TABLE,
+    Passthrough,
+    SimilarityQuery,
+    norm,
+    vector_subquery,
+)
 from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
 from rewrite.transforms import add_vector_not_null, from_items, identifier, to_primary
 
@@ -137,6 +168,11 @@ if TYPE_CHECKING:
     from rewrite.catalog import Catalog, ColumnInfo
 
 METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric
+# analyze's metric -> (the legacy search's metric, sign): the distance's value is sign * the search's distance.
+# inner_product() is pgvector's `<#>` negated, so its largest values are the search's nearest rows.
+SEARCH_METRICS = {"l2": ("l2", 1), "cosine": ("cosine", 1), "inner_product": ("ip", 1),
+                  "inner_product_positive": ("ip", -1), "l1": ("l1", 1)}
+KNN_METRICS = frozenset(METRICS.values())  # what fallback.knn searches (nearest first); others: fallback.scan
 INT8_MAX = 2**63 - 1
 BOUND_TYPE = "double precision"
 _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint", "int2", "int4", "int8"})
@@ -202,8 +238,9 @@ class MergePlan:
     """The merged query of one SQL text, and what the proxy needs to run the numpy search for it."""
 
     route: Route
-    operator: str  # "<->" | "<=>" | "<#>"
-    metric: str  # "l2" | "cosine" | "ip" (fallback.knn's names)
+    operator: str  # "<->" | "<=>" | "<#>" | "<+>" or a function name ("l2_distance", "inner_product", ...)
+    metric: str  # "l2" | "cosine" | "ip" | "l1": the legacy search's metric (fallback.knn's names, and l1)
+    farthest: bool  # the legacy candidates are the search's farthest rows, not its nearest
     vector_param_index: int | None  # $n holding the query vector (possibly cast)
     vector_literal: str | None  # or the literal vector text
     limit_value: int | None
@@ -216,7 +253,25 @@ class MergePlan:
     dims: int
     sql_with_param: str
     parts: tuple[str, ...]  # the merged SQL cut at the extra values; slots[i] goes between parts[i], parts[i+1]
-    slots: tuple[str, ...]  # "keys" | "bound"
+    slots: tuple[str, ...]  # "keys" | "bound" | "vector"
+    # the query vector is the route row with this key (`(SELECT embedding FROM t WHERE id = $n)`): the proxy
+    # passes the vector it searched with as a third parameter, and the merged query only trusts the candidates
+    # when the server's own value of that row agrees (else the guard reads every legacy row: still exact)
+    vector_key_param: int | None = None
+    vector_key_literal: str | None = None
+    # the universal merge (`build_universal`): every legacy row's distance is shipped (keys, distances, xmins)
+    universal: bool = False
+    value_sign: int = 1  # the distance's value is value_sign * the search's distance (inner_product(): -1)
+    # the universal merge's other distances' vectors ($n or literal): at execution they must equal the first
+    other_vectors: tuple[tuple[int | None, str | None], ...] = ()
+
+    @property
+    def vector_from_row(self) -> bool:
+        return "vector" in self.slots
+
+    @property
+    def extra_count(self) -> int:
+        return 2 + self.vector_from_row + self.universal
 
     @property
     def keys_param_index(self) -> int:
@@ -264,11 +319,12 @@ class MergePlan:
         declares more parameter types than its SQL uses (`sql_with_param` is this with param_count + 1)."""
         if first <= self.param_count:
             raise ValueError(f"${first} is one of the client's parameters (it uses up to ${self.param_count})")
-        return _join(self.parts, self.slots, _param_slots(first, self.key_type))
+        return _join(self.parts, self.slots, _param_slots(first, self.key_type, self.dims, self.universal))
 
     def sql_with_literal(self, keys: Sequence[Any], bound: float | None) -> str:
         """The merged query with the candidates and the bound written as literals (simple Query protocol)."""
-        return _join(self.parts, self.slots, {"keys": self._keys_literal(keys), "bound": _bound_literal(bound)})
+        return _join(self.parts, self.slots, {"keys": self._keys_literal(keys), "bound": _bound_literal(bound),
+                                              "vector": "(NULL::vector)"})
 
     def _keys_literal(self, keys: Sequence[Any]) -> str:
         array_type = self.extra_param_type
@@ -337,12 +393,23 @@ def guard_bound(distances: Sequence[float], asked: int | None) -> float | None:
 
 
 # -- building ----------------------------------------------------------------------------------------------
+# Shapes the top-k merge cannot bound that the universal merge answers (every legacy distance shipped).
+UNIVERSAL_REASONS = frozenset({"fallback-order", "fallback-window", "fallback-aggregate", "fallback-nested",
+                               "fallback-needs-limit", "fallback-offset", "fallback-alias"})
+
+
 def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, server_decoder: bool = False) -> MergePlan:
     """The merged query for `query`, or raise Passthrough(reason) for a shape it cannot answer exactly
-    (the proxy then answers from pgvector rows only). `query.expression` is not changed."""
+    (the proxy then refuses it, or answers from pgvector rows only: `on_inexact`). `query.expression` is not
+    changed. A shape the top-k merge cannot bound gets the universal merge (`build_universal`)."""
     route = query.route
     _check_route(route)
-    _check_shape(query)
+    try:
+        _check_shape(query)
+    except Passthrough as exc:
+        if exc.reason not in UNIVERSAL_REASONS:
+            raise
+        return build_universal(query, catalog, server_decoder=server_decoder)
     dims = _dims(route, catalog)
     key_type, assumed = _key_type(route, catalog)
     _check_legacy_type(route, catalog)
@@ -353,20 +420,145 @@ def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, serve
     sql = to_sql(expression)
     parts, slots = _cut(sql, builder)
     param_count = _param_count(query.expression)
+    assert query.rank is not None
+    use = query.distances[query.rank.distance]
+    metric, sign = SEARCH_METRICS[use.metric]
     plan = MergePlan(
-        route=route, operator=query.operator, metric=METRICS[query.operator],
-        vector_param_index=query.param_index, vector_literal=query.literal if query.param_index is None else None,
+        route=route, operator=use.operator, metric=metric, farthest=(sign > 0) == query.rank.descending,
+        vector_param_index=use.param_index, vector_literal=use.literal if use.param_index is None else None,
         limit_value=query.limit_value, limit_param=query.limit_param,
         offset_value=query.offset_value, offset_param=query.offset_param,
         param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
-        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type)), parts=parts, slots=slots,
+        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type, dims)), parts=parts, slots=slots,
+        vector_key_param=_param_index_of(use.vector_key),
+        vector_key_literal=_literal_of(use.vector_key),
     )
     _check_parses(plan)
     return plan
 
 
-def _param_slots(first: int, key_type: str) -> dict[str, str]:
-    return {"keys": f"(${first}::{key_type}[])", "bound": f"(${first + 1}::{BOUND_TYPE})"}
+def _param_slots(first: int, key_type: str, dims: int, universal: bool = False) -> dict[str, str]:
+    return {"keys": f"(${first}::{key_type}[])", "bound": f"(${first + 1}::{BOUND_TYPE})",
+            "vector": f"(${first + (3 if universal else 2)}::vector({dims}))",
+            "ukeys": f"(${first}::{key_type}[])", "udist": f"(${first + 1}::{BOUND_TYPE}[])",
+            "uxmin": f"(${first + 2}::bigint[])"}
+
+
+def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
+                    server_decoder: bool = False) -> MergePlan:
+    """The universal merge: the client's own statement, evaluated by the server over every row, with each
+    distance on the route column read as
+
+        COALESCE(<vector column> <op> q, <shipped legacy distance>, L(<legacy column>) <op> q)
+
+    The proxy computes every legacy row's distance with numpy (fallback/scan.py) and ships them as three array
+    parameters, joined to the route table by key and row version: `(<table> LEFT JOIN unnest($keys, $distances,
+    $xmins) AS pgcutover_u(...) ON <key and xmin match>)`. A row migrated
+    since the store's snapshot has its vector; a row changed since (another xmin) or added since is computed by
+    the server from its current legacy value. So any expression of the distance is exact (weighted hybrid
+    scores, window functions, aggregates, no LIMIT), at the cost of shipping every legacy row's distance: the
+    proxy refuses above the route's `max_shipped_rows`. The shipped distances are float64 (pgvector computes in
+    float32: values may differ in the last digits)."""
+    route = query.route
+    _check_route(route)
+    if query.aggregated and query.star:
+        raise Passthrough("universal-star-aggregate")
+    uses = query.distances
+    first = uses[0]
+    if any(u.metric != first.metric for u in uses):
+        raise Passthrough("universal-distances", "distances of different metrics")
+    if first.metric not in SEARCH_METRICS:
+        raise Passthrough("fallback-operator", first.operator)
+    if any(u.param_index is None and u.literal is None and u.vector_key is None for u in uses):
+        raise Passthrough("fallback-vector-unknown")
+    from_row = first.vector_key is not None
+    if any((u.vector_key is not None) != from_row for u in uses):
+        raise Passthrough("universal-distances", "different query vectors")
+    if query.select.find(exp.TableSample):
+        raise Passthrough("fallback-tablesample")
+    dims = _dims(route, catalog)
+    key_type, assumed = _key_type(route, catalog)
+    _check_legacy_type(route, catalog)
+    if route.legacy_format.startswith("bytea") and not server_decoder:
+        raise Passthrough("fallback-needs-decoder", route.legacy_format)
+    builder = _Builder(query, catalog, dims)
+    token = secrets.token_hex(8)
+    names = {"ukeys": f"pgcutover_ukeys_{token}", "udist": f"pgcutover_udist_{token}",
+             "uxmin": f"pgcutover_uxmin_{token}"}
+    if from_row:
+        names["vector"] = builder.vector_name
+    table_name = f"pgcutover_utable_{secrets.token_hex(8)}"
+    outer = query.expression.copy()
+    tags = _tagged(outer)
+    shipped: exp.Expression = exp.Column(this=exp.Identifier(this="pgcutover_d", quoted=False),
+                                         table=exp.Identifier(this="pgcutover_u", quoted=False))
+    for index, use in enumerate(uses):
+        node = tags.distances[index]
+        vector_d = node.copy()
+        vector_d.set(use.column_arg, builder.column(route.pg_vector_column))
+        legacy_d = node.copy()
+        assert route.legacy_column
+        legacy_d.set(use.column_arg, legacy_vector(route, builder.column(route.legacy_column), dims,
+                                                   builder.legacy_type))
+        value = shipped.copy()
+        if from_row:  # distances to the vector the proxy read: used only where the server's row agrees
+            row = vector_subquery(use.query_vector)
+            assert row is not None
+            same = exp.Not(this=exp.NullSafeNEQ(this=row.copy(), expression=exp.Column(
+                this=exp.Identifier(this=builder.vector_name, quoted=False))))
+            value = exp.Case(ifs=[exp.If(this=same, true=value)])
+        node.replace(exp.Coalesce(this=vector_d, expressions=[value, legacy_d]))
+    builder.vector_columns(tags)
+    builder.expand_star(tags.select)
+    for node in list(outer.find_all(exp.Subquery)):
+        if vector_subquery(node) is node:
+            node.replace(builder.row_vector(node))
+    table = next(n for n in outer.walk() if n._meta and n.meta.get(MARK) == TAG_TABLE)
+    table_sql = to_sql(table)
+    table.replace(exp.Table(this=exp.Identifier(this=table_name, quoted=False)))
+    alias = to_sql(identifier(query.table_alias))
+    joined = (f"({table_sql} LEFT JOIN UNNEST({names['ukeys']}, {names['udist']}, {names['uxmin']}) "
+              f"AS pgcutover_u(pgcutover_k, pgcutover_d, pgcutover_x) "
+              f"ON pgcutover_u.pgcutover_k = {alias}.{to_sql(identifier(route.key))} "
+              f"AND pgcutover_u.pgcutover_x = {alias}.xmin::text::int8)")
+    sql = to_sql(outer)
+    if sql.count(table_name) != 1:
+        raise Passthrough("unstable-sql", "table placeholder")
+    sql = sql.replace(table_name, joined)
+    pieces = re.split(f"({'|'.join(names.values())})", sql)
+    by_name = {v: k for k, v in names.items()}
+    parts, slots = tuple(pieces[0::2]), tuple(by_name[n] for n in pieces[1::2])
+    if sorted(set(slots)) != sorted(names) or any(slots.count(n) != 1 for n in ("udist", "ukeys", "uxmin")):
+        raise Passthrough("unstable-sql", "placeholder count")
+    param_count = _param_count(query.expression)
+    metric, sign = SEARCH_METRICS[first.metric]
+    plan = MergePlan(
+        route=route, operator=first.operator, metric=metric, farthest=False,
+        vector_param_index=first.param_index, vector_literal=first.literal if first.param_index is None else None,
+        limit_value=query.limit_value, limit_param=query.limit_param,
+        offset_value=query.offset_value, offset_param=query.offset_param,
+        param_count=param_count, key_type=key_type, key_type_assumed=assumed, dims=dims,
+        sql_with_param=_join(parts, slots, _param_slots(param_count + 1, key_type, dims, True)), parts=parts,
+        slots=slots, universal=True, value_sign=sign,
+        vector_key_param=_param_index_of(first.vector_key), vector_key_literal=_literal_of(first.vector_key),
+        other_vectors=tuple((u.param_index, u.literal if u.param_index is None else None) for u in uses[1:]),
+    )
+    _check_parses(plan)
+    return plan
+
+
+def _param_index_of(node: exp.Expression | None) -> int | None:
+    while isinstance(node, exp.Cast):
+        node = node.this
+    if isinstance(node, exp.Parameter) and isinstance(node.this, exp.Literal) and node.this.this.isdigit():
+        return int(node.this.this)
+    return None
+
+
+def _literal_of(node: exp.Expression | None) -> str | None:
+    while isinstance(node, exp.Cast):
+        node = node.this
+    return node.this if isinstance(node, exp.Literal) else None
 
 
 def _join(parts: tuple[str, ...], slots: tuple[str, ...], values: dict[str, str]) -> str:
@@ -400,15 +592,16 @@ def _check_shape(query: SimilarityQuery) -> None:
         raise Passthrough("fallback-nested")
     if query.aggregated:
         raise Passthrough("fallback-aggregate")
-    if not query.order_by_distance or not query.pure_order:
+    if query.rank is None:
         raise Passthrough("fallback-order")
-    if query.function_form or query.operator not in METRICS:
-        raise Passthrough("fallback-operator", query.operator)
+    use = query.distances[query.rank.distance]
+    if use.metric not in SEARCH_METRICS:
+        raise Passthrough("fallback-operator", use.operator)
     if query.limit_value is None and query.limit_param is None:
         raise Passthrough("fallback-needs-limit")
     if query.offset is not None and query.offset_value is None and query.offset_param is None:
         raise Passthrough("fallback-offset")
-    if query.param_index is None and query.literal is None:
+    if use.param_index is None and use.literal is None and use.vector_key is None:
         raise Passthrough("fallback-vector-unknown")
     select = query.select
     if any(p.find(exp.Window) for p in select.expressions):
@@ -514,20 +707,27 @@ def _decoder(fmt: str, dims: int, legacy_type: str | None, validity: bool) -> ex
 class _Tagged:
     select: exp.Select
     distances: dict[int, exp.Expression]
-    order_key: exp.Ordered
+    order_key: exp.Ordered | None
+    columns: dict[int, exp.Column]
 
 
 def _tagged(expression: exp.Expression) -> _Tagged:
     distances: dict[int, exp.Expression] = {}
+    columns: dict[int, exp.Column] = {}
     order_key = None
+    scope = expression
     for node in expression.walk():
         mark = node.meta.get(MARK) if node._meta else None
         if isinstance(mark, tuple) and mark[0] == TAG_DISTANCE:
             distances[mark[1]] = node
+        elif isinstance(mark, tuple) and mark[0] == TAG_COLUMN:
+            columns[mark[1]] = node
+        elif mark == TAG_SCOPE:
+            scope = node
         elif isinstance(mark, tuple) and mark[0] == TAG_ORDER_KEY:
             order_key = node
-    assert isinstance(expression, exp.Select) and order_key is not None
-    return _Tagged(expression, distances, order_key)
+    assert isinstance(scope, exp.Select)
+    return _Tagged(scope, distances, order_key, columns)
 
 
 class _Builder:
@@ -541,7 +741,11 @@ class _Builder:
         token = secrets.token_hex(8)
         self.keys_name = f"pgcutover_keys_{token}"
         self.bound_name = f"pgcutover_bound_{token}"
-        self.main: int = query.select.args["order"].expressions[0].meta[MARK][1]  # see analyze's TAG_ORDER_KEY
+        self.vector_name = f"pgcutover_vector_{token}"
+        self.from_row = query.distances[query.rank.distance].vector_key is not None if query.rank else False
+        self.rank = query.rank  # type: ignore[assignment]  # None only for the universal merge
+        self.main: int = query.rank.distance if query.rank is not None else 0
+        self.sign = SEARCH_METRICS.get(query.distances[self.main].metric, ("", 1))[1]
 
     # names -----------------------------------------------------------------------------------------------
     def column(self, name: str) -> exp.Column:
@@ -577,6 +781,8 @@ class _Builder:
         tags = _tagged(outer)
         for index, use in enumerate(self.query.distances):
             tags.distances[index].set(use.column_arg, self.coalesced())
+        self.vector_columns(tags)
+        self.expand_star(tags.select)
         distance = tags.distances[self.main].copy()  # D of the main distance
         client_where = tags.select.args.get("where")
         where_d = client_where.this.copy() if client_where is not None else None
@@ -589,7 +795,103 @@ class _Builder:
         member = exp.EQ(this=self.column(self.route.key), expression=exp.Any(this=exp.Paren(
             this=exp.Array(expressions=[union]))))
         _and_where(tags.select, [member])
+        for node in list(outer.find_all(exp.Subquery)):
+            if vector_subquery(node) is node:
+                node.replace(self.row_vector(node))
         return outer
+
+    def row_vector(self, subquery: exp.Subquery) -> exp.Expression:
+        """The client's `(SELECT embedding FROM t WHERE key = X)` as if the table were migrated: the row's
+        vector, or its legacy value decoded by the server."""
+        route = self.route
+        assert route.legacy_column
+        inner = subquery.this
+        name = "pgcutover_q"
+        table = inner.args["from_"].this.copy()
+        table.set("alias", exp.TableAlias(this=exp.Identifier(this=name, quoted=False)))
+        test = inner.args["where"].this
+        value = test.expression if isinstance(test.this, exp.Column) and not isinstance(test.expression, exp.Column) \
+            else test.this
+
+        def column(col: str) -> exp.Column:
+            return exp.Column(this=identifier(col), table=exp.Identifier(this=name, quoted=False))
+
+        legacy = legacy_vector(route, column(route.legacy_column), self.dims, self.legacy_type)
+        select = exp.Select(expressions=[exp.Coalesce(this=column(route.pg_vector_column), expressions=[legacy])])
+        select.set("from_", exp.From(this=table))
+        select.set("where", exp.Where(this=exp.EQ(this=column(route.key), expression=value.copy())))
+        return exp.Subquery(this=select)
+
+    def same_vector(self) -> exp.Expression:
+        """The server's value of the query vector's row is the one the proxy searched with (a subquery tagged
+        here; `build` replaces it with `row_vector`)."""
+        query = self.query
+        node = vector_subquery(query.distances[self.main].query_vector)
+        assert node is not None
+        return exp.Not(this=exp.NullSafeNEQ(this=node.copy(), expression=exp.Column(
+            this=exp.Identifier(this=self.vector_name, quoted=False))))
+
+    def vector_value(self, column: exp.Column) -> exp.Expression:
+        """The vector column as if the row were migrated: its value, or the legacy value decoded by the server."""
+        route = self.route
+        assert route.legacy_column
+        legacy = legacy_vector(route, self.column(route.legacy_column), self.dims, self.legacy_type)
+        return exp.Coalesce(this=column, expressions=[legacy])
+
+    def vector_columns(self, tags: _Tagged) -> None:
+        """Every other reference to the vector column in the route table's SELECT (select list, WHERE, ORDER BY)
+        reads the row's vector, legacy value included: a legacy row is returned with its vector, never NULL,
+        and `embedding IS NOT NULL` holds for it, as if the table were fully migrated."""
+        route = self.route
+        for index, use in enumerate(self.query.columns):
+            if use.name != route.pg_vector_column or use.clause not in ("select", "where", "order"):
+                continue
+            if not use.certain:
+                raise Passthrough("fallback-ambiguous-column", use.name)
+            node = tags.columns[index]
+            if use.output is not None:  # the projection is named after the column: keep the name
+                node.replace(self.vector_value(node.copy()))
+                projection = tags.select.expressions[use.output]
+                projection.replace(exp.Alias(this=projection.copy(), alias=identifier(use.name)))
+            else:
+                node.replace(self.vector_value(node.copy()))
+
+    def expand_star(self, select: exp.Select) -> None:
+        """`*` and `alias.*` over the route table become its columns (from the catalog), the vector column as in
+        `vector_columns`."""
+        query = self.query
+        if not query.star:
+            return
+        info = self.catalog.lookup(self.route.table) if self.catalog is not None else None
+        if info is None:
+            raise Passthrough("fallback-star-needs-catalog")
+        for join in select.args.get("joins") or []:
+            if join.args.get("using") or (join.args.get("method") or "").upper() == "NATURAL":
+                raise Passthrough("fallback-star-join-using")
+        columns: list[exp.Expression] = []
+        for column in info.columns:
+            node = self.column(column.name)
+            if column.name == self.route.pg_vector_column:
+                columns.append(exp.Alias(this=self.vector_value(node), alias=identifier(column.name)))
+            else:
+                columns.append(node)
+        expanded: list[exp.Expression] = []
+        for projection in select.expressions:
+            if isinstance(projection, exp.Star):
+                for source in from_items(select):
+                    if source._meta and source.meta.get(MARK) == TAG_TABLE:
+                        expanded.extend(c.copy() for c in columns)
+                    else:
+                        name = _source_name(source)
+                        if not name:
+                            raise Passthrough("fallback-star-unnamed-source")
+                        expanded.append(exp.Column(this=exp.Star(), table=identifier(name)))
+            elif isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star) \
+                    and norm(projection.args.get("table")) == query.table_alias:
+                expanded.extend(c.copy() for c in columns)
+            else:
+                expanded.append(projection)
+        select.set("expressions", expanded)
 
     def total(self) -> exp.Expression:
         """k + n as SQL."""
@@ -607,11 +909,16 @@ class _Builder:
         """The primary rewrite's FROM, WHERE and ORDER BY (vector index shape included), keys only."""
         primary = add_vector_not_null(to_primary(self.query.expression, self.query, self.catalog), self.query)
         tags = _tagged(primary)
-        ordered = tags.order_key.copy()
-        if not isinstance(ordered.this, DISTANCE_NODES):  # an output name or ordinal: spell the distance out
-            ordered.set("this", tags.distances[self.main].copy())
+        keys = []
+        for position, ordered in enumerate(tags.select.args["order"].expressions):
+            ordered = ordered.copy()
+            if position == 0 and tags.order_key is not None and not isinstance(ordered.this, DISTANCE_NODES):
+                ordered.set("this", tags.distances[self.main].copy())  # an output name or ordinal
+            else:
+                ordered.set("this", _order_expression(ordered.this, tags.select))
+            keys.append(ordered)
         select = _keys_select(self.column(self.route.key), tags.select, tags.select.args.get("where").this)
-        select.set("order", exp.Order(expressions=[ordered]))
+        select.set("order", exp.Order(expressions=keys))
         select.set("limit", exp.Limit(expression=self.total()))
         return select
 
@@ -623,9 +930,12 @@ class _Builder:
                        expression=self.valid_legacy())
         select = exp.Select(expressions=[self.column(route.key)])
         select.set("from_", exp.From(this=self.query.table.copy()))
-        select.set("where", exp.Where(this=exp.And(
+        condition: exp.Expression = exp.And(
             this=exp.EQ(this=self.column(route.key), expression=exp.Any(this=self.keys())),
-            expression=exp.Paren(this=ranks))))
+            expression=exp.Paren(this=ranks))
+        if self.from_row:  # candidates near another vector than the server's (e.g. a row the client cannot see)
+            condition = exp.And(this=condition, expression=self.same_vector())
+        select.set("where", exp.Where(this=condition))
         return select
 
     def guard_branch(self, client: exp.Select, where_d: exp.Expression | None,
@@ -633,15 +943,54 @@ class _Builder:
         counted = _keys_select(exp.Count(this=exp.Star()), client, _conjunction([
             _paren(where_d), *self.legacy_only(),
             exp.EQ(this=self.column(self.route.key), expression=exp.Any(this=self.keys())),
-            exp.LTE(this=distance.copy(), expression=self.bound()),
+            self.ahead_of_bound(distance),
         ]))
         enough = exp.GTE(this=exp.Subquery(this=counted), expression=self.total())
-        guard = [
-            exp.NullSafeNEQ(this=self.bound(), expression=exp.cast(exp.Literal.string("Infinity"), BOUND_TYPE)),
-            exp.Not(this=exp.Coalesce(this=enough, expressions=[exp.false()])),
-        ]
+        if self.from_row:
+            everything = exp.EQ(this=self.bound(), expression=exp.cast(exp.Literal.string("Infinity"), BOUND_TYPE))
+            trusted = exp.And(this=self.same_vector(), expression=exp.Paren(this=exp.Or(this=everything,
+                                                                                       expression=enough)))
+            guard = [exp.Not(this=exp.Coalesce(this=trusted, expressions=[exp.false()]))]
+        else:
+            guard = [
+                exp.NullSafeNEQ(this=self.bound(), expression=exp.cast(exp.Literal.string("Infinity"), BOUND_TYPE)),
+                exp.Not(this=exp.Coalesce(this=enough, expressions=[exp.false()])),
+            ]
         return _keys_select(self.column(self.route.key), client,
                             _conjunction([_paren(where_d), *self.legacy_only(), *guard, self.valid_legacy()]))
+
+
+    def ahead_of_bound(self, distance: exp.Expression) -> exp.Expression:
+        """D ranks at or before the bound (strictly before when other ORDER BY keys could break a tie). The
+        bound is in the search's units: the distance's value is `sign` times it."""
+        bound: exp.Expression = self.bound() if self.sign > 0 else exp.Neg(this=exp.Paren(this=self.bound()))
+        strict = not self.rank.only_key
+        comparisons = {(True, True): exp.GT, (True, False): exp.GTE, (False, True): exp.LT, (False, False): exp.LTE}
+        node = comparisons[(self.rank.descending, strict)]
+        return node(this=distance.copy(), expression=bound)
+
+
+def _order_expression(key: exp.Expression, select: exp.Select) -> exp.Expression:
+    """An ORDER BY key spelled as an expression: an ordinal or an output name becomes the select-list entry it
+    names (PostgreSQL's rule: output names first), for a copy of the FROM list that has no such outputs."""
+    projections = select.expressions
+    if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+        if any(_is_star(p) for p in projections):
+            raise Passthrough("fallback-star-ordinal")  # positions count the columns `*` expands to
+        index = int(key.this) - 1
+        if 0 <= index < len(projections):
+            target = projections[index]
+            return (target.this if isinstance(target, exp.Alias) else target).copy()
+    if isinstance(key, exp.Column) and key.args.get("table") is None and isinstance(key.this, exp.Identifier):
+        name = norm(key.this)
+        for projection in projections:
+            if isinstance(projection, exp.Alias) and norm(projection.args.get("alias")) == name:
+                return projection.this.copy()
+    return key.copy()
+
+
+def _is_star(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Star) or (isinstance(node, exp.Column) and isinstance(node.this, exp.Star))
 
 
 def _typed_count(node: exp.Expression | None) -> exp.Expression:
@@ -683,10 +1032,11 @@ def _and_where(select: exp.Select, conditions: list[exp.Expression]) -> None:
 
 def _cut(sql: str, builder: _Builder) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The merged SQL cut at the placeholders of the extra values."""
-    pieces = re.split(f"({builder.keys_name}|{builder.bound_name})", sql)
+    pieces = re.split(f"({builder.keys_name}|{builder.bound_name}|{builder.vector_name})", sql)
     parts = tuple(pieces[0::2])
-    slots = tuple("keys" if name == builder.keys_name else "bound" for name in pieces[1::2])
-    if slots.count("keys") != 2 or slots.count("bound") != 2:
+    names = {builder.keys_name: "keys", builder.bound_name: "bound", builder.vector_name: "vector"}
+    slots = tuple(names[name] for name in pieces[1::2])
+    if slots.count("keys") != 2 or slots.count("bound") < 1 or slots.count("vector") != (2 if builder.from_row else 0):
         raise Passthrough("unstable-sql", "placeholder count")
     return parts, slots
 

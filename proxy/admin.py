@@ -199,6 +199,8 @@ def show_stats(rt: Runtime) -> Rows:
         stats += [("plan_cache_hits", router_stats.hits), ("plan_cache_misses", router_stats.misses)]
         stats += [(f"passthrough:{reason}", n) for reason, n in sorted(router_stats.passthrough.items())]
         stats += [(f"routed:{table}:{target}", n) for (table, target), n in sorted(rt.routed.items())]
+    if rt.fallback is not None:
+        stats += [(f"unmerged:{table}:{reason}", n) for (table, reason), n in sorted(rt.fallback.unmerged.items())]
     return [("stat", TEXT), ("value", TEXT)], stats
 
 
@@ -222,7 +224,7 @@ def show_servers(rt: Runtime) -> Rows:
 def show_fallback(rt: Runtime) -> Rows:
     columns = [("table", TEXT), ("state", TEXT), ("legacy_rows", INT8), ("bytes_used", INT8),
                ("bytes_allocated", INT8), ("skipped_rows", INT8), ("refresh_lag_s", FLOAT8), ("notices_applied", INT8),
-               ("reconciles", INT8)]
+               ("reconciles", INT8), ("on_inexact", TEXT), ("unmerged", TEXT)]
     rows = []
     service = rt.fallback
     for route in rt.routing.routes:
@@ -231,12 +233,15 @@ def show_fallback(rt: Runtime) -> Rows:
         store = service.store_for(route.table) if service is not None else None
         if store is None:
             state = "fallback = false" if not route.fallback else "legacy column is the vector column"
-            rows.append([route.table, state, None, None, None, None, None, None, None])
+            rows.append([route.table, state, None, None, None, None, None, None, None, None, None])
             continue
         failed = service.failed.get(route.table)
         state = "loaded" if store.loaded else f"load failed: {failed}" if failed else "loading"
+        unmerged = ", ".join(f"{reason}={n}" for (table, reason), n in sorted(service.unmerged.items())
+                             if table == route.table)  # refused or answered from pgvector rows only, by reason
         rows.append([route.table, state, len(store), _used_bytes(store), store.nbytes, len(store.skipped),
-                     round(store.refresh_lag(), 3), store.notices_applied, store.reconciles])
+                     round(store.refresh_lag(), 3), store.notices_applied, store.reconciles, route.on_inexact,
+                     unmerged or None])
     return columns, rows
 
 

@@ -19,6 +19,7 @@ LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
 BAD_VECTOR_MODES = ("error", "skip")
 FALLBACK_STORAGES = ("float32", "int8", "float16")
 METRICS = ("l2", "cosine", "ip")
+INEXACT_MODES = ("error", "primary_only")
 
 
 class ConfigError(ValueError):
@@ -187,6 +188,9 @@ class Route:
     breaker_window_s: float = 30.0
     breaker_min_samples: int = 20
     breaker_latency_floor_ms: float = 10.0  # the shadow must also be this much slower to trip on latency
+    on_inexact: str = "error"  # a similarity query the fallback cannot answer exactly: error | primary_only
+    fallback_wait_ms: int = 5000  # how long such a query waits for a store that is not loaded yet
+    max_shipped_rows: int = 1_000_000  # legacy distances shipped to the server by the universal exact path
 
     @property
     def schema(self) -> str | None:
@@ -226,6 +230,14 @@ class Route:
             raise ConfigError(f"{where}: fallback_storage must be one of {', '.join(FALLBACK_STORAGES)}")
         if self.on_bad_vector not in BAD_VECTOR_MODES:
             raise ConfigError(f"{where}: on_bad_vector must be one of {', '.join(BAD_VECTOR_MODES)}")
+        if self.on_inexact not in INEXACT_MODES:
+            raise ConfigError(f"{where}: on_inexact = {self.on_inexact!r} must be one of {', '.join(INEXACT_MODES)}")
+        if isinstance(self.fallback_wait_ms, bool) or not isinstance(self.fallback_wait_ms, int) \
+                or self.fallback_wait_ms < 0:
+            raise ConfigError(f"{where}: fallback_wait_ms = {self.fallback_wait_ms!r} must be an integer >= 0")
+        if isinstance(self.max_shipped_rows, bool) or not isinstance(self.max_shipped_rows, int) \
+                or self.max_shipped_rows < 0:
+            raise ConfigError(f"{where}: max_shipped_rows = {self.max_shipped_rows!r} must be an integer >= 0")
         if self.metric not in METRICS:
             raise ConfigError(f"{where}: metric = {self.metric!r} must be one of {', '.join(METRICS)}")
         if self.split > 0 and not self.shadow_table:
@@ -290,6 +302,19 @@ KEY_HELP: dict[str, str] = {
     "[[route]] fallback_storage": "float32 | int8 | float16: the fallback store's rows (default int8: a quarter of the"
     " memory, candidates proven by error bounds, ranked exactly by the server)",
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
+    "[[route]] on_inexact": (
+        'error | primary_only (default "error"): a similarity query the fallback cannot answer exactly over all '
+        "rows gets SQLSTATE 0A000 naming the route and the reason, or the answer from pgvector rows with a NOTICE"
+    ),
+    "[[route]] fallback_wait_ms": (
+        "how long a similarity query waits for the route's fallback store to load (default 5000) before it gets "
+        "the on_inexact treatment with reason store-not-ready"
+    ),
+    "[[route]] max_shipped_rows": (
+        "statements the top-k merge cannot bound (a weighted score, a window function) are answered exactly by "
+        "shipping every legacy row's distance to the server, up to this many rows (default 1000000); above it, "
+        "on_inexact applies"
+    ),
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
     "[[route]] mirror_max_per_s": "at most this many mirrored queries a second per proxy (default 5; 0: no cap)",

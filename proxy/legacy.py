@@ -2,8 +2,9 @@
 
 One LegacyStore per route with `legacy_column` and `fallback = true`, shared by all sessions; one
 BatchSearcher, so concurrent fallback searches become one matrix product. Loading runs in the background:
-/readyz stays false until every store is loaded, and a query that arrives earlier waits for its store
-rather than getting an answer that leaves legacy rows out.
+/readyz stays false until every store is loaded (its body says which store and why), and a query that arrives
+earlier waits for its store at most the route's fallback_wait_ms, then gets the route's on_inexact treatment
+(proxy/statements.py) rather than an answer that leaves legacy rows out.
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ class FallbackService:
         self.failed: dict[str, str] = {}
         self.merges = MergeCache(self)
         self.server_decoder = False  # pgcutover.try_vector is installed (bytea legacy formats need it)
+        # (route, reason code) -> executions not merged: refused with 0A000 or answered from pgvector rows only
+        # (on_inexact); pgcutover_fallback_unmerged_total, SHOW STATS, SHOW FALLBACK. Bounded: reasons are codes.
+        self.unmerged: dict[tuple[str, str], int] = {}
+
+    def count_unmerged(self, table: str, reason: str) -> None:
+        key = (table, reason)
+        self.unmerged[key] = self.unmerged.get(key, 0) + 1
+
+    def not_ready(self) -> list[str]:
+        """Why readiness waits, one line per store not loaded yet (route and its last load error)."""
+        lines = []
+        for table, store in self.stores.items():
+            if not store.loaded:
+                failed = self.failed.get(table)
+                lines.append(f"fallback store {table}: " + (f"load failed: {failed}" if failed else "loading"))
+        return lines
 
     @property
     def ready(self) -> bool:

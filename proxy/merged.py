@@ -2,15 +2,22 @@
 
 For the primary target of such a route, the session hands the statement here instead of forwarding it:
 1. the merge plan (fallback/merge.py) is built once per SQL text, in a worker thread (it parses SQL);
-2. the query vector is read from the literal or the Bind parameter (text or binary pgvector format), and the
-   numpy search (fallback/knn.py, batched across sessions, off the event loop) returns candidate keys;
-3. what goes upstream is the merged query with those candidates: a simple Query with them as literals, or
-   in the extended protocol a statement of ours (prepared once per session and SQL text, its ParseComplete
-   swallowed) bound with the client's own values plus two more (candidate keys, distance bound).
+2. the query vector is read from the literal or the Bind parameter (text or binary pgvector format), or, for
+   `(SELECT embedding FROM <route table> WHERE key = X)`, from the store's copy of row X (its pgvector value
+   when it is migrated); the numpy search (fallback/knn.py, batched across sessions, off the event loop; the
+   exact scan of fallback/scan.py for l1 and farthest-first) returns candidate keys and a bound. For the
+   universal merge (shapes without a top-k bound) the scan ships every legacy row's distance instead;
+3. what goes upstream is the merged query with those values as parameters (candidate keys, distance bound,
+   and the searched vector for a row subquery; or keys, distances and row versions), never as literals: for a
+   simple Query, an unnamed extended-protocol statement of ours (Parse, Bind, Describe, Execute, Sync, whose
+   ParseComplete and BindComplete are swallowed, so the client sees exactly a Query's replies), so that a
+   row-level-security tenant's `current_query()` and pg_stat_activity never show other tenants' keys; in the
+   extended protocol a statement of ours (prepared once per session and SQL text, its ParseComplete swallowed)
+   bound with the client's own values plus ours.
 It runs on the client's own connection, so privileges and row-level security apply to legacy rows exactly as
-to migrated ones. When the vector cannot be known before execution (a subquery, an unreadable value) or the
-shape is not one the merge answers exactly, the statement goes to the primary as planned: pgvector rows only,
-counted by reason and logged.
+to migrated ones. What cannot be merged exactly (the reason: fallback/merge.py's Passthrough at build time,
+`Unanswerable` here at execution) is handed to the routing's refusal (`on_inexact`: an error or a notice),
+never answered silently from pgvector rows only.
 """
 
 from __future__ import annotations
@@ -18,18 +25,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pgvector import Vector
 
-from fallback.merge import MergePlan, build_merge, guard_bound
+from fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
+from fallback.scan import candidates as scan_candidates
+from fallback.scan import scan
+from fallback.store import quote_table
 from rewrite.analyze import Passthrough
 from rewrite.cache import ByteLRU
+from rewrite.catalog import quote_ident
 
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DROP, PARSE, QUERY
+from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, QUERY, SYNC
+from .vectors import Vector
 
 if TYPE_CHECKING:
     from rewrite.plan import Plan
@@ -40,6 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgcutover.merged")
 
+_INT_TYPES = frozenset({"bigint", "integer", "smallint", "int8", "int4", "int2"})
+MAX_SHIPPED_ROWS = 1_000_000  # the route key `max_shipped_rows`, when the config does not have it
+ROW_READS = 4  # concurrent reads of a migrated query row's vector on connections of the proxy's own
 MAX_CANDIDATES = 10_000  # a search capped here stays exact: the merged query's guard covers the rest
 MAX_STATEMENTS = 64  # merged statements kept prepared per session (least recently used are closed)
 _names = itertools.count(1)
@@ -59,6 +74,7 @@ class MergeCache:
         self._plans: ByteLRU[tuple[str, str], MergePlan | str] = ByteLRU(
             size, service.rt.config.proxy.plan_cache_bytes)
         self.unmerged: Counter[str] = Counter()  # reason -> executions answered from pgvector rows only
+        self.row_reads = asyncio.Semaphore(ROW_READS)  # the proxy's own connections reading a query row
 
     async def get(self, plan: Plan, sql: str) -> MergePlan:
         assert plan.route is not None and plan.query is not None
@@ -83,6 +99,19 @@ def _merge_bytes(sql: str, found: MergePlan | str) -> int:
         return 2 * len(sql) + 200
     return 4_000 + 2 * len(sql) + len(found.sql_with_param) + sum(map(len, found.parts)) \
         + len(found.vector_literal or "")
+
+
+def _shipped_arrays(merge: MergePlan, store, keys: np.ndarray, distances: np.ndarray) -> tuple[bytes, ...]:
+    """Text-format arrays of keys, distances (NaN/Infinity spelled as float8in reads them) and xmins (-1: unknown,
+    the server then computes that row's distance itself)."""
+    values = distances * merge.value_sign
+    text = ",".join("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity") if math.isinf(v) else repr(v)
+                    for v in values.tolist())
+    xmins = []
+    for key in keys.tolist():
+        xmin = store.xmin(key)
+        xmins.append(str(xmin) if xmin else "-1")
+    return keys_text(merge, list(keys)), ("{" + text + "}").encode(), ("{" + ",".join(xmins) + "}").encode()
 
 
 def read_vector(value: bytes | None, binary: bool) -> np.ndarray:
@@ -140,27 +169,141 @@ class MergedQueries:
         asked = merge.search_k(limit, offset)
         if asked is None:
             return [], None  # no LIMIT: every row is wanted, the guard reads every legacy row
-        asked = min(asked, MAX_CANDIDATES)
         if vector.shape[0] != merge.dims:
             raise Unanswerable("vector-dims")
-        result = await self.service.searcher.search(store, vector, asked, merge.metric)
-        keys, bound = merge.extra_params(list(result.keys), guard_bound(result.distances, asked))
-        return keys, bound
+        if merge.metric in KNN_METRICS and not merge.farthest:
+            asked = min(asked, MAX_CANDIDATES)
+            result = await self.service.searcher.search(store, vector, asked, merge.metric)
+            return merge.extra_params(list(result.keys), guard_bound(result.distances, asked))
+        found, bound = await asyncio.to_thread(scan_candidates, store.snapshot(), vector, asked, merge.metric,
+                                               farthest=merge.farthest, cap=MAX_CANDIDATES)
+        return merge.extra_params(list(found), bound)
+
+    @staticmethod
+    def _literal_vector(merge: MergePlan) -> np.ndarray:
+        assert merge.vector_literal is not None
+        return read_vector(merge.vector_literal.encode(), binary=False)
+
+    async def _extras(self, merge: MergePlan, bind: msg.Bind | None) -> tuple[bytes | None, ...]:
+        """The values of the merged query's extra parameters for one execution (`bind` None: a simple Query)."""
+        if merge.vector_from_row:
+            vector = await self._row_vector(merge, bind)
+        elif merge.vector_param_index is not None:
+            if bind is None:
+                raise Unanswerable("vector-not-literal")
+            vector = self._param_vector(bind, merge.vector_param_index)
+        else:  # a literal vector, in a simple Query or a prepared statement
+            vector = self._literal_vector(merge)
+        if merge.universal:
+            if merge.vector_from_row:  # distances to the row the proxy read; the server checks it is the same
+                shipped = await self._shipped(merge, vector) if vector is not None else (b"{}", b"{}", b"{}")
+                return (*shipped, None if vector is None else Vector(vector).to_text().encode())
+            for param, literal in merge.other_vectors:  # one shipped array serves one query vector
+                other = self._param_vector(bind, param) if param is not None and bind is not None else \
+                    read_vector(literal.encode(), binary=False) if literal is not None else None
+                if other is None or not np.array_equal(other, vector):
+                    raise Unanswerable("universal-distances")
+            return await self._shipped(merge, vector)
+        if bind is None:
+            limit, offset = merge.limit_value, merge.offset_value
+        else:
+            limit = self._param_int(bind, merge.limit_param, merge.limit_value)
+            offset = self._param_int(bind, merge.offset_param, merge.offset_value)
+        keys, bound = await self._candidates(merge, vector, limit, offset) if vector is not None else ([], None)
+        extras: tuple[bytes | None, ...] = (keys_text(merge, keys), bound_text(bound))
+        if merge.vector_from_row:
+            extras += (None if vector is None else Vector(vector).to_text().encode(),)
+        return extras
+
+    async def _shipped(self, merge: MergePlan, vector: np.ndarray | None) -> tuple[bytes | None, ...]:
+        """The universal merge's three arrays: every legacy row's key, distance (in the SQL value's units) and
+        row version, bounded by the route's `max_shipped_rows`."""
+        store = self.service.store_for(merge.route.table)
+        assert store is not None and vector is not None
+        await store.wait_ready()
+        if vector.shape[0] != merge.dims:
+            raise Unanswerable("vector-dims")
+        snap = store.snapshot()
+        limit = getattr(merge.route, "max_shipped_rows", MAX_SHIPPED_ROWS)
+        if snap.rows > limit:
+            raise Unanswerable(f"too-many-legacy-rows: {snap.rows} legacy rows, max_shipped_rows = {limit}")
+        result = await asyncio.to_thread(scan, snap, vector, merge.metric)
+        return await asyncio.to_thread(_shipped_arrays, merge, store, result.keys, result.distances)
+
+    async def _row_vector(self, merge: MergePlan, bind: msg.Bind | None) -> np.ndarray | None:
+        """The vector of the row the client's `(SELECT embedding FROM t WHERE key = X)` names, to search with:
+        the store's copy of a legacy row, else the row's pgvector value. Read by the proxy only to pick
+        candidates: the merged query trusts them only when the server's own value of the row (under the
+        client's privileges) is the same vector, and reads every legacy row otherwise. None: unknown."""
+        if merge.vector_key_param is not None:
+            if bind is None or merge.vector_key_param > len(bind.params):
+                raise Unanswerable("vector-key-missing")
+            raw = bind.params[merge.vector_key_param - 1]
+            if raw is None:
+                return None
+            if bind.param_format(merge.vector_key_param - 1) == 1:
+                if merge.key_type not in _INT_TYPES:
+                    return None  # a binary key of another type: no search, the guard reads every legacy row
+                text = str(int.from_bytes(raw, "big", signed=True))
+            else:
+                text = raw.decode(errors="replace")
+        else:
+            text = merge.vector_key_literal or ""
+        key: object = text
+        if merge.key_type in _INT_TYPES:
+            try:
+                key = int(text)
+            except ValueError:
+                return None
+        store = self.service.store_for(merge.route.table)
+        found = store.get(key) if store is not None else None
+        if found is not None:
+            return found
+        route = merge.route
+        async with self.service.merges.row_reads:
+            try:
+                conn = await self.service._connect()
+            except Exception:  # an unknown vector only costs speed: the guard then reads every legacy row
+                return None
+            try:
+                value = await conn.fetchval(
+                    f"SELECT {quote_ident(route.pg_vector_column)}::text FROM {quote_table(route.table)} "
+                    f"WHERE {quote_ident(route.key)} = $1::text::{merge.key_type}", text)
+            except Exception:  # as above
+                return None
+            finally:
+                await conn.close()
+        return None if value is None else Vector.from_text(value).to_numpy()
 
     # -- simple Query -------------------------------------------------------------------------------------------
     async def query(self, plan: Plan, sql: str) -> bytes:
         """The replacement of a Query message (its reply cycle is queued just before it is returned)."""
         try:
             merge = await self.service.merges.get(plan, sql)
-            if merge.vector_literal is None:
-                raise Unanswerable("vector-not-literal")
-            vector = read_vector(merge.vector_literal.strip("'").encode(), binary=False)
-            keys, bound = await self._candidates(merge, vector, merge.limit_value, merge.offset_value)
-            out = msg.query(merge.sql_with_literal(keys, bound))
+            extras = await self._extras(merge, None)
         except Unanswerable as exc:
+            refuse = getattr(self.session.routing, "refuse_query", None)
+            if refuse is not None:
+                return refuse(plan, sql, str(exc))
             self._unmerged(plan, str(exc))
-            out = msg.query(plan.sql_for("primary") or sql)
-        self.session.tracker.expect(QUERY)
+            self.session.tracker.expect(QUERY)
+            return msg.query(plan.sql_for("primary") or sql)
+        return self._as_query(merge, extras)
+
+    def _as_query(self, merge: MergePlan, extras: tuple[bytes | None, ...]) -> bytes:
+        """The merged query in place of a simple Query, its candidates and bound bound as parameters: an unnamed
+        statement and portal of ours (a Query would have replaced the unnamed statement too). The client sees a
+        Query's replies: ParseComplete and BindComplete are dropped; RowDescription (from the Describe),
+        DataRows, CommandComplete, ErrorResponse and ReadyForQuery are forwarded."""
+        tracker = self.session.tracker
+        out = (msg.parse_message("", merge.sql_with_param, (0,) * (merge.param_count + merge.extra_count))
+               + msg.bind_message(msg.Bind("", "", (), extras, ()))
+               + msg.describe("P", "") + msg.execute("", 0) + msg.message(b"S"))
+        tracker.expect(PARSE, DROP)
+        tracker.expect(BIND, DROP)
+        tracker.expect(DESCRIBE_PORTAL)
+        tracker.expect(EXECUTE)
+        tracker.expect(SYNC)
         return out
 
     # -- extended protocol ----------------------------------------------------------------------------------------
@@ -170,13 +313,11 @@ class MergedQueries:
         bind = msg.parse_bind(payload)
         try:
             merge = await self.service.merges.get(statement.plan, statement.sql)
-            if merge.vector_param_index is None:
-                raise Unanswerable("vector-not-parameter")
-            vector = self._param_vector(bind, merge.vector_param_index)
-            limit = self._param_int(bind, merge.limit_param, merge.limit_value)
-            offset = self._param_int(bind, merge.offset_param, merge.offset_value)
-            keys, bound = await self._candidates(merge, vector, limit, offset)
+            extras = await self._extras(merge, bind)
         except Unanswerable as exc:
+            refuse = getattr(self.session.routing, "refuse_bind", None)
+            if refuse is not None:
+                return refuse(statement, payload, str(exc))
             self._unmerged(statement.plan, str(exc))
             tracker.expect(BIND)
             return msg.message(b"B", payload)
@@ -186,9 +327,8 @@ class MergedQueries:
         if len(formats) == 1:
             formats = formats * nparams
         if formats:
-            formats = (*formats, 0, 0)  # our two values are text
-        merged_bind = msg.Bind(bind.portal, name, formats,
-                               (*bind.params, keys_text(merge, keys), bound_text(bound)), bind.result_formats)
+            formats = (*formats, *(0,) * len(extras))  # our values are text
+        merged_bind = msg.Bind(bind.portal, name, formats, (*bind.params, *extras), bind.result_formats)
         tracker.expect(BIND)
         return out + msg.bind_message(merged_bind)
 
@@ -208,7 +348,7 @@ class MergedQueries:
             out += msg.close("S", old)
             tracker.expect(CLOSE, DROP)
         name = f"pgcutover_merged_{next(_names)}"
-        declared = (*oids, *([0] * (first - 1 - len(oids))), 0, 0)
+        declared = (*oids, *([0] * (first - 1 - len(oids))), *(0,) * merge.extra_count)
         out += msg.parse_message(name, sql, declared)
         tracker.expect(PARSE, DROP)
         self.prepared[key] = name

@@ -263,6 +263,30 @@ class _CurrentRuntime(Collector):
         yield from EvidenceCollector(rt).collect()
         if rt.migration is not None:
             yield from rt.migration.collect()
+        if rt.fallback is not None:
+            unmerged = CounterMetricFamily(
+                "pgcutover_fallback_unmerged", "Similarity queries on a fallback route not answered exactly over all "
+                "rows (refused with 0A000 or answered from pgvector rows only, per on_inexact), by reason",
+                labels=["route", "reason"])
+            for (table, reason), count in rt.fallback.unmerged.items():
+                unmerged.add_metric([table, reason], count)
+            yield unmerged
+
+
+def not_ready_reasons(rt: Runtime | None) -> list[str]:
+    """What /readyz says when it answers 503: each condition that is not met, with the route and error."""
+    if rt is None:
+        return []
+    reasons = []
+    if rt.shutting_down:
+        reasons.append("shutting down")
+    if not rt.upstream_ok:
+        reasons.append("upstream not reachable")
+    if not rt.routing_loaded:
+        reasons.append("routing not loaded")
+    if rt.fallback is not None:
+        reasons += rt.fallback.not_ready()
+    return reasons
 
 
 _current = _CurrentRuntime()
@@ -348,5 +372,6 @@ class HttpEndpoints:
         if path == "/readyz":
             if self.ready():
                 return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready\n"
+            body = "".join(f"{line}\n" for line in ["not ready", *not_ready_reasons(_current.runtime)])
+            return "503 Service Unavailable", "text/plain; charset=utf-8", body.encode()
         return "404 Not Found", "text/plain", b"not found\n"

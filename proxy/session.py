@@ -282,8 +282,11 @@ class Session:
 
     def _forward_cancel(self, packet: msg.CancelRequest) -> None:
         key = self.rt.cancels.lookup(packet.pid, packet.secret)
-        if key is not None and key.session.cancel_upstream() is not None:
-            self.rt.totals.cancels_forwarded += 1
+        if key is not None:
+            routing = key.session.routing  # a query waiting for a fallback store is not upstream yet: end the wait
+            waiting = routing is not None and routing.cancel_wait()
+            if key.session.cancel_upstream() is not None or waiting:
+                self.rt.totals.cancels_forwarded += 1
         self.close()  # the server answers a CancelRequest by closing, with no message
 
     def _on_startup(self, startup: msg.Startup) -> None:

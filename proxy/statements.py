@@ -13,9 +13,12 @@ two into the messages the server gets, keeping the reply queue exact:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,12 +26,13 @@ from rewrite.router import plan_bytes
 from rewrite.split import SplitSession
 from rewrite.txcontrol import query_effects, statement_effect
 
+from .decision import MERGED, REFUSED, Decision, decide
 from .deferred import Deferred
-from .merged import MergedQueries
+from .merged import MergedQueries, Unanswerable
 from .mirror import MirrorRequest
 from .protocol import codes
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DROP, PARSE, QUERY
+from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, PARSE, QUERY
 
 if TYPE_CHECKING:
     from rewrite.plan import Plan
@@ -39,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgcutover.statements")
 
 _names = itertools.count(1)
-MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)
 MAX_STATEMENT_BYTES = 64 << 20  # per session: routed statements keep their plans alive (rewrite.router.plan_bytes)
 
 
@@ -54,6 +57,43 @@ class SessionLimit(msg.ProtocolViolation):
     def __init__(self, text: str, sqlstate: str = "54000") -> None:
         super().__init__(text)
         self.sqlstate = sqlstate
+
+
+INEXACT_SQLSTATE = "0A000"  # feature_not_supported
+CANCELED_SQLSTATE = "57014"  # query_canceled, as the server says it
+_RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
+# Statements after which the server has dropped prepared statements (ours included). A simple Query may hold
+# several statements, so the text is searched (a match inside a string literal only costs a re-prepare).
+_MAY_DROP = re.compile(r"(?i:deallocate|discard)")  # the cheap test, on the first 4 KB of every text
+_DROPS_STATEMENTS = re.compile(r"\b(?:deallocate|discard\s+all)\b", re.IGNORECASE)
+
+
+def drops_statements(sql: str) -> bool:
+    return _MAY_DROP.search(sql, 0, 4096) is not None and _DROPS_STATEMENTS.search(sql, 0, 4096) is not None
+
+
+def raise_sql(sqlstate: str, message: str, hint: str | None = None) -> str:
+    """A statement that makes the server itself raise `sqlstate`: the error then has the server's own semantics
+    (the transaction aborts, the extended protocol skips to Sync, ReadyForQuery follows). The texts are ours
+    (route name, reason code, a load error), written as E'' literals: unambiguous whatever
+    standard_conforming_strings says, and the dollar-quote tag cannot occur in them."""
+
+    def literal(text: str) -> str:
+        text = text.replace("\0", "").replace("$pgcutover$", "$ pgcutover $")
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+    using = f"ERRCODE = '{sqlstate}', MESSAGE = {literal(message)}"
+    if hint:
+        using += f", HINT = {literal(hint)}"
+    return f"DO $pgcutover$ BEGIN RAISE EXCEPTION USING {using}; END $pgcutover$"
+
+
+_HINT = 'on_inexact = "primary_only" answers from pgvector rows only, with a notice; see README "Limits"'
+
+
+def reason_code(reason: str) -> str:
+    """The metric label of a refusal reason: "store-not-ready: <error>" -> "store-not-ready"."""
+    return reason.split(":", 1)[0].strip() or "unknown"
 
 
 @dataclass(slots=True)
@@ -121,6 +161,8 @@ class StatementRouting:
         self._planned: tuple[str, tuple[str, ...], Plan] | None = None  # planned off the loop, for the replay
         self._statement_bytes = 0  # plan_bytes of self.statements
         self._tx_statements: dict[str, int] = {}  # named statements that are BEGIN/COMMIT/...: their effect
+        self._refused = False  # the merge in progress was refused (set by refuse_query/refuse_bind)
+        self._cancel: asyncio.Event | None = None  # set while a query waits for a fallback store
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -143,11 +185,12 @@ class StatementRouting:
         split.application_name = self.session.application_name or None
         if execution:
             split.implicit()
-        target = self.force_target or split.target_for(route)
+        # an unplanned similarity query on a fallback route (a passthrough plan naming it) is refused on the primary
+        target = "primary" if plan.passthrough else self.force_target or split.target_for(route)
         if execution:
             self.rt.count_routed(route.table, target)
             outside = not split.explicit and self.session.tx_status == codes.TX_IDLE
-            mirror = (route.mirror > 0 and outside and self.rt.mirror is not None
+            mirror = (route.mirror > 0 and outside and self.rt.mirror is not None and not plan.passthrough
                       and self.split.rng.random() * 100 < route.mirror and self.rt.mirror.admit(route))
             self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror,
                                               replay=self.force_target is not None))
@@ -221,6 +264,8 @@ class StatementRouting:
         plan = self._lookup(sql)
         if plan is None:  # planned off the loop, then this message is routed again: effects apply then, once
             return self._plan_first(sql, msg.message(b"Q", payload), codes.F_QUERY)
+        if drops_statements(sql):
+            self.statements_dropped()
         effects = query_effects(sql)
         split = self.split
         split.implicit()
@@ -239,13 +284,15 @@ class StatementRouting:
     def _route_query(self, payload: bytes, sql: str, plan: Plan) -> bytes | Deferred | None:
         tracker = self.session.tracker
         cycle_start = tracker.idle
-        if plan.passthrough:
+        if plan.passthrough and not self._unplanned(plan):
             tracker.expect(QUERY)
             return None
         target = self._target(plan, sql)
         if self.merged is not None and self.merged.wants(plan, target):
-            self._executions[-1].target = MERGED
-            return Deferred(self.merged.query(plan, sql), msg.message(b"Q", payload), codes.F_QUERY)
+            merged = self.merged
+            return Deferred(self._merge(plan, sql, lambda: merged.query(plan, sql),
+                                        lambda reason: self.refuse_query(plan, sql, reason)),
+                            msg.message(b"Q", payload), codes.F_QUERY)
         tracker.expect(QUERY)
         self._guard(plan, target, cycle_start)
         rewritten = plan.sql_for(target)
@@ -267,6 +314,8 @@ class StatementRouting:
             out = msg.close("S", parse.name)
             tracker.expect(CLOSE, DROP)
         tracker.expect(PARSE)
+        if drops_statements(parse.sql):
+            self.statements_dropped()
         if plan.passthrough or not parse.name:
             self._forget(parse.name)  # a re-used unnamed (or closed-then-reused) name starts afresh
         effect = statement_effect(parse.sql)
@@ -281,6 +330,14 @@ class StatementRouting:
         if not parse.name:
             self.unnamed = None
         if plan.passthrough:
+            if self._unplanned(plan):  # forwarded as is, and refused at its Binds (primary-only answers)
+                self._target(plan, parse.sql, execution=not parse.name)
+                statement = RoutedStatement(plan, parse.sql, parse.param_oids, "primary")
+                if parse.name:
+                    self._keep(parse.name, statement)
+                else:
+                    self.unnamed = statement
+                self.session.hold_statement_messages()
             return out + msg.message(b"P", payload) if out else None
         target = self._target(plan, parse.sql, execution=not parse.name)
         self._guard(plan, target, cycle_start)
@@ -322,9 +379,10 @@ class StatementRouting:
             if self._executions[-1].mirror:
                 self._attach_values(self._executions[-1], payload, statement.param_oids)
         if self.merged is not None and self.merged.wants(statement.plan, target):
-            if self._executions:
-                self._executions[-1].target = MERGED
-            return Deferred(self.merged.bind(statement, payload), msg.message(b"B", payload), codes.F_BIND)
+            merged = self.merged
+            return Deferred(self._merge(statement.plan, statement.sql, lambda: merged.bind(statement, payload),
+                                        lambda reason: self.refuse_bind(statement, payload, reason)),
+                            msg.message(b"B", payload), codes.F_BIND)
         self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
             tracker.expect(BIND)
@@ -341,6 +399,8 @@ class StatementRouting:
             tracker.expect(PARSE, DROP)
             statement.others[target] = other
             self._injected.append((statement, target))
+            if tracker.skipping:  # an error already came back: the server discards this Parse until the Sync
+                statement.uncertain.add(target)
         tracker.expect(BIND)
         return out + msg.message(b"B", msg.cstr(portal) + msg.cstr(other) + payload[rest:])
 
@@ -359,6 +419,166 @@ class StatementRouting:
             out += msg.close("S", other)
             tracker.expect(CLOSE, DROP)
         return out
+
+    # -- merged executions and their refusals ------------------------------------------------------------------
+    def _unplanned(self, plan: Plan) -> bool:
+        """A similarity query on a route with a fallback store that the router could not plan (the router names
+        the route on such passthrough plans): the primary alone would leave the legacy rows out."""
+        return (plan.route is not None and self.merged is not None and self.rt.fallback is not None
+                and self.rt.fallback.store_for(plan.route.table) is not None)
+
+    async def _merge(self, plan: Plan, sql: str, run: Callable[[], Awaitable[bytes]],
+                     refuse: Callable[[str], bytes]) -> bytes:
+        """A similarity query for the primary of a route with a fallback store: the Decision (proxy/decision.py,
+        as `explain` prints it) is merge or refuse; merge runs proxy/merged.py, which may still refuse at
+        execution (an unreadable vector, ...). Labelled fallback_merged only when no refuse_*() was called."""
+        execution = self._executions[-1] if self._executions and self._executions[-1].plan is plan else None
+        self._refused = False
+        if execution is not None:
+            execution.target = "primary"
+        if plan.passthrough:  # the router could not plan it: no merge can be exact
+            return refuse(plan.reason)
+        waited = await self._wait_for_store(plan)
+        if waited == CANCELED_SQLSTATE:
+            return refuse(waited)
+        unmergeable = f"store-not-ready: {waited}" if waited is not None else None
+        if unmergeable is None:
+            assert self.rt.fallback is not None
+            try:
+                await self.rt.fallback.merges.get(plan, sql)  # the shape's verdict, cached per SQL text
+            except Unanswerable as exc:
+                unmergeable = str(exc)
+            except Exception:  # a bug must not turn into a quiet pgvector-rows-only answer
+                log.exception("%s: merge planning failed", plan.route.table if plan.route else "?")
+                unmergeable = "internal-error"
+        decision = self.decision(plan, unmergeable)
+        if decision.action != "merge":
+            return refuse(decision.reason)
+        try:
+            out = await run()  # (a replacement queues its replies just before it returns: none if it raised)
+        except Exception:
+            log.exception("%s: merged execution failed", plan.route.table if plan.route else "?")
+            return refuse("internal-error")
+        if self.session.tracker.skipping and self.merged is not None:
+            # an error came back while the merge was computed: the server discards the statement of ours this
+            # Bind prepares (until the client's Sync), so it must be prepared again next time
+            self.merged.on_error()
+        if execution is not None and not self._refused:
+            execution.target = MERGED
+        return out
+
+    def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
+        """The decision for the primary of a fallback route, with the route as in force now."""
+        return decide(plan, "primary", self._live_route(plan), store=True, unmergeable=unmergeable)
+
+    async def _wait_for_store(self, plan: Plan) -> str | None:
+        """None once the route's store is loaded; else, after at most fallback_wait_ms, why it is not (or
+        CANCELED_SQLSTATE when the client's CancelRequest came first)."""
+        service = self.rt.fallback
+        assert service is not None and plan.route is not None
+        table = plan.route.table
+        store = service.store_for(table)
+        if store is None or store.loaded:
+            return None
+        route = self._live_route(plan)
+        self._cancel = asyncio.Event()
+        waits = [asyncio.ensure_future(store.wait_ready()), asyncio.ensure_future(self._cancel.wait())]
+        try:
+            await asyncio.wait(waits, timeout=route.fallback_wait_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            cancelled, self._cancel = self._cancel.is_set(), None
+        if store.loaded:
+            return None
+        if cancelled:
+            return CANCELED_SQLSTATE
+        return service.failed.get(table) or f"still loading after {route.fallback_wait_ms} ms"
+
+    def cancel_wait(self) -> bool:
+        """A CancelRequest for this session: ends a wait for a store (the query then gets 57014)."""
+        if self._cancel is None:
+            return False
+        self._cancel.set()
+        return True
+
+    def _refusal(self, plan: Plan, reason: str) -> tuple[Decision, str]:
+        """Count a refusal and label its execution; the decision and the text naming route and reason."""
+        decision = self.decision(plan, reason)
+        self._refused = True
+        if self._executions and self._executions[-1].plan is plan:
+            self._executions[-1].target = decision.target or "primary"
+        assert decision.route is not None
+        if self.rt.fallback is not None:
+            self.rt.fallback.count_unmerged(decision.route, reason_code(reason))
+        log.info("%s", decision.describe())
+        return decision, (f"pgcutover: route {decision.route}: this similarity query cannot be answered exactly "
+                          f"over all rows while legacy rows remain ({reason})")
+
+    def _cancelled(self, plan: Plan) -> None:
+        self._refused = True
+        if self._executions and self._executions[-1].plan is plan:
+            self._executions[-1].target = REFUSED
+
+    def _notice(self, text: str, tries: int = 200) -> None:
+        """A NoticeResponse to the client (one may come at any time), between two whole server messages: while a
+        large reply of an earlier pipelined query streams through, it waits for the boundary (up to ~1 s)."""
+        session = self.session
+        if session._server_at_boundary():
+            session._to_client(msg.notice_response(text, "01000"))
+        elif tries > 0:
+            asyncio.get_running_loop().call_later(0.005, self._notice, text, tries - 1)
+        else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
+            log.warning("could not place the notice %r between server messages", text)
+
+    def refuse_query(self, plan: Plan, sql: str, reason: str) -> bytes:
+        """The replacement of a simple Query the merge cannot answer exactly (route's on_inexact applies)."""
+        self.session.tracker.expect(QUERY)
+        if reason == CANCELED_SQLSTATE:
+            self._cancelled(plan)
+            return msg.query(raise_sql(CANCELED_SQLSTATE, "canceling statement due to user request"))
+        decision, text = self._refusal(plan, reason)
+        if not decision.error:
+            self._notice(text + "; answered from pgvector rows only")
+            return msg.query(plan.sql_for("primary") or sql)
+        return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
+
+    def refuse_bind(self, statement: RoutedStatement, payload: bytes, reason: str) -> bytes:
+        """The replacement of a Bind the merge cannot answer exactly. For "error", the Bind becomes our own
+        statement that raises: the client sees the ErrorResponse where its BindComplete was due, and the server
+        skips the client's Describe/Execute up to its Sync, as after any failed Bind."""
+        tracker = self.session.tracker
+        plan = statement.plan
+        if reason == CANCELED_SQLSTATE:
+            self._cancelled(plan)
+            sqlstate, text, hint = CANCELED_SQLSTATE, "canceling statement due to user request", None
+        else:
+            decision, text = self._refusal(plan, reason)
+            if not decision.error:
+                self._notice(text + "; answered from pgvector rows only")
+                tracker.expect(BIND)
+                return msg.message(b"B", payload)
+            sqlstate, hint = INEXACT_SQLSTATE, _HINT
+        portal, _ = msg.read_cstr(payload, 0)
+        out = msg.close("S", _RAISE_NAME)  # closing a statement that does not exist is not an error
+        tracker.expect(CLOSE, DROP)
+        out += msg.parse_message(_RAISE_NAME, raise_sql(sqlstate, text, hint))
+        tracker.expect(PARSE, DROP)
+        out += msg.bind_message(msg.Bind(portal, _RAISE_NAME, (), (), ()))
+        tracker.expect(BIND, DROP)
+        out += msg.execute(portal)
+        tracker.expect(EXECUTE, DROP)
+        return out
+
+    def statements_dropped(self) -> None:
+        """DEALLOCATE ALL / DISCARD ALL is on its way to the server: every statement of ours is prepared again
+        (after a Close, in case the command failed) before its next use."""
+        for statement in self.statements.values():
+            statement.uncertain.update(statement.others)
+        if self.unnamed is not None:
+            self.unnamed.uncertain.update(self.unnamed.others)
+        if self.merged is not None:
+            self.merged.prepared.clear()
 
     # -- replies ----------------------------------------------------------------------------------------------
     def on_error(self, payload: bytes) -> None:

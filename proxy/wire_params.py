@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from pgvector import HalfVector, SparseVector, Vector
+from .vectors import HalfVector, SparseVector, Vector
 
 TEXT, BINARY = 0, 1
 

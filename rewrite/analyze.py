@@ -34,6 +34,7 @@ TAG_STAR = "route-star"
 TAG_DISTANCE = "distance"  # meta[MARK] = ("distance", index into SimilarityQuery.distances)
 TAG_COLUMN = "column"  # meta[MARK] = ("column", index into SimilarityQuery.columns)
 TAG_ORDER_KEY = "order-key"  # the Ordered node whose key is the main distance (directly or by output name)
+TAG_VECTOR_SUBQUERY = "vector-subquery"  # `(SELECT embedding FROM <route table> WHERE key = $n)` as a query vector
 
 _LEADING = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/|\()*(select|with)\b",
                       re.IGNORECASE)
@@ -66,11 +67,24 @@ class DistanceUse:
     projection: int | None  # index in the select list when the distance is (the whole of) a projection
     in_function: bool  # function form (l2_distance(...)) rather than an operator
     ordering: bool  # it sorts rows: in ORDER BY, or a projection that an ORDER BY key names
+    vector_key: exp.Expression | None = None  # the query vector is the route row with this key ($n or literal)
 
     @property
     def nearest_first_desc(self) -> bool:
         """Whether nearest-first order is DESC (the positive inner product is a similarity, not a distance)."""
         return self.metric == "inner_product_positive"
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """The first ORDER BY key is a strictly monotone function of one distance (the distance itself, a
+    parenthesised or aliased one, an ordinal, or a score such as `1 - (embedding <=> $1)`): rows come in
+    ascending (or, `descending`, descending) order of that distance's value."""
+
+    distance: int  # index into SimilarityQuery.distances
+    descending: bool  # largest distance value first
+    only_key: bool  # the ORDER BY has no other key (ties may be broken any way)
+    nulls_first: bool  # NULL values of the key come first (DESC's default, or NULLS FIRST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +120,7 @@ class SimilarityQuery:
     literal: str | None
     order_by_distance: bool  # first ORDER BY key is the main distance, nearest first (ASC; DESC for inner_product())
     pure_order: bool  # ORDER BY is exactly that key, ASC NULLS LAST
+    rank: Ranking | None  # how the first ORDER BY key ranks rows by a distance (None: it does not)
     limit: exp.Expression | None
     offset: exp.Expression | None
     where: exp.Expression | None
@@ -137,6 +152,8 @@ class SimilarityQuery:
 
 
 def _int_literal(node: exp.Expression | None) -> int | None:
+    while isinstance(node, exp.Cast):  # `LIMIT 5::integer`
+        node = node.this
     if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
         return int(node.this)
     return None
@@ -504,7 +521,9 @@ class _Recognizer:
         if len({id(source.route) for _, source in refs}) > 1:
             raise Passthrough("multiple-routes")
         if len(refs) > 1:
-            raise Passthrough("route-table-repeated")
+            refs = [(scope, source) for scope, source in refs if not self._vector_subquery(scope, source)]
+            if len(refs) != 1:
+                raise Passthrough("route-table-repeated")
         self.scope, self.source = refs[0]
         self.route = self.source.route
         assert self.route is not None
@@ -518,6 +537,45 @@ class _Recognizer:
         columns = self._columns(distances)
         star = self._stars()
         return self._build(select, distances, columns, star)
+
+    def _vector_subquery(self, scope: _Scope, source: _Source) -> bool:
+        """`(SELECT <route column> FROM <route table> WHERE <key> = $n | literal)` as the vector operand of a
+        distance (pgvector's "rows similar to row X"): tagged, it is not the route reference of the query."""
+        route = source.route
+        assert route is not None
+        select = scope.select
+        node: exp.Expression | None = select.parent
+        if not isinstance(node, exp.Subquery) or any(node.args.get(k) for k in ("order", "limit", "offset")):
+            return False
+        operand: exp.Expression = node
+        while isinstance(operand.parent, exp.Cast | exp.Paren):
+            operand = operand.parent
+        if not isinstance(operand.parent, DISTANCE_NODES) or operand.arg_key not in ("this", "expression"):
+            return False
+        allowed = {"expressions", "from_", "where"}
+        limit = select.args.get("limit")  # Django writes `[:1]`: the key selects one row anyway
+        if limit is not None and not (isinstance(limit, exp.Limit) and (_int_literal(limit.expression) or 0) >= 1):
+            return False
+        if any(value for key, value in select.args.items() if key not in allowed | {"limit"}) \
+                or len(scope.sources) != 1:
+            return False
+        projection = _unalias(select.expressions[0]) if len(select.expressions) == 1 else None
+        if not isinstance(projection, exp.Column) or norm(projection.this) not in (route.column,
+                                                                                   route.pg_vector_column):
+            return False
+        where = select.args.get("where")
+        test = where.this if where is not None else None
+        if not isinstance(test, exp.EQ):
+            return False
+        for column, value in ((test.this, test.expression), (test.expression, test.this)):
+            if isinstance(column, exp.Column) and norm(column.this) == route.key \
+                    and norm(column.args.get("table")) in (None, source.name) and column.args.get("db") is None \
+                    and (_param_index(value) is not None or (isinstance(value, exp.Literal))):
+                if norm(projection.args.get("table")) not in (None, source.name) or projection.args.get("db"):
+                    return False
+                node.meta[MARK] = TAG_VECTOR_SUBQUERY
+                return True
+        return False
 
     # column resolution ----------------------------------------------------------------------------------
     def _has_column(self, source: _Source, name: str) -> bool | None:
@@ -654,7 +712,7 @@ class _Recognizer:
                     raise Passthrough("distance-shape", "query vector uses the route table")
             projection = None
             if clause == "select":
-                inner = top.this if isinstance(top, exp.Alias) else top
+                inner = _unparen(top.this if isinstance(top, exp.Alias) else top)
                 if inner is node:
                     projection = top.index
             uses.append(DistanceUse(
@@ -662,7 +720,8 @@ class _Recognizer:
                 column_arg=column_arg, query_vector=other, param_index=_param_index(other),
                 literal=_literal_text(other), projection=projection,
                 in_function=isinstance(node, VectorDistanceFunc),
-                ordering=clause == "order" or id(node) in ordering_targets,
+                ordering=clause == "order" or _within(node, ordering_targets, self.scope.select),
+                vector_key=_vector_key(other),
             ))
         return uses
 
@@ -754,14 +813,34 @@ class _Recognizer:
         """What an ORDER BY key sorts by: output names and ordinals refer to the select list."""
         key = ordered.this
         if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+            if any(isinstance(p, exp.Star) or (isinstance(p, exp.Column) and isinstance(p.this, exp.Star))
+                   for p in select.expressions):
+                return key  # a position among the columns `*` expands to: unknown here
             index = int(key.this) - 1
             if 0 <= index < len(select.expressions):
-                return _unalias(select.expressions[index])
+                return _unparen(_unalias(select.expressions[index]))
         if isinstance(key, exp.Column) and key.args.get("table") is None and isinstance(key.this, exp.Identifier):
             index = self.outputs.get(norm(key.this) or "")
             if index is not None:
-                return _unalias(select.expressions[index])
-        return key
+                return _unparen(_unalias(select.expressions[index]))
+        return _unparen(key)
+
+    def _ranking(self, select: exp.Select, distances: list[DistanceUse]) -> Ranking | None:
+        order = select.args.get("order")
+        if order is None or not order.expressions:
+            return None
+        first = order.expressions[0]
+        found = _monotone(self._order_target(first, select))
+        if found is None:
+            return None
+        node, increasing = found
+        index = next((i for i, u in enumerate(distances) if u.node is node), None)
+        if index is None:
+            return None
+        desc = bool(first.args.get("desc"))
+        nulls_first = first.args.get("nulls_first")
+        return Ranking(distance=index, descending=desc == increasing, only_key=len(order.expressions) == 1,
+                       nulls_first=bool(nulls_first) if nulls_first is not None else desc)
 
     def _build(self, select: exp.Select, distances: list[DistanceUse], columns: list[ColumnUse],
                star: bool) -> SimilarityQuery:
@@ -775,11 +854,14 @@ class _Recognizer:
             for use in distances:
                 if use.node is target:
                     if bool(first.args.get("desc")) != use.nearest_first_desc:
-                        raise Passthrough("similarity-asc" if use.nearest_first_desc else "distance-desc")
+                        break  # farthest first: a ranking (see `rank`), but not the index order
                     main = use
                     order_by_distance = True
                     pure_order = len(order.expressions) == 1 and not first.args.get("nulls_first")
                     first.meta[MARK] = (TAG_ORDER_KEY, distances.index(use))
+        rank = self._ranking(select, distances)
+        if main is None and rank is not None:
+            main = distances[rank.distance]
         if main is None:
             main = next((u for u in distances if u.clause == "select"), None) or distances[0]
         for i, use in enumerate(distances):
@@ -800,14 +882,14 @@ class _Recognizer:
         select.meta[MARK] = TAG_SCOPE
         where = select.args.get("where")
         aggregated = bool(select.args.get("distinct") or select.args.get("group") or select.args.get("having")) \
-            or any(p.find(exp.AggFunc) for p in select.expressions)
+            or any(_aggregates(p) for p in select.expressions)
         return SimilarityQuery(
             route=route, expression=self.expression, select=select, table=self.source.node,
             table_alias=self.source.name or route.relname, table_schema=self.source.schema,
             top_level=select is self.expression, single_source=len(self.scope.sources) == 1,
             operator=main.operator, metric=main.metric, function_form=main.in_function,
             query_vector=main.query_vector, param_index=main.param_index, literal=main.literal,
-            order_by_distance=order_by_distance, pure_order=pure_order,
+            order_by_distance=order_by_distance, pure_order=pure_order, rank=rank,
             limit=limit_expr, offset=offset_expr, where=where.this if where is not None else None,
             projections=tuple(select.expressions), distances=tuple(distances), columns=tuple(columns),
             star=star, aggregated=aggregated,
@@ -816,6 +898,97 @@ class _Recognizer:
 
 def _unalias(node: exp.Expression) -> exp.Expression:
     return node.this if isinstance(node, exp.Alias) else node
+
+
+def vector_subquery(node: exp.Expression) -> exp.Subquery | None:
+    """The tagged vector subquery that a distance's vector operand is (through casts and parentheses)."""
+    while isinstance(node, exp.Cast | exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Subquery) and node._meta and node.meta.get(MARK) == TAG_VECTOR_SUBQUERY:
+        return node
+    return None
+
+
+def _vector_key(node: exp.Expression) -> exp.Expression | None:
+    subquery = vector_subquery(node)
+    if subquery is None:
+        return None
+    test = subquery.this.args["where"].this
+    return test.expression if isinstance(test.this, exp.Column) and not isinstance(test.expression, exp.Column) \
+        else test.this
+
+
+def _aggregates(node: exp.Expression) -> bool:
+    """Whether an aggregate of this query level is in `node` (one inside a subquery aggregates that subquery)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, exp.AggFunc):
+            return True
+        if current is not node and isinstance(current, exp.Query | exp.Subquery):
+            continue
+        stack.extend(current.iter_expressions())
+    return False
+
+
+def _within(node: exp.Expression, targets: set[int], stop: exp.Expression) -> bool:
+    """Whether `node` or an enclosing expression below `stop` is one of `targets` (ids)."""
+    current: exp.Expression | None = node
+    while current is not None and current is not stop:
+        if id(current) in targets:
+            return True
+        current = current.parent
+    return False
+
+
+def _unparen(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _positive_number(node: exp.Expression) -> bool | None:
+    """True/False for a positive/negative numeric literal (or its negation), None otherwise (or zero)."""
+    node = _unparen(node)
+    sign = 1
+    while isinstance(node, exp.Neg):
+        sign, node = -sign, _unparen(node.this)
+    if not isinstance(node, exp.Literal) or node.is_string:
+        return None
+    try:
+        value = float(node.this) * sign
+    except ValueError:
+        return None
+    return None if value == 0 else value > 0
+
+
+def _monotone(node: exp.Expression) -> tuple[exp.Expression, bool] | None:
+    """(distance node, increasing) when `node` is a strictly monotone function of one distance built from
+    constants: `d`, `-d`, `c + d`, `c - d`, `d - c`, `c * d`, `d / c` (c a non-zero numeric literal)."""
+    node = _unparen(node)
+    if isinstance(node, DISTANCE_NODES):
+        return node, True
+    if isinstance(node, exp.Neg):
+        inner = _monotone(node.this)
+        return (inner[0], not inner[1]) if inner else None
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div):
+        left, right = node.this, node.expression
+        for variable, constant, on_left in ((left, right, True), (right, left, False)):
+            sign = _positive_number(constant)
+            if sign is None:
+                continue
+            inner = _monotone(variable)
+            if inner is None:
+                return None
+            distance, increasing = inner
+            if isinstance(node, exp.Add):
+                return distance, increasing
+            if isinstance(node, exp.Sub):
+                return distance, increasing if on_left else not increasing
+            if isinstance(node, exp.Mul):
+                return distance, increasing == sign
+            return (distance, increasing == sign) if on_left else None  # c / d is not monotone over signs
+    return None
 
 
 def _literal_text(node: exp.Expression) -> str | None:
@@ -834,6 +1007,6 @@ def is_pgvector_type(type_sql: str) -> bool:
 
 
 __all__ = [
-    "ColumnUse", "DistanceUse", "Passthrough", "SimilarityQuery", "VectorDistance", "VectorDistanceFunc",
+    "ColumnUse", "DistanceUse", "Passthrough", "Ranking", "SimilarityQuery", "VectorDistance", "VectorDistanceFunc",
     "analyze", "is_pgvector_type", "norm", "normalize_search_path",
 ]

@@ -1,5 +1,11 @@
 """`pgcutover explain --config FILE "SQL"`: the router's decision for one statement, and what each target gets.
 
+The decision (forward / rewrite / merge / refuse) is proxy/decision.py's `decide()`, the function the proxy
+applies to every execution, fed the same snapshot: the router's plan, the targets the split can pick, whether
+the route has a fallback store (proxy/legacy.py's needs_store) and the merge's verdict on the shape
+(fallback/merge.py's build_merge, as the proxy's merge cache calls it). Only what is known at execution
+(the store not loaded yet, an unreadable vector value) can still turn a "merge" into a "refuse".
+
 Works offline (no catalog: no index matching, `SELECT *` on the shadow passes through with reason
 "star-needs-catalog"); `--live` reads the catalog from the configured upstream first.
 """
@@ -11,8 +17,11 @@ import asyncio
 import sys
 from typing import TextIO
 
-from proxy.config import Config, load_config
-from rewrite.analyze import normalize_search_path
+from fallback.merge import build_merge
+from proxy.config import Config, Route, load_config
+from proxy.decision import Decision, decide
+from proxy.legacy import needs_store
+from rewrite.analyze import Passthrough, normalize_search_path
 from rewrite.catalog import Catalog, load_catalog
 from rewrite.plan import Plan
 from rewrite.router import build_plan
@@ -33,14 +42,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explain.set_defaults(func=cmd_explain)
 
 
-async def _live_catalog(config: Config) -> Catalog:
+async def _live_catalog(config: Config) -> tuple[Catalog, bool]:
+    """The catalog, and whether pgcutover.try_vector is installed (the merge needs it for bytea formats)."""
     import asyncpg
 
     conn = await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout)
     try:
-        return await load_catalog(conn, config.routes)
+        decoder = bool(await conn.fetchval(
+            "SELECT to_regprocedure('pgcutover.try_vector(anyelement,text,integer)') IS NOT NULL"))
+        return await load_catalog(conn, config.routes), decoder
     finally:
         await conn.close()
+
+
+def decisions(plan: Plan, catalog: Catalog | None, server_decoder: bool = True) -> list[Decision]:
+    """One decision per target the split can pick for this statement (both when 0 < split < 100)."""
+    route = plan.route
+    if route is None:
+        return [decide(plan, None)]
+    if plan.passthrough:  # a route is named only for a similarity query the router could not plan
+        return [decide(plan, "primary", route, store=needs_store(route))]
+    targets = ["primary"] if route.split <= 0 else ["shadow"] if route.split >= 100 else ["primary", "shadow"]
+    store = needs_store(route)
+    out = []
+    for target in targets:
+        unmergeable = _unmergeable(plan, route, catalog, server_decoder) if target == "primary" and store else None
+        out.append(decide(plan, target, route, store=store, unmergeable=unmergeable))
+    return out
+
+
+def _unmergeable(plan: Plan, route: Route, catalog: Catalog | None, server_decoder: bool) -> str | None:
+    assert plan.query is not None
+    try:
+        build_merge(plan.query, catalog, server_decoder=server_decoder)
+    except Passthrough as exc:
+        return exc.reason
+    return None
 
 
 def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -49,29 +86,36 @@ def cmd_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     sql = sys.stdin.read() if args.sql == "-" else args.sql
     search_path = normalize_search_path(args.search_path.split(","))
     catalog = None
+    decoder = True  # offline: assume install-triggers ran (bytea legacy formats need pgcutover.try_vector)
     catalog_note = "none (offline: no index matching, no SELECT * on shadows)"
     if args.live:
         try:
-            catalog = asyncio.run(_live_catalog(config))
+            catalog, decoder = asyncio.run(_live_catalog(config))
             catalog_note = f"loaded from {config.proxy.upstream.host}:{config.proxy.upstream.port}"
         except Exception as exc:  # a dry run still answers without the server
             catalog_note = f"unavailable ({exc}); planning without it"
     plan = build_plan(sql, config.routes, search_path, catalog)
-    out.write(render(plan, search_path, catalog_note))
+    out.write(render(plan, search_path, catalog_note, decisions(plan, catalog, decoder)))
     return 0
 
 
-def render(plan: Plan, search_path: tuple[str, ...], catalog_note: str) -> str:
+def render(plan: Plan, search_path: tuple[str, ...], catalog_note: str,
+           decided: list[Decision] | None = None) -> str:
+    decided = decided or decisions(plan, None)
     lines = [f"search_path: {', '.join(search_path)}", f"catalog:     {catalog_note}"]
+    if len(decided) == 1:
+        lines.append(f"decision:    {decided[0].action}")
+    else:
+        lines.append("decision:    " + "; ".join(f"{d.action} ({d.target if d.action != 'merge' else 'primary'})"
+                                                 for d in decided))
     if plan.passthrough:
-        lines += ["decision:    passthrough", f"reason:      {plan.reason}",
-                  f"primary:     {UNCHANGED}", f"shadow:      {UNCHANGED}"]
+        lines += [f"reason:      {plan.reason}", f"primary:     {UNCHANGED}", f"shadow:      {UNCHANGED}"]
         return "\n".join(lines) + "\n"
     query = plan.query
     route = plan.route
     assert query is not None and route is not None
+    lines += [f"decided:     {d.describe()}" for d in decided]
     lines += [
-        "decision:    rewrite",
         f"reason:      {plan.reason}",
         f"route:       {route.table} (column {route.column} -> {route.pg_vector_column}; "
         f"shadow {route.shadow_table or '-'}; split {route.split:g}% to shadow, sticky {route.sticky})",

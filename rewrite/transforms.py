@@ -37,6 +37,7 @@ from rewrite.analyze import (
     SimilarityQuery,
     is_pgvector_type,
     norm,
+    vector_subquery,
 )
 from rewrite.catalog import FLOAT8, IndexInfo
 from rewrite.dialect import OPERATOR_NODES, VectorDistanceFunc, build_type
@@ -130,6 +131,26 @@ def retarget_primary(expression: exp.Expression, query: SimilarityQuery) -> exp.
         if operand is column and norm(column.this) == target:
             continue
         node.set(use.column_arg, _column_like(column, target, query, keep_db=True))
+    return expression
+
+
+def retarget_vector_subqueries(expression: exp.Expression, query: SimilarityQuery) -> exp.Expression:
+    """`(SELECT embedding FROM items WHERE id = $1)` as a query vector reads the row's pgvector value, whatever
+    the application calls the column (the fallback merge reads the legacy value too).
+
+    >>> q = analyze("SELECT id FROM items ORDER BY embedding <-> (SELECT embedding FROM items WHERE id = $1)", [route])
+    >>> to_sql(retarget_vector_subqueries(q.expression.copy(), q))
+    'SELECT id FROM items ORDER BY embedding <-> (SELECT embedding_vector FROM items WHERE id = $1)'
+    """
+    target = query.route.pg_vector_column
+    for node in list(expression.find_all(exp.Subquery)):
+        if vector_subquery(node) is not node:
+            continue
+        column = node.this.expressions[0]
+        if isinstance(column, exp.Alias):  # `SELECT U0."embedding" AS "embedding"` (Django)
+            column = column.this
+        if norm(column.this) != target:
+            column.replace(exp.Column(this=identifier(target), table=column.args.get("table")))
     return expression
 
 
@@ -241,6 +262,8 @@ def primary_changes(query: SimilarityQuery, catalog: Catalog | None = None) -> b
         operand = use.node.args[use.column_arg]
         if isinstance(operand, exp.Cast) or norm(operand.this) != column:
             return True
+        if use.vector_key is not None and column != query.route.column:
+            return True
     return index_for(query, catalog) is not None
 
 
@@ -249,6 +272,7 @@ def to_primary(expression: exp.Expression, query: SimilarityQuery,
     """The statement for the table's own pgvector column (a copy; `expression` is not changed)."""
     expression = expression.copy()
     not_null = needs_not_null(query)
+    retarget_vector_subqueries(expression, query)
     retarget_primary(expression, query)
     if not_null:
         add_vector_not_null(expression, query)
@@ -379,6 +403,21 @@ def _check_shadow_column(query: SimilarityQuery, name: str, catalog: Catalog | N
     return mapped
 
 
+def _cast_back(query: SimilarityQuery, name: str, catalog: Catalog | None) -> exp.DataType | None:
+    """The primary's type of a returned route-table column whose shadow column has another vector type (a
+    halfvec or RuVector shadow of a vector column): the shadow's value is cast back to it, so the client gets its
+    own type. None when the types agree or are not both known."""
+    primary, shadow = _shadow_tables(query, catalog)
+    if primary is None or shadow is None:
+        return None
+    source, target = primary.column(name), shadow.column(shadow_name(query.route, name))
+    if source is None or target is None or source.type == target.type:
+        return None
+    if not is_pgvector_type(source.type):
+        return None
+    return build_type(source.type)
+
+
 def _check_uncertain_column(query: SimilarityQuery, name: str, catalog: Catalog | None) -> None:
     """A name that may or may not be the route table's keeps its spelling; if it is the route table's, the
     shadow must have it too, with the same type."""
@@ -409,13 +448,16 @@ def rename_shadow_columns(expression: exp.Expression, query: SimilarityQuery,
         if not use.certain:
             _check_uncertain_column(query, use.name, catalog)
             continue
-        mapped = _check_shadow_column(query, use.name, catalog, type_matters=not use.null_test)
+        cast = _cast_back(query, use.name, catalog) if use.clause == "select" else None
+        mapped = _check_shadow_column(query, use.name, catalog, type_matters=not use.null_test and cast is None)
         column = _column_like(node, mapped, query, keep_db=False) if mapped != use.name or node.args.get("db") \
             else None
+        if cast is not None:
+            column = exp.Cast(this=column or node.copy(), to=cast)
         if column is None:
             continue
         node.replace(column)
-        if use.output is not None and mapped != use.name and tags.scope is not None:
+        if use.output is not None and (mapped != use.name or cast is not None) and tags.scope is not None:
             # the projection was named after the column: keep that name for the client
             projection = tags.scope.expressions[use.output]
             projection.replace(exp.Alias(this=projection.copy(), alias=identifier(use.name)))
@@ -444,10 +486,14 @@ def expand_route_star(expression: exp.Expression, query: SimilarityQuery,
             raise Passthrough("star-join-using")
     route_columns = []
     for column in primary.columns:
-        mapped = _check_shadow_column(query, column.name, catalog, type_matters=True)
-        node = exp.Column(this=identifier(mapped),
-                          table=None if query.single_source else identifier(query.table_alias))
-        route_columns.append(exp.Alias(this=node, alias=identifier(column.name)) if mapped != column.name else node)
+        cast = _cast_back(query, column.name, catalog)
+        mapped = _check_shadow_column(query, column.name, catalog, type_matters=cast is None)
+        node: exp.Expression = exp.Column(this=identifier(mapped),
+                                          table=None if query.single_source else identifier(query.table_alias))
+        if cast is not None:
+            node = exp.Cast(this=node, to=cast)
+        renamed = mapped != column.name or cast is not None
+        route_columns.append(exp.Alias(this=node, alias=identifier(column.name)) if renamed else node)
     expanded: list[exp.Expression] = []
     for projection in select.expressions:
         if isinstance(projection, exp.Star):
@@ -484,6 +530,7 @@ def to_shadow(expression: exp.Expression, query: SimilarityQuery,
     if not query.route.shadow_table:
         raise Passthrough("no-shadow")
     expression = expression.copy()
+    retarget_vector_subqueries(expression, query)
     rename_shadow_columns(expression, query, catalog)
     retarget_shadow(expression, query, catalog)
     expand_route_star(expression, query, catalog)

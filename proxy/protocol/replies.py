@@ -64,6 +64,11 @@ class ReplyTracker:
         return [KIND_NAMES[entry & _KIND_MASK] + ("/drop" if entry >> 4 else "") for entry in self._queue]
 
     @property
+    def skipping(self) -> bool:
+        """An error came back and its Sync is not sent yet: the server discards what is sent meanwhile."""
+        return self._skipping
+
+    @property
     def idle(self) -> bool:
         """Nothing in flight: the server owes no reply."""
         return not self._queue

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 import asyncpg
 import pytest
-from pgvector import Vector
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import report
 from proxy.mirror import Mirror, MirrorRequest
 from proxy.runtime import Runtime
+from proxy.vectors import Vector
 
 from .conftest import APP_ROLE, DATABASE, make_config, make_runtime, route_toml, vector_text, vectors
 

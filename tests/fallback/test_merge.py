@@ -736,22 +736,30 @@ def test_json_patterns_have_no_backslash() -> None:
 ROUTE = Route(table="public.items", column="embedding", vector_column="embedding_vector",
               legacy_column="embedding", legacy_format="json", dims=DIMS)
 PASSTHROUGH = [
-    ("SELECT count(*) FROM items GROUP BY category ORDER BY min(embedding <-> $1) LIMIT 3", None),
-    ("SELECT DISTINCT category FROM items ORDER BY embedding <-> $1 LIMIT 3", None),
-    ("SELECT id FROM items ORDER BY embedding <-> $1", "fallback-needs-limit"),
-    ("SELECT id FROM items ORDER BY embedding <-> $1 LIMIT ALL", "fallback-needs-limit"),
-    ("SELECT id FROM items ORDER BY embedding <-> $1, id LIMIT 3", "fallback-order"),
-    ("SELECT id FROM items ORDER BY embedding <-> $1 DESC LIMIT 3", None),
-    ("SELECT id FROM items ORDER BY embedding <-> $1 NULLS FIRST LIMIT 3", "fallback-order"),
-    ("SELECT id FROM items ORDER BY l2_distance(embedding, $1) LIMIT 3", "fallback-operator"),
-    ("SELECT id FROM items ORDER BY embedding <+> $1 LIMIT 3", "fallback-operator"),
-    ("SELECT id, row_number() OVER () FROM items ORDER BY embedding <-> $1 LIMIT 3", "fallback-window"),
-    ("SELECT * FROM (SELECT id FROM items ORDER BY embedding <-> $1 LIMIT 3) s", "fallback-nested"),
-    ("SELECT id FROM items ORDER BY embedding <-> $1 LIMIT 3 UNION ALL SELECT 1", None),
     ("SELECT id FROM items ORDER BY embedding <-> (SELECT v FROM q) LIMIT 3", "fallback-vector-unknown"),
     ("SELECT id FROM items TABLESAMPLE SYSTEM (10) ORDER BY embedding <-> $1 LIMIT 3", "fallback-tablesample"),
-    ("SELECT id FROM items WHERE embedding <-> $1 < 1", None),
+    ("SELECT id FROM items ORDER BY embedding <~> $1 LIMIT 3", None),
+    ("SELECT id, embedding <=> $1 FROM items ORDER BY embedding <-> $1", "universal-distances"),
 ]
+# no top-k bound: the universal merge (every legacy distance shipped) answers them
+UNIVERSAL = [
+    "SELECT count(*) FROM items GROUP BY category ORDER BY min(embedding <-> $1) LIMIT 3",
+    "SELECT id FROM items ORDER BY embedding <-> $1",
+    "SELECT id FROM items ORDER BY embedding <-> $1 LIMIT ALL",
+    "SELECT id FROM items ORDER BY id, embedding <-> $1 LIMIT 3",
+    "SELECT id FROM items ORDER BY 0.7 * (1 - (embedding <=> $1)) + 0.3 * category DESC LIMIT 3",
+    "SELECT id, row_number() OVER () FROM items ORDER BY embedding <-> $1 LIMIT 3",
+    "SELECT * FROM (SELECT id FROM items ORDER BY embedding <-> $1 LIMIT 3) s",
+    "SELECT id FROM items ORDER BY embedding <-> $1 LIMIT 3 UNION ALL SELECT 1",
+    "SELECT id FROM items WHERE embedding <-> $1 < 1",
+]
+
+
+@pytest.mark.parametrize("sql", UNIVERSAL)
+def test_shapes_without_a_top_k_bound_get_the_universal_merge(sql: str) -> None:
+    plan = build_merge(analyze(sql, [ROUTE]))
+    assert plan.universal and plan.extra_count == 3 and plan.slots.count("ukeys") == 1
+    assert "LEFT JOIN UNNEST(($" in plan.sql_with_param
 
 
 @pytest.mark.parametrize(("sql", "reason"), PASSTHROUGH)

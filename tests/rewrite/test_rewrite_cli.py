@@ -43,7 +43,7 @@ def test_explain_rewrite(tmp_path: Path) -> None:
 
 def test_explain_passthrough_without_catalog(tmp_path: Path) -> None:
     text = explain(tmp_path, "SELECT * FROM items ORDER BY embedding <-> $1")
-    assert "decision:    passthrough" in text and "reason:      star-needs-catalog" in text
+    assert "decision:    forward" in text and "reason:      star-needs-catalog" in text
     assert "catalog:     none" in text
 
 

@@ -43,11 +43,17 @@ def test_shadow_distance_cast_back_to_double_precision() -> None:
     assert same.shadow_sql == "SELECT id, embedding <-> $1::ruvector_new.vector FROM ruvector_new.items"
 
 
-def test_shadow_vector_type_differs_so_returning_it_passes_through() -> None:
+def test_shadow_vector_type_differs_so_returning_it_casts_it_back() -> None:
     plan = build_plan("SELECT id, embedding FROM items ORDER BY embedding <-> $1", [RU], catalog=ru_catalog("real"))
-    assert plan.reason == "shadow-column-type"
+    assert plan.reason == "similarity"
+    assert plan.shadow_sql == ("SELECT id, embedding::vector(3) AS embedding FROM ruvector_new.items "
+                               "ORDER BY embedding <-> $1::ruvector_new.vector")
     plan = build_plan("SELECT * FROM items ORDER BY embedding <-> $1", [RU], catalog=ru_catalog("real"))
-    assert plan.reason == "shadow-column-type"
+    assert plan.shadow_sql == ("SELECT id, embedding::vector(3) AS embedding FROM ruvector_new.items "
+                               "ORDER BY embedding <-> $1::ruvector_new.vector")
+    plan = build_plan("SELECT id FROM items WHERE embedding::text <> '' ORDER BY embedding <-> $1", [RU],
+                      catalog=ru_catalog("real"))
+    assert plan.reason == "shadow-column-type"  # compared in WHERE: the shadow's own value would be compared
     plan = build_plan("SELECT id FROM items WHERE embedding IS NOT NULL ORDER BY embedding <-> $1", [RU],
                       catalog=ru_catalog("real"))
     assert plan.reason == "similarity"  # a NULL test does not care about the type

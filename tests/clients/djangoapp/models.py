@@ -1,0 +1,28 @@
+from django.db import models
+from pgvector.django import VectorField
+
+from tests.clients.conftest import DIMS
+
+
+class SplitDoc(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    content = models.TextField()
+    category = models.TextField()
+    embedding = VectorField(dimensions=DIMS, null=True)
+
+    class Meta:
+        app_label = "djangoapp"
+        db_table = "cl_split_docs"
+        managed = False
+
+
+class FbDoc(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    content = models.TextField()
+    category = models.TextField()
+    embedding = VectorField(dimensions=DIMS, null=True)
+
+    class Meta:
+        app_label = "djangoapp"
+        db_table = "cl_fb_docs"
+        managed = False

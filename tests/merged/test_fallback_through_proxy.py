@@ -13,9 +13,9 @@ import asyncpg
 import numpy as np
 import psycopg
 import pytest
-from pgvector import Vector
 
 from proxy.embedded import pg_binary
+from proxy.vectors import Vector
 from tests.routing.conftest import cli
 
 DIMS = 16

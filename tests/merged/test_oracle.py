@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pgvector import Vector
 
 from proxy.embedded import pg_binary
+from proxy.vectors import Vector
 
 DIMS = 6
 ROWS = 700

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import psycopg
 import pytest
-from pgvector import Vector
+
+from proxy.vectors import Vector
 
 DIMS = 4
 ROUTE = """

@@ -11,9 +11,9 @@ import subprocess
 import numpy as np
 import psycopg
 import pytest
-from pgvector import Vector
 
 from proxy.embedded import pg_binary
+from proxy.vectors import Vector
 
 DIMS = 8
 ROWS = 1200

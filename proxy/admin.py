@@ -214,7 +214,7 @@ def show_clients(rt: Runtime) -> Rows:
 def show_servers(rt: Runtime) -> Rows:
     columns = [("client", TEXT), ("upstream", TEXT), ("backend_pid", INT8), ("user", TEXT), ("database", TEXT),
                ("tx", TEXT), ("in_flight", INT8)]
-    rows = [[s.peer, str(s.upstream_addr), s.key.upstream.pid if s.key else None, s.user, s.database,
+    rows = [[s.peer, str(s.upstream_addr), s.key.pid if s.key else None, s.user, s.database,
              chr(s.tx_status), len(s.tracker)] for s in list(rt.sessions) if s.server_transport is not None]
     return columns, rows
 

@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .cancel import CancelRegistry
 from .config import Config, ConfigError
 from .routing import Override, RoutingSnapshot, apply_overrides
 
@@ -37,7 +36,6 @@ class Totals:
 @dataclass
 class Runtime:
     config: Config
-    cancels: CancelRegistry = field(default_factory=CancelRegistry)
     sessions: set[Session] = field(default_factory=set)
     totals: Totals = field(default_factory=Totals)
     started_at: float = field(default_factory=time.time)

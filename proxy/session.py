@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .admin import ADMIN_DATABASE
-from .cancel import IssuedKey, UpstreamKey
+from .cancel import BackendKey
 from .deferred import Deferred
 from .failover import ShadowCycle
 from .protocol import codes, replies
@@ -68,6 +68,7 @@ class _RateLimit:
 _violation_log = _RateLimit(per_second=5)
 
 TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
+CANCELLING = "cancelling"  # a CancelRequest is being relayed; the client's socket closes when it is delivered
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
 _STATEMENT_TYPES = _ROUTED_TYPES | {codes.F_BIND, codes.F_CLOSE}
@@ -99,7 +100,7 @@ class Session:
         self.startup: msg.Startup | None = None
         self.server_params: dict[str, str] = {}
         self.tx_status = codes.TX_IDLE
-        self.key: IssuedKey | None = None
+        self.key: BackendKey | None = None  # the server's, as the client also has it
         self.upstream_addr: UpstreamAddress | None = None
         self.peer: str = "?"
         self.max_message = runtime.config.proxy.max_message_size
@@ -112,6 +113,7 @@ class Session:
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self._connect_task: asyncio.Task | None = None
         self._deferred_task: asyncio.Task | None = None
+        self._cancel_task: asyncio.Task | None = None  # a relayed CancelRequest (held so it is not collected)
         self._cycle: ShadowCycle | None = None  # a shadow-routed cycle that may fail over to the primary
         self.cycle_request: str | None = None  # set by the routing: start guarding at the current message
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
@@ -191,7 +193,6 @@ class Session:
     def _finish(self) -> None:
         if self.admin is not None:
             self.admin.close()
-        self.rt.cancels.release(self.key)
         self.rt.session_ended(self)
 
     # flow control: a slow reader on one side pauses reading on the other, so memory stays bounded
@@ -279,10 +280,16 @@ class Session:
         self.state = STARTUP
 
     def _forward_cancel(self, packet: msg.CancelRequest) -> None:
-        key = self.rt.cancels.lookup(packet.pid, packet.secret)
-        if key is not None and key.session.cancel_upstream() is not None:
-            self.rt.totals.cancels_forwarded += 1
-        self.close()  # the server answers a CancelRequest by closing, with no message
+        """Relay the CancelRequest to the upstream as received; the server checks the key itself.
+
+        The client's socket is closed once the server has closed ours, as a direct cancel would see it: a
+        client that waits for that close (libpq does) knows the signal has been delivered."""
+        self.state = CANCELLING  # like the server, ignore whatever follows the request
+        self.rt.totals.cancels_forwarded += 1
+        addr = address_of(self.rt.config.proxy.upstream)
+        # Not cancelled when the client hangs up first: many clients close right after sending the request.
+        self._cancel_task = asyncio.get_running_loop().create_task(send_cancel(addr, packet.raw))
+        self._cancel_task.add_done_callback(lambda _: self.close())
 
     def _on_startup(self, startup: msg.Startup) -> None:
         self.startup = startup
@@ -743,10 +750,10 @@ class Session:
                 if self._cycle is not None:
                     self._cycle.on_error(data[pos + 5 : end])
             return None
-        # BackendKeyData: hand the client a key of ours, and remember the server's for cancels
+        # BackendKeyData: the client gets it unchanged (see cancel.py); kept for the cancels we send ourselves
         pid, secret = msg.parse_backend_key_data(data[pos + 5 : end])
-        self.key = self.rt.cancels.issue(self, UpstreamKey(pid, secret))
-        return msg.backend_key_data(self.key.pid, self.key.secret)
+        self.key = BackendKey(pid, secret)
+        return None
 
     def _ready_outside_steady_state(self) -> None:
         if self.state == AUTH:
@@ -765,8 +772,7 @@ class Session:
         """Send the server a CancelRequest for this session's running query, if one is in flight."""
         if self.tracker.idle or self.key is None or self.upstream_addr is None:
             return None
-        upstream = self.key.upstream
-        packet = msg.cancel_request(upstream.pid, upstream.secret)
+        packet = msg.cancel_request(self.key.pid, self.key.secret)
         return asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
 
     def close_for_shutdown(self) -> None:

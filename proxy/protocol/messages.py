@@ -60,6 +60,7 @@ class GSSEncRequest:
 class CancelRequest:
     pid: int
     secret: bytes
+    raw: bytes = b""  # the packet as received, relayed to the server unchanged
 
 
 FirstPacket = Startup | SSLRequest | GSSEncRequest | CancelRequest
@@ -77,7 +78,7 @@ def parse_first_packet(packet: bytes) -> FirstPacket:
     if code == codes.CANCEL_REQUEST:
         if not 16 <= len(packet) <= 12 + codes.MAX_CANCEL_KEY:
             raise ProtocolViolation("invalid length of cancel request")
-        return CancelRequest(pid=_I32.unpack_from(packet, 8)[0], secret=bytes(packet[12:]))
+        return CancelRequest(pid=_I32.unpack_from(packet, 8)[0], secret=bytes(packet[12:]), raw=bytes(packet))
     if code >> 16 != 3:
         raise ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
     return Startup(version=code, params=_parse_startup_params(packet), raw=bytes(packet))

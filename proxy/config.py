@@ -103,6 +103,8 @@ class ProxySettings:
     max_message_size: int = 256 * 1024 * 1024
     shutdown_timeout: float = 30.0
     connect_timeout: float = 10.0
+    startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
+    max_client_conn: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +215,8 @@ KEY_HELP: dict[str, str] = {
     "[proxy] max_message_size": "largest client message in bytes (default 268435456); larger -> 08P01, closed",
     "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
     "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
+    "[proxy] startup_timeout": "seconds a client has to finish startup and authentication, else closed (default 60)",
+    "[proxy] max_client_conn": "client connections at once (default 1000); more get 53300 'too many clients'",
     "[admin] users": "upstream users allowed on the admin console (virtual database 'pgcutover')",
     "[admin] token": "when set, /metrics asks for 'Authorization: Bearer <token>' (/healthz and /readyz stay open)",
     "[[route]] table, column, key": "table applications query, the column in `column <-> $1`, its primary key",
@@ -273,7 +277,11 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         max_message_size=int(values.get("max_message_size", 256 * 1024 * 1024)),
         shutdown_timeout=float(values.get("shutdown_timeout", 30.0)),
         connect_timeout=float(values.get("connect_timeout", 10.0)),
+        startup_timeout=float(values.get("startup_timeout", 60.0)),
+        max_client_conn=int(values.get("max_client_conn", 1000)),
     )
+    if settings.startup_timeout <= 0 or settings.max_client_conn <= 0:
+        raise ConfigError("[proxy] startup_timeout and max_client_conn must be positive")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[proxy] tls_cert and tls_key go together")
     if settings.max_message_size < 1024:

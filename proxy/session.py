@@ -41,7 +41,13 @@ _unpack_i32 = struct.Struct("!i").unpack_from
 STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
 ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held by PAUSE at an idle point
 WAITING = "waiting"  # a routing decision is being computed off the event loop; the client's bytes wait
+RELAY = "relay"  # a startup packet the server will refuse: bytes are relayed raw so its own answer comes back
 _WAITING_BUFFER = 1 << 20  # client bytes held while waiting before its socket stops being read
+# Before ReadyForQuery no client message above this is buffered or even accepted (an unauthenticated client
+# must not make the proxy grow); authentication messages are far smaller (the server caps them at 65535).
+PRE_AUTH_LIMIT = 64 * 1024
+_PRE_AUTH_STATES = frozenset((STARTUP, CONNECTING, AUTH, RELAY))
+_MITM_DETAIL = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack."
 
 
 class _RateLimit:
@@ -103,7 +109,10 @@ class Session:
         self.key: BackendKey | None = None  # the server's, as the client also has it
         self.upstream_addr: UpstreamAddress | None = None
         self.peer: str = "?"
-        self.max_message = runtime.config.proxy.max_message_size
+        self.max_message = min(PRE_AUTH_LIMIT, runtime.config.proxy.max_message_size)  # raised at ReadyForQuery
+        self._ssl_done = self._gss_done = False  # as the server's ProcessStartupPacket tracks them
+        self._over_limit = False  # connected beyond max_client_conn: refused with 53300 at its startup packet
+        self._startup_timer: asyncio.TimerHandle | None = None
 
         self.client_transport: asyncio.BaseTransport | None = None
         self.server_transport: asyncio.Transport | None = None
@@ -147,6 +156,27 @@ class Session:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.rt.sessions.add(self)
         self.rt.totals.client_connections += 1
+        proxy = self.rt.config.proxy
+        self._startup_timer = asyncio.get_running_loop().call_later(proxy.startup_timeout, self._startup_expired)
+        if len(self.rt.sessions) > proxy.max_client_conn:
+            self._over_limit = True
+            if len(self.rt.sessions) > 2 * proxy.max_client_conn:  # a flood: not even a startup packet is read
+                self.close()
+
+    def _startup_expired(self) -> None:
+        """startup_timeout passed before ReadyForQuery: close silently, as the server's authentication_timeout."""
+        if self.state in _PRE_AUTH_STATES or self.state == CANCELLING:
+            self.rt.totals.protocol_errors += 1
+            if _violation_log.allow() is not None:
+                log.info("closing %s: startup not finished within startup_timeout", self.peer)
+            self.close()
+
+    def _startup_done(self) -> None:
+        """ReadyForQuery reached the client: the normal message limit and no startup deadline from now on."""
+        self.max_message = self.rt.config.proxy.max_message_size
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
 
     def client_lost(self) -> None:
         if self.state == CLOSED:
@@ -186,6 +216,9 @@ class Session:
         self._finish()
 
     def _cancel_tasks(self) -> None:
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
         for task in (self._connect_task, self._deferred_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -241,21 +274,51 @@ class Session:
                 if packet is None:
                     return
                 self._on_first_packet(packet)
+        except msg.StartupFatal as exc:  # what the server itself answers (its own SQLSTATE and text)
+            self._startup_problem(exc.text)
+            if self.client_transport is not None:
+                self._to_client(msg.error_response(exc.sqlstate, exc.text, "FATAL", exc.detail))
+            self.close()
+        except msg.StartupRefused as exc:  # the server only logs these and closes: no message either
+            self._startup_problem(str(exc))
+            self.close()
         except msg.ProtocolViolation as exc:
             self._violation(str(exc))
 
+    def _startup_problem(self, text: str) -> None:
+        self.rt.totals.protocol_errors += 1
+        suppressed = _violation_log.allow()
+        if suppressed is not None:
+            more = f" ({suppressed} more not logged)" if suppressed else ""
+            log.info("startup from %s refused: %s%s", self.peer, text, more)
+
     def _on_first_packet(self, packet: msg.FirstPacket) -> None:
+        # SSL and GSS negotiation follow the server's ProcessStartupPacket: each may come once, except that
+        # a declined GSSENCRequest allows an SSLRequest again (and a declined SSLRequest a GSSENCRequest).
+        # A repeated one is an "unsupported frontend protocol" like any unknown code.
         if isinstance(packet, msg.SSLRequest):
-            if self._first.take_rest():
-                raise msg.ProtocolViolation("received unencrypted data after SSL request")
+            if self._ssl_done:
+                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.SSL_REQUEST))
             if self.tls_context is not None:
+                if self._first.take_rest():
+                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
                 self._to_client(b"S")
+                self._ssl_done = self._gss_done = True
                 self.state = CONNECTING  # nothing may arrive until the handshake is done
                 self._connect_task = asyncio.get_running_loop().create_task(self._start_tls())
             else:
                 self._to_client(b"N")
+                self._ssl_done, self._gss_done = True, False
+                if self._first.buffered:
+                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
         elif isinstance(packet, msg.GSSEncRequest):
+            if self._gss_done:
+                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.GSSENC_REQUEST))
             self._to_client(b"N")
+            self._ssl_done, self._gss_done = False, True
+            if self._first.buffered:
+                raise msg.StartupFatal("08P01", "received unencrypted data after GSSAPI encryption request",
+                                       _MITM_DETAIL)
         elif isinstance(packet, msg.CancelRequest):
             self._forward_cancel(packet)
         else:
@@ -296,6 +359,14 @@ class Session:
         if self.rt.shutting_down:
             self.fail_client("57P01", "pgcutover is shutting down")
             return
+        if self._over_limit and not self._admin_may_exceed(startup):
+            # PostgreSQL's own words and SQLSTATE for a full server, after the startup packet as it does
+            self.fail_client("53300", "sorry, too many clients already")
+            return
+        if not startup.valid:  # bad version or layout: let the server answer it, in its own words and format
+            self.state = CONNECTING
+            self._connect_task = asyncio.get_running_loop().create_task(self._connect())
+            return
         if startup.params.get("database") == ADMIN_DATABASE:
             if startup.params["user"] not in self.rt.config.admin.users:
                 self.fail_client("28000", f'pgcutover: user "{startup.params["user"]}" is not an admin user')
@@ -307,12 +378,23 @@ class Session:
         self.state = CONNECTING
         self._connect_task = asyncio.get_running_loop().create_task(self._connect())
 
+    def _admin_may_exceed(self, startup: msg.Startup) -> bool:
+        """The console stays reachable during a connection storm (as superuser_reserved_connections would)."""
+        return (startup.params.get("database") == ADMIN_DATABASE
+                and startup.params.get("user") in self.rt.config.admin.users
+                and len(self.rt.sessions) <= 2 * self.rt.config.proxy.max_client_conn)
+
     async def _connect(self) -> None:
         from .server_side import ServerProtocol
 
         dsn = self.rt.config.proxy.upstream
+        protocol = ServerProtocol(self)
+        assert self.startup is not None
+        relay = not self.startup.valid
+        if relay:  # the server's answer may not even be protocol 3 (a 2.0 client gets a 2.0-style error)
+            protocol.data_received = self._relay_from_server  # type: ignore[method-assign]
         try:
-            transport = await open_upstream(dsn, ServerProtocol(self), self.rt.config.proxy.connect_timeout)
+            transport = await open_upstream(dsn, protocol, self.rt.config.proxy.connect_timeout)
         except UpstreamError as exc:
             self.rt.upstream_ok = False
             self.rt.totals.upstream_errors += 1
@@ -326,7 +408,13 @@ class Session:
         self.upstream_addr = address_of(dsn)
         self.server_transport = transport
         self._to_server = transport.write
-        assert self.startup is not None
+        if relay:
+            self.state = RELAY
+            transport.write(self.startup.raw)
+            early, self._early = self._early, []
+            for chunk in early:
+                transport.write(chunk)
+            return
         self.tracker.expect(STARTUP_CYCLE)
         if self.admin_requested:
             params = {**self.startup.params, "database": dsn.database}
@@ -522,8 +610,17 @@ class Session:
             self._startup_data(data)
         elif self.state == CONNECTING or self.state == PAUSED or self.state == WAITING:
             self._early.append(data)
-            if self.state == PAUSED or sum(map(len, self._early)) > _WAITING_BUFFER:
+            limit = PRE_AUTH_LIMIT if self.state == CONNECTING else _WAITING_BUFFER
+            if self.state == PAUSED or sum(map(len, self._early)) > limit:
                 self.pause_client_reading()
+        elif self.state == RELAY:
+            self._to_server(data)
+
+    def _relay_from_server(self, data: bytes) -> None:
+        """RELAY: the server's answer to a startup packet it refuses goes to the client as it comes."""
+        self.bytes_from_server += len(data)
+        self.fatal_from_server = True  # whatever it says is its own account of the close
+        self._to_client(data)
 
     # -- asynchronous routing decisions ---------------------------------------------------------------------
     def _wait_for(self, deferred: Deferred, rest: bytes) -> None:
@@ -570,6 +667,7 @@ class Session:
         from .admin import AdminConsole
 
         self.state = ADMIN
+        self._startup_done()
         server, self.server_transport = self.server_transport, None
         self._to_server = _nowhere
         if server is not None:
@@ -580,6 +678,9 @@ class Session:
     def _bad_client_header(self, kind: int, length: int) -> None:
         if kind not in _FRONTEND:
             self._violation(f"invalid frontend message type {kind}")
+        elif length > self.max_message and self.state in _PRE_AUTH_STATES:
+            self._violation(f"message of {length} bytes before authentication exceeds the limit of "
+                            f"{self.max_message}")
         elif length > self.max_message:
             self._violation(f"message of {length} bytes exceeds the maximum of {self.max_message}")
         else:
@@ -761,6 +862,7 @@ class Session:
                 self._become_admin()
                 return
             self.state = ACTIVE  # authentication is over: the hot path takes the client's bytes from now on
+            self._startup_done()
         if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
             # Not now: this ReadyForQuery (and the result before it) is still in the batch being framed,
             # and must reach the client before the FATAL that ends the session.
@@ -798,6 +900,13 @@ class Session:
     def application_name(self) -> str:
         return self.server_params.get("application_name") or (
             self.startup.params.get("application_name", "") if self.startup else "")
+
+
+def _unsupported_protocol(code: int) -> str:
+    """The server's message for a first packet code it does not know (it supports 3.0 to 3.2)."""
+    latest = codes.PROTOCOL_3_2
+    return (f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports "
+            f"{codes.PROTOCOL_3_0 >> 16}.0 to {latest >> 16}.{latest & 0xFFFF}")
 
 
 def _apply_edits(data: bytes, stop: int, edits: list[tuple[int, int, bytes]]) -> bytes:

@@ -1,11 +1,12 @@
 """The session's two byte paths, driven with plain byte strings (no sockets, no server).
 
 Whatever the chunking, what comes out must be exactly what went in, except for what the proxy owns:
-BackendKeyData (replaced by the proxy's key) and replies to injected messages (dropped).
+replies to injected messages (dropped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from proxy.config import parse_config
@@ -53,10 +54,17 @@ def make_session(max_message_size: int = 1 << 20) -> tuple[Session, RecordingTra
                                      "max_message_size": max_message_size}})
     session = Session(Runtime(config))
     client, server = RecordingTransport(), RecordingTransport()
-    session.client_connected(client)
+
+    async def connect() -> None:  # the session arms its startup timer on the running loop
+        session.client_connected(client)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(connect())
+    loop.close()
     session.server_transport = server  # type: ignore[assignment]
     session._to_server = server.write
     session.state = ACTIVE
+    session._startup_done()  # as after the first ReadyForQuery: the configured message limit applies
     return session, client, server
 
 

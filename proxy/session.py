@@ -31,7 +31,7 @@ from .statements import StatementRouting
 from .upstream import UpstreamAddress, UpstreamError, address_of, open_upstream, send_cancel
 
 if TYPE_CHECKING:
-    from .admin import AdminConsole
+    from .admin import AdminConsole, LocalLogin
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.session")
@@ -42,11 +42,12 @@ STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "ac
 ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held by PAUSE at an idle point
 WAITING = "waiting"  # a routing decision is being computed off the event loop; the client's bytes wait
 RELAY = "relay"  # a startup packet the server will refuse: bytes are relayed raw so its own answer comes back
+LOCAL_AUTH = "local-auth"  # an admin console login checked by the proxy itself ([admin] auth = "local")
 _WAITING_BUFFER = 1 << 20  # client bytes held while waiting before its socket stops being read
 # Before ReadyForQuery no client message above this is buffered or even accepted (an unauthenticated client
 # must not make the proxy grow); authentication messages are far smaller (the server caps them at 65535).
 PRE_AUTH_LIMIT = 64 * 1024
-_PRE_AUTH_STATES = frozenset((STARTUP, CONNECTING, AUTH, RELAY))
+_PRE_AUTH_STATES = frozenset((STARTUP, CONNECTING, AUTH, RELAY, LOCAL_AUTH))
 _MITM_DETAIL = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack."
 
 
@@ -113,6 +114,7 @@ class Session:
         self._ssl_done = self._gss_done = False  # as the server's ProcessStartupPacket tracks them
         self._over_limit = False  # connected beyond max_client_conn: refused with 53300 at its startup packet
         self._startup_timer: asyncio.TimerHandle | None = None
+        self._login: LocalLogin | None = None
 
         self.client_transport: asyncio.BaseTransport | None = None
         self.server_transport: asyncio.Transport | None = None
@@ -367,6 +369,9 @@ class Session:
             self.state = CONNECTING
             self._connect_task = asyncio.get_running_loop().create_task(self._connect())
             return
+        if startup.params.get("database") == ADMIN_DATABASE and self.rt.config.admin.auth == "local":
+            self._start_local_login(startup)
+            return
         if startup.params.get("database") == ADMIN_DATABASE:
             if startup.params["user"] not in self.rt.config.admin.users:
                 self.fail_client("28000", f'pgcutover: user "{startup.params["user"]}" is not an admin user')
@@ -377,6 +382,37 @@ class Session:
             self._early.append(rest)
         self.state = CONNECTING
         self._connect_task = asyncio.get_running_loop().create_task(self._connect())
+
+    def _start_local_login(self, startup: msg.Startup) -> None:
+        """The console's own SCRAM exchange: no upstream connection at all, so it works with the server down."""
+        from .admin import LocalLogin
+
+        self.admin_requested = True
+        self.state = LOCAL_AUTH
+        self._login = LocalLogin(self.rt.config.admin, startup, self._to_client, PRE_AUTH_LIMIT)
+        self._login.begin()
+        rest = self._first.take_rest()
+        if rest:
+            self._local_login_data(rest)
+
+    def _local_login_data(self, data: bytes) -> None:
+        from .admin import LoginFailed
+
+        assert self._login is not None
+        try:
+            done = self._login.feed(data)
+        except LoginFailed as exc:
+            if exc.sqlstate:
+                self.fail_client(exc.sqlstate, exc.text)
+            else:
+                self.close()
+            return
+        if done:
+            rest = bytes(self._login.reader._buf)
+            self._login = None
+            self._become_admin()
+            if rest:
+                self.client_data(rest)
 
     def _admin_may_exceed(self, startup: msg.Startup) -> bool:
         """The console stays reachable during a connection storm (as superuser_reserved_connections would)."""
@@ -615,6 +651,8 @@ class Session:
                 self.pause_client_reading()
         elif self.state == RELAY:
             self._to_server(data)
+        elif self.state == LOCAL_AUTH:
+            self._local_login_data(data)
 
     def _relay_from_server(self, data: bytes) -> None:
         """RELAY: the server's answer to a startup packet it refuses goes to the client as it comes."""

@@ -1,0 +1,257 @@
+"""The admin console without the server: `[admin] auth = "local"` checks SCRAM-SHA-256 verifiers in the config,
+so an operator gets SHOW / PAUSE / RESUME / RELOAD / SHUTDOWN while the upstream is down, and ROLLBACK / SET
+SPLIT apply to this replica alone (flagged local_only) until the shared routing table is reachable again.
+
+The outage is real: the proxy reaches PostgreSQL through a TCP relay (plain sockets, in a thread) that the
+test closes and re-opens on the same port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from proxy.embedded import free_port, pg_binary
+from proxy.protocol import messages as msg
+from proxy.scram import ScramClient, ScramServer, make_verifier, parse_verifier
+
+PASSWORD = "console-secret"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Relay:
+    """127.0.0.1:port -> the server, byte for byte; stop() drops every connection and the listener."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port()
+        self.listener: socket.socket | None = None
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> Relay:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            with contextlib.suppress(OSError):  # wakes the accepting thread (close alone does not, on Linux)
+                self.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.close()
+            self.listener = None
+        with self.lock:
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self.sockets.clear()
+
+
+@pytest.fixture
+def console_tables(direct) -> Iterator[None]:
+    direct.execute("CREATE SCHEMA IF NOT EXISTS lc_shadow")
+    direct.execute("CREATE TABLE IF NOT EXISTS public.lc_items (id int PRIMARY KEY, embedding vector(3))")
+    direct.execute("CREATE TABLE IF NOT EXISTS lc_shadow.lc_items (id int PRIMARY KEY, embedding vector(3))")
+    direct.execute("CREATE SCHEMA IF NOT EXISTS pgcutover")
+    direct.execute("DELETE FROM pgcutover.routing WHERE table_name = 'public.lc_items'"
+                   if direct.execute("SELECT to_regclass('pgcutover.routing')").fetchone() != (None,) else "SELECT 1")
+    yield
+
+
+def local_console_toml(verifier: str) -> str:
+    return (
+        "\n[admin]\n"
+        'auth = "local"\n'
+        f'verifiers = {{ ops = "{verifier}" }}\n'
+        "\n[[route]]\n"
+        'table = "public.lc_items"\n'
+        'column = "embedding"\n'
+        'shadow_table = "lc_shadow.lc_items"\n'
+    )
+
+
+@pytest.fixture
+def relay(pg) -> Iterator[Relay]:
+    relay = Relay(pg.port).start()
+    yield relay
+    relay.stop()
+
+
+@pytest.fixture
+def console_proxy(relay, spawn_proxy, console_tables):
+    return spawn_proxy(relay.port, local_console_toml(make_verifier(PASSWORD)))
+
+
+def console(proxy, user: str = "ops", password: str = PASSWORD) -> psycopg.Connection:
+    return psycopg.connect(proxy.dsn(user, "pgcutover", password), autocommit=True)
+
+
+def routes(proxy) -> dict[str, tuple]:
+    with console(proxy) as conn:
+        return {row[0]: row for row in conn.execute("SHOW ROUTES").fetchall()}
+
+
+def wait_until(check, deadline: float = 60.0) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        time.sleep(0.2)
+
+
+def test_verifier_matches_postgres(direct):
+    """Our verifier for the server's salt and iterations is byte for byte the server's own."""
+    direct.execute("SET password_encryption = 'scram-sha-256'")
+    direct.execute(f"CREATE ROLE verifier_check PASSWORD '{PASSWORD}'")
+    try:
+        (stored,) = direct.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'verifier_check'").fetchone()
+    finally:
+        direct.execute("DROP ROLE verifier_check")
+    parsed = parse_verifier(stored)
+    assert make_verifier(PASSWORD, salt=parsed.salt, iterations=parsed.iterations) == stored
+
+
+def test_scram_exchange_sans_io():
+    verifier = parse_verifier(make_verifier("pw"))
+    for password, ok in (("pw", True), ("wrong", False)):
+        server, client = ScramServer(verifier), ScramClient("ops", password)
+        first = server.client_first(client.first())
+        final = client.final(first)
+        if ok:
+            assert client.verify(server.client_final(final))
+        else:
+            with pytest.raises(Exception, match="password authentication failed"):
+                server.client_final(final)
+
+
+def test_admin_password_command_reads_stdin_not_argv():
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "admin-password", "ops"], input="s3cret\n",
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    verifier = result.stdout.strip()
+    server, client = ScramServer(parse_verifier(verifier)), ScramClient("ops", "s3cret")
+    assert client.verify(server.client_final(client.final(server.client_first(client.first()))))
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_local_login_refuses_wrong_password_and_unknown_user(console_proxy):
+    for user, password in (("ops", "wrong"), ("nobody", PASSWORD)):
+        with pytest.raises(psycopg.OperationalError, match=f'password authentication failed for user "{user}"'):
+            console(console_proxy, user, password)
+    with console(console_proxy) as conn:
+        assert conn.execute("SHOW HELP").fetchall()
+
+
+def test_console_works_with_the_server_down(pg, relay, console_proxy, direct):
+    with console(console_proxy) as conn:  # up: the follower wrote nothing yet; the console answers
+        assert "public.lc_items" in {row[0] for row in conn.execute("SHOW ROUTES").fetchall()}
+    relay.stop()  # the outage: nothing reaches PostgreSQL any more
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(console_proxy.dsn(), connect_timeout=10)  # applications really cannot get through
+
+    with console(console_proxy) as conn:
+        for show in ("ROUTES", "STATS", "CLIENTS", "SERVERS", "FALLBACK", "CONFIG", "REPORT", "HELP"):
+            conn.execute(f"SHOW {show}").fetchall()
+        config = dict(conn.execute("SHOW CONFIG").fetchall())
+        assert config["admin_auth"] == "local" and "SCRAM" not in str(config)
+        for command in ("PAUSE", "RESUME", "RELOAD"):
+            conn.execute(command)
+
+        notices: list[str] = []
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        conn.execute("SET SPLIT lc_items 40")
+        assert any("shared routing table is unreachable" in n and "this replica only" in n for n in notices)
+    row = routes(console_proxy)["public.lc_items"]
+    assert float(row[5]) == 40 and row[-1] and row[-1].startswith("yes")
+
+    psql = subprocess.run([pg_binary("psql"), "-X", "-A", "-t", "-d", console_proxy.dsn("ops", "pgcutover"),
+                           "-c", "SHOW ROUTES"], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PGPASSWORD": PASSWORD})
+    assert psql.returncode == 0, psql.stderr
+    assert "public.lc_items" in psql.stdout
+
+    relay.start()  # back: the local change is written to the shared table, and the flag goes
+    wait_until(lambda: routes(console_proxy)["public.lc_items"][-1] is None)
+    assert float(routes(console_proxy)["public.lc_items"][5]) == 40
+    shared = direct.execute("SELECT split, reason FROM pgcutover.routing WHERE table_name = 'public.lc_items'")
+    split, reason = shared.fetchone()
+    assert split == 40 and "reconciled" in reason
+    assert "back after" in console_proxy.log()
+    assert console_proxy.log().count("routing control connection unavailable") == 1  # once per outage
+
+
+def test_rollback_during_outage_wins_over_a_later_shared_change(pg, relay, console_proxy, direct):
+    with console(console_proxy) as conn:
+        conn.execute("SET SPLIT lc_items 60")  # reachable: written to the shared table
+    relay.stop()
+    with console(console_proxy) as conn:
+        conn.execute("ROLLBACK")
+    assert float(routes(console_proxy)["public.lc_items"][5]) == 0
+    # meanwhile the shared row changes (another replica that still reaches the server sets the split)
+    direct.execute("UPDATE pgcutover.routing SET split = 30, generation = nextval('pgcutover.routing_generation') "
+                   "WHERE table_name = 'public.lc_items'")
+    relay.start()
+    wait_until(lambda: routes(console_proxy)["public.lc_items"][-1] is None)
+    assert float(routes(console_proxy)["public.lc_items"][5]) == 0  # the rollback is the safe direction
+    (split,) = direct.execute("SELECT split FROM pgcutover.routing WHERE table_name = 'public.lc_items'").fetchone()
+    assert split == 0
+
+
+def test_shutdown_with_the_server_down(relay, console_proxy):
+    relay.stop()
+    with console(console_proxy) as conn:
+        conn.execute("SHUTDOWN")
+    assert console_proxy.proc.wait(30) == 0
+
+
+def test_local_login_with_an_unknown_mechanism_gets_08p01(console_proxy):
+    with socket.create_connection(("127.0.0.1", console_proxy.port), timeout=10) as sock:
+        sock.sendall(msg.startup_packet({"user": "ops", "database": "pgcutover"}))
+        assert sock.recv(1) == b"R"
+        sock.sendall(msg.message(b"p", msg.cstr("PLAIN") + b"\xff\xff\xff\xff"))
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        assert b"C08P01\0" in data and b"invalid SASL authentication mechanism" in data

@@ -255,3 +255,49 @@ def test_local_login_with_an_unknown_mechanism_gets_08p01(console_proxy):
         while chunk := sock.recv(4096):
             data += chunk
         assert b"C08P01\0" in data and b"invalid SASL authentication mechanism" in data
+
+
+def test_control_role_without_reserved_connections_is_warned_about(pg, direct):
+    """PostgreSQL 16+: the proxy's control role should be a member of pg_use_reserved_connections (and
+    reserved_connections > 0), or a connection storm can lock the routing follower out; the check says how."""
+    import asyncio
+
+    import asyncpg
+
+    from proxy.control import check_reserved_connections
+
+    direct.execute("DROP ROLE IF EXISTS lc_control")
+    direct.execute("CREATE ROLE lc_control LOGIN")
+
+    async def check(user: str) -> str | None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user=user, database="postgres")
+        try:
+            return await check_reserved_connections(conn)
+        finally:
+            await conn.close()
+
+    try:
+        missing = asyncio.run(check("lc_control"))
+        assert missing is not None and "GRANT pg_use_reserved_connections TO lc_control" in missing
+        direct.execute("GRANT pg_use_reserved_connections TO lc_control")
+        granted = asyncio.run(check("lc_control"))
+        assert granted is not None and "GRANT" not in granted and "reserved_connections" in granted
+        assert asyncio.run(check("postgres")) is None  # superusers have superuser_reserved_connections
+    finally:
+        direct.execute("DROP ROLE lc_control")
+
+
+def test_proxy_warns_at_start_when_the_control_role_has_no_reserved_slots(pg, direct, spawn_proxy):
+    direct.execute("DROP ROLE IF EXISTS lc_control2")
+    direct.execute("CREATE ROLE lc_control2 LOGIN")
+    try:
+        proxy = spawn_proxy(pg.port)
+        proxy.config_path.write_text(proxy.config_path.read_text().replace("postgresql://postgres@",
+                                                                           "postgresql://lc_control2@"))
+        proxy.stop()
+        proxy.start()
+        wait_until(lambda: "pg_use_reserved_connections" in proxy.log())
+        assert "GRANT pg_use_reserved_connections TO lc_control2" in proxy.log()
+        proxy.stop()
+    finally:
+        direct.execute("DROP ROLE lc_control2")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
 import asyncpg
 import psycopg
@@ -19,7 +20,7 @@ import pytest
 from proxy.protocol import codes
 from proxy.protocol import messages as msg
 
-from .conftest import wait_for_backends
+from .conftest import backends, wait_for_backends
 from .wire import RawClient, sqlstates
 
 STARTUP = msg.startup_packet({"user": "postgres", "database": "postgres"})
@@ -118,3 +119,44 @@ def test_max_client_conn_refuses_with_53300(pg, spawn_proxy):
             conn.close()
     with psycopg.connect(limited.dsn(), autocommit=True) as conn:  # slots free again
         assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_too_many_clients_is_what_a_full_server_sends(spawn_proxy, tmp_path):
+    """Differential: a server at max_connections and a proxy at max_client_conn answer the next startup packet
+    with the same messages (ErrorResponse fields without the server's source location) and both close."""
+    from proxy.embedded import EmbeddedPostgres
+
+    from .test_startup_differential import outcome
+
+    full = EmbeddedPostgres(tmp_path / "full", settings={
+        "max_connections": "3", "superuser_reserved_connections": "0", "reserved_connections": "0"}).start()
+    try:
+        held = [RawClient(full.port) for _ in range(3)]  # the server full
+        for client in held:
+            client.startup()
+        direct = outcome(full.port, [("send", STARTUP)])
+        for client in held:
+            client.send(msg.TERMINATE)
+            client.close()
+        end = time.monotonic() + 60
+        while True:  # until the server has let those backends go (its slots are what the proxy needs next)
+            try:
+                if backends(full, "") == 0:
+                    break
+            except psycopg.OperationalError:
+                pass
+            assert time.monotonic() < end, "the server kept the closed backends"
+            time.sleep(0.1)
+        proxy = spawn_proxy(full.port, "max_client_conn = 2\n")  # the proxy full (its follower holds a slot)
+        held = [RawClient(proxy.port) for _ in range(2)]
+        for client in held:
+            client.startup()
+        through = outcome(proxy.port, [("send", STARTUP)])
+        for client in held:
+            client.close()
+        assert direct == ([("E", {"S": "FATAL", "V": "FATAL", "C": "53300",
+                                  "M": "sorry, too many clients already"})], "closed")
+        assert through == direct
+        proxy.stop()
+    finally:
+        full.destroy()

@@ -237,6 +237,7 @@ class RoutingFollower:
             conn = None
             try:
                 conn = await connect(self._get_config())
+                conn.add_termination_listener(lambda _: self._wake.set())  # a killed backend: reconnect now
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected = True
                 self.outage.recovered()

@@ -301,3 +301,72 @@ def test_proxy_warns_at_start_when_the_control_role_has_no_reserved_slots(pg, di
         proxy.stop()
     finally:
         direct.execute("DROP ROLE lc_control2")
+
+
+def test_routing_follower_gets_back_in_during_a_connection_storm(spawn_proxy, tmp_path):
+    """Item 5 end to end: a server whose normal slots are all taken by application connections; a proxy started
+    then still follows the shared routing (its control role, a member of pg_use_reserved_connections, gets a
+    reserved slot); without the grant the follower is locked out until it is given back."""
+    from proxy.control import SCHEMA_SQL
+    from proxy.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path / "storm", settings={
+        "max_connections": "10", "superuser_reserved_connections": "3", "reserved_connections": "4"}).start()
+    try:
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector")
+        server.psql("CREATE ROLE ctl LOGIN; GRANT pg_use_reserved_connections TO ctl; CREATE ROLE app LOGIN")
+        server.psql("CREATE SCHEMA lc_shadow; CREATE TABLE public.lc_items (id int PRIMARY KEY, embedding vector(3));"
+                    "CREATE TABLE lc_shadow.lc_items (id int PRIMARY KEY, embedding vector(3))")
+        server.psql(SCHEMA_SQL + "GRANT USAGE ON SCHEMA pgcutover TO ctl; "
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA pgcutover TO ctl;")
+        def follower_pid() -> int | None:
+            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+                row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                                   "'pgcutover-control' AND usename = 'ctl'").fetchone()
+            return row[0] if row else None
+
+        storm = []
+        try:
+            while True:  # application connections until the server refuses them: its normal slots are gone
+                try:
+                    storm.append(psycopg.connect(server.dsn("app"), autocommit=True))
+                except psycopg.OperationalError as exc:
+                    assert "reserved" in str(exc), exc
+                    break
+                assert len(storm) < 10
+            # no shadow: the proxy's only long-lived control connection is the follower's
+            proxy = spawn_proxy(server.port, local_console_toml(make_verifier(PASSWORD)).replace(
+                'shadow_table = "lc_shadow.lc_items"\n', ""))
+            proxy.config_path.write_text(proxy.config_path.read_text().replace("postgresql://postgres@",
+                                                                               "postgresql://ctl@"))
+            proxy.stop()
+            proxy.start()  # during the storm: its follower can only get a reserved slot
+            wait_until(lambda: follower_pid() is not None)
+            with psycopg.connect(server.dsn(), autocommit=True) as admin:  # a superuser slot
+                admin.execute("INSERT INTO pgcutover.routing (table_name, split, sticky, generation, changed_by) "
+                              "VALUES ('public.lc_items', 0, 'query', nextval('pgcutover.routing_generation'), "
+                              "'storm test')")
+                admin.execute("NOTIFY pgcutover_routing")
+            wait_until(lambda: routes(proxy)["public.lc_items"][6] == "query")  # the console: no slot needed
+            assert "pg_use_reserved_connections" not in proxy.log()  # granted: no warning at start
+
+            # the control: without the grant the same storm locks the follower out until it is given back
+            assert server.log_path is not None
+            refusal = 'FATAL:  remaining connection slots are reserved for roles with privileges of the ' \
+                      '"pg_use_reserved_connections" role'
+            refused_before = server.log_path.read_text().count(refusal)
+            with psycopg.connect(server.dsn(), autocommit=True) as admin:
+                admin.execute("REVOKE pg_use_reserved_connections FROM ctl")
+                admin.execute("SELECT pg_terminate_backend(%s)", (follower_pid(),))
+            wait_until(lambda: server.log_path.read_text().count(refusal) >= refused_before + 2)  # retried, refused
+            assert follower_pid() is None
+            with psycopg.connect(server.dsn(), autocommit=True) as admin:
+                admin.execute("GRANT pg_use_reserved_connections TO ctl")
+            wait_until(lambda: "routing control connection back after" in proxy.log())
+            assert proxy.log().count("routing control connection unavailable") == 1  # one line for the outage
+        finally:
+            for conn in storm:
+                conn.close()
+        proxy.stop()
+    finally:
+        server.destroy()

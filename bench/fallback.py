@@ -1,17 +1,23 @@
-"""Benchmark of the legacy-vector fallback (issue 4). Not a test: it prints figures and ratios to anchors it
-measures in the same run.
+"""Benchmark of the legacy-vector fallback (issues 4 and 16). Not a test: it prints figures and ratios to anchors
+it measures in the same run.
 
-    python bench/fallback.py                        # 203,727 rows x 1536 dims, 0.5% migrated (the seed's scale)
-    python bench/fallback.py --rows 20000           # scaled down
-    python bench/fallback.py --dims 3072 --no-db    # search figures only, matrix generated in memory
+    python bench/fallback.py                 # 203,727 rows, 1536 and 3072 dims, random and clustered data,
+                                             # float32 vs int8 storage, then the load of the 1536-dim JSON table
+    python bench/fallback.py --quick         # 50,000 rows, fewer queries: a few minutes
+    python bench/fallback.py --no-db         # search figures only
+    python bench/fallback.py --storages float32,int8,float16 --dims 1536 --data clustered
 
-With a database (default) it starts its own EmbeddedPostgres in a temporary directory, generates the seed-shaped
-`article_chunks` table (embedding TEXT holding JSON arrays of unit-norm float32 values in shortest round-trip form,
-embedding_vector set for 0.5% of rows) with numpy + COPY, then, in fresh child processes (so that peak RSS is the
-loader's own): loads the store with each lane strategy and reports time and peak RSS against the matrix size;
-the last child also runs the search figures. Anchor: the memory-bandwidth bound, i.e. the time numpy needs to
-stream the same bytes once (the fastest of a single-thread sum, a two-thread sum and a matrix-vector product with a
-vector of ones), measured on the very matrix searched.
+Search figures: each (dims, data, storage) runs in a fresh child process that generates the same rows (same seed)
+straight into its store, so peak RSS is the store's own. Data: "random" (Gaussian, unit norm: the worst case for
+any screening bound, all distances concentrate) and "clustered" (a mixture of 2,000 Gaussians around a common
+direction, with the spread of text embeddings: random pairs at cosine ~0.3, same-cluster pairs ~0.6), queries
+drawn from the same distribution. Anchor: the float32 memory-bandwidth bound, i.e. the time numpy needs to stream
+rows x dims x 4 bytes once (the fastest of a one- and a two-thread sum and a matrix-vector product over a 512 MB
+float32 scratch array, scaled to the matrix), measured interleaved with the queries in the same child.
+
+Load figures (with a database): an EmbeddedPostgres in a temporary directory, the seed-shaped `article_chunks`
+table (embedding TEXT holding JSON arrays of unit-norm float32 values in shortest round-trip form, 0.5% migrated),
+loaded in fresh child processes with each lane strategy and storage.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ from proxy.embedded import EmbeddedPostgres  # noqa: E402
 
 TABLE = "article_chunks"
 GEN_ROWS = 2000
+SEED_MS = 300.0  # seed 000: ~300 ms and 2.5 GB per request at 203,727 x 3072
+SCRATCH_BYTES = 512 * 1024 * 1024
+CLUSTERS = 2000
 
 
 def rss_bytes() -> int:
@@ -94,56 +103,63 @@ async def generate(dsn: str, rows: int, dims: int, migrated: float) -> None:
     await conn.close()
 
 
-# -- child: load, then (optionally) search -------------------------------------------------------------------
-def stream_once(store: LegacyStore, pool: ThreadPoolExecutor) -> dict[str, float]:
-    """Seconds to stream the store's matrix once, four ways (the bound is the fastest of them)."""
-    views = [v.data for v in store.snapshot().segments]
-    ones = np.ones(store.dims or 0, dtype=np.float32)
+# -- search children ---------------------------------------------------------------------------------------
+class Mixture:
+    """Unit-norm rows: Gaussian ("random"), or a mixture of CLUSTERS Gaussians around a common direction."""
 
-    def shared(fn) -> None:  # segments handed out to two threads, as the search does
+    def __init__(self, kind: str, dims: int, seed: int = 42) -> None:
+        self.kind, self.dims = kind, dims
+        rng = np.random.default_rng(seed)
+        if kind == "clustered":
+            common = rng.standard_normal(dims).astype(np.float32)
+            self.common = 0.55 * common / np.linalg.norm(common)
+            centers = rng.standard_normal((CLUSTERS, dims)).astype(np.float32)
+            self.centers = 0.65 * centers / np.linalg.norm(centers, axis=1, keepdims=True)
+            self.noise = 0.55 / np.sqrt(dims)
+
+    def rows(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.kind == "random":
+            return unit_rows(rng, n, self.dims)
+        rows = self.centers[rng.integers(0, CLUSTERS, n)] + self.common
+        rows += rng.standard_normal((n, self.dims), dtype=np.float32) * np.float32(self.noise)
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows
+
+
+def anchor_ways(scratch: list[np.ndarray], pool: ThreadPoolExecutor) -> dict[str, float]:
+    """Seconds to stream the scratch array once, four ways."""
+    ones = np.ones(scratch[0].shape[1], dtype=np.float32)
+
+    def shared(fn) -> None:
         counter = itertools.count()
 
         def work() -> None:
-            while (i := next(counter)) < len(views):
-                fn(views[i])
+            while (i := next(counter)) < len(scratch):
+                fn(scratch[i])
 
         list(pool.map(lambda _: work(), range(2)))
 
     out = {}
-    for name, fn in (("sum_1_thread", lambda: [d.sum() for d in views]),
+    for name, fn in (("sum_1_thread", lambda: [d.sum() for d in scratch]),
                      ("sum_2_threads", lambda: shared(np.sum)),
-                     ("gemv_ones_1_thread", lambda: [d @ ones for d in views]),
-                     ("gemv_ones_2_threads", lambda: shared(lambda d: d @ ones))):
+                     ("gemv_1_thread", lambda: [d @ ones for d in scratch]),
+                     ("gemv_2_threads", lambda: shared(lambda d: d @ ones))):
         t = time.perf_counter()
         fn()
         out[name] = time.perf_counter() - t
-    out["bound"] = min(out.values())
     return out
 
 
-def make_queries(store: LegacyStore, n: int, seed: int) -> list[np.ndarray]:
-    """Stored rows plus noise: realistic queries with a clear nearest neighbour."""
-    rng = np.random.default_rng(seed)
-    snap = store.snapshot()
-    queries = []
-    for _ in range(n):
-        view = snap.segments[int(rng.integers(len(snap.segments)))]
-        row = view.data[int(rng.integers(view.count))].astype(np.float32)
-        q = row + rng.standard_normal(len(row)).astype(np.float32) * 0.02
-        queries.append(q / np.linalg.norm(q))
-    return queries
-
-
-async def concurrent(store: LegacyStore, clients: int, rounds: int, k: int, metric: str) -> dict[str, float]:
+async def concurrent(store: LegacyStore, queries: list[np.ndarray], clients: int, rounds: int, k: int,
+                     metric: str) -> dict[str, float]:
     """`clients` sessions each running `rounds` searches back to back through one BatchSearcher."""
     searcher = BatchSearcher()
-    queries = make_queries(store, clients * rounds, seed=clients)
     latencies: list[float] = []
 
     async def client(i: int) -> None:
         for r in range(rounds):
             t = time.perf_counter()
-            await searcher.search(store, queries[i * rounds + r], k, metric)
+            await searcher.search(store, queries[(i * rounds + r) % len(queries)], k, metric)
             latencies.append(time.perf_counter() - t)
 
     await client(0)  # warm-up
@@ -155,72 +171,72 @@ async def concurrent(store: LegacyStore, clients: int, rounds: int, k: int, metr
     sizes = searcher.batch_sizes
     await searcher.close()
     mean_batch = sum(s * n for s, n in sizes.items()) / max(1, sum(sizes.values()))
-    return {"qps": len(latencies) / wall, "p50": pct(latencies, 50), "p95": pct(latencies, 95),
-            "mean_batch": mean_batch}
+    return {"qps": len(latencies) / wall, "p50": pct(latencies, 50), "mean_batch": mean_batch}
 
 
-def search_figures(store: LegacyStore, n_single: int, k: int, metric: str) -> dict[str, object]:
-    """Single queries interleaved with the bandwidth anchor (each way of streaming the matrix once, then one
-    query, round after round, so a busy shared machine slows both alike); the bound is the fastest way's
-    median, compared with the queries' median. Then closed-loop concurrency, best of two rounds."""
-    queries = make_queries(store, n_single + 3, seed=1)
+def search_child(args: argparse.Namespace) -> None:
+    route = Route(table=TABLE, column="embedding_vector", legacy_column="embedding", dims=args.dims)
+    baseline = rss_bytes()
+    mixture = Mixture(args.data, args.dims)
+    store = LegacyStore(route, dtype=args.dtype)
+    rng = np.random.default_rng(7)
+    t = time.perf_counter()
+    for start in range(0, args.rows, 2048):  # small blocks: the generator's temporaries stay out of peak RSS
+        n = min(2048, args.rows - start)
+        store.bulk_upsert(list(range(start, start + n)), mixture.rows(rng, n))
+    gen_s = time.perf_counter() - t
+    peak = peak_rss_bytes()  # before the scratch array of the anchor
+    matrix32 = args.rows * args.dims * 4
+    queries = mixture.rows(np.random.default_rng(1), args.queries + 3)
+    k, metric = args.k, args.metric
     snap = store.snapshot()
+    scratch_rows = SCRATCH_BYTES // (args.dims * 4)
+    whole = np.random.default_rng(3).standard_normal((scratch_rows, args.dims), dtype=np.float32)
+    scratch = [whole[i:i + 8192] for i in range(0, scratch_rows, 8192)]
     pool = ThreadPoolExecutor(2)
-    search_snapshot(snap, [Query(queries[0], k, metric)])  # sets up the search threads (and OpenBLAS to 1)
-    stream_once(store, pool)
-    for q in queries[:3]:
+    for q in queries[:3]:  # warm-up (sets up the search threads and OpenBLAS to 1)
         search_snapshot(snap, [Query(q, k, metric)])
-    single, streams = [], []
+    anchor_ways(scratch, pool)
+    single, streams, sizes = [], [], []
     for q in queries[3:]:
-        streams.append(stream_once(store, pool))
+        streams.append(anchor_ways(scratch, pool))
         t = time.perf_counter()
-        search_snapshot(snap, [Query(q, k, metric)])
+        result = search_snapshot(snap, [Query(q, k, metric)])[0]
         single.append(time.perf_counter() - t)
-    ways = {w: pct([s[w] for s in streams], 50) for w in streams[0] if w != "bound"}
+        sizes.append(len(result))
+    scale = matrix32 / (scratch_rows * args.dims * 4)
+    ways = {w: pct([s[w] for s in streams], 50) * scale for w in streams[0]}
     bound = min(ways.values())
-    per_metric = {}
-    for other in ("l2", "cosine", "ip"):
-        times = []
-        for q in queries[3:13]:
-            t = time.perf_counter()
-            search_snapshot(snap, [Query(q, k, other)])
-            times.append(time.perf_counter() - t)
-        per_metric[other] = pct(times, 50)
+    del scratch, whole
     conc: dict[int, dict[str, float]] = {}
     for _ in range(2):
-        for c in (1, 8, 32):
-            got = asyncio.run(concurrent(store, c, rounds=max(4, 96 // c), k=k, metric=metric))
+        for c in (1, 32):
+            got = asyncio.run(concurrent(store, list(queries), c, rounds=max(3, 64 // c), k=k, metric=metric))
             if c not in conc or got["qps"] > conc[c]["qps"]:
                 conc[c] = got
-    return {"bound_p50": bound, "ways": ways, "single_p50": pct(single, 50), "single_p95": pct(single, 95),
-            "single_min": min(single), "ratio_p50": pct(single, 50) / bound,
-            "per_metric_p50": per_metric, "concurrent": conc, "loadavg": os.getloadavg()}
+    report = {"rows": len(store), "dims": args.dims, "data": args.data, "dtype": args.dtype, "gen_s": gen_s,
+              "baseline_rss": baseline, "peak_rss": peak, "store_bytes": store.nbytes, "matrix32": matrix32,
+              "bound": bound, "ways": ways, "p50": pct(single, 50), "p95": pct(single, 95),
+              "cands_mean": float(np.mean(sizes)), "cands_max": int(max(sizes)), "concurrent": conc,
+              "loadavg": os.getloadavg()}
+    print("RESULT " + json.dumps(report), flush=True)
 
 
-def child(args: argparse.Namespace) -> None:
+# -- load children -----------------------------------------------------------------------------------------
+def load_child(args: argparse.Namespace) -> None:
     route = Route(table=TABLE, column="embedding_vector", legacy_column=args.column, dims=args.dims,
                   legacy_format="bytea_f32" if args.column == "embedding_f32" else "json")
     baseline = rss_bytes()
     store = LegacyStore(route, lanes=tuple(args.lanes.split(",")) if args.lanes else None, dtype=args.dtype)
-    report: dict[str, object] = {"lanes": list(store.lanes), "baseline_rss": baseline}
-    if args.dsn:
-        async def connect() -> asyncpg.Connection:
-            return await asyncpg.connect(args.dsn)
 
-        t = time.perf_counter()
-        load = asyncio.run(store.load(connect))
-        report.update(load_s=time.perf_counter() - t, rows=load.rows, skipped=load.skipped, chunks=load.chunks)
-    else:
-        rng = np.random.default_rng(42)
-        t = time.perf_counter()
-        for start in range(0, args.rows, 8192):
-            n = min(8192, args.rows - start)
-            store.bulk_upsert(list(range(start, start + n)), unit_rows(rng, n, args.dims))
-        report.update(load_s=time.perf_counter() - t, rows=len(store), generated=True)
-    report.update(peak_rss=peak_rss_bytes(), store_bytes=store.nbytes,
-                  matrix_bytes=len(store) * (store.dims or 0) * store.dtype.itemsize)
-    if args.search:
-        report["search"] = search_figures(store, args.queries, args.k, args.metric)
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(args.dsn)
+
+    t = time.perf_counter()
+    load = asyncio.run(store.load(connect))
+    report = {"lanes": list(store.lanes), "baseline_rss": baseline, "load_s": time.perf_counter() - t,
+              "rows": load.rows, "skipped": load.skipped, "peak_rss": peak_rss_bytes(), "store_bytes": store.nbytes,
+              "matrix32": len(store) * (store.dims or 0) * 4, "dtype": args.dtype}
     print("RESULT " + json.dumps(report), flush=True)
 
 
@@ -234,86 +250,110 @@ def run_child(extra: list[str]) -> dict:
 
 # -- printing ----------------------------------------------------------------------------------------------
 def print_load(r: dict) -> None:
-    """One load: rows, time, peak RSS of the child process against the matrix it built."""
     mb = 1e6
-    grown = r["peak_rss"] - r["baseline_rss"]
-    print(f"  lanes={','.join(r['lanes']):<22} {r['rows']:>8} rows in {r['load_s']:6.1f} s"
+    print(f"  {r['dtype']:<8} lanes={','.join(r['lanes']):<14} {r['rows']:>8} rows in {r['load_s']:6.1f} s"
           f" ({r['rows'] / r['load_s']:,.0f} rows/s)  skipped={sum(r.get('skipped', {}).values())}"
-          f"  peak RSS {r['peak_rss'] / mb:,.0f} MB = {r['peak_rss'] / r['matrix_bytes']:.2f}x matrix"
-          f" ({r['matrix_bytes'] / mb:,.0f} MB; growth over the {r['baseline_rss'] / mb:.0f} MB baseline:"
-          f" {grown / r['matrix_bytes']:.2f}x)")
+          f"  peak RSS {r['peak_rss'] / mb:,.0f} MB = {r['peak_rss'] / r['matrix32']:.2f}x the float32 matrix"
+          f" ({r['matrix32'] / mb:,.0f} MB)")
 
 
-def print_search(r: dict, k: int, metric: str) -> None:
-    s = r["search"]
+def print_search_header() -> None:
+    print(f"{'dims':>5} {'data':<9} {'storage':<8} {'bound ms':>8} {'p50 ms':>7} {'p50/bound':>9} {'p95 ms':>7}"
+          f" {'cands':>7} {'max':>5} {'1 q/s':>7} {'32 q/s':>7} {'batch':>5} {'store MB':>8} {'peak RSS':>14}"
+          f" {'vs 300ms':>8}")
+
+
+def print_search(r: dict) -> None:
     ms = 1e3
-    ways = s["ways"]
-    gbs = r["matrix_bytes"] / s["bound_p50"] / 1e9
-    print(f"\nmemory-bandwidth bound for {r['matrix_bytes'] / 1e9:.2f} GB: {s['bound_p50'] * ms:.1f} ms"
-          f" ({gbs:.1f} GB/s), the fastest median of: " + ", ".join(f"{w.replace('_', ' ')} {v * ms:.1f} ms"
-                                                                 for w, v in ways.items()))
-    print(f"single query ({metric}, k={k}): p50 {s['single_p50'] * ms:.1f} ms, p95 {s['single_p95'] * ms:.1f} ms,"
-          f" min {s['single_min'] * ms:.1f} ms;  p50 / bound = {s['ratio_p50']:.2f}  (target <= 1.3)")
-    print("  p50 per metric: " + ", ".join(f"{m} {v * ms:.1f} ms" for m, v in s["per_metric_p50"].items()))
-    base = s["concurrent"]["1"]["qps"]
-    for c in ("1", "8", "32"):
-        row = s["concurrent"][c]
-        print(f"{c:>3} concurrent: {row['qps']:7.1f} queries/s ({row['qps'] / base:4.1f}x one session),"
-              f" per-query p50 {row['p50'] * ms:6.1f} ms p95 {row['p95'] * ms:6.1f} ms,"
-              f" mean batch {row['mean_batch']:.1f}  (best of 2 rounds)")
-    print(f"  32 concurrent / single-query throughput = {s['concurrent']['32']['qps'] / base:.1f}x  (target >= 8)")
-    print(f"  vs the seed's 300 ms per query: single {0.3 / s['single_p50']:.1f}x faster; 32 concurrent:"
-          f" {0.3 * s['concurrent']['32']['qps']:.0f}x the throughput of one 300 ms query at a time")
-    print(f"  load average at the end: {', '.join(f'{x:.2f}' for x in s['loadavg'])}")
+    c1, c32 = r["concurrent"]["1"], r["concurrent"]["32"]
+    grown = (r["peak_rss"] - r["baseline_rss"]) / r["matrix32"]
+    print(f"{r['dims']:>5} {r['data']:<9} {r['dtype']:<8} {r['bound'] * ms:8.1f} {r['p50'] * ms:7.1f}"
+          f" {r['p50'] / r['bound']:9.2f} {r['p95'] * ms:7.1f} {r['cands_mean']:7.1f} {r['cands_max']:5d}"
+          f" {c1['qps']:7.1f} {c32['qps']:7.1f} {c32['mean_batch']:5.1f} {r['store_bytes'] / 1e6:8.0f}"
+          f" {r['peak_rss'] / 1e6:6.0f}={r['peak_rss'] / r['matrix32']:.2f}x {SEED_MS / (r['p50'] * ms):7.1f}x"
+          f"   (growth {grown:.2f}x)")
+
+
+def print_targets(results: list[dict]) -> None:
+    by = {(r["dims"], r["data"], r["dtype"]): r for r in results}
+    print("\ntargets (issue 16), each against its same-run anchor:")
+    for (dims, data, dtype), r in sorted(by.items()):
+        if dtype == "float32":
+            continue
+        f32 = by.get((dims, data, "float32"))
+        line = (f"  {dims} {data:<9} {dtype}: p50 = {r['p50'] / r['bound']:.2f}x the float32 bound"
+                f"{' (target <= 0.4 on clustered 1536)' if dims == 1536 and data == 'clustered' else ''}")
+        if f32:
+            line += (f"; {r['p50'] / f32['p50']:.2f}x float32's p50 ({f32['p50'] * 1e3:.1f} ms; must be <= 1 on"
+                     f" random); 32-concurrent {r['concurrent']['32']['qps'] / f32['concurrent']['32']['qps']:.2f}x"
+                     f" float32's q/s (target >= 1)")
+        if dims == 3072:
+            line += (f"; {SEED_MS / (r['p50'] * 1e3):.1f}x faster than 300 ms (target >= 10);"
+                     f" peak RSS {r['peak_rss'] / r['matrix32']:.2f}x the float32 matrix (target <= 0.35)")
+        print(line)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=203_727)
-    parser.add_argument("--dims", type=int, default=1536)
-    parser.add_argument("--migrated", type=float, default=0.005)
-    parser.add_argument("--queries", type=int, default=40, help="single queries timed")
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=None, help="rows (default 203,727; --quick 50,000)")
+    parser.add_argument("--dims", default="1536,3072", help="comma-separated")
+    parser.add_argument("--data", default="random,clustered", help="random | clustered, comma-separated")
+    parser.add_argument("--storages", default="float32,int8", help="float32 | int8 | float16, comma-separated")
+    parser.add_argument("--queries", type=int, default=None, help="single queries timed (default 30; --quick 12)")
+    parser.add_argument("--quick", action="store_true", help="50,000 rows and fewer queries: a few minutes")
+    parser.add_argument("--k", type=int, default=11, help="what the merged query asks for LIMIT 10 (k + n + 1)")
     parser.add_argument("--metric", default="cosine", choices=("l2", "cosine", "ip"))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
-    parser.add_argument("--no-db", action="store_true", help="search figures only, on a generated matrix")
-    parser.add_argument("--strategies", default="server;client",
-                        help="lane strategies to time, ';'-separated (the default lanes run last, with search)")
+    parser.add_argument("--no-db", action="store_true", help="search figures only")
+    parser.add_argument("--load-only", action="store_true", help="load figures only")
+    parser.add_argument("--strategies", default="server,client", help="load lane strategies, ';'-separated")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--lanes", help=argparse.SUPPRESS)
     parser.add_argument("--column", default="embedding", help=argparse.SUPPRESS)
-    parser.add_argument("--search", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args)
-
-    common = ["--rows", str(args.rows), "--dims", str(args.dims), "--queries", str(args.queries), "--k",
-              str(args.k), "--metric", args.metric, "--dtype", args.dtype]
-    print(f"pgcutover fallback bench: {args.rows:,} legacy rows x {args.dims} dims, {args.migrated:.1%} migrated,"
-          f" {os.cpu_count()} CPUs, storage {args.dtype}, load average {os.getloadavg()[0]:.2f}")
+        args.dims = int(args.dims)
+        return load_child(args) if args.dsn else search_child(args)
+    rows = args.rows or (50_000 if args.quick else 203_727)
+    queries = args.queries or (12 if args.quick else 30)
+    storages = args.storages.split(",")
+    print(f"pgcutover fallback bench: {rows:,} rows, dims {args.dims}, data {args.data}, storages {args.storages},"
+          f" {args.metric} k={args.k}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    if not args.load_only:
+        print("\nsearch (one fresh process per line; bound = float32 memory-bandwidth bound of rows x dims x 4"
+              " bytes; cands = mean candidate-set size; q/s with 1 and 32 concurrent sessions; peak RSS vs the"
+              " float32 matrix):")
+        print_search_header()
+    results = []
+    for dims in args.dims.split(",") if not args.load_only else []:
+        for data in args.data.split(","):
+            for dtype in storages:
+                r = run_child(["--rows", str(rows), "--dims", dims, "--data", data, "--dtype", dtype,
+                               "--queries", str(queries), "--k", str(args.k), "--metric", args.metric])
+                results.append(r)
+                print_search(r)
+    if results:
+        print_targets(results)
     if args.no_db:
-        result = run_child([*common, "--search"])
-        print_load(result)
-        print_search(result, args.k, args.metric)
         return None
+    dims = 1536
     with tempfile.TemporaryDirectory(prefix="pgcutover-bench-") as tmp:
         pg = EmbeddedPostgres(Path(tmp) / "data", settings={"max_wal_size": "'4GB'"}).start()
         try:
             pg.psql("CREATE EXTENSION IF NOT EXISTS vector")
             t = time.perf_counter()
-            asyncio.run(generate(pg.dsn(), args.rows, args.dims, args.migrated))
+            asyncio.run(generate(pg.dsn(), rows, dims, 0.005))
             size = pg.psql(f"SELECT pg_size_pretty(pg_total_relation_size('{TABLE}'))").strip()
-            print(f"generated {TABLE} ({size}) with numpy + COPY in {time.perf_counter() - t:.0f} s")
-            print("\nload of the JSON TEXT table (fresh process each; target <= 10 s, peak RSS <= 1.2x matrix):")
-            for lanes in args.strategies.split(";"):
-                print_load(run_child([*common, "--dsn", pg.dsn(), "--lanes", lanes]))
+            print(f"\ngenerated {TABLE} {rows:,} x {dims} ({size}) with numpy + COPY"
+                  f" in {time.perf_counter() - t:.0f} s")
+            print("load of the JSON TEXT table (fresh process each; target <= 10 s at 203,727 rows; was 20.5 s):")
+            common = ["--rows", str(rows), "--dims", str(dims), "--dsn", pg.dsn()]
+            for dtype in storages:
+                for lanes in args.strategies.split(";"):
+                    print_load(run_child([*common, "--lanes", lanes, "--dtype", dtype]))
             print("load of the same vectors as float32 bytea (seed 002's layout):")
-            print_load(run_child([*common, "--dsn", pg.dsn(), "--column", "embedding_f32"]))
-            print("load of the JSON TEXT table with the default lanes, then the search figures:")
-            result = run_child([*common, "--dsn", pg.dsn(), "--search"])
-            print_load(result)
-            print_search(result, args.k, args.metric)
+            print_load(run_child([*common, "--column", "embedding_f32", "--dtype", storages[-1]]))
         finally:
             pg.destroy()
     return None

@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--migrated", type=float, default=0.005)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--clients", default="1,8")
+    parser.add_argument("--storage", default="int8", choices=("float32", "int8", "float16"),
+                        help="the route's fallback_storage (default int8, the shipped default)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pgcutover-hybrid-"))
@@ -104,8 +106,8 @@ def main() -> None:
     pg = EmbeddedPostgres(workdir / "data", settings={"shared_buffers": "'2GB'"}).start()
     proxy = None
     try:
-        print(f"loading {args.rows} x {args.dims} JSON TEXT, {args.migrated:.1%} migrated, and a fully migrated "
-              "copy with HNSW...", flush=True)
+        print(f"fallback_storage = {args.storage}; loading {args.rows} x {args.dims} JSON TEXT,"
+              f" {args.migrated:.1%} migrated, and a fully migrated copy with HNSW...", flush=True)
         started = time.perf_counter()
         load(pg, args.rows, args.dims, args.migrated)
         print(f"  loaded in {time.perf_counter() - started:.0f}s", flush=True)
@@ -114,7 +116,7 @@ def main() -> None:
         proxy, port, _ = start_pgcutover(
             workdir, pg.port, '[[route]]\ntable = "public.article_chunks"\ncolumn = "embedding"\n'
             f'vector_column = "embedding_vector"\nlegacy_column = "embedding"\nlegacy_format = "json"\n'
-            f"dims = {args.dims}\n", metrics_port=metrics_port)
+            f'dims = {args.dims}\nfallback_storage = "{args.storage}"\n', metrics_port=metrics_port)
         while True:  # ready = the fallback store is loaded
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5)

@@ -41,7 +41,10 @@ def main() -> None:
     try:
         print(f"loading {args.rows} x {args.dims} (HNSW on primary and shadow)...", flush=True)
         load(pg, args.rows, args.dims)
-        route = ('[[route]]\ntable = "public.items"\ncolumn = "embedding"\nshadow_table = "shadow.items"\n'
+        # mirrored statements run as the client (postgres here) via a role that may only SET ROLE (SECURITY.md)
+        pg.psql("CREATE ROLE bench_mirror LOGIN NOINHERIT; GRANT postgres TO bench_mirror")
+        route = ('mirror_user = "bench_mirror"\n'
+                 '[[route]]\ntable = "public.items"\ncolumn = "embedding"\nshadow_table = "shadow.items"\n'
                  f"mirror_max_per_s = {args.max_per_s}\n")
         plain, plain_port, _ = start_pgcutover(workdir, pg.port, route + "mirror = 0\n", name="mirror0")
         mirrored, mirrored_port, _ = start_pgcutover(workdir, pg.port, route + "mirror = 100\n", name="mirror100")

@@ -16,6 +16,12 @@ Design:
   NULL vector, are recorded in `pgcutover.bad_rows` and reported at the end.
 - Rows written behind a cursor by a writer without triggers are caught by another pass, started automatically
   while legacy-only rows (other than known bad ones) remain.
+- Never a deadlock with the application (so never an application statement failed by us): a batch waits for a
+  row lock only while it holds no row an application could want (the first key of the batch, under a short
+  lock_timeout, retried on our side); every other row of the batch, and every shadow row it deletes, is locked
+  in key order with SKIP LOCKED, and the batch ends before the first row another transaction holds. The shadow
+  copy and the conversion then touch only rows this batch holds, and each shadow key is only ever written by
+  the holder of its source row, so they wait for nobody. See "Backfill and locks" in deploy/README.md.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ from proxy.config import Config
 MAX_PASSES = 3
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)
 BATCH_RETRIES = 20
+# Our side of every lock wait: a batch gives up a wait after LOCK_TIMEOUT and tries again (a long application
+# transaction holding a row makes the backfill wait, for up to LOCK_RETRIES tries, never the other way round).
+LOCK_TIMEOUT = "200ms"
+LOCK_RETRIES = 850  # with the pauses between tries, about ten minutes of waiting for one row
 # More slots than workers: a worker that is done takes the next free slot, so the pass does not end with one
 # worker alone on the last big range while the others wait.
 SLOTS_PER_WORKER = 4
@@ -142,6 +152,7 @@ class RouteSql:
             f"SELECT max({key})::text AS hi, count(*) AS n FROM (SELECT {key}, ntile($1) OVER (ORDER BY {key}) AS b "
             f"FROM {t} WHERE {self.where}) AS s GROUP BY b ORDER BY b"
         )
+        self._lock_sql()
         if shadow:
             self._shadow_sql()
 
@@ -158,6 +169,20 @@ class RouteSql:
         # Aliased: `ORDER BY key` would otherwise sort by the text output column of the same name.
         query = f"SELECT {key}::text AS k FROM {t} WHERE {' AND '.join(conditions)} ORDER BY {t}.{key} LIMIT $1"
         return query, args
+
+    def _lock_sql(self) -> None:
+        r = self.r
+        t, key, keytype = r.table.ident, r.key.ident, r.key.type_sql
+        # FOR NO KEY UPDATE: what our UPDATE of the vector takes anyway; it leaves foreign-key checks (KEY SHARE)
+        # of other tables alone. ORDER BY puts the locking after the sort: rows are locked in key order.
+        self.wait_first_sql = f"SELECT 1 FROM {t} WHERE {key} = $1::text::{keytype} FOR NO KEY UPDATE"
+        self.lock_sql = (f"SELECT {key}::text FROM {t} WHERE {key} = ANY({self.keys}) "
+                         f"ORDER BY {t}.{key} FOR NO KEY UPDATE SKIP LOCKED")
+        self.present_sql = f"SELECT {key}::text FROM {t} WHERE {key} = ANY({self.keys})"
+        # The shadow too when we write it ourselves (--shadow needs privileges on it anyway; without it, the sync
+        # triggers write it as their owner).
+        tables = [t, r.shadow.ident] if self.shadow and r.shadow is not None else [t]
+        self.table_locks_sql = f"LOCK TABLE {', '.join(tables)} IN ROW EXCLUSIVE MODE"
 
     def orphans(self, lower: str | None, upper: str | None) -> tuple[str, list[object]]:
         """Shadow keys in (lower, upper] without a row in the table (bounds left out of the text when absent)."""
@@ -177,17 +202,19 @@ class RouteSql:
         v = shadow_values(r)
         t, key, s = r.table.ident, r.key.ident, r.shadow.ident
         skey, skeytype = r.shadow_key.ident, r.shadow_key.type_sql
-        # FOR SHARE waits for concurrent writers and copies the newest version; the lock held until commit
-        # makes any later write of these rows reach the shadow (through its trigger) after this copy.
+        # Only rows the batch holds (Worker.lock_rows): the newest version is copied, and the lock held until
+        # commit makes any later write of these rows reach the shadow (through its trigger) after this copy.
+        # No lock is taken here, so the copy cannot wait for (or deadlock with) a writer of the source.
         self.copy_sql = (
             f"INSERT INTO {s} AS s ({v['columns']}){v['overriding']} "
             f"SELECT {v['values']} FROM {t} AS n WHERE n.{key} = ANY({self.keys}) "
-            f"ORDER BY n.{key} FOR SHARE OF n "
+            f"ORDER BY n.{key} "
             f"ON CONFLICT ({skey}) DO UPDATE SET {v['assignments']}"
         )
         self.orphan = Sql(f"NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{key} = s.{skey})")
         orphan = self.orphan
-        self.lock_orphans_sql = f"SELECT 1 FROM {s} AS s WHERE s.{skey} = ANY($1::text[]::{skeytype}[]) FOR UPDATE"
+        self.lock_orphans_sql = (f"SELECT s.{skey}::text FROM {s} AS s WHERE s.{skey} = ANY($1::text[]::{skeytype}[]) "
+                                 f"ORDER BY s.{skey} FOR UPDATE SKIP LOCKED")
         self.delete_orphans_sql = f"DELETE FROM {s} AS s WHERE s.{skey} = ANY($1::text[]::{skeytype}[]) AND {orphan}"
 
 
@@ -233,14 +260,25 @@ class Worker:
 
     async def run(self, pass_: int) -> None:
         while True:
-            for attempt in range(1, BATCH_RETRIES + 1):
+            failures = lock_waits = 0
+            while True:
                 try:
                     more = await self._batch(pass_)
                     break
+                except asyncpg.LockNotAvailableError:
+                    # lock_timeout: a row or the table is held by someone else; we step back and retry
+                    lock_waits += 1
+                    if lock_waits >= LOCK_RETRIES:
+                        raise DeployError(
+                            f"{self.r.display}: a row or the table stayed locked by another transaction for "
+                            f"{lock_waits} tries of {LOCK_TIMEOUT}; run backfill again to resume when it is done"
+                        ) from None
+                    await asyncio.sleep(min(0.02 * lock_waits, 0.5))
                 except RETRYABLE:
-                    if attempt == BATCH_RETRIES:
+                    failures += 1
+                    if failures == BATCH_RETRIES:
                         raise
-                    await asyncio.sleep(0.05 * attempt)
+                    await asyncio.sleep(0.05 * failures)
             if not more:
                 return
             self.shared.progress.update(self.shared.done, self.shared.rate)
@@ -267,10 +305,18 @@ class Worker:
             slot = await self._lock_slot(pass_)
             if slot is None:
                 return False
+            # After the slot (a busy slot is waited for without a timeout: only our own workers hold those).
+            await self.conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            # The table locks our writes need, taken now, while we hold no row: a DDL queued on either table
+            # makes us step back here instead of waiting with rows locked.
+            await self.conn.execute(self.sql.table_locks_sql)
             lower = slot.last_key if slot.last_key is not None else slot.lo
             query, args = self.sql.candidates(self.batch, lower, slot.hi)
             keys = [row[0] for row in await self.conn.fetch(query, *args)]
-            if not keys:
+            last = keys[-1] if keys else None
+            if keys:
+                keys, last = await self.lock_rows(keys)
+            if last is None:
                 if slot.shadow:
                     await self.delete_orphans(lower, slot.hi)
                 await self.conn.execute(
@@ -280,14 +326,14 @@ class Worker:
                 self.shared.rates.pop(slot.number, None)
                 return True
             written, bad = await self.convert(keys)
-            copied = await self.copy_to_shadow(keys, written, lower, keys[-1]) if slot.shadow else 0
+            copied = await self.copy_to_shadow(keys, written, lower, last) if slot.shadow else 0
             count = copied if slot.shadow else len(written)
             batch_rate = count / max(time.monotonic() - t0, 1e-6)
             self.rate = batch_rate if self.rate == 0 else 0.7 * self.rate + 0.3 * batch_rate
             await self.conn.execute(
                 f"UPDATE {CHECKPOINT} SET last_key = $3, rows_done = rows_done + $4, rows_bad = rows_bad + $5, "
                 "rows_copied = rows_copied + $6, rate = $7, updated_at = now() WHERE table_name = $1 AND slot = $2",
-                self.r.display, slot.number, keys[-1], len(written), len(bad), copied, self.rate,
+                self.r.display, slot.number, last, len(written), len(bad), copied, self.rate,
             )
         result = self.shared.result
         result.rows_done += len(written)
@@ -298,9 +344,28 @@ class Worker:
         self.shared.rates[slot.number] = self.rate
         return True
 
+    async def lock_rows(self, keys: list[str]) -> tuple[list[str], str]:
+        """Lock the batch's rows without ever waiting while holding one: returns the keys now held (in key
+        order) and the key the batch may advance to, which is just before the first row another transaction
+        holds (that row is the first key of the next batch, so the cursor never passes a row it skipped)."""
+        # The only wait: for the first row, while this transaction holds no row at all (only its slot, which no
+        # application touches), so no application can be waiting for us meanwhile. Bounded by lock_timeout.
+        await self.conn.execute(self.sql.wait_first_sql, keys[0])
+        held = [row[0] for row in await self.conn.fetch(self.sql.lock_sql, keys)]
+        if len(held) == len(keys):
+            return held, keys[-1]
+        mine = set(held)
+        busy = {row[0] for row in await self.conn.fetch(self.sql.present_sql, [k for k in keys if k not in mine])}
+        # Keys in between that are gone (deleted, key changed) are simply passed.
+        end = next((i for i, k in enumerate(keys) if k in busy), len(keys))
+        prefix = keys[:end] or keys[:1]  # keys[0] is ours or gone, never busy
+        # Rows we locked beyond the first busy one stay locked until commit, untouched: harmless, as we wait for
+        # nothing more in this transaction.
+        return [k for k in prefix if k in mine], prefix[-1]
+
     async def convert(self, keys: list[str]) -> tuple[list[str], dict[str, str]]:
         """Write vectors for the batch; returns (keys written, bad key -> reason)."""
-        if self.r.legacy is None:
+        if self.r.legacy is None or not keys:
             return [], {}
         try:
             async with self.conn.transaction():  # a savepoint: a bad value rolls back only this statement
@@ -339,10 +404,12 @@ class Worker:
         candidates = [row[0] for row in await self.conn.fetch(query, *args)]
         if not candidates:
             return
-        # Lock first, then re-check in a new statement (new snapshot): a writer that was inserting one of
-        # these keys has committed by now and its row is seen, so only true orphans are deleted.
-        await self.conn.execute(self.sql.lock_orphans_sql, candidates)
-        await self.conn.execute(self.sql.delete_orphans_sql, candidates)
+        # Lock first (key order, skipping rows a writer holds: its source row is on its way back), then re-check
+        # in a new statement (new snapshot): a writer that was inserting one of these keys has committed by now
+        # and its row is seen, so only true orphans are deleted.
+        locked = [row[0] for row in await self.conn.fetch(self.sql.lock_orphans_sql, candidates)]
+        if locked:
+            await self.conn.execute(self.sql.delete_orphans_sql, locked)
 
 
 class BackfillRun:

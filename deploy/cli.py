@@ -39,12 +39,18 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from deploy.triggers import install
+    from deploy.triggers import install, privileges_sql
 
     config = _config(args)
+    grant_to = tuple(args.grant_to or ())
 
     async def work() -> int:
-        plans = await install(config, args.route, dry_run=args.dry_run)
+        plans = await install(config, args.route, dry_run=args.dry_run, grant_to=grant_to, force=args.force)
+        if args.dry_run:
+            print("-- privileges on schema pgcutover")
+            print("\n".join(s.rstrip() for s in privileges_sql(grant_to)) + "\n")
+        elif grant_to:
+            print(f"granted USAGE on schema pgcutover and EXECUTE on pgcutover.try_vector to {', '.join(grant_to)}")
         for plan in plans:
             if args.dry_run:
                 print(f"-- {plan.route.display}: {', '.join(plan.triggers)}")
@@ -144,6 +150,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "columns of the table or its shadow (the generated SQL names the columns it copies).")
     _common(p, "only this route's table (default: every route)")
     p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+    p.add_argument("--grant-to", action="append", metavar="ROLE",
+                   help="a role that queries through the proxy: USAGE on schema pgcutover and EXECUTE on "
+                        "pgcutover.try_vector and its decoders, which the fallback's queries for bytea legacy "
+                        "formats call as the client (repeat for several roles; grants are kept by later runs). "
+                        "Nothing in the schema is open to PUBLIC.")
+    p.add_argument("--force", action="store_true",
+                   help="install even when the source table has row-level security its shadow lacks (refused "
+                        "otherwise: the shadow would serve every tenant's rows)")
     p.set_defaults(func=cmd_install)
 
     p = subparsers.add_parser(

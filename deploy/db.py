@@ -10,6 +10,7 @@ template, so a raw config string cannot end up in SQL by mistake.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,6 +357,44 @@ async def resolve_route(conn: asyncpg.Connection, route: Route) -> ResolvedRoute
         route=route, table=table, key=key, vector=vector, dims=dims, legacy=legacy, shadow=shadow,
         shadow_column=shadow_column, shadow_key=shadow_key, vs=await vector_schema(conn),
     )
+
+
+# -- row-level security: the shadow must protect its rows as the source does ----------------------------------
+
+_RLS_SQL = """
+SELECT c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced,
+       coalesce((SELECT jsonb_agg(jsonb_build_array(p.policyname, p.permissive, p.roles, p.cmd, p.qual,
+                                                     p.with_check) ORDER BY p.policyname)
+                 FROM pg_policies AS p WHERE p.schemaname = n.nspname AND p.tablename = c.relname), '[]') AS policies
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)
+"""
+
+
+async def rls_gap(conn: asyncpg.Connection, table: str, shadow: str) -> str | None:
+    """What row-level security of `table` its `shadow` lacks (one phrase), or None when it protects its rows the
+    same way (or the source has none). Policies compare by name, permissive/restrictive, roles, command and
+    expressions (as pg_get_expr prints them); an extra PERMISSIVE policy on the shadow, which would let more
+    rows through, counts as a difference too. Names are config spellings, values bound as parameters."""
+    src = await conn.fetchrow(_RLS_SQL, table_ident_text(table))
+    dst = await conn.fetchrow(_RLS_SQL, table_ident_text(shadow))
+    if src is None or dst is None or not src["enabled"]:
+        return None  # a missing table is reported elsewhere; policies of a table without RLS do nothing
+    def policies(row: asyncpg.Record) -> dict[str, tuple]:
+        return {p[0]: (p[1], sorted(p[2] or []), p[3], p[4], p[5]) for p in json.loads(row["policies"])}
+
+    problems = []
+    if not dst["enabled"]:
+        problems.append("row level security is not enabled on the shadow")
+    if src["forced"] and not dst["forced"]:
+        problems.append("the shadow does not FORCE row level security")
+    mine, theirs = policies(src), policies(dst)
+    missing = sorted(name for name, policy in mine.items() if theirs.get(name) != policy)
+    if missing:
+        problems.append(f"policies missing or different on the shadow: {', '.join(missing)}")
+    extra = sorted(name for name, policy in theirs.items() if name not in mine and policy[0] == "PERMISSIVE")
+    if extra:
+        problems.append(f"permissive policies only on the shadow: {', '.join(extra)}")
+    return "; ".join(problems) or None
 
 
 def as_json(value: Any) -> Any:

@@ -77,7 +77,8 @@ def _index_name(r: ResolvedRoute, metric: str) -> str:
 def _normalize(text: str) -> str:
     """Compare index keys loosely: no quotes, parentheses, spaces or schema prefixes on the vector types."""
     text = re.sub(r'[\s"()]', "", text)
-    return re.sub(r"\w+\.(?=(halfvec|vector)\d)", "", text)
+    # the type's schema prefix, whatever its name (quotes and spaces are already gone)
+    return re.sub(r"(?<=::)[^:]*?\.(?=(halfvec|vector)\d)", "", text)
 
 
 def plan_index(r: ResolvedRoute, options: IndexOptions) -> IndexPlan:
@@ -183,9 +184,11 @@ async def build(conn: asyncpg.Connection, watch: asyncpg.Connection | None, plan
     finally:
         if watcher is not None:
             watcher.cancel()
+    # Names as values, compared with the catalog's own (a ::regnamespace cast would parse the schema name as
+    # an identifier: a mixed-case or quoted schema would not be found).
     size = await conn.fetchval(
-        "SELECT pg_size_pretty(pg_relation_size(c.oid)) FROM pg_class c WHERE c.relname = $1 "
-        "AND c.relnamespace = $2::regnamespace", plan.name, plan.route.table.schema,
+        "SELECT pg_size_pretty(pg_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = $1 AND n.nspname = $2", plan.name, plan.route.table.schema,
     )
     return f"{plan.table}: built index {plan.name} ({size})"
 

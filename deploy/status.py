@@ -12,6 +12,7 @@ else the vector parsed from legacy_column, cast to the shadow column's type.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -103,9 +104,11 @@ async def _counts(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any]:
     )
     bad = 0
     if r.legacy is not None and await relation_exists(conn, f"{SCHEMA}.bad_rows"):
-        # Only keys that are still there and still legacy-only: a fixed or deleted row is no longer bad.
+        # Only keys that are still there and still legacy-only: a fixed or deleted row is no longer bad. Joined
+        # on the key's text (as recorded), never by casting the recorded text: whatever is in bad_rows, a key
+        # that does not parse must not fail status.
         bad = await conn.fetchval(
-            f"SELECT count(*) FROM {SCHEMA}.bad_rows AS b JOIN {t} AS t ON t.{r.key.ident} = b.key::{r.key.type_sql} "
+            f"SELECT count(*) FROM {SCHEMA}.bad_rows AS b JOIN {t} AS t ON t.{r.key.ident}::text = b.key "
             f"WHERE b.table_name = $1 AND t.{vec} IS NULL AND t.{r.legacy.ident} IS NOT NULL",
             r.display,
         )
@@ -118,6 +121,33 @@ async def _counts(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any]:
         # Of the rows that have a vector in either form, the share already in vector_column.
         "percent_migrated": round(100.0 * row["migrated"] / with_vector, 3) if with_vector else 100.0,
     }
+
+
+MISMATCH_SAMPLE = 10
+
+
+async def _mismatch(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any] | None:
+    """Rows whose vector is not the one their legacy value gives: a vector left behind when the legacy value
+    was set to NULL or changed without the dual-write trigger, or one a writer set itself. Legacy-only rows
+    (no vector yet) and bad legacy values with no vector are not counted. Compared in binary form (the
+    vector's send function), so no operator lookup depends on the search_path."""
+    if r.legacy is None:
+        return None
+    t, key, vec, send = r.table.ident, r.key.ident, r.vector.ident, r.vector.send_fn
+    legacy = Sql(f"t.{r.legacy.ident}")
+
+    def query(conversion: Sql) -> str:
+        return (
+            f"SELECT t.{key}::text AS k, count(*) OVER () AS n FROM {t} AS t WHERE t.{vec} IS NOT NULL "
+            f"AND {send}(t.{vec}) IS DISTINCT FROM {send}({conversion}) ORDER BY t.{key} LIMIT $1"
+        )
+
+    try:
+        async with conn.transaction():  # a savepoint: one bad legacy value fails the fast form
+            rows = await conn.fetch(query(r.conversion(legacy)), MISMATCH_SAMPLE)
+    except (asyncpg.DataError, asyncpg.ProgramLimitExceededError):
+        rows = await conn.fetch(query(r.safe_conversion(legacy)), MISMATCH_SAMPLE)
+    return {"rows": rows[0]["n"] if rows else 0, "sample_keys": [row["k"] for row in rows]}
 
 
 async def _backfill(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any] | None:
@@ -183,6 +213,7 @@ async def _split(conn: asyncpg.Connection, r: ResolvedRoute, routing_table: str)
 async def route_status(conn: asyncpg.Connection, r: ResolvedRoute, options: StatusOptions) -> dict[str, Any]:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         status: dict[str, Any] = {"table": r.display, **await _counts(conn, r)}
+        status["vector_mismatch"] = await _mismatch(conn, r) if options.diff else None
         status["backfill"] = await _backfill(conn, r)
         status["shadow"] = None
         if r.shadow is not None:
@@ -226,8 +257,19 @@ async def status(config: Config, table: str | None = None, options: StatusOption
         await conn.close()
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities (a forged or corrupt row in pgcutover's tables) as null: --json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def to_json(statuses: list[dict]) -> str:
-    return json.dumps({"routes": statuses}, indent=2, default=str)
+    return json.dumps({"routes": _finite(statuses)}, indent=2, default=str, allow_nan=False)
 
 
 def _size(num: float) -> str:
@@ -255,12 +297,20 @@ def _row(s: dict[str, Any]) -> list[str]:
     indexes = ", ".join(f"{i['type']} {_size(i['size_bytes'])}{'' if i['valid'] else ' INVALID'}"
                         for i in s["indexes"]) or "none"
     trig = ",".join(name for name in ("dual_write", "shadow_sync", "notify") if s["triggers"][name]) or "none"
+    mismatch = s.get("vector_mismatch")
+    if mismatch is None:
+        mm = "-"
+    else:
+        mm = f"{mismatch['rows']:,}"
+        if mismatch["rows"]:
+            keys = mismatch["sample_keys"][:3]
+            mm += f" (keys {', '.join(keys)}{', ...' if mismatch['rows'] > len(keys) else ''})"
     return [s["table"], f"{s['total_rows']:,}", f"{s['migrated']:,}", f"{s['percent_migrated']:.1f}%",
-            f"{s['legacy_only']:,}", f"{s['bad_rows']:,}", bf, sh, indexes, trig, f"{s['split']:g}%"]
+            f"{s['legacy_only']:,}", f"{s['bad_rows']:,}", mm, bf, sh, indexes, trig, f"{s['split']:g}%"]
 
 
-HEADERS = ["TABLE", "ROWS", "MIGRATED", "%", "LEGACY-ONLY", "BAD", "BACKFILL", "SHADOW", "VECTOR INDEXES",
-           "TRIGGERS", "SPLIT"]
+HEADERS = ["TABLE", "ROWS", "MIGRATED", "%", "LEGACY-ONLY", "BAD", "MISMATCHED", "BACKFILL", "SHADOW",
+           "VECTOR INDEXES", "TRIGGERS", "SPLIT"]
 
 
 def to_table(statuses: list[dict]) -> str:

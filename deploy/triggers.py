@@ -4,6 +4,12 @@ Per route the generated objects are plain PL/pgSQL with static, quoted identifie
 plans are cached) rendered from the templates in deploy/sql/. Installing is idempotent: the route's triggers
 are dropped and recreated and its functions replaced in a single transaction, so writers see either the old
 set or the new one; a route whose config lost its shadow_table loses the shadow triggers on the next install.
+
+Privileges (issue 12): every trigger function is SECURITY DEFINER with a pinned search_path, checks that it runs
+for the table it was made for, and like everything else in schema pgcutover is not executable by PUBLIC, so an
+application role can neither call our helpers nor attach our functions to a table of its own. Writers need only
+their privileges on the table. `--grant-to ROLE` gives roles that query through the proxy what the fallback's
+merged queries call (privileges.sql).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from deploy.db import (
+    NOTIFY_CHANNEL,
     SCHEMA,
     DeployError,
     ResolvedRoute,
@@ -29,8 +36,10 @@ from deploy.db import (
     relation_exists,
     render,
     resolve_route,
+    rls_gap,
     select_routes,
     sql_file,
+    sql_int,
     vector_schema,
 )
 from proxy.config import Config
@@ -64,10 +73,26 @@ class RoutePlan:
     functions: list[str] = field(default_factory=list)
 
 
+def guard_sql(r: ResolvedRoute) -> Sql:
+    """The check at the top of every trigger function: run only for the table it was made for."""
+    return Sql(render(sections("privileges.sql")["guard"], {
+        "table_oid": sql_int(r.table.oid), "schema_lit": quote_literal(r.table.schema),
+        "name_lit": quote_literal(r.table.name), "display_lit": r.display_lit,
+    }))
+
+
+def privileges_sql(grant_to: tuple[str, ...] = ()) -> list[str]:
+    """Close schema pgcutover to PUBLIC, then grant roles that query through the proxy what they call."""
+    parts = sections("privileges.sql")
+    return [parts["lockdown"], *(render(parts["query_role"], {"role": quote_ident(role)}) for role in grant_to)]
+
+
 def _dual_write_sql(r: ResolvedRoute) -> list[str]:
     assert r.legacy is not None
     parts = sections("dual_write.sql")
     values = {
+        "guard": guard_sql(r),
+        "vs": r.vs,
         "fn": r.function("dual_write"),
         "table": r.table.ident,
         "legacy": r.legacy.ident,
@@ -121,7 +146,7 @@ def _statement_triggers_sql(r: ResolvedRoute, template: str, prefix: str, values
 def plan_route(r: ResolvedRoute) -> RoutePlan:
     plan = RoutePlan(route=r)
     common = {"table": r.table.ident, "key": r.key.ident, "vec": r.vector.ident, "display_lit": r.display_lit,
-              "vs": r.vs}
+              "vs": r.vs, "guard": guard_sql(r)}
     if r.legacy is not None:
         plan.statements += _dual_write_sql(r)
         plan.triggers.append(DUAL_WRITE_TRIGGER)
@@ -192,12 +217,31 @@ async def _with_lock_retries(conn: asyncpg.Connection, work) -> None:
             await asyncio.sleep(attempt)
 
 
-async def install_schema(conn: asyncpg.Connection) -> None:
-    """The shared schema, tables and functions (also used by backfill and status). Idempotent."""
+async def _apply_privileges(conn: asyncpg.Connection, grant_to: tuple[str, ...]) -> None:
+    for statement in privileges_sql(grant_to):
+        try:
+            await conn.execute(statement)
+        except asyncpg.UndefinedObjectError as exc:  # GRANT to a role that does not exist
+            raise DeployError(f"--grant-to: {exc}") from None
+
+
+async def _channel_literal(conn: asyncpg.Connection, channel: str | None) -> Sql:
+    """The notices' channel: the one given (install-triggers, from the config), else the one installed before
+    (backfill and status re-install the schema and must not reset it), else the default."""
+    if channel is None and await conn.fetchval("SELECT to_regprocedure('pgcutover.notify_channel()') IS NOT NULL"):
+        channel = await conn.fetchval("SELECT pgcutover.notify_channel()")
+    return quote_literal(channel or NOTIFY_CHANNEL)
+
+
+async def install_schema(conn: asyncpg.Connection, grant_to: tuple[str, ...] = (), channel: str | None = None) -> None:
+    """The shared schema, tables and functions (also used by backfill and status), closed to PUBLIC, and the
+    grants for `grant_to`. Idempotent."""
     vs = await vector_schema(conn)
+    channel_lit = await _channel_literal(conn, channel)
 
     async def work(c: asyncpg.Connection) -> None:
-        await c.execute(render(sql_file("schema.sql"), {"vs": vs}))
+        await c.execute(render(sql_file("schema.sql"), {"vs": vs, "channel": channel_lit}))
+        await _apply_privileges(c, grant_to)
 
     await _with_lock_retries(conn, work)
 
@@ -206,8 +250,10 @@ async def install_route(conn: asyncpg.Connection, r: ResolvedRoute) -> RoutePlan
     plan = plan_route(r)
     await _check_shadow_cast(conn, r)
 
+    channel_lit = await _channel_literal(conn, None)  # install_schema ran just before with the config's
+
     async def work(c: asyncpg.Connection) -> None:
-        await c.execute(render(sql_file("schema.sql"), {"vs": r.vs}))
+        await c.execute(render(sql_file("schema.sql"), {"vs": r.vs, "channel": channel_lit}))
         for statement in drop_triggers_sql(r.table.ident):
             await c.execute(statement)
         for statement in drop_functions_sql(r.function_base, keep=tuple(plan.functions)):
@@ -221,6 +267,7 @@ async def install_route(conn: asyncpg.Connection, r: ResolvedRoute) -> RoutePlan
             "installed_at = EXCLUDED.installed_at",
             r.display, r.table.oid, r.function_base, route_record(r),
         )
+        await _apply_privileges(c, ())
 
     await _with_lock_retries(conn, work)
     return plan
@@ -263,14 +310,30 @@ async def _registry(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
     return {r["table_name"]: (r["table_oid"], r["function_base"]) for r in rows}
 
 
-async def install(config: Config, table: str | None = None, *, dry_run: bool = False) -> list[RoutePlan]:
+async def check_rls(conn: asyncpg.Connection, r: ResolvedRoute) -> None:
+    """Refuse to sync into a shadow that would serve rows the source's row-level security hides (issue 12)."""
+    if r.shadow is None:
+        return
+    gap = await rls_gap(conn, r.route.table, r.route.shadow_table or "")
+    if gap:
+        raise DeployError(
+            f"{r.display} has row-level security its shadow {r.shadow.display} lacks ({gap}): copy the policies "
+            "to the shadow and ENABLE ROW LEVEL SECURITY on it, or pass --force"
+        )
+
+
+async def install(config: Config, table: str | None = None, *, dry_run: bool = False,
+                  grant_to: tuple[str, ...] = (), force: bool = False) -> list[RoutePlan]:
     routes = select_routes(config, table)
     conn = await connect(config)
     try:
         resolved = [await resolve_route(conn, route) for route in routes]
+        if not force:
+            for r in resolved:
+                await check_rls(conn, r)
         if dry_run:
             return [plan_route(r) for r in resolved]
-        await install_schema(conn)
+        await install_schema(conn, grant_to, config.proxy.notify_channel)
         return [await install_route(conn, r) for r in resolved]
     finally:
         await conn.close()

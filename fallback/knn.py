@@ -46,8 +46,8 @@ from fallback import metrics
 if TYPE_CHECKING:
     from fallback.store import LegacyStore, SegmentView, Snapshot
 
-METRICS = ("l2", "cosine", "ip")
-OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>"}
+METRICS = ("l2", "cosine", "ip", "l1")
+OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>", "l1": "<+>"}
 U32 = 2.0 ** -24  # unit roundoff of float32
 U16 = 2.0 ** -11  # relative rounding of float16 (normal range)
 F16_ABS = 2.0 ** -25  # absolute rounding of float16 subnormals
@@ -71,8 +71,12 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
+    """Float32/float16 storage: exact float64 distances. int8 storage and l1 (fallback.screening): a candidate set
+    ordered by an upper bound of each row's server distance, `distances[k-1]` (when there are k) a distance that
+    every row left out is at least at; len(keys) may then be well above k."""
+
     keys: np.ndarray  # nearest first
-    distances: np.ndarray  # float64, pgvector's definition of the metric
+    distances: np.ndarray  # float64, pgvector's definition of the metric (see above)
     k: int  # what was asked; len(keys) >= min(k, rows), more when distances tie within the error bound
 
     def __len__(self) -> int:
@@ -124,6 +128,10 @@ def _bounds(metric: str, q_norm: float, snap: Snapshot) -> _Bounds:
         else:
             t += 2 * 2 * 2 * U32
         return _Bounds(e1, t, 0.0, 0.0, 1.0)
+    if metric == "l1":
+        # pgvector: |a-b| rounded, summed in float32: relative error <= gamma + u; the stored row (float32 here,
+        # float16 storage is bounded per row by the search) one ulp per element from the server's: u |x|_1.
+        return _Bounds(0.0, 2 * 2 * U32 * math.sqrt(snap.dims) * mx, 2 * (g + 2 * U32), 0.0, 0.0)
     e1 = 2 * (g + U32) * mx * q_norm
     return _Bounds(e1, 2 * (g + 2 * U32) * mx * q_norm + 2 * quant * q_norm, 0.0, 0.0, 0.0)
 
@@ -432,11 +440,20 @@ def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int
             raise ValueError(f"query has {query.vector.shape[0]} dimensions, the store {snap.dims}")
     results: list[SearchResult | None] = [None] * len(queries)
     regular = []
+    bounded = []  # int8 storage (no float32 row to refine with) and l1: candidate sets from bounds
     for i, query in enumerate(queries):
         if query.metric == "cosine" and not query.vector.any():
             results[i] = _any_rows(snap, query)
+        elif snap.dtype == np.int8 or query.metric == "l1":
+            bounded.append(i)
         else:
             regular.append(i)
+    if bounded:
+        from fallback.screening import search_bounds  # it imports this module
+
+        for i, answer in zip(bounded, search_bounds(snap, [queries[i] for i in bounded], threads=threads),
+                             strict=True):
+            results[i] = answer
     if regular:
         plan = _Plan(snap, [queries[i] for i in regular])
         cands = _screen_all(plan, snap, block_rows, threads)

@@ -28,6 +28,9 @@ RECONCILE_CHANGES = Counter(
     "Keys a reconcile found different from the store (changes that no notice delivered)", ["table"])
 NOTICES = Counter(
     "pgcutover_fallback_notices_total", "Change notices applied, by kind", ["table", "kind"])
+NOTICES_DROPPED = Counter(
+    "pgcutover_fallback_notices_dropped_total",
+    "Change notices dropped because too many were pending (one resync covered them)", ["table"])
 LOAD_SECONDS = Gauge(
     "pgcutover_fallback_load_seconds", "Duration of the last full load of the store", ["table"])
 SEARCH_SECONDS = Histogram(

@@ -6,18 +6,27 @@ be shorter than 8000 bytes) sends several notices, or one `{"table": ..., "kind"
 
 Notices are hints, never the truth: the store re-reads the named keys (or the whole key set on resync), so the
 only thing parsing must get right is which table and which keys.
+
+Anyone who can connect may NOTIFY on the channel, so nothing in a payload is trusted: integer keys are range-checked
+(a key outside bigint can name no row, and once crashed the follower), the follower keeps a bounded backlog that
+collapses into one resync when full, resyncs asked for by notices are spaced out, and warnings about bad notices
+are rate-limited (`WarningLimiter`). The channel is `[proxy] notify_channel` (default `pgcutover_changes`); the
+deploy triggers must send on the same one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
 
-CHANNEL = "pgcutover_changes"
+CHANNEL = "pgcutover_changes"  # the default of [proxy] notify_channel
 MAX_PAYLOAD_BYTES = 7999  # PostgreSQL: "payload string too long" at 8000 bytes and above
 KINDS = ("upsert", "delete", "migrated", "resync")
+INT8_MIN, INT8_MAX = -(2 ** 63), 2 ** 63 - 1  # no integer key of any PostgreSQL integer type lies outside
 
 Key = int | str
 
@@ -47,8 +56,44 @@ class ChangeNotice:
 def _key(value: object) -> Key:
     # bool is an int subclass; a JSON true/false is never a key.
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise NoticeError(f"key {value!r} is neither a number nor a string")
+        raise NoticeError(f"key {value!r:.40} is neither a number nor a string")
+    if isinstance(value, int) and not INT8_MIN <= value <= INT8_MAX:
+        raise NoticeError(f"key {str(value)[:40]} is outside bigint")
     return value
+
+
+def valid_channel(name: object) -> bool:
+    """A LISTEN channel name: an identifier of 1 to 63 bytes without NUL (asyncpg quotes it)."""
+    return isinstance(name, str) and 0 < len(name.encode()) <= 63 and "\x00" not in name
+
+
+class WarningLimiter:
+    """At most one warning per `interval` seconds for each kind; the next one says how many were suppressed.
+
+    Kinds are a fixed, small set named by the caller (never taken from a payload), so the state stays bounded."""
+
+    def __init__(self, log: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.log = log
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> bool:
+        """Log unless `kind` was logged less than `interval` ago; True if logged."""
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += " (%d similar warnings suppressed in the last %.0fs)"
+            args = (*args, suppressed, self.interval)
+        self.log.warning(message, *args)
+        return True
 
 
 def parse_notice(payload: str | bytes) -> ChangeNotice:

@@ -1,4 +1,9 @@
-"""The in-memory store of legacy-only rows of one route: keys and vectors in float32 (or float16) segments.
+"""The in-memory store of legacy-only rows of one route: keys and vectors in float32, float16 or int8 segments.
+
+Storage (`[[route]] fallback_storage`). float32 and float16 keep the rows, and the search ranks them exactly.
+int8 keeps per-row scale/offset codes with proven error bounds (fallback.formats.quantize_int8), a quarter of the
+memory: the search then returns a candidate set that provably holds the exact top-k (fallback.screening) and the
+merged query ranks it on the server. No float32 row is kept: rows are quantized chunk by chunk as they are read.
 
 A row is *legacy-only* when `vector_column IS NULL AND legacy_column IS NOT NULL`.
 
@@ -47,7 +52,7 @@ import orjson
 from fallback import formats, metrics
 from fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
 from fallback.knn import BLOCK_ROWS
-from fallback.notices import CHANNEL, NoticeError, parse_notice
+from fallback.notices import CHANNEL, NoticeError, WarningLimiter, parse_notice, valid_channel
 from proxy.config import Route
 from rewrite.catalog import quote_ident
 
@@ -59,6 +64,10 @@ Key = Any
 SEGMENT_BYTES = 32 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
 REFRESH_BATCH = 2000
+MAX_PENDING_NOTICES = 10_000  # notices received and not yet applied; beyond, they collapse into one resync
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+RESYNC_INTERVAL = 2.0  # seconds between resyncs that notices ask for (anyone may NOTIFY: bounded work)
+INT_RANGES = {"smallint": 2 ** 15, "integer": 2 ** 31, "bigint": 2 ** 63}
 LOGGED_BAD_ROWS = 20  # per load or refresh; the rest are counted and summarised
 INT_TYPES = ("smallint", "integer", "bigint")
 
@@ -68,13 +77,14 @@ INT_TYPES = ("smallint", "integer", "bigint")
 class SegmentView:
     """Rows [0, count) of one segment. Arrays are views: never write to them."""
 
-    data: np.ndarray  # (count, dims) float32 or float16
+    data: np.ndarray  # (count, dims) float32 or float16, or int8 codes (see `quant`)
     keys: np.ndarray  # (count,) int64 or object
     sq_norms: np.ndarray  # (count,) float64, squared norm of the stored row
     sq_norms32: np.ndarray  # (count,) float32, the same for the float32 screening pass
     inv_norms32: np.ndarray  # (count,) float32, 1/norm, 0 for a zero row
     alive: np.ndarray | None  # (count,) bool, None when every row is alive
     zero: np.ndarray | None  # (count,) bool: rows of norm 0 (cosine distance NaN), None when there are none
+    quant: formats.Int8Rows | None = None  # int8 storage: per-row offset, scale and error bounds (codes = data)
 
     @property
     def count(self) -> int:
@@ -96,7 +106,7 @@ class Snapshot:
 # -- segments (what the writer owns) -----------------------------------------------------------------------
 class _Segment:
     __slots__ = ("alive", "alive_published", "count", "data", "dead", "inv_norms32", "keys", "max_sq", "min_sq",
-                 "sq_norms", "sq_norms32", "xmins", "zeros")
+                 "quant", "sq_norms", "sq_norms32", "xmins", "zeros")
 
     def __init__(self, capacity: int, dims: int, dtype: np.dtype, key_dtype: np.dtype) -> None:
         # np.empty leaves pages untouched: an unfilled tail costs address space, not memory.
@@ -113,6 +123,9 @@ class _Segment:
         self.zeros = 0
         self.max_sq = 0.0
         self.min_sq = float("inf")
+        # int8: the codes are `data`; per-row offset, scale and error bounds beside them (float64, 40 bytes a row).
+        self.quant = formats.Int8Rows(self.data, *(np.empty(capacity) for _ in range(5))) \
+            if dtype == np.int8 else None
 
     @property
     def capacity(self) -> int:
@@ -120,19 +133,27 @@ class _Segment:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.data, self.keys, self.xmins, self.sq_norms, self.sq_norms32,
-                                      self.inv_norms32, self.alive))
+        extra = 0 if self.quant is None else 5 * self.quant.offset.nbytes
+        return extra + sum(a.nbytes for a in (self.data, self.keys, self.xmins, self.sq_norms, self.sq_norms32,
+                                              self.inv_norms32, self.alive))
 
-    def fill(self, start: int, keys: Sequence[Key], xmins: np.ndarray, rows: np.ndarray, sq: np.ndarray) -> None:
-        stop = start + len(rows)
-        self.data[start:stop] = rows
+    def fill(self, start: int, keys: Sequence[Key], xmins: np.ndarray, rows: np.ndarray | formats.Int8Rows,
+             sq: np.ndarray) -> None:
+        """Rows [start, start + len(keys)): float rows (quantized here for int8), or int8 rows as they are."""
+        stop = start + len(keys)
+        if self.quant is not None:
+            quant = rows if isinstance(rows, formats.Int8Rows) else formats.quantize_int8(rows)
+            for name in ("codes", "offset", "scale", "resid_l2", "resid_l1", "codes_l2"):
+                getattr(self.quant, name)[start:stop] = getattr(quant, name)
+        else:
+            self.data[start:stop] = rows
         self.keys[start:stop] = keys
         self.xmins[start:stop] = xmins
         self.sq_norms[start:stop] = sq
-        self.sq_norms32[start:stop] = sq
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore", under="ignore"):  # float32 copies: the screening's own
+            self.sq_norms32[start:stop] = sq                              # bounds cover (or refuse) their range
             inv = np.where(sq > 0, 1.0 / np.sqrt(sq), 0.0)
-        self.inv_norms32[start:stop] = inv
+            self.inv_norms32[start:stop] = inv
         self.alive[start:stop] = True
         nonzero = sq[sq > 0]
         self.zeros += len(sq) - len(nonzero)
@@ -151,8 +172,18 @@ class _Segment:
         n = self.count
         self.alive_published = True
         zero = self.sq_norms[:n] == 0 if self.zeros else None
+        quant = None if self.quant is None else formats.Int8Rows(
+            *(getattr(self.quant, name)[:n] for name in ("codes", "offset", "scale", "resid_l2", "resid_l1",
+                                                         "codes_l2")))
         return SegmentView(self.data[:n], self.keys[:n], self.sq_norms[:n], self.sq_norms32[:n],
-                           self.inv_norms32[:n], self.alive[:n] if self.dead else None, zero)
+                           self.inv_norms32[:n], self.alive[:n] if self.dead else None, zero, quant)
+
+    def rows(self, picks: np.ndarray) -> np.ndarray | formats.Int8Rows:
+        """Stored rows at `picks`, in the form `fill` takes back."""
+        if self.quant is None:
+            return self.data[picks]
+        return formats.Int8Rows(*(getattr(self.quant, name)[picks] for name in (
+            "codes", "offset", "scale", "resid_l2", "resid_l1", "codes_l2")))
 
 
 # -- what fetching returns ---------------------------------------------------------------------------------
@@ -254,7 +285,14 @@ class _Sql:
 def _key_converter(type_name: str) -> Callable[[Any], Key]:
     """Notice keys arrive as JSON numbers or strings; the index holds what asyncpg returns for the column."""
     if type_name in INT_TYPES:
-        return int
+        bound = INT_RANGES[type_name]
+
+        def to_int(key: Any) -> int:
+            value = int(key)
+            if not -bound <= value < bound:  # no row can have it; the driver would raise while encoding it
+                raise ValueError(f"key {str(value)[:40]} is outside {type_name}")
+            return value
+        return to_int
     if type_name == "uuid":
         return lambda k: k if isinstance(k, uuid.UUID) else uuid.UUID(str(k))
     if type_name in ("text", "character varying", "character"):
@@ -286,14 +324,15 @@ class LegacyStore:
 
     def __init__(self, route: Route, *, dtype: str | np.dtype = "float32", lanes: Sequence[str] | None = None,
                  reconcile_interval: float = 60.0, segment_rows: int | None = None, chunk_rows: int | None = None,
-                 compact_ratio: float = 0.25) -> None:
+                 compact_ratio: float = 0.25, channel: str = CHANNEL, max_pending: int = MAX_PENDING_NOTICES,
+                 max_pending_bytes: int = MAX_PENDING_BYTES, resync_interval: float = RESYNC_INTERVAL) -> None:
         if not route.legacy_column:
             raise ValueError(f"route {route.table!r} has no legacy_column")
         self.route = route
         self.format = route.legacy_format
         self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float16):
-            raise ValueError("dtype must be float32 or float16")
+        if self.dtype not in (np.float32, np.float16, np.int8):
+            raise ValueError("dtype must be float32, float16 or int8")
         self.dims: int | None = route.dims
         self.lanes = tuple(lanes) if lanes else self._default_lanes()
         if any(lane not in ("server", "client") for lane in self.lanes):
@@ -314,7 +353,18 @@ class LegacyStore:
         self.qualified_table: str | None = None  # "<schema>.<table>" as notices name it
         self.loaded = False
         self._ready = asyncio.Event()
+        if not valid_channel(channel):
+            raise ValueError(f"notify channel {channel!r} is not a channel name (1-63 bytes)")
+        self.channel = channel
         self._pending: deque[tuple[float, str]] = deque()  # (received at, payload) of notices not yet applied
+        self._pending_bytes = 0
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.resync_interval = resync_interval
+        self._resync_since: float | None = None  # a resync is owed (overflow, resync or bad notice) since then
+        self._last_resync = float("-inf")  # monotonic end of the last reconcile
+        self.notices_dropped = 0
+        self._warnings = WarningLimiter(log)
         self._notified = asyncio.Event()
         self._applying_since: float | None = None
         self._applying_keys: list[Key] = []
@@ -346,7 +396,9 @@ class LegacyStore:
         return key in self._index
 
     def get(self, key: Key) -> np.ndarray | None:
-        """The stored vector of `key` as float32 (a copy), or None."""
+        """The stored vector of `key` as float32 (a copy), or None. An int8 store keeps no such vector."""
+        if self.dtype == np.int8:
+            raise ValueError("an int8 store keeps screening codes only: read the vector from the table")
         loc = self._index.get(key)
         return None if loc is None else loc[0].data[loc[1]].astype(np.float32)
 
@@ -501,7 +553,7 @@ class LegacyStore:
         new = _Segment(total, dims, dtype, key_dtype)
         start = 0
         for seg, rows in picks:
-            new.fill(start, seg.keys[rows].tolist(), seg.xmins[rows], seg.data[rows], seg.sq_norms[rows])
+            new.fill(start, seg.keys[rows].tolist(), seg.xmins[rows], seg.rows(rows), seg.sq_norms[rows])
             start += len(rows)
         new.count = total
         return new, picks
@@ -732,6 +784,7 @@ class LegacyStore:
         differing.extend(key for key in self._bad if key not in seen_bad)
         await self.refresh(conn, differing)
         self.last_reconcile = started
+        self._last_resync = time.monotonic()
         self.reconciles += 1
         metrics.LAST_RECONCILE.labels(**self._labels).set(started)
         metrics.RECONCILE_CHANGES.labels(**self._labels).inc(len(differing))
@@ -740,10 +793,10 @@ class LegacyStore:
     # -- follow ----------------------------------------------------------------------------------------------
     def refresh_lag(self) -> float:
         """Seconds since the oldest change notice that is not yet applied (0 when caught up)."""
-        oldest = self._applying_since
-        if oldest is None and self._pending:
-            oldest = self._pending[0][0]
-        return 0.0 if oldest is None else time.monotonic() - oldest
+        times = [t for t in (self._applying_since, self._resync_since) if t is not None]
+        if self._pending:
+            times.append(self._pending[0][0])
+        return time.monotonic() - min(times) if times else 0.0
 
     def in_flight_keys(self) -> list[Key]:
         """Keys named by change notices received but not yet applied (the merged query may add them to its
@@ -759,7 +812,20 @@ class LegacyStore:
         return keys
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._pending.append((time.monotonic(), payload))
+        now = time.monotonic()
+        if len(self._pending) >= self.max_pending or self._pending_bytes + len(payload) > self.max_pending_bytes:
+            # Full: whatever is queued (and this one) is covered by one resync instead, which reads every key.
+            dropped = len(self._pending) + 1
+            self._resync_since = min(self._resync_since or now, self._pending[0][0] if self._pending else now)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self.notices_dropped += dropped
+            metrics.NOTICES_DROPPED.labels(**self._labels).inc(dropped)
+            self._warnings.warning("overflow", "%s: more than %d change notices (or %d bytes) pending; collapsed"
+                                   " into one resync", self.route.table, self.max_pending, self.max_pending_bytes)
+        else:
+            self._pending.append((now, payload))
+            self._pending_bytes += len(payload)
         self._notified.set()
 
     async def follow(self, conn_factory: ConnFactory, *, stop: asyncio.Event | None = None,
@@ -774,7 +840,7 @@ class LegacyStore:
             listen = work = None
             try:
                 listen = await conn_factory()
-                await listen.add_listener(CHANNEL, self._on_notify)
+                await listen.add_listener(self.channel, self._on_notify)
                 if not self.loaded and not self._segments and not self._bad:
                     await self.load(conn_factory)
                     work = await self._connect(conn_factory)
@@ -794,6 +860,7 @@ class LegacyStore:
                         with contextlib.suppress(Exception):
                             await conn.close()
                 self._pending.clear()
+                self._pending_bytes = 0
                 self._applying_since = None
 
     async def _follow_loop(self, work: asyncpg.Connection, listen: asyncpg.Connection, stop: asyncio.Event) -> None:
@@ -806,16 +873,30 @@ class LegacyStore:
                 while await self.compact():
                     pass
                 continue
+            resync_due = self._last_resync + self.resync_interval - time.monotonic()
+            if self._resync_since is not None and resync_due <= 0:
+                since, self._resync_since = self._resync_since, None
+                self._applying_since = since
+                try:
+                    await self.reconcile(work)
+                finally:
+                    self._applying_since = None
+                while await self.compact():
+                    pass
+                continue
             if not self._pending:
                 self._notified.clear()
+                wait = min(due, 1.0) if self._resync_since is None else min(due, resync_due, 1.0)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wait_any(stop), min(due, 1.0))
+                    await asyncio.wait_for(self._wait_any(stop), max(wait, 0.0))
                 continue
             batch = list(self._pending)
             self._pending.clear()
+            self._pending_bytes = 0
             self._applying_since = batch[0][0]
             try:
-                await self._apply_notices(work, [payload for _, payload in batch])
+                if await self._apply_notices(work, [payload for _, payload in batch]):
+                    self._resync_since = min(self._resync_since or batch[0][0], batch[0][0])
             finally:
                 self._applying_since = None
             while await self.compact():
@@ -829,14 +910,17 @@ class LegacyStore:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _apply_notices(self, conn: asyncpg.Connection, payloads: Sequence[str]) -> None:
+    async def _apply_notices(self, conn: asyncpg.Connection, payloads: Sequence[str]) -> bool:
+        """Refresh the keys the notices name; True when they ask for a resync (or cannot be read: reconciling
+        is the safe reading). The follow loop runs resyncs, spaced by `resync_interval`."""
         keys: list[Any] = []
         resync = False
         for payload in payloads:
             try:
                 notice = parse_notice(payload)
             except NoticeError as exc:
-                log.warning("%s: unreadable change notice (%s); reconciling", self.route.table, exc)
+                self._warnings.warning("unreadable", "%s: unreadable change notice (%s); reconciling",
+                                       self.route.table, exc)
                 resync = True
                 continue
             if notice.table != self.qualified_table:
@@ -844,16 +928,17 @@ class LegacyStore:
             metrics.NOTICES.labels(kind=notice.kind, **self._labels).inc()
             self.notices_applied += 1
             resync = resync or notice.is_resync
-            try:
-                keys.extend(self._to_key(key) for key in notice.keys)
-            except ValueError as exc:
-                log.warning("%s: notice key of the wrong type (%s); reconciling", self.route.table, exc)
-                resync = True
+            for key in notice.keys:
+                try:
+                    keys.append(self._to_key(key))
+                except ValueError as exc:  # no row can have it; it may hide a change that had no notice
+                    self._warnings.warning("key", "%s: notice key of the wrong type or range (%s); reconciling",
+                                           self.route.table, exc)
+                    resync = True
         self._applying_keys = keys
         try:
-            if resync:
-                await self.reconcile(conn)
-            elif keys:
+            if keys:
                 await self.refresh(conn, keys)
         finally:
             self._applying_keys = []
+        return resync

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from . import control, scram
-from .config import AdminSettings, ConfigError
+from .config import AdminSettings, ConfigError, redact_url
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.framing import MessageReader
@@ -431,7 +431,7 @@ def show_help(_: Runtime) -> Rows:
 
 
 def _redact(dsn: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    return redact_url(dsn)  # also malformed URLs and password= parameters (proxy/config.py)
 
 
 SHOWS: dict[str, Callable[[Runtime], Rows]] = {

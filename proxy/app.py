@@ -61,6 +61,7 @@ def reload_config(runtime: Runtime) -> str:
         runtime.last_reload_error = str(exc)
         log.error("reload of %s refused, routing unchanged: %s", path, exc)
         return f"reload refused: {exc}"
+    runtime.last_reload_error = ""  # the refused file's message (and whatever it quoted) goes with it
     if new.proxy != runtime.config.proxy:
         log.warning("[proxy] changes in %s take effect at restart", path)
     log.info("reloaded %s (routing generation %d)", path, runtime.routing.generation)
@@ -102,10 +103,14 @@ async def make_router(config: Config):
             await conn.close()
     except Exception as exc:  # routing still works without it, minus index matching and SELECT * on shadows
         log.warning("could not read the upstream catalog (%s); routing without it", exc)
-    return Router(config.routes, catalog)
+    return Router(config.routes, catalog, cache_bytes=config.proxy.plan_cache_bytes)
 
 
 async def serve(config: Config) -> int:
+    from .upstream import tls_warnings
+
+    for warning in tls_warnings(config.proxy):
+        log.warning(warning)
     runtime = Runtime(config)
     runtime.router = await make_router(config)
     if any(needs_store(route) for route in config.routes):

@@ -6,6 +6,7 @@ parser cannot drift apart. Validation errors name the key and the value; nothing
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -15,11 +16,38 @@ from urllib.parse import parse_qs, unquote, urlsplit
 STICKY_MODES = ("query", "session", "application_name")
 LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
 BAD_VECTOR_MODES = ("error", "skip")
+FALLBACK_STORAGES = ("float32", "int8", "float16")
 METRICS = ("l2", "cosine", "ip")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which key and why."""
+
+
+_URL_USERINFO = re.compile(r"^(?P<head>[^:/?#@]*://)?(?P<user>[^:@]*):(?P<secret>.*)@(?P<tail>[^@]*)$", re.S)
+_PASSWORD_PARAM = re.compile(
+    r"(?P<key>(?:^|[?&;\s])(?:password|sslpassword)\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^&\s]*)", re.I)
+
+
+def redact_url(text: object) -> str:
+    """A connection string with any password replaced by ***, also when it is malformed: everything between
+    the first ':' of the user part and the last '@' is the secret, and so is any password= parameter (URL
+    query or key=value form). Used for every message, log line and SHOW CONFIG value that names an upstream.
+
+    >>> redact_url("postgresql://app:s3cret@db:5432/x?sslmode=require")
+    'postgresql://app:***@db:5432/x?sslmode=require'
+    >>> redact_url("postgresq://app:p@ss:w/rd@db:54x2/x")  # a typo in the scheme, '@' and '/' in the password
+    'postgresq://app:***@db:54x2/x'
+    >>> redact_url("postgresql://db/x?user=app&password=s3cret")
+    'postgresql://db/x?user=app&password=***'
+    >>> redact_url("host=db password='a b' user=app")
+    'host=db password=*** user=app'
+    """
+    text = str(text)
+    match = _URL_USERINFO.match(text)
+    if match is not None:
+        text = f"{match['head'] or ''}{match['user']}:***@{match['tail']}"
+    return _PASSWORD_PARAM.sub(lambda m: f"{m['key']}***", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,27 +73,38 @@ class UpstreamDsn:
     host: str  # a hostname, an IP, or a directory holding the unix socket
     port: int
     user: str
-    password: str | None
+    password: str | None = field(repr=False)
     database: str
     sslmode: str  # disable | prefer | require | verify-ca | verify-full
     sslrootcert: str | None
-    text: str
+    text: str = field(repr=False)  # as written: holds the password; show redact_url(text) instead
 
     @property
     def is_unix(self) -> bool:
         return self.host.startswith("/")
 
+    @property
+    def redacted(self) -> str:
+        return redact_url(self.text)
+
     @classmethod
     def parse(cls, text: str) -> UpstreamDsn:
-        parts = urlsplit(text)
+        if not isinstance(text, str):
+            raise ConfigError("upstream must be a string: postgresql://user@host:port/database")
+        shown = redact_url(text)  # every message below names the URL without its password
+        try:
+            parts = urlsplit(text)
+            hostname = parts.hostname
+        except ValueError as exc:
+            raise ConfigError(f"upstream = {shown!r}: not a URL ({exc})") from None
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigError(f"upstream = {text!r}: expected postgresql://user@host:port/database")
+            raise ConfigError(f"upstream = {shown!r}: expected postgresql://user@host:port/database")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        host = query.get("host") or unquote(parts.hostname or "") or "127.0.0.1"
+        host = query.get("host") or unquote(hostname or "") or "127.0.0.1"
         try:
             port = int(query.get("port") or parts.port or 5432)
-        except ValueError as exc:
-            raise ConfigError(f"upstream = {text!r}: bad port") from exc
+        except ValueError:
+            raise ConfigError(f"upstream = {shown!r}: bad port") from None
         sslmode = query.get("sslmode", "disable" if host.startswith("/") else "prefer")
         if sslmode not in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"):
             raise ConfigError(f"upstream sslmode = {sslmode!r} is not a libpq sslmode")
@@ -103,6 +142,11 @@ class ProxySettings:
     max_message_size: int = 256 * 1024 * 1024
     shutdown_timeout: float = 30.0
     connect_timeout: float = 10.0
+    mirror_user: str | None = None  # the role mirrored statements connect as (then SET ROLE to the client's)
+    upstream_sslmode: str | None = None  # overrides the URL's sslmode; "disable" is the only way to TLS -> plain
+    plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (rewrite/cache.py)
+    max_prepared_statements: int = 1000  # routed named statements per session; more -> FATAL 54000
+    notify_channel: str = "pgcutover_changes"
     startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
     max_client_conn: int = 1000
 
@@ -138,6 +182,7 @@ class Route:
     legacy_format: str = "json"
     dims: int | None = None
     fallback: bool = True
+    fallback_storage: str = "int8"
     on_bad_vector: str = "error"
     metric: str = "cosine"
     mirror: float = 0.0
@@ -186,6 +231,8 @@ class Route:
             raise ConfigError(
                 f"{where}: legacy_format = {self.legacy_format!r} must be one of {', '.join(LEGACY_FORMATS)}"
             )
+        if self.fallback_storage not in FALLBACK_STORAGES:
+            raise ConfigError(f"{where}: fallback_storage must be one of {', '.join(FALLBACK_STORAGES)}")
         if self.on_bad_vector not in BAD_VECTOR_MODES:
             raise ConfigError(f"{where}: on_bad_vector must be one of {', '.join(BAD_VECTOR_MODES)}")
         if self.metric not in METRICS:
@@ -222,7 +269,26 @@ KEY_HELP: dict[str, str] = {
     "[proxy] tls_cert, tls_key": "PEM files: when both are set, SSLRequest is answered 'S' and TLS is terminated",
     "[proxy] max_message_size": "largest client message in bytes (default 268435456); larger -> 08P01, closed",
     "[proxy] shutdown_timeout": "seconds SIGTERM waits for sessions to finish (default 30)",
+    "[proxy] notify_channel": "LISTEN channel of the triggers' change notices (default pgcutover_changes)",
     "[proxy] connect_timeout": "seconds to reach the upstream before the client gets 08006 (default 10)",
+    "[proxy] upstream_sslmode": (
+        "libpq sslmode for the upstream, overriding the URL's. With tls_cert set, the upstream is encrypted too "
+        "(at least 'require'); only upstream_sslmode = \"disable\" allows a plaintext upstream (warned at start)"
+    ),
+    "[proxy] plan_cache_bytes": (
+        "bytes of plans cached (default 134217728); the merge-plan cache, and the plans all sessions' prepared "
+        "statements hold, get the same budget each. Bounded in bytes, not entries: every distinct SQL text "
+        "(e.g. an inlined vector literal) is a new entry"
+    ),
+    "[proxy] max_prepared_statements": (
+        "routed named statements one session may hold (default 1000, and 64 MB of their plans); one more ends "
+        "the session with 54000 program_limit_exceeded"
+    ),
+    "[proxy] mirror_user": (
+        "role the mirror connects as (password: $PGCUTOVER_MIRROR_PASSWORD or ~/.pgpass); it needs no privileges "
+        "of its own, only membership (NOINHERIT) of the application roles, and runs each mirrored statement after "
+        "SET ROLE to the client's user. Unset: nothing is mirrored"
+    ),
     "[proxy] startup_timeout": "seconds a client has to finish startup and authentication, else closed (default 60)",
     "[proxy] max_client_conn": "client connections at once (default 1000); more get 53300 'too many clients'",
     "[admin] users": "upstream users allowed on the admin console (virtual database 'pgcutover')",
@@ -240,6 +306,8 @@ KEY_HELP: dict[str, str] = {
     "[[route]] shadow_table, shadow_column, shadow_type": "shadow copy, its vector column, query-vector cast",
     "[[route]] split, sticky": "percent of similarity queries sent to the shadow; query | session | application_name",
     "[[route]] legacy_column, legacy_format, dims, fallback": "legacy vectors (json|bytea_f32|bytea_f64|array)",
+    "[[route]] fallback_storage": "float32 | int8 | float16: the fallback store's rows (default int8: a quarter of the"
+    " memory, candidates proven by error bounds, ranked exactly by the server)",
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
     "[[route]] metric": "l2 | cosine | ip: distance the `index` command builds the HNSW index for (default cosine)",
     "[[route]] mirror, mirror_exact, shadow_timeout_ms": "percent mirrored to the other target; shadow timeout",
@@ -319,16 +387,53 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         max_message_size=int(values.get("max_message_size", 256 * 1024 * 1024)),
         shutdown_timeout=float(values.get("shutdown_timeout", 30.0)),
         connect_timeout=float(values.get("connect_timeout", 10.0)),
+        mirror_user=values.get("mirror_user") or None,
+        upstream_sslmode=values.get("upstream_sslmode"),
+        plan_cache_bytes=int(values.get("plan_cache_bytes", 128 << 20)),
+        max_prepared_statements=int(values.get("max_prepared_statements", 1000)),
+        notify_channel=values.get("notify_channel", "pgcutover_changes"),
         startup_timeout=float(values.get("startup_timeout", 60.0)),
         max_client_conn=int(values.get("max_client_conn", 1000)),
     )
     if settings.startup_timeout <= 0 or settings.max_client_conn <= 0:
         raise ConfigError("[proxy] startup_timeout and max_client_conn must be positive")
+    if settings.plan_cache_bytes < 1 << 20:
+        raise ConfigError("[proxy] plan_cache_bytes must be at least 1048576")
+    if settings.max_prepared_statements < 1:
+        raise ConfigError("[proxy] max_prepared_statements must be at least 1")
+    channel = settings.notify_channel
+    if not isinstance(channel, str) or not 0 < len(channel.encode()) <= 63 or "\x00" in channel:
+        raise ConfigError("[proxy] notify_channel must be a channel name of 1 to 63 bytes")
+    settings = replace(settings, upstream=upstream_tls_policy(settings))
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("[proxy] tls_cert and tls_key go together")
     if settings.max_message_size < 1024:
         raise ConfigError("[proxy] max_message_size must be at least 1024")
     return settings
+
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def upstream_tls_policy(settings: ProxySettings) -> UpstreamDsn:
+    """The upstream as the proxy may use it. A client that negotiated TLS with the proxy (maybe verify-full)
+    believes its queries travel encrypted: so when the proxy terminates TLS, the upstream leg is encrypted too,
+    at least `require` ('prefer' would fall back to plaintext silently). A plaintext upstream then needs
+    `upstream_sslmode = "disable"`, said explicitly (serve() warns about it). A unix socket never leaves the
+    host (and PostgreSQL offers no TLS on it): it stays as it is."""
+    upstream, mode = settings.upstream, settings.upstream_sslmode
+    if mode is not None:
+        if mode not in SSLMODES:
+            raise ConfigError(f"[proxy] upstream_sslmode = {mode!r} must be one of {', '.join(SSLMODES)}")
+        return replace(upstream, sslmode=mode)
+    if not settings.tls_cert or upstream.is_unix:
+        return upstream
+    if upstream.sslmode in ("disable", "allow"):
+        raise ConfigError(
+            f"[proxy] tls_cert is set but the upstream URL says sslmode={upstream.sslmode}: clients would get TLS "
+            "to the proxy and plaintext beyond it. Use sslmode=require (or verify-full) for the upstream, or set "
+            "[proxy] upstream_sslmode = \"disable\" to accept a plaintext upstream explicitly")
+    return replace(upstream, sslmode="require") if upstream.sslmode == "prefer" else upstream
 
 
 def parse_config(data: dict[str, Any], source: str | None = None) -> Config:

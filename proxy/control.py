@@ -87,11 +87,21 @@ async def validate_change(conn: asyncpg.Connection, route: Route, split: float, 
     if split > 0:
         if not route.shadow_table:
             raise ConfigError(f"{route.table} has no shadow_table: only split 0 is possible")
+        from deploy.db import rls_gap, table_ident_text  # config names are exact: quoted as install-triggers does
+
         found = await conn.fetchval(
             "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 "
-            "AND NOT attisdropped", route.shadow_table, route.pg_shadow_column)
+            "AND NOT attisdropped", table_ident_text(route.shadow_table), route.pg_shadow_column)
         if not found:
             raise ConfigError(f"shadow {route.shadow_table}.{route.pg_shadow_column} does not exist upstream")
+
+        gap = await rls_gap(conn, route.table, route.shadow_table)
+        if gap:
+            raise ConfigError(
+                f"refusing split {split:g} for {route.table}: it has row-level security its shadow "
+                f"{route.shadow_table} lacks ({gap}), so the shadow would serve rows the source hides; copy the "
+                "policies to the shadow and ENABLE ROW LEVEL SECURITY on it first"
+            )
 
 
 @dataclass(frozen=True, slots=True)

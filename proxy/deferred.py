@@ -16,3 +16,4 @@ class Deferred:
     replacement: Awaitable[bytes]
     original: bytes
     kind: int
+    replay: bool = False  # once `replacement` is done, route `original` again instead of sending its result

@@ -54,7 +54,8 @@ class FallbackService:
         loop = asyncio.get_running_loop()
         for route in self.rt.config.routes:
             if needs_store(route):
-                store = LegacyStore(route)
+                store = LegacyStore(route, dtype=route.fallback_storage,
+                                    channel=self.rt.config.proxy.notify_channel)
                 self.stores[route.table] = store
                 self.tasks.append(loop.create_task(self._keep(store), name=f"fallback {route.table}"))
 

@@ -26,6 +26,7 @@ from pgvector import Vector
 
 from fallback.merge import MergePlan, build_merge, guard_bound
 from rewrite.analyze import Passthrough
+from rewrite.cache import ByteLRU
 
 from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DROP, PARSE, QUERY
@@ -54,7 +55,9 @@ class MergeCache:
     def __init__(self, service: FallbackService, size: int = 1024) -> None:
         self.service = service
         self.size = size
-        self._plans: OrderedDict[tuple[str, str], MergePlan | str] = OrderedDict()
+        # bounded in bytes as well (rewrite/cache.py): a merge plan holds its SQL texts, vector literal included
+        self._plans: ByteLRU[tuple[str, str], MergePlan | str] = ByteLRU(
+            size, service.rt.config.proxy.plan_cache_bytes)
         self.unmerged: Counter[str] = Counter()  # reason -> executions answered from pgvector rows only
 
     async def get(self, plan: Plan, sql: str) -> MergePlan:
@@ -68,14 +71,18 @@ class MergeCache:
                                                 server_decoder=self.service.server_decoder)
             except Passthrough as exc:
                 found = exc.reason
-            self._plans[key] = found
-            if len(self._plans) > self.size:
-                self._plans.popitem(last=False)
-        else:
-            self._plans.move_to_end(key)
+            self._plans.put(key, found, _merge_bytes(sql, found))
         if isinstance(found, str):
             raise Unanswerable(found)
         return found
+
+
+def _merge_bytes(sql: str, found: MergePlan | str) -> int:
+    """Estimated memory of a merge-cache entry: the key text, and the merged SQL in its three forms."""
+    if isinstance(found, str):
+        return 2 * len(sql) + 200
+    return 4_000 + 2 * len(sql) + len(found.sql_with_param) + sum(map(len, found.parts)) \
+        + len(found.vector_literal or "")
 
 
 def read_vector(value: bytes | None, binary: bool) -> np.ndarray:

@@ -17,6 +17,18 @@ queue and, on the proxy's own asyncpg pool:
 
 Nothing that writes is ever mirrored: the plan must be a similarity SELECT, the statements built are checked
 again, and they run in READ ONLY transactions, where PostgreSQL itself refuses any write.
+
+The mirror runs a client's statement with exactly the client's privileges, never the proxy's (SECURITY.md):
+
+- its connections authenticate as `[proxy] mirror_user`, a role with no privileges of its own that is a member
+  (NOINHERIT, or WITH INHERIT FALSE) of the application roles; each mirrored transaction first does
+  `SET LOCAL ROLE <the session's user>` (set_config('role', ...), so PostgreSQL checks the membership) and the
+  client's search_path. Without `mirror_user` nothing is mirrored (a warning at start says so);
+- only executions that succeeded for the client, from a session on the mirror's own database, are mirrored;
+- a statement calling a VOLATILE function (pg_notify, set_config, nextval, random, ...), or one whose calls
+  cannot be told, is not run at all: every named function is looked up in pg_proc (cached per name), and while
+  any operator, cast, type I/O, index or aggregate support function in the database is VOLATILE, nothing is;
+- samples and the log keep SQLSTATEs, never error texts (a message can quote the data it failed on).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import random
 import socket
 import time
@@ -34,7 +47,16 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from rewrite.mirror_sql import MAX_K, Unsupported, is_read_only, keys_sql
+from rewrite.cache import ByteLRU
+from rewrite.mirror_sql import (
+    MAX_K,
+    VOLATILE_ELSEWHERE_SQL,
+    VOLATILE_NAMES_SQL,
+    Unsupported,
+    called_functions,
+    is_read_only,
+    keys_sql,
+)
 
 from . import report
 from .evidence import compare
@@ -51,8 +73,15 @@ log = logging.getLogger("pgcutover.mirror")
 RECENT = 200  # samples per route behind the recall gauge
 MAX_PENDING = 10_000  # samples held while the database cannot take them (the oldest go first)
 STATEMENT_CACHE = 512  # per-target statements kept, by plan
-_EXACT_SETTINGS = ("SELECT set_config('enable_indexscan', 'off', true), set_config('enable_bitmapscan', 'off', true),"
-                   " set_config('enable_indexonlyscan', 'off', true)")
+STATEMENT_CACHE_BYTES = 32 << 20  # and their estimated memory (rewrite.router.plan_bytes)
+VOLATILITY_TTL = 60.0  # seconds a function name's volatility (and the database-wide check) is trusted
+VOLATILITY_CACHE = 4096  # function names kept
+MIRROR_PASSWORD_ENV = "PGCUTOVER_MIRROR_PASSWORD"
+# pg_catalog-qualified: these run after the client's search_path is in force, which may put a schema of its own
+# before pg_catalog
+_EXACT_SETTINGS = ("SELECT pg_catalog.set_config('enable_indexscan', 'off', true), "
+                   "pg_catalog.set_config('enable_bitmapscan', 'off', true), "
+                   "pg_catalog.set_config('enable_indexonlyscan', 'off', true)")
 _CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError, TimeoutError)
 
 
@@ -67,6 +96,9 @@ class MirrorRequest:
     client_target: str  # "primary" | "shadow": where the client's query ran
     client_latency: float  # seconds, send to ReadyForQuery, as the proxy measured it
     client_ok: bool
+    user: str = ""  # the session's user: the role the statement runs as (SET ROLE)
+    database: str = ""  # the session's database: mirrored only when it is the mirror's own
+    search_path: str = ""  # the session's search_path as the server reported it ("" = the role's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +107,7 @@ class Outcome:
     latency: float | None  # seconds of the execution alone
     rows: list[tuple[object, float | None]]  # (key, distance), nearest first
     sqlstate: str | None = None
-    error: str | None = None
+    error: str | None = None  # an error class name (from the SQLSTATE or the exception type), never a message
 
 
 class _Dropped(Exception):
@@ -105,10 +137,17 @@ class Mirror:
         self.reports: dict[str, report.RouteReport] = {}  # last summary read back (all replicas' samples)
         self.reports_at: float | None = None
         self._pending: list[report.Sample] = []
-        self._statements: OrderedDict[tuple[int, str], tuple[Plan, str | Unsupported]] = OrderedDict()
+        # per-target statements by plan: bounded in bytes, since each entry keeps its plan alive
+        self._statements: ByteLRU[tuple[int, str], tuple[Plan, str | Unsupported]] = ByteLRU(
+            STATEMENT_CACHE, STATEMENT_CACHE_BYTES)
         self._rng = random.Random()
         self._buckets: dict[str, tuple[float, float]] = {}  # route table -> (tokens, refreshed at)
-        self._pool: asyncpg.Pool | None = None
+        self._pool: asyncpg.Pool | None = None  # the proxy's own user: sample storage and the report only
+        self._exec_pool: asyncpg.Pool | None = None  # mirror_user: runs client statements (as the client)
+        self._volatile: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # name -> (volatile, checked at)
+        self._volatile_elsewhere: tuple[bool, float] | None = None
+        self._functions: ByteLRU[str, frozenset[str]] = ByteLRU(STATEMENT_CACHE * 3, STATEMENT_CACHE_BYTES)
+        self._warned_roles: set[str | None] = set()
         self._tasks: list[asyncio.Task] = []
         self._closed = False
         self._schema_ready = False
@@ -123,6 +162,12 @@ class Mirror:
             table = request.route.table
             if self._closed:
                 self._drop(table, "closed")
+                return False
+            if not request.client_ok:  # the client's own execution failed: nothing to compare, maybe a probe
+                self._drop(table, "client-failed")
+                return False
+            if not self.rt.config.proxy.mirror_user:
+                self._drop(table, "no-mirror-user")
                 return False
             self.queue.put_nowait(request)
             self.submitted[table] += 1
@@ -170,12 +215,20 @@ class Mirror:
     # -- lifecycle ---------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Workers and the flusher; returns when close() is called (or when cancelled)."""
-        kwargs = self.rt.config.proxy.upstream.asyncpg_kwargs()
-        self._pool = asyncpg.create_pool(
-            **kwargs, min_size=0, max_size=self.concurrency, timeout=self.rt.config.proxy.connect_timeout,
-            server_settings={"application_name": "pgcutover-mirror",
-                             "statement_timeout": str(self.statement_timeout_ms)})
+        proxy = self.rt.config.proxy
+        kwargs = proxy.upstream.asyncpg_kwargs()
+        settings = {"application_name": "pgcutover-mirror", "statement_timeout": str(self.statement_timeout_ms)}
+        self._pool = asyncpg.create_pool(**kwargs, min_size=0, max_size=1, timeout=proxy.connect_timeout,
+                                         server_settings=settings)
         await self._pool
+        if proxy.mirror_user:
+            exec_kwargs = {**kwargs, "user": proxy.mirror_user, "password": os.environ.get(MIRROR_PASSWORD_ENV)}
+            self._exec_pool = asyncpg.create_pool(**exec_kwargs, min_size=0, max_size=self.concurrency,
+                                                  timeout=proxy.connect_timeout, server_settings=settings)
+            await self._exec_pool
+        elif any(route.mirror > 0 for route in self.rt.routing.routes):
+            log.warning("mirror: routes ask for mirroring but [proxy] mirror_user is not set: nothing is mirrored "
+                        "(mirrored statements never run with the proxy's own credentials; see SECURITY.md)")
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
         self._tasks.append(loop.create_task(self._flush_loop()))
@@ -196,8 +249,11 @@ class Mirror:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout)
-        pool, self._pool = self._pool, None
-        if pool is not None:
+        pools = [self._pool, self._exec_pool]
+        self._pool = self._exec_pool = None
+        for pool in pools:
+            if pool is None:
+                continue
             try:
                 await asyncio.wait_for(pool.close(), timeout)
             except (TimeoutError, Exception):
@@ -226,25 +282,86 @@ class Mirror:
             raise _Dropped("not-read-only")
         if not route.shadow_table:
             raise _Dropped("no-shadow")
+        if not request.client_ok:
+            raise _Dropped("client-failed")
+        if not request.user:
+            raise _Dropped("no-user")
+        if request.database and request.database != self.rt.config.proxy.upstream.database:
+            raise _Dropped("other-database")  # the client may not even have CONNECT on the mirror's database
         sql = {target: self._keys_sql(plan, target) for target in ("primary", "shadow")}
         exact = self._rng.random() * 100 < route.mirror_exact
         if exact:
             sql["exact"] = self._keys_sql(plan, "exact")
-        pool = self._pool
+        pool = self._exec_pool
         if pool is None:
-            raise _Dropped("not-running")
+            raise _Dropped("not-running" if self.rt.config.proxy.mirror_user else "no-mirror-user")
         try:
             async with pool.acquire() as conn:
-                args = await self._arguments(conn, request, sql["primary"])
+                await self._check_volatility(conn, sql.values())
+                async with conn.transaction(readonly=True):
+                    await self._become_client(conn, request)
+                    args = await self._arguments(conn, request, sql["primary"])
                 order = ["primary", "shadow"]
                 self._rng.shuffle(order)  # neither target always runs on a warm connection
-                outcomes = {target: await self._execute(conn, route, target, sql[target], args) for target in order}
-                truth = await self._execute(conn, route, "exact", sql["exact"], args) if exact else None
+                outcomes = {target: await self._execute(conn, request, target, sql[target], args)
+                            for target in order}
+                truth = await self._execute(conn, request, "exact", sql["exact"], args) if exact else None
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:  # e.g. the pool cannot connect right now
             raise _Dropped("mirror-connection") from exc
         sample = self._sample(request, outcomes["primary"], outcomes["shadow"], truth)
         self._record(sample)
         return sample
+
+    async def _become_client(self, conn: asyncpg.Connection, request: MirrorRequest) -> None:
+        """Inside the mirrored transaction: the client's role (checked by PostgreSQL against mirror_user's
+        memberships) and search_path, both reverting at the transaction's end."""
+        try:
+            await conn.execute("SELECT pg_catalog.set_config('role', $1, true), "
+                               "pg_catalog.set_config('search_path', $2, true)",
+                               request.user, request.search_path or '"$user", public')
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate not in self._warned_roles:
+                self._warned_roles.add(exc.sqlstate)
+                log.warning("mirror: [proxy] mirror_user cannot SET ROLE to a session's user (%s); grant it "
+                            "membership of the application roles (SECURITY.md)", exc.sqlstate)
+            raise _Dropped(f"set-role:{exc.sqlstate}") from exc
+
+    async def _check_volatility(self, conn: asyncpg.Connection, statements) -> None:
+        """Refuse a statement that calls a VOLATILE function, or whose calls cannot be told. Raises _Dropped."""
+        now = time.monotonic()
+        if self._volatile_elsewhere is None or now - self._volatile_elsewhere[1] > VOLATILITY_TTL:
+            self._volatile_elsewhere = (bool(await conn.fetchval(VOLATILE_ELSEWHERE_SQL)), now)
+        if self._volatile_elsewhere[0]:
+            raise _Dropped("volatile-operators-in-database")
+        names: set[str] = set()
+        for sql in statements:
+            try:
+                names |= self._functions_of(sql)
+            except Unsupported as exc:
+                raise _Dropped(exc.reason) from exc
+        unknown = []
+        for name in sorted(names):
+            cached = self._volatile.get(name)
+            if cached is None or now - cached[1] > VOLATILITY_TTL:
+                unknown.append(name)
+            elif cached[0]:
+                raise _Dropped("volatile-function")
+        if unknown:
+            found = {row[0]: row[1] for row in await conn.fetch(VOLATILE_NAMES_SQL, unknown)}
+            for name in unknown:
+                self._volatile[name] = (found.get(name, True), now)  # not in pg_proc: unsure, refused
+                self._volatile.move_to_end(name)
+            while len(self._volatile) > VOLATILITY_CACHE:
+                self._volatile.popitem(last=False)
+            if any(found.get(name, True) for name in unknown):
+                raise _Dropped("volatile-function")
+
+    def _functions_of(self, sql: str) -> frozenset[str]:
+        found = self._functions.get(sql)
+        if found is None:
+            found = called_functions(sql)
+            self._functions.put(sql, found, 2 * len(sql) + 200)
+        return found
 
     def _keys_sql(self, plan: Plan, target: str) -> str:
         """Per-target statement, cached by plan (the plan object is held, so its id stays unique)."""
@@ -257,11 +374,9 @@ class Mirror:
             except Unsupported as exc:
                 built = exc
             cached = (plan, built)
-            self._statements[key] = cached
-            if len(self._statements) > STATEMENT_CACHE:
-                self._statements.popitem(last=False)
-        else:
-            self._statements.move_to_end(key)
+            # the plan's parsed tree (kept alive here) and the statement text, as rewrite.router.plan_bytes counts
+            text = len(built) if isinstance(built, str) else 0
+            self._statements.put(key, cached, 40_000 + 4 * text)
         if isinstance(cached[1], Unsupported):
             raise _Dropped(f"unsupported:{cached[1].reason}")
         return cached[1]
@@ -277,7 +392,7 @@ class Mirror:
         try:
             args = decode_params(request.params, request.param_formats, request.param_oids, types)
         except UnsupportedParam as exc:
-            log.debug("mirror: %s", exc)
+            log.debug("mirror: unsupported parameter (%s)", type(exc).__name__)  # the message may quote a value
             raise _Dropped("unsupported-param") from exc
         query = request.plan.query
         assert query is not None
@@ -287,13 +402,15 @@ class Mirror:
                 raise _Dropped("unsupported:limit-too-large")
         return args
 
-    async def _execute(self, conn: asyncpg.Connection, route: Route, target: str, sql: str,
+    async def _execute(self, conn: asyncpg.Connection, request: MirrorRequest, target: str, sql: str,
                        args: list[object]) -> Outcome:
+        route = request.route
         started = None
         try:
             async with conn.transaction(readonly=True):
+                await self._become_client(conn, request)
                 if target == "shadow" and route.shadow_timeout_ms > 0:
-                    await conn.execute("SELECT set_config('statement_timeout', $1, true)",
+                    await conn.execute("SELECT pg_catalog.set_config('statement_timeout', $1, true)",
                                        str(int(route.shadow_timeout_ms)))
                 elif target == "exact":
                     await conn.execute(_EXACT_SETTINGS)
@@ -305,13 +422,13 @@ class Mirror:
             return Outcome(True, latency, [(r[-2], r[-1]) for r in records])
         except asyncpg.PostgresError as exc:
             latency = time.perf_counter() - started if started is not None else None
-            return Outcome(False, latency, [], exc.sqlstate, str(exc)[:200])
+            return Outcome(False, latency, [], exc.sqlstate, type(exc).__name__)  # the class, not the message
         except asyncpg.DataError as exc:
             raise _Dropped("unsupported-param") from exc
         except _CONNECTION_ERRORS as exc:
             if target == "primary":
                 raise
-            return Outcome(False, None, [], None, f"connection: {exc}"[:200])
+            return Outcome(False, None, [], None, f"connection:{type(exc).__name__}")
 
     def _sample(self, request: MirrorRequest, primary: Outcome, shadow: Outcome,
                 truth: Outcome | None) -> report.Sample:
@@ -345,8 +462,8 @@ class Mirror:
         self.samples[table] += 1
         if sample.shadow_fault:
             self.shadow_errors[table] += 1
-            log.info("mirror: %s failed on the shadow (%s) where the primary answered: %s", table,
-                     sample.shadow_sqlstate or "no SQLSTATE", sample.shadow_error)
+            log.info("mirror: %s failed on the shadow (SQLSTATE %s, %s) where the primary answered", table,
+                     sample.shadow_sqlstate or "none", sample.shadow_error)
         if sample.recall is not None:
             self._recall.setdefault(table, deque(maxlen=RECENT)).append(sample.recall)
         self._pending.append(sample)

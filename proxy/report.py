@@ -33,6 +33,7 @@ from .evidence import Latency, RouteSummary, mean_interval, verdict, wilson
 from .routing import canonical_table
 
 if TYPE_CHECKING:
+    from .breaker import BreakerState
     from .runtime import Runtime
 
 TEXT, INT8, FLOAT8 = 25, 20, 701
@@ -347,9 +348,18 @@ def show_report(rt: Runtime) -> tuple[list[tuple[str, int]], list[list[object]]]
             report = RouteReport(summary, verdict(summary, route), None, DEFAULT_SINCE)
         state = states.get(route.table)
         dropped = mirror.dropped_reasons_text(route.table) if mirror is not None else None
-        rows.append([*report_row(report), route.mirror, dropped, state.state if state else None,
+        rows.append([*report_row(report), route.mirror, dropped, _breaker_text(state) if state else None,
                      state.last_trip if state else None, age])
     return columns, rows
+
+
+def _breaker_text(state: BreakerState) -> str:
+    """The breaker's state, and whose fault the shadow errors in its window were (why it did or did not trip)."""
+    if not (state.shadow_errors or state.client_errors or state.unverified_errors):
+        return state.state
+    probe = f", probe {state.probe}" if state.probe else ""
+    return (f"{state.state} ({state.shadow_errors} shadow errors counted, {state.client_errors} the client's, "
+            f"{state.unverified_errors} unverified{probe})")
 
 
 # -- metrics --------------------------------------------------------------------------------------------------
@@ -384,10 +394,18 @@ class EvidenceCollector(Collector):
                 value = mirror.recent_recall(table)
                 if value is not None:
                     recall.add_metric([table], value)
+        judged = GaugeMetricFamily("pgcutover_breaker_window_errors",
+                                   "Shadow errors in the breaker's window by whose fault they are (only 'shadow' "
+                                   "counts; 'unverified' counts if a probe finds the shadow broken)",
+                                   labels=["route", "verdict"])
         if breaker is not None:
             for (table, reason), count in sorted(breaker.trips.items()):
                 trips.add_metric([table, reason], count)
-        yield from (samples, dropped, errors, recall, trips)
+            for state in breaker.state_rows():
+                for verdict, count in (("shadow", state.shadow_errors), ("client", state.client_errors),
+                                       ("unverified", state.unverified_errors)):
+                    judged.add_metric([state.route, verdict], count)
+        yield from (samples, dropped, errors, recall, trips, judged)
 
 
 def register_metrics(registry: CollectorRegistry, runtime: Runtime) -> None:

@@ -228,6 +228,8 @@ class Session:
     def _finish(self) -> None:
         if self.admin is not None:
             self.admin.close()
+        if self.routing is not None:
+            self.routing.release()  # the plans its prepared statements held (rewrite/router.py, hold)
         self.rt.session_ended(self)
 
     # flow control: a slow reader on one side pauses reading on the other, so memory stays bounded
@@ -259,13 +261,13 @@ class Session:
             self._to_client(msg.error_response(sqlstate, text, "FATAL"))
         self.close()
 
-    def _violation(self, text: str) -> None:
+    def _violation(self, text: str, sqlstate: str = "08P01") -> None:
         self.rt.totals.protocol_errors += 1
         suppressed = _violation_log.allow()
         if suppressed is not None:  # a hostile client must not be able to fill the logs
             more = f" ({suppressed} more not logged)" if suppressed else ""
             log.warning("protocol violation from %s: %s%s", self.peer, text, more)
-        self.fail_client("08P01", f"pgcutover: {text}")
+        self.fail_client(sqlstate, f"pgcutover: {text}")
 
     # -- startup --------------------------------------------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
@@ -517,7 +519,7 @@ class Session:
                 try:
                     replacement = self._on_client_message(kind, data, pos, end)
                 except msg.ProtocolViolation as exc:
-                    self._violation(str(exc))
+                    self._violation(str(exc), getattr(exc, "sqlstate", "08P01"))
                     return
                 plain = tracker.plain
                 hold = self._hold_types
@@ -550,6 +552,8 @@ class Session:
                             expected = _DESCRIBE_PORTAL
                     elif expected == _QUERY:
                         queries += 1
+                    elif expected == _SYNC and self.routing is not None:
+                        self.routing.on_sync()  # a transaction's end as the client sends it (statements.py)
                     if plain:
                         append(expected)
                     else:
@@ -679,7 +683,13 @@ class Session:
             out = deferred.original
         if self.state != WAITING:
             return
-        self._to_server(out)
+        if deferred.replay:  # planned off the loop: the message is routed again, from the top, counted once
+            self._early.insert(0, deferred.original)
+            self.bytes_from_client -= len(deferred.original)
+            self.messages_from_client -= 1
+            self.queries -= deferred.kind == codes.F_QUERY
+        else:
+            self._to_server(out)
         self.state = ACTIVE
         self.resume_client_reading()
         while self._early and self.state is ACTIVE:
@@ -921,6 +931,11 @@ class Session:
     def _close_if_idle_for_shutdown(self) -> None:
         if self.idle:
             self.close_for_shutdown()
+
+    @property
+    def guarded_cycle(self) -> bool:
+        """A shadow-routed cycle is in flight that fails over to the primary if it fails (proxy/failover.py)."""
+        return self._cycle is not None
 
     @property
     def idle(self) -> bool:

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rewrite.router import plan_bytes
 from rewrite.split import SplitSession
+from rewrite.txcontrol import query_effects, statement_effect
 
 from .deferred import Deferred
 from .merged import MergedQueries
@@ -38,6 +40,20 @@ log = logging.getLogger("pgcutover.statements")
 
 _names = itertools.count(1)
 MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)
+MAX_STATEMENT_BYTES = 64 << 20  # per session: routed statements keep their plans alive (rewrite.router.plan_bytes)
+
+
+class SessionLimit(msg.ProtocolViolation):
+    """A per-session bound was reached: the session gets a FATAL with `sqlstate` and is closed.
+
+    54000 program_limit_exceeded, not 53200 out_of_memory: the proxy did not run out of memory, a limit the
+    operator set (max_prepared_statements) was reached, like PostgreSQL's own 54xxx limits; PostgreSQL itself
+    has no limit on prepared statements. FATAL because the session cannot be answered in place: the statement
+    would be missing from every later Bind of the client's pipeline."""
+
+    def __init__(self, text: str, sqlstate: str = "54000") -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
 
 
 @dataclass(slots=True)
@@ -54,6 +70,7 @@ class Execution:
     param_formats: tuple[int, ...] = ()
     param_oids: tuple[int, ...] = ()
     awaiting_bind: bool = False  # decided at an unnamed Parse: its values come with the next Bind
+    replay: bool = False  # the failover's re-run on the primary of a statement that failed on the shadow
 
 
 @dataclass(slots=True)
@@ -96,8 +113,14 @@ class StatementRouting:
         self._sqlstate: str | None = None  # first error since the last ReadyForQuery
         self._failed = False
         self.force_target: str | None = None  # set while a failed shadow cycle is replayed on the primary
+        # a failed shadow execution of a guarded cycle, judged by the breaker once the failover's re-run on the
+        # primary has answered: (execution, seconds, sqlstate)
+        self._awaiting_primary: tuple[Execution, float, str | None] | None = None
         self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
         self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
+        self._planned: tuple[str, tuple[str, ...], Plan] | None = None  # planned off the loop, for the replay
+        self._statement_bytes = 0  # plan_bytes of self.statements
+        self._tx_statements: dict[str, int] = {}  # named statements that are BEGIN/COMMIT/...: their effect
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -116,14 +139,18 @@ class StatementRouting:
     def _target(self, plan: Plan, sql: str = "", execution: bool = True) -> str:
         """Roll for one query. `execution` is False for the Parse of a named statement: its Binds count."""
         route = self._live_route(plan)
-        self.split.application_name = self.session.application_name or None
-        in_transaction = self.session.tx_status != codes.TX_IDLE
-        target = self.force_target or self.split.target_for(route, in_transaction)
+        split = self.split
+        split.application_name = self.session.application_name or None
+        if execution:
+            split.implicit()
+        target = self.force_target or split.target_for(route)
         if execution:
             self.rt.count_routed(route.table, target)
-            mirror = (route.mirror > 0 and not in_transaction and self.rt.mirror is not None
+            outside = not split.explicit and self.session.tx_status == codes.TX_IDLE
+            mirror = (route.mirror > 0 and outside and self.rt.mirror is not None
                       and self.split.rng.random() * 100 < route.mirror and self.rt.mirror.admit(route))
-            self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror))
+            self._executions.append(Execution(route, target, time.perf_counter(), plan, sql, mirror,
+                                              replay=self.force_target is not None))
         return target
 
     def _attach_values(self, execution: Execution, payload: bytes, param_oids: tuple[int, ...]) -> None:
@@ -133,19 +160,83 @@ class StatementRouting:
         execution.param_oids = param_oids
         execution.awaiting_bind = False
 
-    def _plan(self, sql: str) -> Plan:
-        return self.router.plan(sql, self.search_path)
+    def _lookup(self, sql: str) -> Plan | None:
+        """The plan if it is known without planning (rewrite/router.py); None: plan it off the loop first."""
+        planned, self._planned = self._planned, None
+        if planned is not None and planned[0] == sql and planned[1] == self.search_path:
+            return planned[2]
+        return self.router.lookup(sql, self.search_path)
+
+    def _plan_first(self, sql: str, original: bytes, kind: int) -> Deferred:
+        """Hold this client's messages while the planner thread plans `sql`, then route `original` again."""
+        search_path = self.search_path
+
+        async def planned() -> bytes:
+            try:
+                plan = await self.router.plan_async(sql, search_path)
+            except RuntimeError:  # the planner is shut down (the proxy is stopping): plan here
+                plan = self.router.plan(sql, search_path)
+            self._planned = (sql, search_path, plan)
+            return b""
+
+        return Deferred(planned(), original, kind, replay=True)
+
+    def _keep(self, name: str, statement: RoutedStatement) -> None:
+        limit = self.rt.config.proxy.max_prepared_statements
+        size = plan_bytes(statement.sql, statement.plan)
+        if len(self.statements) >= limit or self._statement_bytes + size > MAX_STATEMENT_BYTES:
+            raise SessionLimit(f"too many prepared statements in this session (max_prepared_statements = {limit}, "
+                               f"{MAX_STATEMENT_BYTES >> 20} MB of routed statements); close the ones no longer "
+                               "used")
+        if not self.router.hold(statement.plan, statement.sql):
+            raise SessionLimit("the prepared statements of all sessions hold plan_cache_bytes of plans; close "
+                               "the ones no longer used")
+        self.statements[name] = statement
+        self._statement_bytes += size
+
+    def _forget(self, name: str) -> RoutedStatement | None:
+        statement = self.statements.pop(name, None)
+        if statement is not None:
+            self._statement_bytes -= plan_bytes(statement.sql, statement.plan)
+            self.router.release(statement.plan)
+        return statement
+
+    def release(self) -> None:
+        """The session ended: its statements no longer hold their plans."""
+        for name in list(self.statements):
+            self._forget(name)
 
     def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
         """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
-        if target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE:
+        if (target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE
+                and not self.split.explicit):
             assert plan.route is not None
             self.session.cycle_request = plan.route.table
 
     # -- messages ---------------------------------------------------------------------------------------------
-    def on_query(self, payload: bytes) -> bytes | None:
+    def on_query(self, payload: bytes) -> bytes | Deferred | None:
+        """A simple Query is one implicit transaction unless it opens an explicit one; its transaction-control
+        statements take effect in order around its (single) routing decision."""
         sql = msg.parse_query(payload)
-        plan = self._plan(sql)
+        plan = self._lookup(sql)
+        if plan is None:  # planned off the loop, then this message is routed again: effects apply then, once
+            return self._plan_first(sql, msg.message(b"Q", payload), codes.F_QUERY)
+        effects = query_effects(sql)
+        split = self.split
+        split.implicit()
+        lead = 0
+        while lead < len(effects) and effects[lead]:  # BEGIN; SELECT ...: the SELECT is in the transaction
+            split.effect(effects[lead])
+            lead += 1
+        try:
+            return self._route_query(payload, sql, plan)
+        finally:
+            for effect in effects[lead:]:
+                if effect:
+                    split.effect(effect)
+            split.sync()
+
+    def _route_query(self, payload: bytes, sql: str, plan: Plan) -> bytes | Deferred | None:
         tracker = self.session.tracker
         cycle_start = tracker.idle
         if plan.passthrough:
@@ -162,6 +253,12 @@ class StatementRouting:
 
     def on_parse(self, payload: bytes) -> bytes | None:
         parse = msg.parse_parse(payload)
+        plan = self._lookup(parse.sql)
+        if plan is None:
+            return self._plan_first(parse.sql, msg.message(b"P", payload), codes.F_PARSE)
+        if parse.name and not plan.passthrough:
+            self._forget(parse.name)  # re-used name: its old plan goes (as below), then the limit is checked
+            self._keep(parse.name, RoutedStatement(plan, parse.sql, parse.param_oids, ""))  # target set below
         tracker = self.session.tracker
         cycle_start = tracker.idle
         out = b""
@@ -170,16 +267,25 @@ class StatementRouting:
             out = msg.close("S", parse.name)
             tracker.expect(CLOSE, DROP)
         tracker.expect(PARSE)
-        self.statements.pop(parse.name, None)  # a re-used unnamed (or closed-then-reused) name starts afresh
+        if plan.passthrough or not parse.name:
+            self._forget(parse.name)  # a re-used unnamed (or closed-then-reused) name starts afresh
+        effect = statement_effect(parse.sql)
+        if parse.name:
+            if effect:  # it takes effect at each of its Binds
+                self._tx_statements[parse.name] = effect
+                self.session.hold_statement_messages()
+            elif self._tx_statements:
+                self._tx_statements.pop(parse.name, None)
+        elif effect:  # the unnamed statement runs at the Bind/Execute that come with it
+            self.split.effect(effect)
         if not parse.name:
             self.unnamed = None
-        plan = self._plan(parse.sql)
         if plan.passthrough:
             return out + msg.message(b"P", payload) if out else None
         target = self._target(plan, parse.sql, execution=not parse.name)
         self._guard(plan, target, cycle_start)
         if parse.name:
-            self.statements[parse.name] = RoutedStatement(plan, parse.sql, parse.param_oids, target)
+            self.statements[parse.name].prepared_for = target
             self.session.hold_statement_messages()
         elif self.merged is not None and self.merged.wants(plan, target):
             self.unnamed = RoutedStatement(plan, parse.sql, parse.param_oids, target)  # merged at its Bind
@@ -197,6 +303,10 @@ class StatementRouting:
         tracker = self.session.tracker
         portal, pos = msg.read_cstr(payload, 0)
         name, rest = msg.read_cstr(payload, pos)
+        if name and name in self._tx_statements:
+            self.split.effect(self._tx_statements[name])
+            tracker.expect(BIND)
+            return None
         statement = self.statements.get(name) if name else self.unnamed
         if statement is None:
             if not name and self._executions and self._executions[-1].awaiting_bind:
@@ -240,7 +350,8 @@ class StatementRouting:
         if payload[:1] != b"S":
             return None
         name, _ = msg.read_cstr(payload, 1)
-        statement = self.statements.pop(name, None)
+        self._tx_statements.pop(name, None)
+        statement = self._forget(name)
         if statement is None or not statement.others:
             return None
         out = msg.message(b"C", payload)
@@ -260,28 +371,51 @@ class StatementRouting:
         for statement, target in self._injected:
             statement.uncertain.add(target)
 
+    def on_sync(self) -> None:
+        """The client's Sync (as it passes, before any reply): an implicit transaction ends there."""
+        self.split.sync()
+
     def on_ready(self) -> None:
+        if self.session.tracker.idle:  # nothing else in flight: the server's status is the session's state
+            self.split.ready(self.session.tx_status)
+        prepared = bool(self._injected)
         self._injected.clear()
         if self.merged is not None:
             self.merged.on_ready()
-        if self._executions:
-            self._finish_executions()
+        if self._executions or self._awaiting_primary is not None:
+            self._finish_executions(prepared)
         self._failed = False
         self._sqlstate = None
 
-    def _finish_executions(self) -> None:
+    def _finish_executions(self, prepared: bool = False) -> None:
         now = time.perf_counter()
         rt, ok = self.rt, not self._failed
+        breaker = rt.breaker
+        # a latency is the execution's own only when it was alone in its cycle and nothing was prepared first
+        clean = len(self._executions) == 1 and not prepared
+        awaiting, self._awaiting_primary = self._awaiting_primary, None
+        if awaiting is not None and breaker is not None:
+            shadow, seconds, sqlstate = awaiting
+            replayed = any(execution.replay for execution in self._executions)
+            primary = ("" if ok else self._sqlstate or "unknown") if replayed else None  # "": it answered
+            breaker.record(shadow.route.table, shadow.target, seconds, False, sqlstate, primary=primary, clean=False)
         for execution in self._executions:
             seconds = now - execution.started
             table = execution.route.table
             if rt.query_metrics is not None:
                 rt.query_metrics.observe(table, execution.target, seconds, ok)
-            if rt.breaker is not None:
-                rt.breaker.record(table, execution.target, seconds, ok, None if ok else self._sqlstate)
+            if breaker is not None:
+                if not ok and execution.target == "shadow" and self.session.guarded_cycle:
+                    # the failover re-runs it on the primary: whose fault it is shows there
+                    self._awaiting_primary = (execution, seconds, self._sqlstate)
+                else:
+                    breaker.record(table, execution.target, seconds, ok, None if ok else self._sqlstate,
+                                   clean=clean and not execution.replay)
             if execution.mirror and not execution.awaiting_bind:
                 rt.mirror.submit(MirrorRequest(
                     route=execution.route, plan=execution.plan, sql=execution.sql, params=execution.params,
                     param_formats=execution.param_formats, param_oids=execution.param_oids,
-                    client_target=execution.target, client_latency=seconds, client_ok=ok))
+                    client_target=execution.target, client_latency=seconds, client_ok=ok,
+                    user=self.session.user, database=self.session.database,
+                    search_path=self.session.server_params.get("search_path", "")))
         self._executions.clear()

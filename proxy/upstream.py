@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import UpstreamDsn
+from .config import ProxySettings, UpstreamDsn
 from .protocol.messages import SSL_REQUEST_PACKET
 
 
@@ -34,6 +34,16 @@ class UpstreamAddress:
 
 def address_of(dsn: UpstreamDsn) -> UpstreamAddress:
     return UpstreamAddress(dsn.host, dsn.port)
+
+
+def tls_warnings(settings: ProxySettings) -> list[str]:
+    """What serve() warns about at start (config.upstream_tls_policy() has refused what it cannot accept)."""
+    upstream = settings.upstream
+    if settings.tls_cert and not upstream.is_unix and upstream.sslmode in ("disable", "allow", "prefer"):
+        return [f"TLS is terminated at the proxy but the upstream connection may be plaintext "
+                f"(upstream_sslmode = {upstream.sslmode!r}): clients believe their queries travel encrypted "
+                f"all the way to {upstream.host}:{upstream.port}"]
+    return []
 
 
 def client_ssl_context(dsn: UpstreamDsn) -> ssl.SSLContext:

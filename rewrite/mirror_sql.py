@@ -22,6 +22,7 @@ FROM shadow.items ORDER BY embedding <-> $1::vector LIMIT 5
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
@@ -235,3 +236,62 @@ def parameter_count(sql: str) -> int:
     statement = parse(sql)[0]
     return max((int(p.this.this) for p in statement.find_all(exp.Parameter)
                 if isinstance(p.this, exp.Literal) and p.this.this.isdigit()), default=0)
+
+
+# -- what a statement calls -----------------------------------------------------------------------------------
+# Nodes that are SQL syntax rather than a call of a pg_proc function by their printed name. Each is either
+# evaluated by the executor itself (CASE, COALESCE, NULLIF, GREATEST, LEAST, EXISTS, ARRAY[...]) or a SQL value
+# function that is at most STABLE (CURRENT_TIMESTAMP and friends). Casts are judged database-wide instead
+# (VOLATILE_ELSEWHERE_SQL): a cast may call a cast function or a type's I/O function without naming it.
+_SYNTAX_NAMES = ("Cast", "Case", "If", "Coalesce", "Nullif", "Greatest", "Least", "Exists", "Array", "CurrentUser",
+                 "SessionUser", "CurrentRole", "CurrentSchema", "CurrentCatalog", "CurrentTimestamp", "CurrentDate",
+                 "CurrentTime", "Localtimestamp", "Localtime")
+_SYNTAX = tuple(cls for cls in (getattr(exp, name, None) for name in _SYNTAX_NAMES) if isinstance(cls, type))
+_CALL = re.compile(r'"?([A-Za-z_][A-Za-z0-9_$]*)"?\s*\(')
+
+# Functions a statement may call without naming them: operators, casts, type I/O, the btree and hash support
+# behind ORDER BY, DISTINCT, GROUP BY and joins, and aggregate support. (Other index methods' support functions,
+# such as pgvector's hnsw_*_support, return planner metadata and are left at the default VOLATILE; adding
+# any operator class needs a superuser.)
+# The mirror refuses every statement while any of these is VOLATILE anywhere in the database (none is in a
+# stock PostgreSQL + pgvector), so a per-statement check of named functions is enough.
+VOLATILE_ELSEWHERE_SQL = """
+SELECT EXISTS (SELECT FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v')
+    OR EXISTS (SELECT FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc WHERE p.provolatile = 'v')
+    OR EXISTS (SELECT FROM pg_type t JOIN pg_proc p ON p.oid IN (t.typinput, t.typoutput, t.typreceive, t.typsend)
+               WHERE p.provolatile = 'v')
+    OR EXISTS (SELECT FROM pg_amproc a JOIN pg_proc p ON p.oid = a.amproc
+                 JOIN pg_opfamily f ON f.oid = a.amprocfamily JOIN pg_am m ON m.oid = f.opfmethod
+               WHERE p.provolatile = 'v' AND m.amname IN ('btree', 'hash'))
+    OR EXISTS (SELECT FROM pg_aggregate g JOIN pg_proc p
+                 ON p.oid IN (g.aggtransfn, g.aggfinalfn, g.aggcombinefn, g.aggmtransfn, g.aggmfinalfn)
+               WHERE p.provolatile = 'v')
+"""
+# Per name, over every schema and overload (a name the client resolves by its own search_path may be any of
+# them): absent names are "unsure", any VOLATILE overload makes the name volatile.
+VOLATILE_NAMES_SQL = ("SELECT lower(proname), bool_or(provolatile = 'v') FROM pg_proc "
+                      "WHERE lower(proname) = ANY($1::text[]) GROUP BY 1")
+
+
+def called_functions(sql: str) -> frozenset[str]:
+    """Lower-cased names of the functions a statement built here calls by name. Raises Unsupported when a node
+    cannot be told apart from a call (refuse when unsure).
+
+    >>> sorted(called_functions("SELECT lower(c), count(*) FROM t WHERE now() > x ORDER BY e <-> $1 LIMIT 1"))
+    ['count', 'lower']
+    >>> sorted(called_functions("SELECT 1 FROM t WHERE pg_notify('x', 'y') IS NULL AND s.\\"F\\"(1)"))
+    ['f', 'pg_notify']
+    """
+    names: set[str] = set()
+    for statement in parse(sql):
+        for node in statement.walk():
+            if not isinstance(node, exp.Func) or isinstance(node, _SYNTAX):
+                continue
+            if isinstance(node, exp.Anonymous):
+                names.add(node.name.lower())
+                continue
+            match = _CALL.match(to_sql(node))
+            if match is None:
+                raise Unsupported(f"unsure-function:{type(node).__name__}")
+            names.add(match.group(1).lower())
+    return frozenset(names)

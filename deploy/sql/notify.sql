@@ -2,14 +2,16 @@
 -- A row is legacy-only when {{vec}} IS NULL AND {{legacy}} IS NOT NULL: those are the rows the store holds.
 --   upsert:   a legacy-only row inserted, its legacy value changed, or a row that became legacy-only
 --   migrated: a legacy-only row whose vector became non-NULL
---   delete:   a legacy-only row deleted, or its key changed (the new key is then an upsert)
+--   delete:   a legacy-only row deleted, its legacy value set to NULL, or its key changed (the new key
+--             is then an upsert)
 --   resync:   TRUNCATE, or a statement too large to list (see pgcutover.notify_keys)
+-- SECURITY DEFINER: pgcutover.notify_keys is not executable by applications.
 
 -- @section insert
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pgcutover.notify_keys({{display_lit}}, 'upsert',
+{{guard}}    PERFORM pgcutover.notify_keys({{display_lit}}, 'upsert',
         (SELECT jsonb_agg(n.{{key}}) FROM pgcutover_new AS n WHERE n.{{vec}} IS NULL AND n.{{legacy}} IS NOT NULL));
     RETURN NULL;
 END
@@ -17,12 +19,13 @@ $pgcutover$;
 
 -- @section update
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
+{{guard}}    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
         (SELECT jsonb_agg(o.{{key}}) FROM pgcutover_old AS o
          WHERE o.{{vec}} IS NULL AND o.{{legacy}} IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM pgcutover_new AS n WHERE n.{{key}} = o.{{key}})));
+           AND NOT EXISTS (SELECT 1 FROM pgcutover_new AS n WHERE n.{{key}} = o.{{key}}
+                           AND (n.{{vec}} IS NOT NULL OR n.{{legacy}} IS NOT NULL))));
     PERFORM pgcutover.notify_keys({{display_lit}}, 'migrated',
         (SELECT jsonb_agg(n.{{key}}) FROM pgcutover_new AS n JOIN pgcutover_old AS o ON o.{{key}} = n.{{key}}
          WHERE n.{{vec}} IS NOT NULL AND o.{{vec}} IS NULL AND o.{{legacy}} IS NOT NULL));
@@ -37,9 +40,9 @@ $pgcutover$;
 
 -- @section delete
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
+{{guard}}    PERFORM pgcutover.notify_keys({{display_lit}}, 'delete',
         (SELECT jsonb_agg(o.{{key}}) FROM pgcutover_old AS o WHERE o.{{vec}} IS NULL AND o.{{legacy}} IS NOT NULL));
     RETURN NULL;
 END
@@ -47,9 +50,9 @@ $pgcutover$;
 
 -- @section truncate
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    PERFORM pg_notify('pgcutover_changes', json_build_object('table', {{display_lit}}, 'kind', 'resync')::text);
+{{guard}}    PERFORM pg_notify(pgcutover.notify_channel(), json_build_object('table', {{display_lit}}, 'kind', 'resync')::text);
     RETURN NULL;
 END
 $pgcutover$;

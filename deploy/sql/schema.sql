@@ -3,7 +3,11 @@
 -- extension; every name below is schema-qualified so that no caller's search_path can change its meaning.
 
 CREATE SCHEMA IF NOT EXISTS pgcutover;
-GRANT USAGE ON SCHEMA pgcutover TO PUBLIC;
+-- Closed to PUBLIC (earlier versions granted USAGE to everyone): application roles reach nothing in here by
+-- themselves. The triggers need no grant (a trigger's function runs without an EXECUTE check, and ours are
+-- SECURITY DEFINER); roles that query through the proxy get what the fallback's queries call with
+-- `install-triggers --grant-to ROLE` (see privileges.sql).
+REVOKE ALL ON SCHEMA pgcutover FROM PUBLIC;
 
 -- Rows whose legacy vector could not be converted (wrong dimensions, unparseable, NaN/Infinity).
 CREATE TABLE IF NOT EXISTS pgcutover.bad_rows (
@@ -138,7 +142,9 @@ EXCEPTION WHEN others THEN
 END
 $pgcutover$;
 
--- Dual-write triggers run as the writing user, who need not be able to write bad_rows: this one may.
+-- Called by the dual-write triggers (SECURITY DEFINER, as the installer); EXECUTE is revoked from PUBLIC, so
+-- applications cannot forge rows here. Itself SECURITY DEFINER so that a trigger owned by another installer
+-- than the schema's still records.
 CREATE OR REPLACE FUNCTION pgcutover.record_bad_row(table_name text, key text, reason text) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
     INSERT INTO pgcutover.bad_rows AS b (table_name, key, reason, seen_at)
@@ -146,7 +152,11 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutove
     ON CONFLICT (table_name, key) DO UPDATE SET reason = EXCLUDED.reason, seen_at = EXCLUDED.seen_at;
 $pgcutover$;
 
--- Change notices for the fallback store: {"table": ..., "kind": ..., "keys": [...]} on pgcutover_changes.
+-- The channel the change notices go to: `[proxy] notify_channel` of the config install-triggers ran with.
+CREATE OR REPLACE FUNCTION pgcutover.notify_channel() RETURNS text
+LANGUAGE sql IMMUTABLE AS $pgcutover$ SELECT {{channel}}::text $pgcutover$;
+
+-- Change notices for the fallback store: {"table": ..., "kind": ..., "keys": [...]} on notify_channel().
 -- NOTIFY payloads must stay under 8000 bytes: a longer key list is cut into several notices by cumulative
 -- length; a statement touching so many keys that it would need more than max_chunks notices sends one
 -- {"table": ..., "kind": "resync"} instead, telling the consumer to reload.
@@ -165,14 +175,14 @@ BEGIN
     END IF;
     payload := json_build_object('table', table_name, 'kind', kind, 'keys', keys)::text;
     IF octet_length(payload) <= budget THEN
-        PERFORM pg_notify('pgcutover_changes', payload);
+        PERFORM pg_notify(pgcutover.notify_channel(), payload);
         RETURN;
     END IF;
     envelope := octet_length(json_build_object('table', table_name, 'kind', kind, 'keys', '[]'::jsonb)::text);
     SELECT max(octet_length(value::text)) + 2 INTO longest FROM jsonb_array_elements(keys);
     room := budget - envelope - longest;
     IF room < longest OR octet_length(payload) > budget * max_chunks THEN
-        PERFORM pg_notify('pgcutover_changes', json_build_object('table', table_name, 'kind', 'resync')::text);
+        PERFORM pg_notify(pgcutover.notify_channel(), json_build_object('table', table_name, 'kind', 'resync')::text);
         RETURN;
     END IF;
     -- A key goes to chunk floor(cumulative length / room): a chunk holds at most room + longest bytes of keys.
@@ -183,7 +193,7 @@ BEGIN
         GROUP BY chunk
         ORDER BY chunk
     LOOP
-        PERFORM pg_notify('pgcutover_changes', payload);
+        PERFORM pg_notify(pgcutover.notify_channel(), payload);
     END LOOP;
 END
 $pgcutover$;

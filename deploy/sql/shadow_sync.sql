@@ -6,9 +6,9 @@
 
 -- @section insert
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {{vs}}, pg_temp AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    INSERT INTO {{shadow}} AS s ({{columns}}){{overriding}}
+{{guard}}    INSERT INTO {{shadow}} AS s ({{columns}}){{overriding}}
     SELECT {{values}} FROM pgcutover_new AS n
     ON CONFLICT ({{shadow_key}}) DO UPDATE SET {{assignments}};
     RETURN NULL;
@@ -17,9 +17,9 @@ $pgcutover$;
 
 -- @section update
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {{vs}}, pg_temp AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    -- A key changed: the old key leaves the shadow (a swap of keys within one statement deletes nothing).
+{{guard}}    -- A key changed: the old key leaves the shadow (a swap of keys within one statement deletes nothing).
     DELETE FROM {{shadow}} AS s USING pgcutover_old AS o
     WHERE s.{{shadow_key}} = o.{{key}}
       AND NOT EXISTS (SELECT 1 FROM pgcutover_new AS n WHERE n.{{key}} = o.{{key}});
@@ -32,18 +32,18 @@ $pgcutover$;
 
 -- @section delete
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {{vs}}, pg_temp AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    DELETE FROM {{shadow}} AS s USING pgcutover_old AS o WHERE s.{{shadow_key}} = o.{{key}};
+{{guard}}    DELETE FROM {{shadow}} AS s USING pgcutover_old AS o WHERE s.{{shadow_key}} = o.{{key}};
     RETURN NULL;
 END
 $pgcutover$;
 
 -- @section truncate
 CREATE OR REPLACE FUNCTION {{fn}}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {{vs}}, pg_temp AS $pgcutover$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgcutover$
 BEGIN
-    DELETE FROM {{shadow}};
+{{guard}}    DELETE FROM {{shadow}};
     RETURN NULL;
 END
 $pgcutover$;

@@ -131,7 +131,8 @@ def test_sigkill_at_random_points_then_resume(env: Env) -> None:
     rng = random.Random(5)
     total = env.val(f"SELECT count(*) FROM {env.s}.items")
     for _ in range(3):
-        proc = _spawn(config, "--batch", "40", "--max-rate", "3000", "--workers", "2")
+        # slow enough that a kill 50-600 rows in lands mid-run even when this machine is busy
+        proc = _spawn(config, "--batch", "40", "--max-rate", "400", "--workers", "2")
         target = _done(env) + rng.randint(50, 600)
         deadline = time.monotonic() + 60
         while _done(env) < target and proc.poll() is None and time.monotonic() < deadline:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.db import DeployError
+from deploy.db import DeployError, quote_ident
 from deploy.index import IndexOptions, create_indexes
 
 from .conftest import Env, run
@@ -91,3 +91,33 @@ def test_undeclared_dimensions_and_limits(env: Env) -> None:
     env.sql(f"CREATE INDEX items_emb_vector_hnsw_ip ON {env.s}.items USING btree (id)")
     with pytest.raises(DeployError, match="exists with a different definition"):
         run(create_indexes(env.config(_route(env, dims=8, metric="ip"))))
+
+
+@pytest.mark.parametrize("column_type", ["vector(16)", "vector(2100)"])
+def test_quoted_and_mixed_case_schema_table_and_column_names(env: Env, column_type: str) -> None:
+    """Issue 12 item 8: names are exact, quoted wherever they reach SQL, and compared as values."""
+    schema = f'Mixed "Case" {env.schema}'
+    qs = quote_ident(schema)
+    env.pg.psql(f"CREATE SCHEMA {qs}")
+    try:
+        dims = int(column_type.partition("(")[2].rstrip(")"))
+        env.sql(f'CREATE TABLE {qs}."My Items" (id int PRIMARY KEY, "Emb ""Vec""" {column_type})')
+        env.sql(f'INSERT INTO {qs}."My Items" SELECT i, (SELECT array_agg(random())::real[] '
+                f"FROM generate_series(1, {dims}) WHERE i > 0)::vector FROM generate_series(1, 20) i")
+        config = env.write_config({"table": f"{schema}.My Items", "column": 'Emb "Vec"'})
+        script = env.cli("index", "--dry-run", config=config).stdout
+        assert f'ON {qs}."My Items" USING hnsw' in script
+        first = env.cli("index", config=config).stdout
+        assert "built index" in first, first
+        assert "already exists and is valid" in env.cli("index", config=config).stdout
+        [(definition, valid)] = [(r["d"], r["v"]) for r in env.sql(
+            "SELECT pg_get_indexdef(indexrelid) AS d, indisvalid AS v FROM pg_index "
+            "WHERE indrelid = to_regclass($1) AND NOT indisprimary", f'{qs}."My Items"')]
+        assert valid and "USING hnsw" in definition
+        # an INVALID leftover in that schema is found, dropped and rebuilt
+        env.sql("UPDATE pg_index SET indisvalid = false WHERE indrelid = to_regclass($1) AND NOT indisprimary",
+                f'{qs}."My Items"')
+        out = env.cli("index", config=config).stdout
+        assert "dropping INVALID index" in out and "built index" in out
+    finally:
+        env.pg.psql(f"DROP SCHEMA {qs} CASCADE")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
 import asyncpg
 
-from deploy.triggers import install
+from deploy.triggers import install, install_schema
 from fallback.notices import MAX_PAYLOAD_BYTES, ChangeNotice, parse_notice
 
 from .conftest import Env, run
@@ -86,6 +87,9 @@ def test_notices_for_each_kind_of_change(env: Env) -> None:
         assert await step("UPDATE {s}.items SET id = 30 WHERE id = 3") == {"delete": [3], "upsert": [30]}
         assert await step("UPDATE {s}.items SET emb = '[2]' WHERE id = 5") == {"upsert": [5]}  # legacy changed
         assert await step("UPDATE {s}.items SET title = 'x' WHERE id = 5") == {}  # legacy untouched
+        # legacy set to NULL: the row leaves the store (it is no longer found by similarity)
+        assert await step("UPDATE {s}.items SET emb = NULL WHERE id = 5") == {"delete": [5]}
+        assert await step("UPDATE {s}.items SET emb = $1 WHERE id = 5", BAD) == {"upsert": [5]}
         assert await step("UPDATE {s}.items SET emb_vector = NULL WHERE id = 1") == {"upsert": [1]}
         assert await step("DELETE FROM {s}.items WHERE id IN (1, 2, 6)") == {"delete": [1, 6]}  # 2 is migrated
         async with db.transaction():
@@ -133,3 +137,38 @@ def test_text_keys_and_resync_when_too_many(env: Env) -> None:
         assert [n.kind for n in await listener.take()] == ["resync"]
 
     run(_with_listener(env, body))
+
+
+def test_notices_go_to_the_configured_channel(env: Env) -> None:
+    """`[proxy] notify_channel` reaches the triggers (the proxy LISTENs there); backfill/status keep it."""
+    route = {"table": env.table("items"), "column": "emb", "vector_column": "emb_vector", "legacy_column": "emb",
+             "dims": DIMS, "on_bad_vector": "skip"}
+    env.sql(f"CREATE TABLE {env.s}.items (id int PRIMARY KEY, title text, emb text, emb_vector vector({DIMS}))")
+    config = env.config(route)
+    custom = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, notify_channel="team's changes"))
+
+    async def main() -> None:
+        await install(custom)
+        listen, write = await env.connect(), await env.connect()
+        heard: list[tuple[str, str]] = []
+
+        def on_notice(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+            heard.append((channel, payload))
+
+        await listen.add_listener("team's changes", on_notice)
+        await listen.add_listener("pgcutover_changes", on_notice)
+        try:
+            await install_schema(write)  # what backfill and status do: the installed channel stays
+            await write.execute(f"INSERT INTO {env.s}.items (id, emb) VALUES (1, $1)", BAD)
+            deadline = time.monotonic() + 10
+            while not heard and time.monotonic() < deadline:
+                await listen.execute("SELECT 1")
+                await asyncio.sleep(0.05)
+            assert [channel for channel, _ in heard] == ["team's changes"]
+            assert list(parse_notice(heard[0][1]).keys) == [1]
+        finally:
+            await listen.close()
+            await write.close()
+            await install(config)  # the default again, for the tests after this one
+
+    run(main())

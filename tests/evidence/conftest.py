@@ -16,6 +16,8 @@ from proxy.runtime import Runtime
 DATABASE = "evidence"
 DIMS = 16
 ROWS = 2000
+APP_ROLE = "ev_app"  # the application role the mirrored requests come from (no superuser)
+MIRROR_ROLE = "ev_mirror"  # [proxy] mirror_user: no privileges of its own, member of ev_app (NOINHERIT)
 TABLES = ("ev_good", "ev_bad", "ev_slow", "ev_gone", "ev_writes", "ev_report", "ev_breaker")
 
 
@@ -31,7 +33,8 @@ def route_toml(table: str, shadow: str, **keys: object) -> dict[str, object]:
 def make_config(pg, routes: list[dict[str, object]], port: int = 6999) -> Config:
     return parse_config({
         "proxy": {"listen": f"127.0.0.1:{port}", "metrics": "",
-                  "upstream": f"postgresql://postgres@127.0.0.1:{pg.port}/{DATABASE}?sslmode=disable"},
+                  "upstream": f"postgresql://postgres@127.0.0.1:{pg.port}/{DATABASE}?sslmode=disable",
+                  "mirror_user": MIRROR_ROLE},
         "route": routes,
     })
 
@@ -88,5 +91,16 @@ async def _load(pg) -> None:
                            "AS 'SELECT pg_sleep(0.001) IS NOT NULL'")
         await conn.execute("CREATE VIEW slow.items AS SELECT * FROM ev_slow WHERE slow.pause()")
         await conn.execute("ANALYZE")
+        # the roles SECURITY.md asks for: the app reads its tables and the shadows; the mirror role only SETs ROLE
+        await conn.execute(f"""
+            DO $$ BEGIN
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                CREATE ROLE {APP_ROLE} LOGIN; END IF;
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{MIRROR_ROLE}') THEN
+                CREATE ROLE {MIRROR_ROLE} LOGIN NOINHERIT; END IF;
+            END $$;
+            GRANT {APP_ROLE} TO {MIRROR_ROLE};
+            GRANT USAGE ON SCHEMA good, bad, slow TO {APP_ROLE};
+            GRANT SELECT ON ALL TABLES IN SCHEMA public, good, bad, slow TO {APP_ROLE};""")
     finally:
         await conn.close()

@@ -222,7 +222,7 @@ def test_batch_searcher_batches_concurrent_queries(loaded: tuple[LegacyTable, Le
             with pytest.raises(ValueError, match="dimensions"):
                 await searcher.search(store, np.zeros(5, np.float32), 3, "l2")
             with pytest.raises(ValueError, match="metric"):
-                await searcher.search(store, np.zeros(32, np.float32), 3, "l1")
+                await searcher.search(store, np.zeros(32, np.float32), 3, "hamming")
         finally:
             await searcher.close()
 

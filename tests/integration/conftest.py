@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import ProxyProcess  # tests/conftest.py, importable as `conftest` (pytest puts tests/ on sys.path)
 
 from proxy.embedded import EmbeddedPostgres, free_port
+from tests.conftest import ProxyProcess
 
 
 def backends(pg: EmbeddedPostgres, application_name: str) -> int:
@@ -116,7 +116,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tls_proxy(start_proxy, tls_files: tuple[Path, Path]) -> ProxyProcess:
     cert, key = tls_files
-    return start_proxy(proxy_keys=f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    # the embedded server has no TLS: a plaintext upstream must be asked for explicitly (issue 12 item 6)
+    return start_proxy(proxy_keys=f'tls_cert = "{cert}"\ntls_key = "{key}"\nupstream_sslmode = "disable"\n')
 
 
 @pytest.fixture

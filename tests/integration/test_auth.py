@@ -8,7 +8,8 @@ import asyncio
 import asyncpg
 import psycopg
 import pytest
-from conftest import AUTH_USERS
+
+from tests.conftest import AUTH_USERS
 
 USERS = [("postgres", None), ("md5user", AUTH_USERS["md5user"]), ("scramuser", AUTH_USERS["scramuser"])]
 

@@ -12,9 +12,9 @@ import struct
 import time
 
 import psycopg
-from conftest import AUTH_USERS
 
 from proxy.protocol import messages as msg
+from tests.conftest import AUTH_USERS
 
 from .conftest import backends, wait_for_active_query, wait_for_backends
 from .wire import RawClient, typed

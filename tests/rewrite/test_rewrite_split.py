@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from proxy.config import Route
-from rewrite.split import SplitDecider, SplitSession, choose_target, stable_point
+from rewrite.split import SplitSession, choose_target, stable_point
+from rewrite.txcontrol import BEGIN, END
 
 ROUTE = Route(table="public.items", column="embedding", shadow_table="ruvector_new.items")
 
@@ -82,27 +83,28 @@ def test_points_are_stable_across_processes() -> None:
 def test_transaction_keeps_its_target() -> None:
     session = SplitSession(session_key=1, rng=random.Random(6))
     query_route = route(50, "query")
-    inside = {session.target_for(query_route, in_transaction=True) for _ in range(50)}
+    session.effect(BEGIN)
+    inside = {session.target_for(query_route) for _ in range(50)}
     assert len(inside) == 1
-    outside = {session.target_for(query_route, in_transaction=False) for _ in range(100)}
+    session.effect(END)
+    outside = {session.target_for(query_route) for _ in range(100)}
     assert outside == {"primary", "shadow"}
     # a new transaction rolls again, then holds
     targets = set()
     for _ in range(30):
-        session.end_transaction()
-        first = session.target_for(query_route, in_transaction=True)
-        assert session.target_for(query_route, in_transaction=True) == first
+        session.effect(BEGIN)
+        first = session.target_for(query_route)
+        assert session.target_for(query_route) == first
+        session.effect(END)
         targets.add(first)
     assert targets == {"primary", "shadow"}
 
 
-def test_transaction_target_survives_a_split_change() -> None:
+def test_a_split_change_reaches_the_next_transaction() -> None:
     session = SplitSession(session_key=2)
-    before = session.target_for(route(0), in_transaction=True)
-    assert session.target_for(route(100), in_transaction=True) == before == "primary"
-    assert session.target_for(route(100), in_transaction=False) == "shadow"
-
-
-def test_decider_facade() -> None:
-    decider = SplitDecider(random.Random(8))
-    assert decider.choose(route(100), sticky_key_session=1, application_name=None) == "shadow"
+    session.effect(BEGIN)
+    before = session.target_for(route(0))
+    assert session.target_for(route(100)) == before == "primary"  # the open transaction keeps its target
+    session.effect(END)
+    session.effect(BEGIN)
+    assert session.target_for(route(100)) == "shadow"  # the next one follows the split

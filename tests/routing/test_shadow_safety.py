@@ -124,7 +124,11 @@ def test_slow_shadow_trips_the_latency_breaker(start_proxy, safety_tables) -> No
 
 
 def test_mirrored_samples_reach_the_report(start_proxy, safety_tables) -> None:
-    proxy = start_proxy(SAFETY_TOML.format(shadow="sf_shadow.sf_items", mirror=100))
+    # mirrored statements run as the client (here postgres) through a role that may only SET ROLE (issue 12)
+    safety_tables.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sf_mirror') THEN "
+                       "CREATE ROLE sf_mirror LOGIN NOINHERIT; END IF; END $$; GRANT postgres TO sf_mirror")
+    proxy = start_proxy(SAFETY_TOML.format(shadow="sf_shadow.sf_items", mirror=100),
+                        proxy_keys='mirror_user = "sf_mirror"\n')
     set_split(proxy, 0, "sf_items")
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         for _ in range(20):

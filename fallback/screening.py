@@ -1,0 +1,406 @@
+"""Candidate sets from bounds: the search of an int8 store (every metric) and of l1 on any store.
+
+An int8 store keeps no float32 row, so nothing here can rank rows exactly; the merged query does that on the
+server. What this module returns is a *candidate set* with a proof attached.
+
+Bounds. Every row x is stored as x^ = offset + scale * codes (fallback.formats.quantize_int8) with residual norms
+r2 >= |x - x^|_2 and r1 >= |x - x^|_1. For a query q:
+
+    x.q = offset * sum(q) + scale * (codes . q) + r.q,     |r.q| <= r2 |q|_2          (Cauchy-Schwarz)
+    |x - q|_1 = |x^ - q|_1 + e,                            |e| <= r1                  (triangle inequality)
+
+`codes . q` is one float32 matrix product per block of rows (codes upcast to float32, exact), its rounding bounded by
+gamma_D * |codes|_2 |q|_2 (any summation order, FMA or not); the query is first scaled by a power of two so nothing
+overflows, and products below float32's normal range add at most D * 127 * 2^-148. The rest is float64, whose own
+rounding is covered by a relative slack of 1e-11. So each row gets a lower bound L and an upper bound U of its
+exact distance (l2 squared, cosine 1 - cos, ip -x.q, l1), in "score" units.
+
+Candidates. Let T(e) bound how far PostgreSQL's float32 distance can be from the exact one e (fallback.knn._bounds:
+its own rounding, and one ulp per element between a value decoded here and the server's), f(e) = e - T(e), U_k the
+k-th smallest U, P = U_k + T(U_k). The candidates are the rows with f(L) <= P + T(P). Then
+
+- every row that is not a candidate has server distance >= f(exact) >= f(L) > P + T(P) >= P;
+- the k rows with the smallest U are candidates and have server distance <= U + T(U) <= P;
+- so every row of the exact top-k is a candidate (its exact distance is <= U_k), and P (the guard bound the merged
+  query needs) is a number every other row is at least at, and at least k candidates are within.
+
+Results are ordered by U; `distances` are the server-distance upper bounds U + T(U) in SQL units (l2: the square
+root), capped at the bound, so `distances[k-1]` is P, as `fallback.merge.guard_bound` reads it. When more than
+`max_candidates` rows qualify (adversarial ties), the set is cut to the nearest by U and the bound lowered to the
+smallest f(L) of the rows left out: still a valid bound, the merged query's guard then covers the rest.
+
+Memory per query is O(k) plus the rows that genuinely tie within the bounds; the per-block temporaries are shared
+by the whole batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool
+
+if TYPE_CHECKING:
+    from fallback.store import SegmentView, Snapshot
+
+SLACK = 1e-11  # relative slack for float64 rounding (D <= 16,000: D * 2^-53 < 2e-12)
+ZERO_SCORE = 10.0  # cosine bounds of a zero row (NaN in pgvector, after every number): beyond every real one (<= 2)
+GEMM_ROWS = 512  # rows upcast and multiplied at a time for one query (the float32 copy stays in cache; twice that
+# for a batch, whose matrix product is compute-bound: measured best 512 and 1024)
+POST_ROWS = 8192  # rows whose bounds are computed at a time (amortises numpy's per-call cost)
+L1_ROWS = 1024  # rows of float64 differences at a time for l1
+
+
+def max_candidates(k: int) -> int:
+    return max(2 * k, k + 2000)
+
+
+@dataclass(slots=True)
+class _Cands:
+    """(query, segment, row, L, U) of screened rows; L and U in score units."""
+
+    query: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    seg: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    row: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    low: np.ndarray = field(default_factory=lambda: np.empty(0))
+    up: np.ndarray = field(default_factory=lambda: np.empty(0))
+    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    pending: int = 0
+
+    def add(self, query: np.ndarray, seg: np.ndarray, row: np.ndarray, low: np.ndarray, up: np.ndarray) -> None:
+        self.parts.append((query, seg, row, low, up))
+        self.pending += len(query)
+
+    def add_all(self, other: _Cands) -> None:
+        other.collect()
+        self.add(other.query, other.seg, other.row, other.low, other.up)
+
+    def collect(self) -> None:
+        if self.parts:
+            arrays = [(self.query, self.seg, self.row, self.low, self.up), *self.parts]
+            self.query, self.seg, self.row, self.low, self.up = (np.concatenate(c) for c in zip(*arrays,
+                                                                                                  strict=True))
+            self.parts.clear()
+
+    def prune(self, plan: _Plan, limit: np.ndarray) -> np.ndarray:
+        """Sort by (query, U), tighten each query's limit on L from its k-th U, drop what lies beyond."""
+        self.collect()
+        order = np.lexsort((self.up, self.query))
+        self.query, self.seg, self.row, self.low, self.up = (a[order] for a in (self.query, self.seg, self.row,
+                                                                               self.low, self.up))
+        counts = np.bincount(self.query, minlength=plan.size)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        full = counts >= plan.ks
+        kth = np.full(plan.size, np.inf)
+        kth[full] = self.up[starts[full] + plan.ks[full] - 1]
+        limit = np.minimum(limit, plan.low_limit(kth))
+        keep = self.low <= limit[self.query]
+        self.query, self.seg, self.row, self.low, self.up = (a[keep] for a in (self.query, self.seg, self.row,
+                                                                              self.low, self.up))
+        self.pending = len(self.query)
+        return limit
+
+
+class _Plan:
+    """Per-query constants of a batch; one float32 matrix product serves every query that is not l1."""
+
+    def __init__(self, snap: Snapshot, queries: Sequence[Query]) -> None:
+        self.snap = snap
+        self.size = len(queries)
+        self.metrics = [q.metric for q in queries]
+        self.ks = np.array([q.k for q in queries], dtype=np.int64)
+        self.q64 = np.stack([q.vector for q in queries]).astype(np.float64)
+        self.qn = np.sqrt(np.einsum("ij,ij->i", self.q64, self.q64))
+        self.q_l1 = np.abs(self.q64).sum(axis=1)
+        self.sumq = self.q64.sum(axis=1)
+        # Matrix-product queries grouped by metric, so each metric's columns are one slice of the product.
+        self.gemm = np.array(sorted((i for i, m in enumerate(self.metrics) if m != "l1"),
+                                    key=lambda i: ("l2", "cosine", "ip").index(self.metrics[i])), dtype=np.int64)
+        self.groups: list[tuple[str, slice, np.ndarray]] = []  # (metric, columns of the product, query indices)
+        at = 0
+        for metric in ("l2", "cosine", "ip"):
+            mine = self.gemm[[self.metrics[i] == metric for i in self.gemm]] if len(self.gemm) else self.gemm
+            if len(mine):
+                self.groups.append((metric, slice(at, at + len(mine)), mine))
+                at += len(mine)
+        self.l1 = np.array([i for i, m in enumerate(self.metrics) if m == "l1"], dtype=np.int64)
+        # q = q' * 2^e with max |q'| in [0.5, 1): codes . q' cannot overflow float32 (|.| <= 127 D).
+        exps = np.frexp(np.abs(self.q64).max(axis=1))[1]
+        self.qscale = np.ldexp(1.0, exps)
+        scaled = np.ldexp(self.q64, -exps[:, None]).astype(np.float32)
+        self.q_t = np.ascontiguousarray(scaled[self.gemm].T)  # (dims, G)
+        self.gamma = _gamma(snap.dims)
+        self.tiny = snap.dims * 127 * 2.0 ** -148  # underflow of q' and of the products, in q' units
+        bounds = [_bounds(m, float(n), snap) for m, n in zip(self.metrics, self.qn, strict=True)]
+        self.t_const = np.array([b.t_const for b in bounds])
+        self.t_rel = np.array([b.t_rel for b in bounds])
+        self.t_sqrt = np.array([b.t_sqrt for b in bounds])  # l2 (squared units): |stored - server row| terms
+        # f(e) = e - T(e) = (1 - r) e - s sqrt(e) - c falls until sqrt(e) = s / (2 (1 - r)), then rises: rows are
+        # compared through f(max(L, e_min)), the smallest f over every distance the row can have.
+        self.e_min = (self.t_sqrt / (2 * (1 - self.t_rel))) ** 2
+
+    def tolerance(self, e: np.ndarray, query: np.ndarray | slice | int = slice(None)) -> np.ndarray:
+        e = np.maximum(e, 0.0)
+        with np.errstate(invalid="ignore"):  # an infinite distance (dead row, k beyond rows): NaN, never kept
+            return self.t_const[query] + self.t_rel[query] * e + self.t_sqrt[query] * np.sqrt(e)
+
+    def lowest_server(self, low: np.ndarray, b: int) -> np.ndarray:
+        """Smallest server distance of rows whose exact distance is >= low (query b)."""
+        e = np.maximum(low, self.e_min[b])
+        return e - self.tolerance(e, b)
+
+    def low_limit(self, kth_up: np.ndarray) -> np.ndarray:
+        """Limit on L from the k-th U: a row is kept while f(max(L, e_min)) < P + T(P), i.e. L < the larger root."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            p = kth_up + self.tolerance(kth_up)
+            target = p + self.tolerance(p) + self.t_const  # (1 - r) e - s sqrt(e) < target
+            one_r = 1 - self.t_rel
+            root = (self.t_sqrt + np.sqrt(self.t_sqrt ** 2 + 4 * one_r * np.maximum(target, 0.0))) / (2 * one_r)
+            limit = np.where(self.t_sqrt > 0, root * root, target / one_r)
+        return np.where(np.isnan(limit), np.inf, limit)
+
+    def guard(self, kth_up: float, b: int) -> float:
+        return float(kth_up + self.tolerance(np.array(kth_up), b))
+
+
+Rows = slice | np.ndarray  # rows of a segment: a range, or indices
+
+
+def _dot_bounds(plan: _Plan, view: SegmentView, at: Rows, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x.q estimate and its error bound for rows `at` and the matrix-product queries (rows x G)."""
+    quant = view.quant
+    assert quant is not None
+    g = plan.gemm
+    off, scale = quant.offset[at, None], quant.scale[at, None]
+    dot = raw * (scale * plan.qscale[g]) + off * plan.sumq[g]
+    err = (quant.resid_l2[at, None] + plan.gamma * scale * quant.codes_l2[at, None]) * plan.qn[g] \
+        + (plan.tiny * scale) * plan.qscale[g] + SLACK * (np.abs(off) + 127 * scale) * plan.q_l1[g]
+    return dot, err
+
+
+def _prefilter(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.ndarray, limit: np.ndarray
+               ) -> np.ndarray | None:
+    """Rows of [start, stop) (relative) whose bounds are worth computing, or None for all of them.
+
+    A cheap lower bound of L per (row, query), from per-row maxima over the batch of the terms that are not the
+    product itself: L >= c_r - raw * a_r * b_q. Rows whose cheap bound is above every query's limit cannot be
+    candidates. Cosine and ip only (l2's |q|^2 differs too much between queries to share a row maximum)."""
+    if not np.isfinite(limit).any() or any(metric == "l2" for metric, _, _ in plan.groups):
+        return None
+    quant = view.quant
+    assert quant is not None
+    at = slice(start, stop)
+    scale, off = quant.scale[at], np.abs(quant.offset[at])
+    spread = quant.resid_l2[at] + plan.gamma * scale * quant.codes_l2[at]  # times |q|: |x.q - estimate|, most of it
+    keep = np.zeros(stop - start, dtype=bool)
+    for metric, cols, queries in plan.groups:
+        qn, qs, sumq, q_l1 = plan.qn[queries], plan.qscale[queries], np.abs(plan.sumq[queries]), plan.q_l1[queries]
+        if metric == "cosine":
+            nx = np.sqrt(view.sq_norms[at])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv = np.where(nx > 0, 1 / nx, 0.0)
+                beta = qs / qn
+                c = 1 - (spread + off * np.max(sumq / qn) + plan.tiny * scale * np.max(beta)
+                         + SLACK * (off + 127 * scale) * np.max(q_l1 / qn)) * inv - 4 * SLACK
+            c = np.where(nx > 0, c, ZERO_SCORE)  # a zero row's bounds are ZERO_SCORE
+            alpha = scale * inv
+            margin = 1e-9
+        else:  # ip
+            beta = qs
+            gamma = spread * np.max(qn) + off * np.max(sumq) + plan.tiny * scale * np.max(qs) \
+                + SLACK * (off + 127 * scale) * np.max(q_l1)
+            c = -gamma
+            alpha = scale
+            margin = 1e-9 * (gamma + 127 * scale * np.max(q_l1))  # float64 rounding of this very test
+        cheap = c[:, None] - raw[:, cols] * (alpha[:, None] * beta[None, :])
+        lim = limit[queries]
+        keep |= (cheap - np.broadcast_to(np.asarray(margin), (stop - start,))[:, None]
+                 <= lim + 1e-9 * np.abs(lim)).any(axis=1)
+    picked = np.flatnonzero(keep)
+    return None if len(picked) > (stop - start) // 2 else picked
+
+
+def _gemm_bounds(plan: _Plan, view: SegmentView, at: Rows, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L, U) in score units, rows x G."""
+    dot, err = _dot_bounds(plan, view, at, raw)
+    low = np.empty_like(dot)
+    up = np.empty_like(dot)
+    sq = view.sq_norms[at, None]
+    for metric, cols, queries in plan.groups:
+        d, e = dot[:, cols], err[:, cols]
+        if metric == "ip":
+            np.subtract(-d, e, out=low[:, cols])
+            np.add(-d, e, out=up[:, cols])
+        elif metric == "l2":
+            qq = plan.qn[queries] ** 2
+            est = sq - 2 * d + qq
+            e2 = 2 * e + SLACK * (sq + qq + 2 * np.abs(d))
+            np.maximum(est - e2, 0.0, out=low[:, cols])
+            np.add(est, e2, out=up[:, cols])
+        else:  # cosine
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv = 1.0 / (np.sqrt(sq) * plan.qn[queries])  # inf for a zero row, replaced below
+                cos = d * inv
+                ec = e * inv + SLACK * (1.0 + np.abs(cos))
+                np.maximum(1.0 - cos - ec, 0.0, out=low[:, cols])
+                np.minimum(1.0 - cos + ec, 2.0, out=up[:, cols])
+            if view.zero is not None:
+                zero = view.zero[at]
+                low[zero, cols] = ZERO_SCORE
+                up[zero, cols] = ZERO_SCORE
+    return low, up
+
+
+def _l1_bounds(plan: _Plan, view: SegmentView, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(L, U) of l1 queries, rows x len(plan.l1), in float64 from the stored rows."""
+    n = stop - start
+    low = np.empty((n, len(plan.l1)))
+    up = np.empty((n, len(plan.l1)))
+    for s0 in range(start, stop, L1_ROWS):
+        s1 = min(stop, s0 + L1_ROWS)
+        if view.quant is not None:
+            quant = view.quant
+            x = quant.offset[s0:s1, None] + quant.scale[s0:s1, None] * quant.codes[s0:s1].astype(np.float64)
+            resid = quant.resid_l1[s0:s1]
+        else:
+            x = view.data[s0:s1].astype(np.float64)
+            # float16 storage: the row differs from its float32 source by a rounding per element.
+            resid = U16 * np.abs(x).sum(axis=1) + x.shape[1] * F16_ABS if view.data.dtype == np.float16 \
+                else np.zeros(s1 - s0)
+        x_l1 = np.abs(x).sum(axis=1)
+        for col, b in enumerate(plan.l1.tolist()):
+            est = np.abs(x - plan.q64[b]).sum(axis=1)
+            e = resid + SLACK * (x_l1 + plan.q_l1[b])
+            low[s0 - start:s1 - start, col] = np.maximum(est - e, 0.0)
+            up[s0 - start:s1 - start, col] = est + e
+    return low, up
+
+
+def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray | None,
+                  limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, L, U): rows (relative to start) whose bounds were computed, and their bounds, rows x queries; the
+    rows left out cannot pass `limit`. Dead rows: (NaN, +inf)."""
+    n = stop - start
+    picked = np.arange(n)
+    if len(plan.gemm):
+        assert view.quant is not None and buf is not None, "only l1 searches a float store by bounds"
+        raw = np.empty((n, len(plan.gemm)), dtype=np.float32)
+        codes = view.quant.codes
+        # One query: a matrix-vector product with a 1-D vector (a (dims, 1) matrix is measured 1.6x slower).
+        q, out = (plan.q_t[:, 0], raw[:, 0]) if len(plan.gemm) == 1 else (plan.q_t, raw)
+        step = GEMM_ROWS if len(plan.gemm) == 1 else 2 * GEMM_ROWS
+        for s0 in range(start, stop, step):
+            s1 = min(stop, s0 + step)
+            m = s1 - s0
+            np.copyto(buf[:m], codes[s0:s1], casting="unsafe")  # int8 -> float32: exact
+            np.matmul(buf[:m], q, out=out[s0 - start:s1 - start])
+        pick = _prefilter(plan, view, start, stop, raw, limit) if not len(plan.l1) else None
+        if pick is not None:
+            picked, raw = pick, raw[pick]
+        low = np.empty((len(picked), plan.size))
+        up = np.empty((len(picked), plan.size))
+        low[:, plan.gemm], up[:, plan.gemm] = _gemm_bounds(
+            plan, view, slice(start, stop) if pick is None else start + pick, raw)
+    else:
+        low = np.empty((n, plan.size))
+        up = np.empty((n, plan.size))
+    if len(plan.l1):
+        low[:, plan.l1], up[:, plan.l1] = _l1_bounds(plan, view, start, stop)
+    if view.alive is not None:
+        dead = ~view.alive[start + picked]
+        low[dead] = np.nan  # never passes a limit, not even an infinite one
+        up[dead] = np.inf
+    return picked, low, up
+
+
+def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> _Cands:
+    cands = _Cands()
+    limit = np.full(plan.size, np.inf)
+    budget = int(2 * plan.ks.sum()) + 4096
+    buf = np.empty((2 * GEMM_ROWS, snap.dims), dtype=np.float32) if len(plan.gemm) else None
+    first = True
+    while (si := segments()) is not None:
+        view = snap.segments[si]
+        for start in range(0, view.count, POST_ROWS):
+            stop = min(view.count, start + POST_ROWS)
+            picked, low, up = _block_bounds(plan, view, start, stop, buf, limit)
+            if first:  # every row's bounds were computed (the limit was still infinite)
+                first = False
+                m = stop - start
+                kth_idx = np.minimum(plan.ks, m) - 1
+                kth = np.partition(up, np.unique(kth_idx), axis=0)[kth_idx, np.arange(plan.size)]
+                limit = plan.low_limit(np.where(plan.ks <= m, kth, np.inf))
+            rows, queries = np.nonzero(low <= limit[None, :])
+            if len(rows):
+                cands.add(queries, np.full(len(rows), si), picked[rows] + start, low[rows, queries],
+                          up[rows, queries])
+                if cands.pending > budget:
+                    limit = cands.prune(plan, limit)
+    cands.prune(plan, limit)
+    return cands
+
+
+def _screen_all(plan: _Plan, snap: Snapshot, threads: int | None) -> _Cands:
+    pool = _Pool.get()
+    threads = min(threads or pool.threads, pool.threads, len(snap.segments))
+    counter = itertools.count()
+
+    def segments() -> int | None:
+        i = next(counter)
+        return i if i < len(snap.segments) else None
+
+    if threads <= 1 or pool.executor is None:
+        return _screen(plan, snap, segments)
+    parts = list(pool.executor.map(lambda _: _screen(plan, snap, segments), range(threads)))
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.add_all(part)
+    merged.prune(plan, np.full(plan.size, np.inf))
+    return merged
+
+
+def _keys(snap: Snapshot, segs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    keys = np.empty(len(rows), dtype=snap.segments[0].keys.dtype if snap.segments else object)
+    for si in np.unique(segs):
+        at = np.flatnonzero(segs == si)
+        keys[at] = snap.segments[si].keys[rows[at]]
+    return keys
+
+
+def _result(plan: _Plan, snap: Snapshot, cands: _Cands, b: int, lo: int, hi: int) -> SearchResult:
+    """One query's candidates (already sorted by U) as a SearchResult; see the module docstring."""
+    k = int(plan.ks[b])
+    metric = plan.metrics[b]
+    up, low = cands.up[lo:hi], cands.low[lo:hi]
+    seg, row = cands.seg[lo:hi], cands.row[lo:hi]
+    server_up = up + plan.tolerance(up, b)
+    if len(up) >= k:
+        bound = plan.guard(float(up[k - 1]), b)
+        cap = max_candidates(k)
+        if len(up) > cap:  # many rows tie within the bounds: keep the nearest, lower the bound to the others
+            dropped = low[cap:]
+            bound = min(bound, float(np.min(plan.lowest_server(dropped, b))))
+            up, seg, row, server_up = up[:cap], seg[:cap], row[:cap], server_up[:cap]
+        server_up = np.minimum(server_up, bound)
+    distances = np.sqrt(np.maximum(server_up, 0.0)) if metric == "l2" else server_up
+    if metric == "cosine":
+        distances = np.where(up >= ZERO_SCORE, np.nan, distances)
+    return SearchResult(_keys(snap, seg, row), distances, k)
+
+
+def search_bounds(snap: Snapshot, queries: Sequence[Query], *, threads: int | None = None) -> list[SearchResult]:
+    """Candidate sets for a batch of queries (blocking); see the module docstring."""
+    plan = _Plan(snap, queries)
+    cands = _screen_all(plan, snap, threads)
+    edges = np.searchsorted(cands.query, np.arange(plan.size + 1))
+    return [_result(plan, snap, cands, b, int(edges[b]), int(edges[b + 1])) for b in range(plan.size)]
+
+
+def candidate_count(results: Sequence[SearchResult]) -> float:
+    """Mean candidate-set size (the bench prints it)."""
+    return math.fsum(len(r) for r in results) / max(1, len(results))

@@ -79,7 +79,10 @@ def follow_routing(runtime: Runtime) -> RoutingFollower:
             log.error("routing change refused, routing in force unchanged: %s", exc)
         runtime.routing_loaded = True
 
-    return RoutingFollower(lambda: runtime.config, apply)
+    from .admin import reconcile_local_changes
+
+    return RoutingFollower(lambda: runtime.config, apply,
+                           on_connect=lambda conn: reconcile_local_changes(runtime, conn))
 
 
 async def make_router(config: Config):

@@ -33,6 +33,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_admin_password(args: argparse.Namespace) -> int:
+    """Print a SCRAM verifier for [admin] verifiers. The password comes from a prompt or stdin, never argv
+    (argv is visible to every user of the machine in ps and lands in shell history)."""
+    import getpass
+
+    from .scram import make_verifier
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for admin user {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("pgcutover: passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("pgcutover: empty password refused", file=sys.stderr)
+        return 1
+    verifier = make_verifier(password, iterations=args.iterations)
+    print(verifier)
+    print(f'# [admin]\n# auth = "local"\n# verifiers = {{ {args.name} = "{verifier}" }}', file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgcutover", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
@@ -62,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=5000, help="rows in the demo table")
     demo.add_argument("--no-serve", action="store_true", help="set up and exit (for scripts and tests)")
     demo.set_defaults(func=cmd_demo)
+
+    admin_password = sub.add_parser(
+        "admin-password", help="print a SCRAM-SHA-256 verifier for an admin console user ([admin] verifiers)",
+        description="Read a password from a prompt (or one line of stdin) and print its SCRAM-SHA-256 verifier "
+                    "for [admin] verifiers with auth = \"local\". The password is never taken from argv.")
+    admin_password.add_argument("name", help="the admin user the verifier is for")
+    admin_password.add_argument("--iterations", type=int, default=4096, help="PBKDF2 iterations (default 4096)")
+    admin_password.set_defaults(func=cmd_admin_password)
 
     from deploy import cli as deploy_cli
     from rewrite import cli as rewrite_cli

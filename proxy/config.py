@@ -149,12 +149,22 @@ class ProxySettings:
     plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (rewrite/cache.py)
     max_prepared_statements: int = 1000  # routed named statements per session; more -> FATAL 54000
     notify_channel: str = "pgcutover_changes"
+    startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
+    max_client_conn: int = 1000
+
+
+ADMIN_AUTH_MODES = ("upstream", "local")
 
 
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     users: tuple[str, ...] = ()
     token: str | None = None
+    auth: str = "upstream"  # "local": the console checks SCRAM verifiers itself and works with the server down
+    verifiers: tuple[tuple[str, str], ...] = ()  # (user, "SCRAM-SHA-256$...") for auth = "local"
+
+    def verifier(self, user: str) -> str | None:
+        return dict(self.verifiers).get(user)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +302,17 @@ KEY_HELP: dict[str, str] = {
         "of its own, only membership (NOINHERIT) of the application roles, and runs each mirrored statement after "
         "SET ROLE to the client's user. Unset: nothing is mirrored"
     ),
+    "[proxy] startup_timeout": "seconds a client has to finish startup and authentication, else closed (default 60)",
+    "[proxy] max_client_conn": "client connections at once (default 1000); more get 53300 'too many clients'",
     "[admin] users": "upstream users allowed on the admin console (virtual database 'pgcutover')",
+    "[admin] auth": (
+        '"upstream" (default): the server authenticates console users; "local": the proxy does, against '
+        "[admin] verifiers, so the console works while the server is down"
+    ),
+    "[admin] verifiers": (
+        '{name = "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>"}: console users for auth = "local" '
+        "(make one with `pgcutover admin-password NAME`)"
+    ),
     "[admin] token": "when set, /metrics asks for 'Authorization: Bearer <token>' (/healthz and /readyz stay open)",
     "[[route]] table, column, key": "table applications query, the column in `column <-> $1`, its primary key",
     "[[route]] vector_column": "pgvector column in the table (default: column)",
@@ -399,6 +419,32 @@ def _parse_route(raw: dict[str, Any], index: int) -> Route:
     return route
 
 
+def _parse_admin(raw: dict[str, Any]) -> AdminSettings:
+    from .scram import parse_verifier
+
+    auth = raw.get("auth", "upstream")
+    if auth not in ADMIN_AUTH_MODES:
+        raise ConfigError(f"[admin] auth = {auth!r} must be one of {', '.join(ADMIN_AUTH_MODES)}")
+    verifiers = raw.get("verifiers", {})
+    if not isinstance(verifiers, dict):
+        raise ConfigError('[admin] verifiers must be a table: {name = "SCRAM-SHA-256$..."}')
+    for name, text in verifiers.items():
+        try:
+            parse_verifier(text if isinstance(text, str) else "")
+        except ValueError as exc:  # the message never repeats the verifier itself
+            raise ConfigError(f"[admin] verifiers.{name}: {exc}") from exc
+    users = tuple(raw.get("users", ()))
+    if auth == "local":
+        if not verifiers:
+            raise ConfigError('[admin] auth = "local" needs [admin] verifiers (pgcutover admin-password NAME)')
+        missing = [user for user in users if user not in verifiers]
+        if missing:
+            raise ConfigError(f"[admin] users without a verifier for auth = \"local\": {', '.join(missing)}")
+        users = users or tuple(verifiers)
+    return AdminSettings(users=users, token=raw.get("token"), auth=auth,
+                         verifiers=tuple((name, text) for name, text in verifiers.items()))
+
+
 def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
     values = _take(raw, ProxySettings, "[proxy]")
     if "upstream" not in values:
@@ -418,7 +464,11 @@ def _parse_proxy(raw: dict[str, Any]) -> ProxySettings:
         plan_cache_bytes=int(values.get("plan_cache_bytes", 128 << 20)),
         max_prepared_statements=int(values.get("max_prepared_statements", 1000)),
         notify_channel=values.get("notify_channel", "pgcutover_changes"),
+        startup_timeout=float(values.get("startup_timeout", 60.0)),
+        max_client_conn=int(values.get("max_client_conn", 1000)),
     )
+    if settings.startup_timeout <= 0 or settings.max_client_conn <= 0:
+        raise ConfigError("[proxy] startup_timeout and max_client_conn must be positive")
     if settings.plan_cache_bytes < 1 << 20:
         raise ConfigError("[proxy] plan_cache_bytes must be at least 1048576")
     if settings.max_prepared_statements < 1:
@@ -467,8 +517,7 @@ def parse_config(data: dict[str, Any], source: str | None = None) -> Config:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
     if "proxy" not in data:
         raise ConfigError("[proxy] section is required")
-    admin_raw = _take(data.get("admin", {}), AdminSettings, "[admin]")
-    admin = AdminSettings(users=tuple(admin_raw.get("users", ())), token=admin_raw.get("token"))
+    admin = _parse_admin(_take(data.get("admin", {}), AdminSettings, "[admin]"))
     routes = tuple(_parse_route(raw, i) for i, raw in enumerate(data.get("route", [])))
     tables = [r.table for r in routes]
     if len(set(tables)) != len(tables):

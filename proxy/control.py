@@ -12,7 +12,8 @@ import contextlib
 import getpass
 import logging
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -155,17 +156,85 @@ async def history(conn: asyncpg.Connection, config: Config, table: str) -> list[
         "FROM pgcutover.routing_history WHERE table_name = $1 ORDER BY generation", name)
 
 
+RESERVED_ROLE = "pg_use_reserved_connections"
+
+
+async def check_reserved_connections(conn: asyncpg.Connection) -> str | None:
+    """Why the control role may be locked out by a client connection storm, or None when it cannot be.
+
+    PostgreSQL 16+ keeps `reserved_connections` slots for members of pg_use_reserved_connections (superusers
+    have superuser_reserved_connections). Without either, a storm that fills max_connections refuses the
+    routing follower with 53300, and a rollback cannot reach this replica until it ends."""
+    row = await conn.fetchrow(
+        "SELECT current_user AS role, current_setting('server_version_num')::int AS version, "
+        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser")
+    assert row is not None
+    if row["superuser"]:
+        return None
+    if row["version"] < 160000:
+        return (f"control role {row['role']!r} has no reserved connection slots (PostgreSQL < 16 has no "
+                f"{RESERVED_ROLE}): a client connection storm can lock the routing follower out")
+    member = await conn.fetchval("SELECT pg_has_role(current_user, $1, 'MEMBER')", RESERVED_ROLE)
+    reserved = int(await conn.fetchval("SELECT current_setting('reserved_connections')"))
+    if member and reserved > 0:
+        return None
+    fix = []
+    if not member:
+        fix.append(f"GRANT {RESERVED_ROLE} TO {row['role']}")
+    if reserved == 0:
+        fix.append("ALTER SYSTEM SET reserved_connections = 3 (then restart)")
+    return (f"control role {row['role']!r} cannot use reserved connection slots: a client connection storm "
+            f"can lock the routing follower out; run {'; '.join(fix)}")
+
+
+class Outage:
+    """Logs a control connection's failure once per outage (not once per retry) and its recovery, and paces
+    retries with a capped exponential backoff."""
+
+    def __init__(self, what: str, first_delay: float = 0.25, max_delay: float = 5.0) -> None:
+        self.what = what
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.delay = first_delay
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failure; returns how long to wait before the next attempt."""
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s unavailable: %s; retrying with backoff (logged again when it is back)", self.what,
+                        _describe(exc))
+        delay, self.delay = self.delay, min(self.delay * 2, self.max_delay)
+        return delay
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            log.warning("%s back after %.1f s (%d failed attempts)", self.what, time.monotonic() - self.since,
+                        self.failures)
+        self.since, self.failures, self.delay = None, 0, self.first_delay
+
+
+def _describe(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}{f' ({sqlstate})' if sqlstate else ''}: {exc}"
+
+
 class RoutingFollower:
     """Keeps a proxy's routing equal to the shared table: LISTEN for changes, re-read on a timer, reconnect."""
 
     def __init__(self, get_config: Callable[[], Config], apply: Callable[[list[Override]], None],
-                 poll_interval: float = 5.0) -> None:
+                 poll_interval: float = 5.0,
+                 on_connect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> None:
         self._get_config = get_config
         self._apply = apply
         self._poll = poll_interval
+        self._on_connect = on_connect  # e.g. writing the admin console's local-only changes
         self._wake = asyncio.Event()
         self.connected = False
         self.loaded = False  # routing read at least once (or the table is known to be absent)
+        self.outage = Outage("routing control connection")
+        self._checked_reserved = False
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -178,8 +247,17 @@ class RoutingFollower:
             conn = None
             try:
                 conn = await connect(self._get_config())
+                conn.add_termination_listener(lambda _: self._wake.set())  # a killed backend: reconnect now
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected = True
+                self.outage.recovered()
+                if not self._checked_reserved:
+                    self._checked_reserved = True
+                    warning = await check_reserved_connections(conn)
+                    if warning:
+                        log.warning("%s", warning)
+                if self._on_connect is not None:
+                    await self._on_connect(conn)
                 while True:
                     self._wake.clear()
                     self._apply(await load_overrides(conn))
@@ -190,8 +268,7 @@ class RoutingFollower:
                 raise
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 self.connected = False
-                log.warning("routing control connection: %s; retrying", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self.outage.failed(exc))
             finally:
                 self.connected = False
                 if conn is not None:

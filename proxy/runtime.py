@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .cancel import CancelRegistry
 from .config import Config, ConfigError
 from .routing import Override, RoutingSnapshot, apply_overrides
 
@@ -37,7 +36,6 @@ class Totals:
 @dataclass
 class Runtime:
     config: Config
-    cancels: CancelRegistry = field(default_factory=CancelRegistry)
     sessions: set[Session] = field(default_factory=set)
     totals: Totals = field(default_factory=Totals)
     started_at: float = field(default_factory=time.time)
@@ -51,6 +49,7 @@ class Runtime:
     upstream_ok: bool = False  # last known reachability, for /readyz
     routing: RoutingSnapshot = field(default_factory=lambda: RoutingSnapshot(()))
     overrides: list[Override] = field(default_factory=list)
+    local_changes: dict[str, Any] = field(default_factory=dict)  # admin.LocalChange: made while the table was down
     routing_loaded: bool = False
     last_reload_error: str = ""
     routed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route table, target) -> queries
@@ -70,8 +69,9 @@ class Runtime:
     def apply_routing(self, config: Config, overrides: list[Override]) -> None:
         """Swap in the TOML routes with the shared overrides, or keep what is in force. Raises ConfigError."""
         generation = max((o.generation for o in overrides), default=self.routing.generation)
+        local = [change.override for change in self.local_changes.values()]  # last: they win until reconciled
         try:
-            snapshot = apply_overrides(config.routes, overrides, generation)
+            snapshot = apply_overrides(config.routes, [*overrides, *local], generation)
         except ConfigError as exc:
             self.totals.reload_errors += 1
             self.last_reload_error = str(exc)
@@ -83,6 +83,15 @@ class Runtime:
         # when something else about a route changed.
         if self.router is not None and _shape(previous.routes) != _shape(snapshot.routes):
             self.router.replace_routes(snapshot.routes, self.router.catalog)
+
+    def apply_local_changes(self, changes: dict[str, Any]) -> None:
+        """Admin changes this replica applies alone while the shared routing table is unreachable."""
+        previous, self.local_changes = self.local_changes, changes
+        try:
+            self.apply_routing(self.config, self.overrides)
+        except ConfigError:
+            self.local_changes = previous
+            raise
 
     def count_routed(self, table: str, target: str) -> None:
         self.routed[(table, target)] += 1

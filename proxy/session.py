@@ -11,6 +11,7 @@ server.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import ssl
 import struct
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .admin import ADMIN_DATABASE
-from .cancel import IssuedKey, UpstreamKey
+from .cancel import BackendKey
 from .deferred import Deferred
 from .failover import ShadowCycle
 from .protocol import codes, replies
@@ -31,7 +32,7 @@ from .statements import StatementRouting
 from .upstream import UpstreamAddress, UpstreamError, address_of, open_upstream, send_cancel
 
 if TYPE_CHECKING:
-    from .admin import AdminConsole
+    from .admin import AdminConsole, LocalLogin
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.session")
@@ -41,7 +42,14 @@ _unpack_i32 = struct.Struct("!i").unpack_from
 STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
 ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held by PAUSE at an idle point
 WAITING = "waiting"  # a routing decision is being computed off the event loop; the client's bytes wait
+RELAY = "relay"  # a startup packet the server will refuse: bytes are relayed raw so its own answer comes back
+LOCAL_AUTH = "local-auth"  # an admin console login checked by the proxy itself ([admin] auth = "local")
 _WAITING_BUFFER = 1 << 20  # client bytes held while waiting before its socket stops being read
+# Before ReadyForQuery no client message above this is buffered or even accepted (an unauthenticated client
+# must not make the proxy grow); authentication messages are far smaller (the server caps them at 65535).
+PRE_AUTH_LIMIT = 64 * 1024
+_PRE_AUTH_STATES = frozenset((STARTUP, CONNECTING, AUTH, RELAY, LOCAL_AUTH))
+_MITM_DETAIL = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack."
 
 
 class _RateLimit:
@@ -68,6 +76,7 @@ class _RateLimit:
 _violation_log = _RateLimit(per_second=5)
 
 TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
+CANCELLING = "cancelling"  # a CancelRequest is being relayed; the client's socket closes when it is delivered
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
 _STATEMENT_TYPES = _ROUTED_TYPES | {codes.F_BIND, codes.F_CLOSE}
@@ -99,10 +108,14 @@ class Session:
         self.startup: msg.Startup | None = None
         self.server_params: dict[str, str] = {}
         self.tx_status = codes.TX_IDLE
-        self.key: IssuedKey | None = None
+        self.key: BackendKey | None = None  # the server's, as the client also has it
         self.upstream_addr: UpstreamAddress | None = None
         self.peer: str = "?"
-        self.max_message = runtime.config.proxy.max_message_size
+        self.max_message = min(PRE_AUTH_LIMIT, runtime.config.proxy.max_message_size)  # raised at ReadyForQuery
+        self._ssl_done = self._gss_done = False  # as the server's ProcessStartupPacket tracks them
+        self._over_limit = False  # connected beyond max_client_conn: refused with 53300 at its startup packet
+        self._startup_timer: asyncio.TimerHandle | None = None
+        self._login: LocalLogin | None = None
 
         self.client_transport: asyncio.BaseTransport | None = None
         self.server_transport: asyncio.Transport | None = None
@@ -112,6 +125,7 @@ class Session:
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self._connect_task: asyncio.Task | None = None
         self._deferred_task: asyncio.Task | None = None
+        self._cancel_task: asyncio.Task | None = None  # a relayed CancelRequest (held so it is not collected)
         self._cycle: ShadowCycle | None = None  # a shadow-routed cycle that may fail over to the primary
         self.cycle_request: str | None = None  # set by the routing: start guarding at the current message
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
@@ -145,6 +159,27 @@ class Session:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         self.rt.sessions.add(self)
         self.rt.totals.client_connections += 1
+        proxy = self.rt.config.proxy
+        self._startup_timer = asyncio.get_running_loop().call_later(proxy.startup_timeout, self._startup_expired)
+        if len(self.rt.sessions) > proxy.max_client_conn:
+            self._over_limit = True
+            if len(self.rt.sessions) > 2 * proxy.max_client_conn:  # a flood: not even a startup packet is read
+                self.close()
+
+    def _startup_expired(self) -> None:
+        """startup_timeout passed before ReadyForQuery: close silently, as the server's authentication_timeout."""
+        if self.state in _PRE_AUTH_STATES or self.state == CANCELLING:
+            self.rt.totals.protocol_errors += 1
+            if _violation_log.allow() is not None:
+                log.info("closing %s: startup not finished within startup_timeout", self.peer)
+            self.close()
+
+    def _startup_done(self) -> None:
+        """ReadyForQuery reached the client: the normal message limit and no startup deadline from now on."""
+        self.max_message = self.rt.config.proxy.max_message_size
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
 
     def client_lost(self) -> None:
         if self.state == CLOSED:
@@ -184,6 +219,9 @@ class Session:
         self._finish()
 
     def _cancel_tasks(self) -> None:
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
         for task in (self._connect_task, self._deferred_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -191,7 +229,6 @@ class Session:
     def _finish(self) -> None:
         if self.admin is not None:
             self.admin.close()
-        self.rt.cancels.release(self.key)
         if self.routing is not None:
             self.routing.release()  # the plans its prepared statements held (rewrite/router.py, hold)
         self.rt.session_ended(self)
@@ -242,21 +279,51 @@ class Session:
                 if packet is None:
                     return
                 self._on_first_packet(packet)
+        except msg.StartupFatal as exc:  # what the server itself answers (its own SQLSTATE and text)
+            self._startup_problem(exc.text)
+            if self.client_transport is not None:
+                self._to_client(msg.error_response(exc.sqlstate, exc.text, "FATAL", exc.detail))
+            self.close()
+        except msg.StartupRefused as exc:  # the server only logs these and closes: no message either
+            self._startup_problem(str(exc))
+            self.close()
         except msg.ProtocolViolation as exc:
             self._violation(str(exc))
 
+    def _startup_problem(self, text: str) -> None:
+        self.rt.totals.protocol_errors += 1
+        suppressed = _violation_log.allow()
+        if suppressed is not None:
+            more = f" ({suppressed} more not logged)" if suppressed else ""
+            log.info("startup from %s refused: %s%s", self.peer, text, more)
+
     def _on_first_packet(self, packet: msg.FirstPacket) -> None:
+        # SSL and GSS negotiation follow the server's ProcessStartupPacket: each may come once, except that
+        # a declined GSSENCRequest allows an SSLRequest again (and a declined SSLRequest a GSSENCRequest).
+        # A repeated one is an "unsupported frontend protocol" like any unknown code.
         if isinstance(packet, msg.SSLRequest):
-            if self._first.take_rest():
-                raise msg.ProtocolViolation("received unencrypted data after SSL request")
+            if self._ssl_done:
+                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.SSL_REQUEST))
             if self.tls_context is not None:
+                if self._first.take_rest():
+                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
                 self._to_client(b"S")
+                self._ssl_done = self._gss_done = True
                 self.state = CONNECTING  # nothing may arrive until the handshake is done
                 self._connect_task = asyncio.get_running_loop().create_task(self._start_tls())
             else:
                 self._to_client(b"N")
+                self._ssl_done, self._gss_done = True, False
+                if self._first.buffered:
+                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
         elif isinstance(packet, msg.GSSEncRequest):
+            if self._gss_done:
+                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.GSSENC_REQUEST))
             self._to_client(b"N")
+            self._ssl_done, self._gss_done = False, True
+            if self._first.buffered:
+                raise msg.StartupFatal("08P01", "received unencrypted data after GSSAPI encryption request",
+                                       _MITM_DETAIL)
         elif isinstance(packet, msg.CancelRequest):
             self._forward_cancel(packet)
         else:
@@ -281,18 +348,44 @@ class Session:
         self.state = STARTUP
 
     def _forward_cancel(self, packet: msg.CancelRequest) -> None:
-        key = self.rt.cancels.lookup(packet.pid, packet.secret)
-        if key is not None:
-            routing = key.session.routing  # a query waiting for a fallback store is not upstream yet: end the wait
-            waiting = routing is not None and routing.cancel_wait()
-            if key.session.cancel_upstream() is not None or waiting:
-                self.rt.totals.cancels_forwarded += 1
-        self.close()  # the server answers a CancelRequest by closing, with no message
+        """Relay the CancelRequest to the upstream as received; the server checks the key itself.
+
+        The client's socket is closed once the server has closed ours, as a direct cancel would see it: a
+        client that waits for that close (libpq does) knows the signal has been delivered."""
+        self.state = CANCELLING  # like the server, ignore whatever follows the request
+        self.rt.totals.cancels_forwarded += 1
+        self._end_store_wait(packet)
+        addr = address_of(self.rt.config.proxy.upstream)
+        # Not cancelled when the client hangs up first: many clients close right after sending the request.
+        self._cancel_task = asyncio.get_running_loop().create_task(send_cancel(addr, packet.raw))
+        self._cancel_task.add_done_callback(lambda _: self.close())
+
+    def _end_store_wait(self, packet: msg.CancelRequest) -> None:
+        """A query waiting for a fallback store has not reached the server: the server's cancel would miss it,
+        so the proxy ends that wait itself (57014). The key is matched against the sessions' real server keys
+        (a linear scan: cancels are rare and sessions bounded by max_client_conn)."""
+        for session in self.rt.sessions:
+            key, routing = session.key, session.routing
+            if (key is not None and routing is not None and key.pid == packet.pid
+                    and hmac.compare_digest(key.secret, packet.secret)):
+                routing.cancel_wait()
+                return
 
     def _on_startup(self, startup: msg.Startup) -> None:
         self.startup = startup
         if self.rt.shutting_down:
             self.fail_client("57P01", "pgcutover is shutting down")
+            return
+        if self._over_limit and not self._admin_may_exceed(startup):
+            # PostgreSQL's own words and SQLSTATE for a full server, after the startup packet as it does
+            self.fail_client("53300", "sorry, too many clients already")
+            return
+        if not startup.valid:  # bad version or layout: let the server answer it, in its own words and format
+            self.state = CONNECTING
+            self._connect_task = asyncio.get_running_loop().create_task(self._connect())
+            return
+        if startup.params.get("database") == ADMIN_DATABASE and self.rt.config.admin.auth == "local":
+            self._start_local_login(startup)
             return
         if startup.params.get("database") == ADMIN_DATABASE:
             if startup.params["user"] not in self.rt.config.admin.users:
@@ -305,12 +398,54 @@ class Session:
         self.state = CONNECTING
         self._connect_task = asyncio.get_running_loop().create_task(self._connect())
 
+    def _start_local_login(self, startup: msg.Startup) -> None:
+        """The console's own SCRAM exchange: no upstream connection at all, so it works with the server down."""
+        from .admin import LocalLogin
+
+        self.admin_requested = True
+        self.state = LOCAL_AUTH
+        self._login = LocalLogin(self.rt.config.admin, startup, self._to_client, PRE_AUTH_LIMIT)
+        self._login.begin()
+        rest = self._first.take_rest()
+        if rest:
+            self._local_login_data(rest)
+
+    def _local_login_data(self, data: bytes) -> None:
+        from .admin import LoginFailed
+
+        assert self._login is not None
+        try:
+            done = self._login.feed(data)
+        except LoginFailed as exc:
+            if exc.sqlstate:
+                self.fail_client(exc.sqlstate, exc.text)
+            else:
+                self.close()
+            return
+        if done:
+            rest = bytes(self._login.reader._buf)
+            self._login = None
+            self._become_admin()
+            if rest:
+                self.client_data(rest)
+
+    def _admin_may_exceed(self, startup: msg.Startup) -> bool:
+        """The console stays reachable during a connection storm (as superuser_reserved_connections would)."""
+        return (startup.params.get("database") == ADMIN_DATABASE
+                and startup.params.get("user") in self.rt.config.admin.users
+                and len(self.rt.sessions) <= 2 * self.rt.config.proxy.max_client_conn)
+
     async def _connect(self) -> None:
         from .server_side import ServerProtocol
 
         dsn = self.rt.config.proxy.upstream
+        protocol = ServerProtocol(self)
+        assert self.startup is not None
+        relay = not self.startup.valid
+        if relay:  # the server's answer may not even be protocol 3 (a 2.0 client gets a 2.0-style error)
+            protocol.data_received = self._relay_from_server  # type: ignore[method-assign]
         try:
-            transport = await open_upstream(dsn, ServerProtocol(self), self.rt.config.proxy.connect_timeout)
+            transport = await open_upstream(dsn, protocol, self.rt.config.proxy.connect_timeout)
         except UpstreamError as exc:
             self.rt.upstream_ok = False
             self.rt.totals.upstream_errors += 1
@@ -324,7 +459,13 @@ class Session:
         self.upstream_addr = address_of(dsn)
         self.server_transport = transport
         self._to_server = transport.write
-        assert self.startup is not None
+        if relay:
+            self.state = RELAY
+            transport.write(self.startup.raw)
+            early, self._early = self._early, []
+            for chunk in early:
+                transport.write(chunk)
+            return
         self.tracker.expect(STARTUP_CYCLE)
         if self.admin_requested:
             params = {**self.startup.params, "database": dsn.database}
@@ -522,8 +663,19 @@ class Session:
             self._startup_data(data)
         elif self.state == CONNECTING or self.state == PAUSED or self.state == WAITING:
             self._early.append(data)
-            if self.state == PAUSED or sum(map(len, self._early)) > _WAITING_BUFFER:
+            limit = PRE_AUTH_LIMIT if self.state == CONNECTING else _WAITING_BUFFER
+            if self.state == PAUSED or sum(map(len, self._early)) > limit:
                 self.pause_client_reading()
+        elif self.state == RELAY:
+            self._to_server(data)
+        elif self.state == LOCAL_AUTH:
+            self._local_login_data(data)
+
+    def _relay_from_server(self, data: bytes) -> None:
+        """RELAY: the server's answer to a startup packet it refuses goes to the client as it comes."""
+        self.bytes_from_server += len(data)
+        self.fatal_from_server = True  # whatever it says is its own account of the close
+        self._to_client(data)
 
     # -- asynchronous routing decisions ---------------------------------------------------------------------
     def _wait_for(self, deferred: Deferred, rest: bytes) -> None:
@@ -576,6 +728,7 @@ class Session:
         from .admin import AdminConsole
 
         self.state = ADMIN
+        self._startup_done()
         server, self.server_transport = self.server_transport, None
         self._to_server = _nowhere
         if server is not None:
@@ -586,6 +739,9 @@ class Session:
     def _bad_client_header(self, kind: int, length: int) -> None:
         if kind not in _FRONTEND:
             self._violation(f"invalid frontend message type {kind}")
+        elif length > self.max_message and self.state in _PRE_AUTH_STATES:
+            self._violation(f"message of {length} bytes before authentication exceeds the limit of "
+                            f"{self.max_message}")
         elif length > self.max_message:
             self._violation(f"message of {length} bytes exceeds the maximum of {self.max_message}")
         else:
@@ -756,10 +912,10 @@ class Session:
                 if self._cycle is not None:
                     self._cycle.on_error(data[pos + 5 : end])
             return None
-        # BackendKeyData: hand the client a key of ours, and remember the server's for cancels
+        # BackendKeyData: the client gets it unchanged (see cancel.py); kept for the cancels we send ourselves
         pid, secret = msg.parse_backend_key_data(data[pos + 5 : end])
-        self.key = self.rt.cancels.issue(self, UpstreamKey(pid, secret))
-        return msg.backend_key_data(self.key.pid, self.key.secret)
+        self.key = BackendKey(pid, secret)
+        return None
 
     def _ready_outside_steady_state(self) -> None:
         if self.state == AUTH:
@@ -767,6 +923,7 @@ class Session:
                 self._become_admin()
                 return
             self.state = ACTIVE  # authentication is over: the hot path takes the client's bytes from now on
+            self._startup_done()
         if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
             # Not now: this ReadyForQuery (and the result before it) is still in the batch being framed,
             # and must reach the client before the FATAL that ends the session.
@@ -778,8 +935,7 @@ class Session:
         """Send the server a CancelRequest for this session's running query, if one is in flight."""
         if self.tracker.idle or self.key is None or self.upstream_addr is None:
             return None
-        upstream = self.key.upstream
-        packet = msg.cancel_request(upstream.pid, upstream.secret)
+        packet = msg.cancel_request(self.key.pid, self.key.secret)
         return asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
 
     def close_for_shutdown(self) -> None:
@@ -810,6 +966,13 @@ class Session:
     def application_name(self) -> str:
         return self.server_params.get("application_name") or (
             self.startup.params.get("application_name", "") if self.startup else "")
+
+
+def _unsupported_protocol(code: int) -> str:
+    """The server's message for a first packet code it does not know (it supports 3.0 to 3.2)."""
+    latest = codes.PROTOCOL_3_2
+    return (f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports "
+            f"{codes.PROTOCOL_3_0 >> 16}.0 to {latest >> 16}.{latest & 0xFFFF}")
 
 
 def _apply_edits(data: bytes, stop: int, edits: list[tuple[int, int, bytes]]) -> bytes:

@@ -12,13 +12,16 @@ import struct
 from collections.abc import Iterator
 
 from . import codes
-from .messages import FirstPacket, ProtocolViolation, parse_first_packet
+from .messages import FirstPacket, ProtocolViolation, StartupRefused, parse_first_packet
 
 _I32 = struct.Struct("!i")
 
 
 class FirstPacketReader:
-    """Accumulates bytes until one untyped packet is complete; refuses lengths the server would refuse."""
+    """Accumulates bytes until one untyped packet is complete; refuses lengths the server would refuse.
+
+    The length counts itself; the server refuses a body shorter than the 4-byte code or longer than
+    MAX_STARTUP_PACKET (10,000), so at most 10,004 bytes are ever buffered here."""
 
     __slots__ = ("_buf",)
 
@@ -32,13 +35,17 @@ class FirstPacketReader:
         if len(self._buf) < 4:
             return None
         (length,) = _I32.unpack_from(self._buf, 0)
-        if not 8 <= length <= codes.MAX_STARTUP_PACKET:
-            raise ProtocolViolation("invalid length of startup packet")
+        if not 4 <= length - 4 <= codes.MAX_STARTUP_PACKET:
+            raise StartupRefused("invalid length of startup packet")
         if len(self._buf) < length:
             return None
         packet = bytes(self._buf[:length])
         del self._buf[:length]
         return parse_first_packet(packet)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
 
     def take_rest(self) -> bytes:
         """Bytes after the startup packet (a client that pipelines its first query)."""

@@ -21,6 +21,18 @@ class ProtocolViolation(Exception):
     """The peer sent bytes that are not the Postgres protocol; the session answers 08P01 and closes."""
 
 
+class StartupRefused(ProtocolViolation):
+    """A first packet the server only logs (COMMERROR) before closing: the client gets no message at all."""
+
+
+class StartupFatal(ProtocolViolation):
+    """A first packet the server answers with a FATAL of its own before closing; the same one is sent."""
+
+    def __init__(self, sqlstate: str, text: str, detail: str | None = None) -> None:
+        super().__init__(text)
+        self.sqlstate, self.text, self.detail = sqlstate, text, detail
+
+
 def message(type_byte: bytes, payload: bytes = b"") -> bytes:
     return _HDR.pack(type_byte, len(payload) + 4) + payload
 
@@ -40,6 +52,7 @@ class Startup:
     version: int
     params: dict[str, str]
     raw: bytes  # the packet exactly as the client sent it, forwarded upstream untouched
+    valid: bool = True  # False: a packet the server will refuse (bad version or layout); relayed for its answer
 
     @property
     def minor(self) -> int:
@@ -60,27 +73,36 @@ class GSSEncRequest:
 class CancelRequest:
     pid: int
     secret: bytes
+    raw: bytes = b""  # the packet as received, relayed to the server unchanged
 
 
 FirstPacket = Startup | SSLRequest | GSSEncRequest | CancelRequest
 
 
 def parse_first_packet(packet: bytes) -> FirstPacket:
-    """`packet` includes its Int32 length. Raises ProtocolViolation on anything malformed."""
+    """`packet` includes its Int32 length (already checked by the reader). As PostgreSQL's ProcessStartupPacket:
+    the request code alone decides SSL/GSS (extra bytes are ignored), a cancel with a bad key length is refused
+    silently, and any other packet is a startup packet for the server to judge."""
     if len(packet) < 8:
-        raise ProtocolViolation("invalid length of startup packet")
+        raise StartupRefused("invalid length of startup packet")
     code = _I32.unpack_from(packet, 4)[0]
-    if code == codes.SSL_REQUEST and len(packet) == 8:
-        return SSLRequest()
-    if code == codes.GSSENC_REQUEST and len(packet) == 8:
-        return GSSEncRequest()
     if code == codes.CANCEL_REQUEST:
-        if not 16 <= len(packet) <= 12 + codes.MAX_CANCEL_KEY:
-            raise ProtocolViolation("invalid length of cancel request")
-        return CancelRequest(pid=_I32.unpack_from(packet, 8)[0], secret=bytes(packet[12:]))
+        if len(packet) < 12:
+            raise StartupRefused("invalid length of cancel request packet")
+        if not 13 <= len(packet) <= 12 + codes.MAX_CANCEL_KEY:
+            raise StartupRefused("invalid length of cancel key in cancel request packet")
+        return CancelRequest(pid=_I32.unpack_from(packet, 8)[0], secret=bytes(packet[12:]), raw=bytes(packet))
+    if code == codes.SSL_REQUEST:
+        return SSLRequest()
+    if code == codes.GSSENC_REQUEST:
+        return GSSEncRequest()
     if code >> 16 != 3:
-        raise ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
-    return Startup(version=code, params=_parse_startup_params(packet), raw=bytes(packet))
+        return Startup(version=code, params={}, raw=bytes(packet), valid=False)
+    try:
+        params = _parse_startup_params(packet)
+    except ProtocolViolation:
+        return Startup(version=code, params={}, raw=bytes(packet), valid=False)
+    return Startup(version=code, params=params, raw=bytes(packet))
 
 
 def _parse_startup_params(packet: bytes) -> dict[str, str]:

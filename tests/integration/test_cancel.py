@@ -1,4 +1,4 @@
-"""CancelRequest through the proxy: the key a client holds is the proxy's own, mapped to its upstream backend.
+"""CancelRequest through the proxy: the client holds the server's own key, and the proxy relays the request.
 
 A cancelled `pg_sleep(10)` must fail with 57014 well before the sleep would have ended (we only check that
 it did not run to completion: durations are not asserted). A CancelRequest with a wrong secret cancels
@@ -139,12 +139,14 @@ def test_wrong_secret_cancels_nothing(pg, proxy):
         assert data_rows(replies) == [[b"", b"completed"]]
 
 
-def test_server_key_is_not_handed_out(proxy):
-    """The proxy issues its own BackendKeyData; the server's pid does not leak to the client."""
+@pytest.mark.parametrize("version", [codes.PROTOCOL_3_0, codes.PROTOCOL_3_2], ids=["3.0", "3.2"])
+def test_server_key_is_handed_out_unchanged(proxy, version: int):
+    """The client's BackendKeyData is the server's: its pid is pg_backend_pid()."""
     with RawClient(proxy.port) as client:
-        session = client.startup()
+        session = client.startup(version=version)
         (row,) = data_rows(client.query("SELECT pg_backend_pid()"))
-        assert int(row[0] or b"0") != session.pid
+        assert int(row[0] or b"0") == session.pid
+        assert len(session.secret) == (4 if version == codes.PROTOCOL_3_0 else 32)
 
 
 def test_raw_protocol_3_2_long_key_cancel(proxy, pg):

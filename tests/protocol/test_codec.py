@@ -68,17 +68,43 @@ def test_cancel_key_fields() -> None:
         b"\x00\x00\x00\x03abcd",  # length below the minimum
         b"\xff\xff\xff\xff\x00\x03\x00\x00",  # negative length
         b"\x00\x01\x00\x00" + b"\x00" * 4,  # longer than any startup packet may be
+        m.cancel_request(1, b"k" * 300),  # cancel key over 256 bytes
+        m.cancel_request(1, b""),  # no cancel key at all
+    ],
+)
+def test_first_packets_the_server_refuses_silently(garbage: bytes) -> None:
+    reader = FirstPacketReader()
+    reader.feed(garbage)
+    with pytest.raises(m.StartupRefused):
+        reader.next_packet()
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
         b"\x00\x00\x00\x0c\x00\x02\x00\x00user",  # protocol 2
         b"\x00\x00\x00\x10\x00\x03\x00\x00user\x00bob",  # unterminated
         b"\x00\x00\x00\x0d\x00\x03\x00\x00dbx\x00\x00",  # no user
-        m.cancel_request(1, b"k" * 300),  # cancel key over 256 bytes
     ],
 )
-def test_garbage_first_packets_are_protocol_violations(garbage: bytes) -> None:
+def test_startup_packets_the_server_answers_are_passed_on(packet: bytes) -> None:
+    """The server answers these with its own FATAL (in its own format): the session relays them for that."""
     reader = FirstPacketReader()
-    reader.feed(garbage)
-    with pytest.raises(m.ProtocolViolation):
-        reader.next_packet()
+    reader.feed(packet)
+    startup = reader.next_packet()
+    assert isinstance(startup, m.Startup) and not startup.valid and startup.raw == packet
+
+
+def test_startup_length_limit_is_the_servers() -> None:
+    """The length counts itself; the body may be 10,000 bytes, so 10,004 is the largest packet."""
+    for total, ok in ((10004, True), (10005, False)):
+        reader = FirstPacketReader()
+        reader.feed((total).to_bytes(4, "big") + (3 << 16).to_bytes(4, "big"))
+        if ok:
+            assert reader.next_packet() is None  # waits for the rest
+        else:
+            with pytest.raises(m.StartupRefused):
+                reader.next_packet()
 
 
 STREAM = b"".join([

@@ -1,11 +1,12 @@
 """The session's two byte paths, driven with plain byte strings (no sockets, no server).
 
 Whatever the chunking, what comes out must be exactly what went in, except for what the proxy owns:
-BackendKeyData (replaced by the proxy's key) and replies to injected messages (dropped).
+replies to injected messages (dropped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from proxy.config import parse_config
@@ -53,10 +54,17 @@ def make_session(max_message_size: int = 1 << 20) -> tuple[Session, RecordingTra
                                      "max_message_size": max_message_size}})
     session = Session(Runtime(config))
     client, server = RecordingTransport(), RecordingTransport()
-    session.client_connected(client)
+
+    async def connect() -> None:  # the session arms its startup timer on the running loop
+        session.client_connected(client)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(connect())
+    loop.close()
     session.server_transport = server  # type: ignore[assignment]
     session._to_server = server.write
     session.state = ACTIVE
+    session._startup_done()  # as after the first ReadyForQuery: the configured message limit applies
     return session, client, server
 
 
@@ -132,20 +140,16 @@ def test_server_stream_is_forwarded_unchanged_in_any_chunking() -> None:
         assert session.server_params["application_name"] == "app"
 
 
-def test_backend_key_is_replaced_and_registered() -> None:
-    for secret in (b"abcd", bytes(range(32))):  # protocol 3.0 and 3.2 key lengths
+def test_backend_key_is_passed_unchanged() -> None:
+    """The client holds the server's own key (3.0's 4 bytes, 3.2's longer secret); the session keeps a copy
+    for the cancels the proxy sends itself."""
+    for secret in (b"abcd", bytes(range(32)), bytes(range(256))):
         session, client, _ = make_session()
         startup = m.message(b"R", b"\x00\x00\x00\x00") + m.backend_key_data(4242, secret) + m.ready_for_query()
         for chunk in chunked(startup, [1]):
             session.server_data(chunk)
-        messages = split_messages(client.data)
-        kind, payload = messages[1]
-        assert kind == codes.B_BACKEND_KEY
-        pid, issued = m.parse_backend_key_data(payload)
-        assert len(issued) == len(secret) and (pid, issued) != (4242, secret)
-        key = session.rt.cancels.lookup(pid, issued)
-        assert key is not None and key.upstream.pid == 4242 and key.upstream.secret == secret
-        assert session.rt.cancels.lookup(pid, b"x" * len(secret)) is None
+        assert client.data == startup
+        assert session.key is not None and (session.key.pid, session.key.secret) == (4242, secret)
 
 
 def test_replies_to_injected_messages_are_dropped() -> None:

@@ -44,12 +44,16 @@ _PGVECTOR_TYPES = {"vector", "halfvec", "sparsevec", "bit"}
 
 
 class Passthrough(Exception):
-    """The statement is forwarded untouched; `reason` is the short label counted in metrics."""
+    """The statement is forwarded untouched; `reason` is the short label counted in metrics. `route` names the
+    route when the statement computes a distance on a route's column but cannot be planned (a similarity query
+    the router does not understand): on a route with legacy rows the proxy refuses it rather than answer from
+    pgvector rows only."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason if not detail else f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.route: Route | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,7 +506,27 @@ def analyze(sql: str | exp.Expression, routes: Sequence[Route], search_path: tup
     resolver = _TableResolver(routes, search_path, catalog)
     walker = _Walker(resolver)
     walker.query(expression, None, {})
-    return _Recognizer(expression, walker.found, resolver, catalog).run()
+    try:
+        return _Recognizer(expression, walker.found, resolver, catalog).run()
+    except Passthrough as exc:
+        exc.route = exc.route or _similarity_route(walker.found)
+        raise
+
+
+def _similarity_route(found: _Found) -> Route | None:
+    """The route whose table the statement reads and whose column a distance in it takes, if any."""
+    for _, source in found.route_refs:
+        route = source.route
+        assert route is not None
+        names = {route.column, route.pg_vector_column}
+        for node, _ in found.distances:
+            for arg in ("this", "expression"):
+                operand = node.args.get(arg)
+                while isinstance(operand, exp.Cast | exp.Paren):
+                    operand = operand.this
+                if isinstance(operand, exp.Column) and norm(operand.this) in names:
+                    return route
+    return None
 
 
 class _Recognizer:

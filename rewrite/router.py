@@ -193,6 +193,7 @@ def plan_bytes(sql: str, plan: Plan) -> int:
 def build_plan(sql: str, routes: Sequence[Route], search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH,
                catalog: Catalog | None = None) -> Plan:
     """Parse, recognise and rewrite `sql` (no cache, no pre-filter). Never raises."""
+    query = None
     try:
         search_path = normalize_search_path(search_path)
         query = analyze(sql, routes, search_path, catalog)
@@ -206,7 +207,7 @@ def build_plan(sql: str, routes: Sequence[Route], search_path: tuple[str, ...] =
         return Plan(route=query.route, reason=SIMILARITY, primary_sql=primary_sql, shadow_sql=shadow_sql,
                     query=query)
     except Passthrough as decision:
-        return passthrough(decision.reason)
+        return passthrough(decision.reason, decision.route or (query.route if query is not None else None))
     except SqlglotError as exc:
         log.debug("sqlglot could not handle %r: %s", sql[:200], exc)
         return passthrough("parse-error")

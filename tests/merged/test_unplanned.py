@@ -1,0 +1,34 @@
+"""A similarity query on a fallback route that the router cannot plan (a self-join, a query vector from a subquery
+it cannot resolve) is refused loudly (0A000), never answered from pgvector rows only; a plain query on the route
+table that computes no distance still passes through."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.merged.test_shapes import ROUTE, docs  # noqa: F401  (the module's table fixture)
+
+VECTOR = "'[1,1,1,1,1,1,1,1]'"
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy, docs):  # noqa: F811
+    return start_proxy(ROUTE)
+
+
+@pytest.mark.parametrize("sql", [
+    f"SELECT a.id FROM sh_docs a JOIN sh_docs b ON a.id = b.id ORDER BY a.embedding <-> {VECTOR} LIMIT 3",
+    "SELECT id FROM sh_docs ORDER BY embedding <-> (SELECT embedding FROM sh_docs ORDER BY id LIMIT 1) LIMIT 3",
+])
+def test_unplanned_similarity_queries_are_refused(proxy, sql: str) -> None:
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="route-table-repeated"):
+            conn.execute(sql)
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session stays usable
+
+
+def test_plain_queries_on_the_route_table_pass_through(proxy) -> None:
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM sh_docs a JOIN sh_docs b ON a.id = b.id").fetchone() == (1200,)
+        assert conn.execute("SELECT count(*) FROM sh_docs WHERE embedding IS NULL").fetchone()[0] > 0

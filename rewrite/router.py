@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 from collections import Counter
@@ -106,6 +107,15 @@ class Router:
         self._cache.clear()
         self._generation += 1
 
+    def _too_large(self, sql: str) -> Plan:
+        """Too large to plan, yet it may be a similarity query (it passed the pre-filter): name a route it
+        mentions, one with a fallback first, so that a route with legacy rows refuses it loudly (on_inexact)
+        rather than answer from pgvector rows only. Rare, so a plain scan per route is fine."""
+        mentioned = [route for route in self._routes
+                     if re.search(r"(?<![\w$])" + re.escape(route.relname) + r"(?![\w$])", sql, re.IGNORECASE)]
+        mentioned.sort(key=lambda route: not (route.fallback and route.legacy_column))
+        return passthrough("too-large", mentioned[0]) if mentioned else _TOO_LARGE
+
     @property
     def stats(self) -> RouterStats:
         return RouterStats(self._cache.hits, self._cache.misses, len(self._cache), self._cache.bytes,
@@ -127,7 +137,7 @@ class Router:
             return _PREFILTERED
         if len(sql) > self.max_sql:
             self._passthrough["too-large"] += 1
-            return _TOO_LARGE
+            return self._too_large(sql)
         plan = self._cache.get((sql, search_path))
         if plan is not None:
             self._count(plan)

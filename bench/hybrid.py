@@ -97,8 +97,8 @@ def main() -> None:
     parser.add_argument("--migrated", type=float, default=0.005)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--clients", default="1,8")
-    parser.add_argument("--storage", default="int8", choices=("float32", "int8", "float16"),
-                        help="the route's fallback_storage (default int8, the shipped default)")
+    parser.add_argument("--storage", default="float32", choices=("float32", "int8", "float16"),
+                        help="the route's fallback_storage (default float32, the shipped default)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="pgcutover-hybrid-"))

@@ -41,6 +41,8 @@ def scan(snap: Snapshot, vector: np.ndarray, metric: str) -> Scan:
     """Exact distances of every alive row (blocking: run it in a worker thread)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    if snap.dtype == np.int8:  # screening codes, not rows: distances from them would be wrong, not exact
+        raise ValueError("an int8 store keeps screening codes only: the exact scan needs float32 or float16 rows")
     q = np.asarray(vector, dtype=np.float64).reshape(-1)
     if q.shape[0] != snap.dims:
         raise ValueError(f"query has {q.shape[0]} dimensions, the store {snap.dims}")

@@ -184,7 +184,7 @@ class Route:
     legacy_format: str = "json"
     dims: int | None = None
     fallback: bool = True
-    fallback_storage: str = "int8"
+    fallback_storage: str = "float32"  # int8 saves memory, but the exact scans (l1, farthest, shipped) need rows
     on_bad_vector: str = "error"
     metric: str = "cosine"
     mirror: float = 0.0
@@ -319,8 +319,9 @@ KEY_HELP: dict[str, str] = {
     "[[route]] shadow_table, shadow_column, shadow_type": "shadow copy, its vector column, query-vector cast",
     "[[route]] split, sticky": "percent of similarity queries sent to the shadow; query | session | application_name",
     "[[route]] legacy_column, legacy_format, dims, fallback": "legacy vectors (json|bytea_f32|bytea_f64|array)",
-    "[[route]] fallback_storage": "float32 | int8 | float16: the fallback store's rows (default int8: a quarter of the"
-    " memory, candidates proven by error bounds, ranked exactly by the server)",
+    "[[route]] fallback_storage": "float32 | int8 | float16: the fallback store's rows (default float32). int8 takes"
+    " a quarter of the memory (candidates proven by error bounds, ranked exactly by the server) but keeps no rows:"
+    " l1, farthest-first and shipped-distance shapes are then refused (fallback-storage-int8)",
     "[[route]] on_bad_vector": "error | skip: what dual-write triggers do with a vector of the wrong size",
     "[[route]] on_inexact": (
         'error | primary_only (default "error"): a similarity query the fallback cannot answer exactly over all '

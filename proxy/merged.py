@@ -64,6 +64,13 @@ class Unanswerable(Exception):
     """This execution cannot be merged: the reason is counted and the primary's own query runs."""
 
 
+def _needs_rows(store, path: str) -> None:
+    """The exact scans (fallback/scan.py) read the stored rows themselves: an int8 store keeps only screening
+    codes, so those shapes are refused there (loudly, on_inexact) rather than ranked from codes."""
+    if store.dtype == np.int8:
+        raise Unanswerable(f'fallback-storage-int8: {path} need fallback_storage = "float32" or "float16"')
+
+
 class MergeCache:
     """Merge plans by (route table, SQL text), shared by all sessions, bounded."""
 
@@ -175,6 +182,7 @@ class MergedQueries:
             asked = min(asked, MAX_CANDIDATES)
             result = await self.service.searcher.search(store, vector, asked, merge.metric)
             return merge.extra_params(list(result.keys), guard_bound(result.distances, asked))
+        _needs_rows(store, "l1 and farthest-first searches")
         found, bound = await asyncio.to_thread(scan_candidates, store.snapshot(), vector, asked, merge.metric,
                                                farthest=merge.farthest, cap=MAX_CANDIDATES)
         return merge.extra_params(list(found), bound)
@@ -223,6 +231,7 @@ class MergedQueries:
         await store.wait_ready()
         if vector.shape[0] != merge.dims:
             raise Unanswerable("vector-dims")
+        _needs_rows(store, "shipping every legacy distance")
         snap = store.snapshot()
         limit = getattr(merge.route, "max_shipped_rows", MAX_SHIPPED_ROWS)
         if snap.rows > limit:
@@ -256,7 +265,8 @@ class MergedQueries:
             except ValueError:
                 return None
         store = self.service.store_for(merge.route.table)
-        found = store.get(key) if store is not None else None
+        # an int8 store keeps screening codes, not vectors: read the row from the table as for a migrated row
+        found = store.get(key) if store is not None and store.dtype != np.int8 else None
         if found is not None:
             return found
         route = merge.route

@@ -46,3 +46,18 @@ def test_similarity_queries_too_large_to_plan_are_refused(proxy) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
         big_plain = f"SELECT count(*) FROM sh_docs {padding}"  # no distance: still forwarded
         assert conn.execute(big_plain).fetchone() == (1200,)
+
+
+def test_int8_stores_refuse_the_shapes_that_need_rows(start_proxy, proxy, docs) -> None:  # noqa: F811
+    """An int8 store keeps screening codes, not vectors: l1 and shipped-distance shapes are refused loudly, while
+    the nearest-first float metrics (screened with proven bounds) still merge exactly."""
+    proxy = start_proxy(ROUTE + 'fallback_storage = "int8"\n')
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        for sql in (f"SELECT id FROM sh_docs ORDER BY embedding <+> {VECTOR} LIMIT 3",
+                    f"SELECT id, row_number() OVER (ORDER BY embedding <-> {VECTOR}) FROM sh_docs LIMIT 3"):
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="fallback-storage-int8"):
+                conn.execute(sql)
+        nearest = f"SELECT id FROM sh_docs ORDER BY embedding <-> {VECTOR}, id LIMIT 5"
+        merged = conn.execute(nearest).fetchall()
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:  # the same route with a float32 store
+        assert merged == conn.execute(nearest).fetchall()

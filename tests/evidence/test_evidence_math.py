@@ -19,7 +19,6 @@ from proxy.evidence import (
     Latency,
     RouteSummary,
     compare,
-    interval_of,
     mean_interval,
     percentile,
     rank_agreement,
@@ -91,7 +90,7 @@ def test_kendall_tau_matches_the_textbook_formula() -> None:
 
 def test_intervals() -> None:
     values = [0.8, 0.9, 1.0, 0.7, 0.95, 0.85]
-    interval = interval_of(values)
+    interval = mean_interval(len(values), statistics.mean(values), statistics.stdev(values))
     assert interval is not None
     half = 1.959963984540054 * statistics.stdev(values) / math.sqrt(len(values))
     assert interval.mean == pytest.approx(statistics.mean(values))

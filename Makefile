@@ -30,9 +30,14 @@ chromium:
 		echo "installing chromium (apt) for the readiness page test"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: $(BIN)/pgcutover chromium
-	$(BIN)/ruff check proxy rewrite fallback deploy tests bench
-	$(BIN)/python -m pytest -q tests
+# ruff everywhere; mypy on the files pyproject's [tool.mypy] names (strict on proxy/protocol and rewrite)
+lint: $(BIN)/pgcutover
+	$(BIN)/ruff check proxy rewrite fallback deploy tests bench conftest.py
+	$(BIN)/python -m mypy
+
+# pyproject's testpaths: tests/ and the docstring examples of proxy/, rewrite/, fallback/, deploy/
+test: lint chromium
+	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/pgcutover
 	$(BIN)/python bench/passthrough.py

@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from fallback.store import LegacyStore, SegmentView, Snapshot
 
 METRICS = ("l2", "cosine", "ip", "l1")
-OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>", "l1": "<+>"}
 U32 = 2.0 ** -24  # unit roundoff of float32
 U16 = 2.0 ** -11  # relative rounding of float16 (normal range)
 F16_ABS = 2.0 ** -25  # absolute rounding of float16 subnormals

@@ -141,16 +141,6 @@ def mean_interval(n: int, mean: float | None, sd: float | None, lo: float = 0.0,
     return Interval(mean, max(lo, mean - half), min(hi, mean + half), n)
 
 
-def interval_of(values: Sequence[float]) -> Interval | None:
-    """`mean_interval` of raw values."""
-    n = len(values)
-    if n == 0:
-        return None
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean_interval(n, mean, sd)
-
-
 def wilson(successes: int, n: int) -> tuple[float, float] | None:
     """95% Wilson score interval of a proportion.
 

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -473,11 +472,6 @@ class EvidenceCollector(Collector):
                                        ("unverified", state.unverified_errors)):
                     judged.add_metric([state.route, verdict], count)
         yield from (samples, dropped, errors, recall, trips, ready, summary_samples, judged)
-
-
-def register_metrics(registry: CollectorRegistry, runtime: Runtime) -> None:
-    """Called by metrics.install(): adds the mirror's and the breaker's series to the proxy's registry."""
-    registry.register(EvidenceCollector(runtime))
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------

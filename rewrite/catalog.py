@@ -68,7 +68,7 @@ class IndexInfo:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_key(key: str) -> exp.Expression | None:
+def _parse_key(key: str) -> exp.Expr | None:
     # cached: planning asks for the same few index keys on every cache miss (callers copy before changing)
     try:
         return parse_one(key)

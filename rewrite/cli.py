@@ -21,7 +21,7 @@ from fallback.merge import build_merge
 from proxy.config import Config, Route, load_config
 from proxy.decision import Decision, decide
 from proxy.legacy import needs_store
-from rewrite.analyze import Passthrough, normalize_search_path
+from rewrite.analyze import Passthrough, SimilarityQuery, normalize_search_path
 from rewrite.catalog import Catalog, load_catalog
 from rewrite.plan import Plan
 from rewrite.router import build_plan
@@ -29,7 +29,7 @@ from rewrite.router import build_plan
 UNCHANGED = "(the client's SQL, byte for byte)"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     explain = subparsers.add_parser(
         "explain", help="dry run: how a statement would be routed",
         description="Print the routing decision for SQL, the reason, and the SQL each target would receive.")
@@ -128,7 +128,7 @@ def render(plan: Plan, search_path: tuple[str, ...], catalog_note: str,
     return "\n".join(lines) + "\n"
 
 
-def _vector(query) -> str:
+def _vector(query: SimilarityQuery) -> str:
     if query.param_index is not None:
         return f"${query.param_index}"
     if query.literal is not None:

@@ -14,13 +14,13 @@ so analysis never has to look at function names, and casts to the vector types p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
-from sqlglot import exp
+from sqlglot import TokenType, exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.generators.postgres import PostgresGenerator
 from sqlglot.parsers.postgres import PostgresParser
-from sqlglot.tokens import TokenType
 
 # TokenType is a closed Enum, so all six operators share sqlglot's own "distance" token type and the node is
 # chosen by the token's text. Postgres' stock dialect uses LR_ARROW only for `<->`, which we take over.
@@ -181,11 +181,11 @@ class PgVectorParser(PostgresParser):
         return this
 
 
-def _binary_sql(operator: str):
+def _binary_sql(operator: str) -> Callable[[PostgresGenerator, exp.Binary], str]:
     return lambda gen, node: gen.binary(node, operator)
 
 
-def _function_sql(name: str):
+def _function_sql(name: str) -> Callable[[PostgresGenerator, exp.Expr], str]:
     return lambda gen, node: f"{name}({gen.sql(node, 'this')}, {gen.sql(node, 'expression')})"
 
 
@@ -222,20 +222,20 @@ class PgVector(Postgres):
     Generator = PgVectorGenerator
 
 
-def parse(sql: str) -> list[exp.Expression]:
+def parse(sql: str) -> list[exp.Expr]:
     """All statements of `sql` (sqlglot ParseError/TokenError propagate)."""
     import sqlglot
 
     return [e for e in sqlglot.parse(sql, dialect=PgVector) if e is not None]
 
 
-def parse_one(sql: str) -> exp.Expression:
+def parse_one(sql: str) -> exp.Expr:
     import sqlglot
 
     return sqlglot.parse_one(sql, dialect=PgVector)
 
 
-def to_sql(expression: exp.Expression) -> str:
+def to_sql(expression: exp.Expr) -> str:
     """PostgreSQL text for `expression`; raises on anything the generator cannot express."""
     from sqlglot.errors import ErrorLevel
 

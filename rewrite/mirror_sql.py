@@ -23,7 +23,8 @@ FROM shadow.items ORDER BY embedding <-> $1::vector LIMIT 5
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from sqlglot import exp
 
@@ -63,7 +64,7 @@ def keys_sql(plan: Plan, target: str, catalog: Catalog | None = None) -> str:
     return sql
 
 
-def keys_statement(plan: Plan, target: str, catalog: Catalog | None = None) -> exp.Expression:
+def keys_statement(plan: Plan, target: str, catalog: Catalog | None = None) -> exp.Expr:
     query = plan.query
     if query is None:
         raise Unsupported("passthrough")
@@ -106,7 +107,7 @@ def check_shape(query: SimilarityQuery) -> None:
         raise Unsupported("offset-expression")
 
 
-def is_read_only(statement: exp.Expression) -> bool:
+def is_read_only(statement: exp.Expr) -> bool:
     """A single query that reads: no DML anywhere (writable CTEs), no SELECT INTO, no row locks."""
     if not isinstance(statement, exp.Query):
         return False
@@ -122,25 +123,26 @@ def is_read_only(statement: exp.Expression) -> bool:
 class _Tags:
     """The nodes `analyze` tagged, found again in a transformed copy (sqlglot copies meta with the tree)."""
 
-    def __init__(self) -> None:
-        self.scope: exp.Select | None = None
-        self.table: exp.Table | None = None
-        self.order_key: exp.Ordered | None = None
+    def __init__(self, scope: exp.Select, table: exp.Table, order_key: exp.Ordered) -> None:
+        self.scope = scope
+        self.table = table
+        self.order_key = order_key
 
     @classmethod
-    def of(cls, expression: exp.Expression) -> _Tags:
-        tags = cls()
+    def of(cls, expression: exp.Expr) -> _Tags:
+        scope = table = order_key = None
         for node in expression.walk():
             mark = node.meta.get(MARK) if node._meta else None
             if mark == TAG_SCOPE:
-                tags.scope = node
+                scope = node
             elif mark == TAG_TABLE:
-                tags.table = node
+                table = node
             elif isinstance(mark, tuple) and mark[0] == TAG_ORDER_KEY:
-                tags.order_key = node
-        if tags.scope is None or tags.table is None or tags.order_key is None:
+                order_key = node
+        if scope is None or table is None or order_key is None:
             raise Unsupported("untagged")
-        return tags
+        # analyze puts each tag on a node of this type
+        return cls(cast(exp.Select, scope), cast(exp.Table, table), cast(exp.Ordered, order_key))
 
 
 def _target_statement(query: SimilarityQuery, target: str, catalog: Catalog | None) -> exp.Expression:
@@ -163,7 +165,7 @@ def _qualify_route_table(table: exp.Table, query: SimilarityQuery) -> None:
         table.set("db", identifier(query.table_schema))
 
 
-def _output_index(select: exp.Select, key: exp.Expression) -> int | None:
+def _output_index(select: exp.Select, key: exp.Expr) -> int | None:
     """The select-list position an ORDER BY key names (ordinal, or an output alias), as PostgreSQL resolves it."""
     if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
         index = int(key.this) - 1
@@ -176,18 +178,19 @@ def _output_index(select: exp.Select, key: exp.Expression) -> int | None:
     return None
 
 
-def _order_target(select: exp.Select, ordered: exp.Ordered) -> exp.Expression:
-    index = _output_index(select, ordered.this)
+def _order_target(select: exp.Select, ordered: exp.Ordered) -> exp.Expr:
+    key: exp.Expr = ordered.this
+    index = _output_index(select, key)
     if index is None:
-        return ordered.this
-    projection = select.expressions[index]
+        return key
+    projection: exp.Expr = select.expressions[index]
     return projection.this if isinstance(projection, exp.Alias) else projection
 
 
-def _with_outputs(expression: exp.Expression, extra: list[exp.Expression], keep_projections: bool) -> exp.Expression:
+def _with_outputs(expression: exp.Expr, extra: Sequence[exp.Expr], keep_projections: bool) -> exp.Expr:
     """A copy of `expression` whose route SELECT returns (projections...,) key, distance."""
     copy = expression.copy()
-    select = next(n for n in copy.walk() if n._meta and n.meta.get(MARK) == TAG_SCOPE)
+    select = cast(exp.Select, next(n for n in copy.walk() if n._meta and n.meta.get(MARK) == TAG_SCOPE))
     if keep_projections:
         select.set("expressions", [*select.expressions, *(e.copy() for e in extra)])
         return copy
@@ -199,13 +202,13 @@ def _with_outputs(expression: exp.Expression, extra: list[exp.Expression], keep_
     return copy
 
 
-def _standalone(expression: exp.Expression, top_level: bool) -> exp.Expression:
+def _standalone(expression: exp.Expr, top_level: bool) -> exp.Expr:
     """The route SELECT as a statement of its own, with the CTEs of the levels around it still in scope.
     A correlated subquery does not survive this; the server then refuses it and the mirror drops the sample."""
     if top_level:
         return expression
     select = next(n for n in expression.walk() if n._meta and n.meta.get(MARK) == TAG_SCOPE)
-    ctes: list[exp.Expression] = []
+    ctes: list[exp.Expr] = []
     parent = select.parent
     while parent is not None:
         with_ = parent.args.get("with_") if isinstance(parent, exp.Query) else None
@@ -222,7 +225,7 @@ def _standalone(expression: exp.Expression, top_level: bool) -> exp.Expression:
     return statement
 
 
-def _parameters_dense(statement: exp.Expression) -> bool:
+def _parameters_dense(statement: exp.Expr) -> bool:
     """$1..$n all referenced (or none at all)."""
     seen = set()
     for node in statement.find_all(exp.Parameter):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from proxy.config import Route
@@ -24,9 +24,9 @@ _FUNCTIONS = r"\b(?:l2_distance|cosine_distance|inner_product|l1_distance|hammin
 
 
 def _names_pattern(names: Iterable[str], *, encode: bool) -> str | bytes:
-    lowered = {n.encode().lower() if encode else n.lower() for n in names if n}
-    alternatives = sorted((re.escape(n.decode("utf-8", "surrogateescape")) if encode else re.escape(n)
-                           for n in lowered), key=len, reverse=True)
+    # bytes SQL is lowered as bytes (ASCII letters only), so its names are too
+    lowered = {n.encode().lower().decode("utf-8", "surrogateescape") if encode else n.lower() for n in names if n}
+    alternatives = sorted((re.escape(n) for n in lowered), key=len, reverse=True)
     # A name is bounded by anything that cannot continue an identifier (quotes and dots included).
     pattern = r"(?<![\w$])(?:" + "|".join(alternatives) + r")(?![\w$])" if alternatives else r"(?!x)x"
     return pattern.encode("utf-8", "surrogateescape") if encode else pattern
@@ -36,7 +36,7 @@ class _Patterns:
     __slots__ = ("columns", "functions", "markers", "operators", "tables")
 
     def __init__(self, tables: list[str], columns: list[str], encode: bool) -> None:
-        def compile_(pattern: str | bytes) -> re.Pattern:
+        def compile_(pattern: str | bytes) -> re.Pattern[Any]:
             if encode and isinstance(pattern, str):
                 pattern = pattern.encode()
             return re.compile(pattern, re.ASCII)
@@ -60,10 +60,8 @@ class Prefilter:
         self._bytes = _Patterns(tables, columns, encode=True)
 
     def might_match(self, sql: str | bytes) -> bool:
-        if isinstance(sql, str):
-            low, patterns = sql.lower(), self._str
-        else:
-            low, patterns = sql.lower(), self._bytes
+        low: Any = sql.lower()  # str or bytes, searched with the patterns of its kind
+        patterns = self._str if isinstance(sql, str) else self._bytes
         lt, distance, inner = patterns.markers
         if not ((lt in low and patterns.operators.search(low))
                 or ((distance in low or inner in low) and patterns.functions.search(low))):

@@ -106,14 +106,6 @@ class ReplyTracker:
             queue.popleft()
         return entry >> 4
 
-    def complete_forwarded(self, msg_type: int) -> None:
-        """Fast path for a reply that completes an entry when nothing queued is special (all FORWARD)."""
-        queue = self._queue
-        if queue and queue[0] in COMPLETES[msg_type]:
-            queue.popleft()
-            while queue and queue[0] == COPY_END:
-                queue.popleft()
-
     def _head(self) -> int:
         return self._queue[0] if self._queue else -1
 

@@ -80,7 +80,7 @@ def test_shadow_errors_trip_to_split_zero_everywhere(evidence_db) -> None:
             assert state.state == "tripped" and state.trips == 1
             assert state.last_trip.startswith("error_rate: shadow error rate 100.0%")
             registry = CollectorRegistry()
-            report.register_metrics(registry, rt)
+            registry.register(report.EvidenceCollector(rt))
             text = generate_latest(registry).decode()
             trips = {f.name: f for f in text_string_to_metric_families(text)}["pgcutover_breaker_trips"]
             assert [(s.labels, s.value) for s in trips.samples if s.name.endswith("_total")] == \

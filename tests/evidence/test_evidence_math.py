@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 import statistics
 
@@ -11,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import breaker, evidence, report, wire_params
 from proxy.config import Route
 from proxy.evidence import (
     MIN_EXACT_SAMPLES,
@@ -19,7 +17,6 @@ from proxy.evidence import (
     Latency,
     RouteSummary,
     compare,
-    interval_of,
     mean_interval,
     percentile,
     rank_agreement,
@@ -27,16 +24,9 @@ from proxy.evidence import (
     verdict,
     wilson,
 )
-from rewrite import mirror_sql
 
 ROUTE = Route(table="public.items", column="embedding", shadow_table="s.items", min_recall=0.95,
               max_latency_ratio=1.5, max_error_rate=0.01, min_samples=100)
-
-
-@pytest.mark.parametrize("module", [evidence, breaker, report, wire_params, mirror_sql], ids=lambda m: m.__name__)
-def test_doctests(module) -> None:
-    result = doctest.testmod(module)
-    assert result.failed == 0 and result.attempted > 0
 
 
 def test_compare_identical_answers() -> None:
@@ -91,7 +81,7 @@ def test_kendall_tau_matches_the_textbook_formula() -> None:
 
 def test_intervals() -> None:
     values = [0.8, 0.9, 1.0, 0.7, 0.95, 0.85]
-    interval = interval_of(values)
+    interval = mean_interval(len(values), statistics.mean(values), statistics.stdev(values))
     assert interval is not None
     half = 1.959963984540054 * statistics.stdev(values) / math.sqrt(len(values))
     assert interval.mean == pytest.approx(statistics.mean(values))

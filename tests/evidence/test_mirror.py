@@ -142,7 +142,7 @@ def test_saturation_drops_and_counts(evidence_db) -> None:
         assert mirror.dropped_reasons_text("public.ev_good") == "closed=1, saturated=7"
         # the metrics say the same
         registry = CollectorRegistry()
-        report.register_metrics(registry, rt)
+        registry.register(report.EvidenceCollector(rt))
         families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
         dropped = families["pgcutover_mirror_dropped"]
         assert dropped.type == "counter"

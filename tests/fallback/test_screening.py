@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 
 from fallback import screening
 from fallback.formats import VectorFormatError, quantize_int8
-from fallback.knn import METRICS, OPERATORS, Query, search_snapshot
+from fallback.knn import METRICS, Query, search_snapshot
 from fallback.screening import max_candidates
 from fallback.store import LegacyStore
 from proxy.config import Route
 from tests.fallback.conftest import create_table, factory, run
+
+OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>", "l1": "<+>"}  # pgvector's operator per metric
 
 ROUTE = Route(table="public.fb_screening", column="emb_vector", legacy_column="emb", legacy_format="json")
 F32_MAX = float(np.finfo(np.float32).max)

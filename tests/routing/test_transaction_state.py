@@ -3,24 +3,17 @@ state as the client's stream drives it, and sticky points that move only with th
 
 from __future__ import annotations
 
-import doctest
 import random
 
 import pytest
 
 from proxy.config import Route
-from rewrite import txcontrol
 from rewrite.split import EXPLICIT, IDLE, IMPLICIT, SplitSession
 from rewrite.txcontrol import BEGIN, CHAIN, END, NONE, query_effects, statement_effect
 
 
 def route(split: float, sticky: str = "query") -> Route:
     return Route(table="public.items", column="embedding", shadow_table="s.items", split=split, sticky=sticky)
-
-
-def test_classifier_examples() -> None:
-    result = doctest.testmod(txcontrol)
-    assert result.failed == 0 and result.attempted > 0
 
 
 @pytest.mark.parametrize(("sql", "effect"), [

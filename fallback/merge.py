@@ -161,7 +161,14 @@ from rewrite.analyze import (
     vector_subquery,
 )
 from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
-from rewrite.transforms import add_vector_not_null, from_items, identifier, to_primary
+from rewrite.transforms import (
+    add_vector_not_null,
+    expand_stars,
+    from_items,
+    identifier,
+    refuse_star_joins,
+    to_primary,
+)
 
 if TYPE_CHECKING:
     from proxy.config import Route
@@ -865,9 +872,7 @@ class _Builder:
         info = self.catalog.lookup(self.route.table) if self.catalog is not None else None
         if info is None:
             raise Passthrough("fallback-star-needs-catalog")
-        for join in select.args.get("joins") or []:
-            if join.args.get("using") or (join.args.get("method") or "").upper() == "NATURAL":
-                raise Passthrough("fallback-star-join-using")
+        refuse_star_joins(select, "fallback-")
         columns: list[exp.Expression] = []
         for column in info.columns:
             node = self.column(column.name)
@@ -875,23 +880,7 @@ class _Builder:
                 columns.append(exp.Alias(this=self.vector_value(node), alias=identifier(column.name)))
             else:
                 columns.append(node)
-        expanded: list[exp.Expression] = []
-        for projection in select.expressions:
-            if isinstance(projection, exp.Star):
-                for source in from_items(select):
-                    if source._meta and source.meta.get(MARK) == TAG_TABLE:
-                        expanded.extend(c.copy() for c in columns)
-                    else:
-                        name = _source_name(source)
-                        if not name:
-                            raise Passthrough("fallback-star-unnamed-source")
-                        expanded.append(exp.Column(this=exp.Star(), table=identifier(name)))
-            elif isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star) \
-                    and norm(projection.args.get("table")) == query.table_alias:
-                expanded.extend(c.copy() for c in columns)
-            else:
-                expanded.append(projection)
-        select.set("expressions", expanded)
+        expand_stars(select, query.table_alias, columns, _source_name, "fallback-")
 
     def total(self) -> exp.Expression:
         """k + n as SQL."""

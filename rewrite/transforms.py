@@ -21,6 +21,7 @@ Shared example setup for the doctests:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -481,9 +482,7 @@ def expand_route_star(expression: exp.Expression, query: SimilarityQuery,
         raise Passthrough("star-needs-catalog")
     select = _tags(expression).scope
     assert select is not None
-    for join in select.args.get("joins") or []:
-        if join.args.get("using") or (join.args.get("method") or "").upper() == "NATURAL":
-            raise Passthrough("star-join-using")
+    refuse_star_joins(select)
     route_columns = []
     for column in primary.columns:
         cast = _cast_back(query, column.name, catalog)
@@ -494,24 +493,39 @@ def expand_route_star(expression: exp.Expression, query: SimilarityQuery,
             node = exp.Cast(this=node, to=cast)
         renamed = mapped != column.name or cast is not None
         route_columns.append(exp.Alias(this=node, alias=identifier(column.name)) if renamed else node)
+    expand_stars(select, query.table_alias, route_columns, lambda source: source.alias_or_name)
+    return expression
+
+
+def refuse_star_joins(select: exp.Select, prefix: str = "") -> None:
+    """`*` over JOIN ... USING or NATURAL JOIN merges columns: its expansion is not a plain list of columns."""
+    for join in select.args.get("joins") or []:
+        if join.args.get("using") or (join.args.get("method") or "").upper() == "NATURAL":
+            raise Passthrough(f"{prefix}star-join-using")
+
+
+def expand_stars(select: exp.Select, table_alias: str, route_columns: Sequence[exp.Expression],
+                 source_name: Callable[[exp.Expression], str | None], prefix: str = "") -> None:
+    """`*` and `<route alias>.*` in `select` become `route_columns` where the route table stands; `*` over any
+    other FROM item becomes `name.*` (so the route table's columns can be rewritten and the rest stay as they
+    are). Shared by the shadow rewrite (transforms) and the merged query (fallback/merge.py)."""
     expanded: list[exp.Expression] = []
     for projection in select.expressions:
         if isinstance(projection, exp.Star):
             for source in from_items(select):
-                if source.meta.get(MARK) == TAG_TABLE if source._meta else False:
+                if source._meta and source.meta.get(MARK) == TAG_TABLE:
                     expanded.extend(c.copy() for c in route_columns)
                 else:
-                    name = source.alias_or_name
+                    name = source_name(source)
                     if not name:
-                        raise Passthrough("star-unnamed-source")
+                        raise Passthrough(f"{prefix}star-unnamed-source")
                     expanded.append(exp.Column(this=exp.Star(), table=identifier(name)))
         elif isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star) \
-                and norm(projection.args.get("table")) == query.table_alias:
+                and norm(projection.args.get("table")) == table_alias:
             expanded.extend(c.copy() for c in route_columns)
         else:
             expanded.append(projection)
     select.set("expressions", expanded)
-    return expression
 
 
 def from_items(select: exp.Select) -> list[exp.Expression]:

@@ -1,7 +1,8 @@
 """The merged query: a similarity query answered exactly over pgvector rows and legacy-only rows at once.
 
-Built once per SQL text (and cached with the plan) from the `SimilarityQuery` that `rewrite.analyze` found; at
-execution the proxy only supplies the legacy candidates that the numpy search (`fallback.knn`) returned.
+Built once per SQL text (cached per route and text, bounded in bytes, by proxy/merged.py's MergeCache) from the
+`SimilarityQuery` that `rewrite.analyze` found; at execution the proxy only supplies the legacy candidates that
+the numpy search (`fallback.knn`, or `fallback.scan` for l1 and farthest-first) returned.
 
 Design
 ------
@@ -36,7 +37,7 @@ own statement with
    select-list entry share it);
 3. ORDER BY, LIMIT k and OFFSET n as the client had them. k+n is a number when both are literals, else
    `(limit + COALESCE(offset, 0))` with bare parameters cast to bigint (what PostgreSQL infers for LIMIT/OFFSET,
-   so ParameterDescription does not change).
+   so the client's parameters keep the types the server would give them).
 
 `= ANY(ARRAY(...))` rather than `IN (...)`: the union runs once as an InitPlan and the outer scan becomes an index
 scan on the key (`Index Cond: key = ANY($n)`), so D, whose legacy part parses text, is only ever computed for the
@@ -55,7 +56,7 @@ gone from the table, migrated ones are ranked by their vector, changed ones by t
 counted if still within `bound`), and the server recomputes every distance from the current row. Joins that
 repeat a route row are counted as the outer LIMIT counts them, in result rows.
 
-Changes to the brief's design, and why:
+Design choices, and why:
 - The guard counts only candidates with `D <= bound`, not all of them. Without it, a candidate whose legacy value
   changed to something far away (the store not yet refreshed) still counts as one of the k+n nearest, the guard
   stays off, and a legacy row just outside the candidates is missed: a wrong answer.
@@ -109,9 +110,12 @@ holds a number below float8's range (1e-400) is refused here and read as 0 by pg
 Protocol. `sql_with_param` appends two parameters after the client's highest `$n`: `$N::<key type>[]` (candidate
 keys) and `$N+1::double precision` (bound); `sql_with_params_from(N)` numbers them from any N, for a client whose
 Parse declares more parameters than its SQL uses. The proxy adds their values to the Bind (and, when the client's
-Parse lists parameter types, two more OIDs or zeros) and drops the two extra entries from the
-ParameterDescription it relays. `sql_with_literal(keys, bound)` writes both as safely quoted literals, for the
-simple Query protocol. Per query: `search_k(limit, offset)` rows from the numpy search, then
+Parse lists parameter types, two more OIDs or zeros). The merged statement is prepared under a name of the proxy's
+own, so a client's Describe of its statement is answered by its own statement, untouched. A simple Query is sent
+as an unnamed extended statement of ours with these values bound, never as literals, so a tenant never sees other
+tenants' candidate keys in `current_query()` (issue 12). `sql_with_literal(keys, bound)` writes both as safely
+quoted literals: for tests only, the proxy never sends it. Per query: `search_k(limit, offset)`
+rows from the numpy search, then
 `extra_params(result.keys, guard_bound(result.distances, search_k(limit, offset)))`.
 
 >>> from proxy.config import Route

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -84,7 +84,7 @@ class Router:
         # Plans kept alive by sessions' prepared statements (they outlive their cache entry), counted once per
         # plan however many sessions hold it, and bounded like the cache: a client that prepares distinct
         # statements on many connections cannot grow the proxy past it (statements.SessionLimit).
-        self._held: dict[int, list] = {}  # id(plan) -> [plan, holders, bytes]
+        self._held: dict[int, list[Any]] = {}  # id(plan) -> [plan, holders, bytes]
         self.held_bytes = 0
         self.max_held_bytes = cache_bytes
         self._passthrough: Counter[str] = Counter()

@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import logging
 import math
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,7 +40,7 @@ from rewrite.cache import ByteLRU
 from rewrite.catalog import quote_ident
 
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, QUERY, SYNC
+from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, SYNC
 from .vectors import Vector
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgcutover.merged")
 
 _INT_TYPES = frozenset({"bigint", "integer", "smallint", "int8", "int4", "int2"})
-MAX_SHIPPED_ROWS = 1_000_000  # the route key `max_shipped_rows`, when the config does not have it
 ROW_READS = 4  # concurrent reads of a migrated query row's vector on connections of the proxy's own
 MAX_CANDIDATES = 10_000  # a search capped here stays exact: the merged query's guard covers the rest
 MAX_STATEMENTS = 64  # merged statements kept prepared per session (least recently used are closed)
@@ -80,7 +79,6 @@ class MergeCache:
         # bounded in bytes as well (rewrite/cache.py): a merge plan holds its SQL texts, vector literal included
         self._plans: ByteLRU[tuple[str, str], MergePlan | str] = ByteLRU(
             size, service.rt.config.proxy.plan_cache_bytes)
-        self.unmerged: Counter[str] = Counter()  # reason -> executions answered from pgvector rows only
         self.row_reads = asyncio.Semaphore(ROW_READS)  # the proxy's own connections reading a query row
 
     async def get(self, plan: Plan, sql: str) -> MergePlan:
@@ -233,7 +231,7 @@ class MergedQueries:
             raise Unanswerable("vector-dims")
         _needs_rows(store, "shipping every legacy distance")
         snap = store.snapshot()
-        limit = getattr(merge.route, "max_shipped_rows", MAX_SHIPPED_ROWS)
+        limit = merge.route.max_shipped_rows
         if snap.rows > limit:
             raise Unanswerable(f"too-many-legacy-rows: {snap.rows} legacy rows, max_shipped_rows = {limit}")
         result = await asyncio.to_thread(scan, snap, vector, merge.metric)
@@ -292,12 +290,8 @@ class MergedQueries:
             merge = await self.service.merges.get(plan, sql)
             extras = await self._extras(merge, None)
         except Unanswerable as exc:
-            refuse = getattr(self.session.routing, "refuse_query", None)
-            if refuse is not None:
-                return refuse(plan, sql, str(exc))
-            self._unmerged(plan, str(exc))
-            self.session.tracker.expect(QUERY)
-            return msg.query(plan.sql_for("primary") or sql)
+            assert self.session.routing is not None  # merges only happen on routed sessions
+            return self.session.routing.refuse_query(plan, sql, str(exc))
         return self._as_query(merge, extras)
 
     def _as_query(self, merge: MergePlan, extras: tuple[bytes | None, ...]) -> bytes:
@@ -325,12 +319,8 @@ class MergedQueries:
             merge = await self.service.merges.get(statement.plan, statement.sql)
             extras = await self._extras(merge, bind)
         except Unanswerable as exc:
-            refuse = getattr(self.session.routing, "refuse_bind", None)
-            if refuse is not None:
-                return refuse(statement, payload, str(exc))
-            self._unmerged(statement.plan, str(exc))
-            tracker.expect(BIND)
-            return msg.message(b"B", payload)
+            assert self.session.routing is not None
+            return self.session.routing.refuse_bind(statement, payload, str(exc))
         out, name = self._prepare(merge, statement.param_oids)
         nparams = len(bind.params)
         formats = bind.param_formats
@@ -388,6 +378,3 @@ class MergedQueries:
             raise Unanswerable("limit-parameter-missing")
         return read_int(bind.params[index - 1], bind.param_format(index - 1) == 1)
 
-    def _unmerged(self, plan: Plan, reason: str) -> None:
-        self.service.merges.unmerged[reason] += 1
-        log.info("%s: answered from pgvector rows only (%s)", plan.route.table if plan.route else "?", reason)

@@ -169,9 +169,7 @@ class Session:
     def _startup_expired(self) -> None:
         """startup_timeout passed before ReadyForQuery: close silently, as the server's authentication_timeout."""
         if self.state in _PRE_AUTH_STATES or self.state == CANCELLING:
-            self.rt.totals.protocol_errors += 1
-            if _violation_log.allow() is not None:
-                log.info("closing %s: startup not finished within startup_timeout", self.peer)
+            self._count_problem(logging.INFO, "closing", "startup not finished within startup_timeout")
             self.close()
 
     def _startup_done(self) -> None:
@@ -262,12 +260,17 @@ class Session:
             self._to_client(msg.error_response(sqlstate, text, "FATAL"))
         self.close()
 
-    def _violation(self, text: str, sqlstate: str = "08P01") -> None:
+    def _count_problem(self, level: int, what: str, text: str) -> None:
+        """A client's protocol or startup problem: counted, and logged at most a few times a second (a hostile
+        client must not be able to fill the logs)."""
         self.rt.totals.protocol_errors += 1
         suppressed = _violation_log.allow()
-        if suppressed is not None:  # a hostile client must not be able to fill the logs
+        if suppressed is not None:
             more = f" ({suppressed} more not logged)" if suppressed else ""
-            log.warning("protocol violation from %s: %s%s", self.peer, text, more)
+            log.log(level, "%s from %s: %s%s", what, self.peer, text, more)
+
+    def _violation(self, text: str, sqlstate: str = "08P01") -> None:
+        self._count_problem(logging.WARNING, "protocol violation", text)
         self.fail_client(sqlstate, f"pgcutover: {text}")
 
     # -- startup --------------------------------------------------------------------------------------------
@@ -291,11 +294,7 @@ class Session:
             self._violation(str(exc))
 
     def _startup_problem(self, text: str) -> None:
-        self.rt.totals.protocol_errors += 1
-        suppressed = _violation_log.allow()
-        if suppressed is not None:
-            more = f" ({suppressed} more not logged)" if suppressed else ""
-            log.info("startup from %s refused: %s%s", self.peer, text, more)
+        self._count_problem(logging.INFO, "startup refused", text)
 
     def _on_first_packet(self, packet: msg.FirstPacket) -> None:
         # SSL and GSS negotiation follow the server's ProcessStartupPacket: each may come once, except that

@@ -4,24 +4,26 @@ from pgvector.django import VectorField
 from tests.clients.conftest import DIMS
 
 
-class SplitDoc(models.Model):
+class Doc(models.Model):
+    """The columns both test tables share (unmanaged: the tests create the tables)."""
+
     id = models.BigIntegerField(primary_key=True)
     content = models.TextField()
     category = models.TextField()
     embedding = VectorField(dimensions=DIMS, null=True)
 
     class Meta:
+        abstract = True
+
+
+class SplitDoc(Doc):
+    class Meta:
         app_label = "djangoapp"
         db_table = "cl_split_docs"
         managed = False
 
 
-class FbDoc(models.Model):
-    id = models.BigIntegerField(primary_key=True)
-    content = models.TextField()
-    category = models.TextField()
-    embedding = VectorField(dimensions=DIMS, null=True)
-
+class FbDoc(Doc):
     class Meta:
         app_label = "djangoapp"
         db_table = "cl_fb_docs"

@@ -20,7 +20,7 @@ demo: $(BIN)/pgcutover
 DB ?= postgres
 PORT ?= 6432
 psql: $(BIN)/pgcutover
-	"$$($(BIN)/python -c 'from proxy.embedded import pg_binary; print(pg_binary("psql"))')" \
+	"$$($(BIN)/python -c 'from pgcutover.proxy.embedded import pg_binary; print(pg_binary("psql"))')" \
 		"postgresql://postgres@127.0.0.1:$(PORT)/$(DB)"
 
 # The readiness page is tested in a real headless Chromium from the system packages (a fresh CI machine has none).
@@ -33,6 +33,7 @@ chromium:
 # ruff everywhere; mypy on the files pyproject's [tool.mypy] names (strict on proxy/protocol and rewrite)
 lint: $(BIN)/pgcutover
 	$(BIN)/ruff check proxy rewrite fallback deploy tests bench conftest.py
+	$(BIN)/python tests/pkgroot.py >/dev/null
 	$(BIN)/python -m mypy
 
 # pyproject's testpaths: tests/ and the docstring examples of proxy/, rewrite/, fallback/, deploy/

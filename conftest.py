@@ -1,17 +1,38 @@
-"""Names the docstring examples of rewrite/ share (pytest's doctest_namespace), so each example stays short.
+"""The package this checkout provides, and the names its docstring examples share (pytest's doctest_namespace).
 
-The doctests of proxy/, rewrite/, fallback/ and deploy/ run with --doctest-modules (pyproject.toml).
+The doctests of proxy/, rewrite/, fallback/ and deploy/ run with --doctest-modules (pyproject.toml). pytest imports
+those files by their folder names (`proxy.config`); each such name is made the same module object as the package's
+(`pgcutover.proxy.config`), so no module is loaded twice (twice would mean two classes per enum and metrics
+registered twice). The source code itself never uses those short names (ruff's banned-api rule).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from proxy.config import Route
-from rewrite.analyze import analyze
-from rewrite.dialect import parse_one, to_sql
+from tests.pkgroot import SOURCE_FOLDERS, use_package_tree
+
+use_package_tree()  # before the first import of pgcutover: this checkout's code, here and in child processes
+
+
+def _alias_folder_names() -> None:
+    for folder in SOURCE_FOLDERS:
+        package = importlib.import_module(f"pgcutover.{folder}")
+        sys.modules[folder] = package
+        for info in pkgutil.walk_packages(package.__path__, f"pgcutover.{folder}."):
+            sys.modules[info.name.removeprefix("pgcutover.")] = importlib.import_module(info.name)
+
+
+_alias_folder_names()
+
+from pgcutover.proxy.config import Route  # noqa: E402
+from pgcutover.rewrite.analyze import analyze  # noqa: E402
+from pgcutover.rewrite.dialect import parse_one, to_sql  # noqa: E402
 
 ROUTE = Route(table="public.items", column="embedding", vector_column="embedding_vector",
               shadow_table="ruvector_new.items", shadow_column="embedding", shadow_type="ruvector_new.vector")

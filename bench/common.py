@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from proxy.embedded import free_port
+from pgcutover.proxy.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def start_pgcutover(workdir: Path, pg_port: int, routes: str = "", *, name: str 
         f'[proxy]\nlisten = "127.0.0.1:{port}"\n'
         f'upstream = "postgresql://postgres@127.0.0.1:{pg_port}/postgres?sslmode=disable"\n'
         f'metrics = "{metrics}"\n{routes}')
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--log-level", "WARNING", "serve", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "pgcutover.proxy.cli", "--log-level", "WARNING", "serve", "--config",
                              str(config)], cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, port, config

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import start_pgcutover, stop
-from proxy.embedded import EmbeddedPostgres, free_port, pg_binary
+from pgcutover.proxy.embedded import EmbeddedPostgres, free_port, pg_binary
 
 
 def load(pg: EmbeddedPostgres, rows: int, dims: int, migrated: float) -> None:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import start_pgcutover, stop
 from bench.rewrite import PRIMARY_SQL, load, percentile, pgbench
-from proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy.embedded import EmbeddedPostgres
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import start_pgcutover, wait_port
-from proxy.embedded import SYSTEM_USER, EmbeddedPostgres, free_port, pg_binary
+from pgcutover.proxy.embedded import SYSTEM_USER, EmbeddedPostgres, free_port, pg_binary
 
 MODES = ("simple", "extended", "prepared")
 

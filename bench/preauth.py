@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import start_pgcutover, stop
-from proxy.embedded import EmbeddedPostgres
-from proxy.protocol import messages as msg
+from pgcutover.proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy.protocol import messages as msg
 
 HBA = ("local all all trust", "host all scram_bench 127.0.0.1/32 scram-sha-256", "host all all 127.0.0.1/32 trust")
 

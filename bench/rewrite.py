@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, start_pgcutover, stop
-from proxy.config import parse_config
-from proxy.embedded import EmbeddedPostgres, pg_binary
+from pgcutover.proxy.config import parse_config
+from pgcutover.proxy.embedded import EmbeddedPostgres, pg_binary
 
 PRIMARY_SQL = "SELECT id, content FROM items ORDER BY embedding <-> (SELECT v FROM queries WHERE qid = :qid) LIMIT 10;"
 SHADOW_SQL = ("SELECT id, content FROM shadow.items ORDER BY embedding <-> (SELECT v FROM queries WHERE qid = :qid)"
@@ -67,7 +67,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def router_costs(routes) -> tuple[float, float]:
-    from rewrite.router import Router, build_plan
+    from pgcutover.rewrite.router import Router, build_plan
 
     sql = PRIMARY_SQL.replace(":qid", "$1")
     miss = min(timeit.repeat(lambda: build_plan(sql, routes), number=20, repeat=5)) / 20
@@ -101,7 +101,7 @@ def main() -> None:
         shadow_script.write_text("\\set qid random(1, 1000)\n" + SHADOW_SQL + "\n")
 
         def route_set(split: int) -> None:
-            subprocess.run([sys.executable, "-m", "proxy.cli", "route", "set", "items", "--split", str(split),
+            subprocess.run([sys.executable, "-m", "pgcutover.proxy.cli", "route", "set", "items", "--split", str(split),
                             "--config", str(config)], check=True, capture_output=True, cwd=ROOT)
 
         targets = [  # (name, port, script, split to set first or None)

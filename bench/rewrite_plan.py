@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import timeit
 
-from proxy.config import Route
-from rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo
-from rewrite.router import Router
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo
+from pgcutover.rewrite.router import Router
 
 ROUTE = Route(table="public.items", column="embedding", vector_column="embedding_vector",
               shadow_table="ruvector_new.items", shadow_column="embedding", shadow_type="ruvector_new.vector",

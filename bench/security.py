@@ -29,8 +29,8 @@ from pathlib import Path
 import psycopg
 
 from bench.common import start_pgcutover, stop
-from proxy.embedded import EmbeddedPostgres
-from proxy.protocol import messages as msg
+from pgcutover.proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy.protocol import messages as msg
 from tests.integration.wire import Closed, RawClient
 
 DIMS = 1536

@@ -35,7 +35,7 @@ from typing import TextIO
 
 import asyncpg
 
-from deploy.db import (
+from pgcutover.deploy.db import (
     SCHEMA,
     DeployError,
     ResolvedRoute,
@@ -45,8 +45,8 @@ from deploy.db import (
     resolve_route,
     select_routes,
 )
-from deploy.triggers import SHADOW_TRIGGERS, install_schema, shadow_values
-from proxy.config import Config
+from pgcutover.deploy.triggers import SHADOW_TRIGGERS, install_schema, shadow_values
+from pgcutover.proxy.config import Config
 
 MAX_PASSES = 3
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)

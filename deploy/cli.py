@@ -1,6 +1,7 @@
 """The deploy subcommands of `pgcutover`: install-triggers, uninstall-triggers, backfill, index, status.
 
-`register(subparsers)` adds them to the main parser (proxy/cli.py); `python -m deploy.cli ...` runs them alone.
+`register(subparsers)` adds them to the main parser (proxy/cli.py); `python -m pgcutover.deploy.cli ...` runs them
+alone.
 Each handler returns the process exit code: 0 done, 1 a problem the message explains, 2 a bad config.
 """
 
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from proxy.config import METRICS, ConfigError, load_config
+from pgcutover.proxy.config import METRICS, ConfigError, load_config
 
 CONFIG_HELP = "TOML file with [proxy] upstream and the [[route]] tables (as for `serve`); default $PGCUTOVER_CONFIG"
 
@@ -30,7 +31,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from deploy.triggers import install, privileges_sql
+    from pgcutover.deploy.triggers import install, privileges_sql
 
     config = _config(args)
     grant_to = tuple(args.grant_to or ())
@@ -55,7 +56,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    from deploy.triggers import uninstall
+    from pgcutover.deploy.triggers import uninstall
 
     config = _config(args)
 
@@ -68,7 +69,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from deploy.backfill import BackfillOptions, backfill, interrupted_line, report
+    from pgcutover.deploy.backfill import BackfillOptions, backfill, interrupted_line, report
 
     config = _config(args)
     options = BackfillOptions(batch=args.batch, max_rate=args.max_rate, shadow=args.shadow, workers=args.workers,
@@ -95,7 +96,7 @@ def _resume_command() -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from deploy.index import IndexOptions, create_indexes
+    from pgcutover.deploy.index import IndexOptions, create_indexes
 
     config = _config(args)
     options = IndexOptions(metric=args.metric, maintenance_work_mem=args.maintenance_work_mem,
@@ -110,7 +111,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from deploy.status import StatusOptions, status, to_json, to_table
+    from pgcutover.deploy.status import StatusOptions, status, to_json, to_table
 
     config = _config(args)
     options = StatusOptions(diff=not args.no_diff, diff_batch=args.diff_batch)
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command", required=True))
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
-    from proxy.cli import run_command
+    from pgcutover.proxy.cli import run_command
 
     return run_command(args)
 

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import asyncpg
 
-from deploy.db import (
+from pgcutover.deploy.db import (
     MAX_HNSW_HALFVEC_DIMS,
     MAX_HNSW_VECTOR_DIMS,
     DeployError,
@@ -32,7 +32,7 @@ from deploy.db import (
     resolve_route,
     select_routes,
 )
-from proxy.config import Config
+from pgcutover.proxy.config import Config
 
 OPS = {"l2": "l2_ops", "cosine": "cosine_ops", "ip": "ip_ops"}
 

@@ -18,9 +18,24 @@ from typing import Any
 
 import asyncpg
 
-from deploy.db import SCHEMA, ResolvedRoute, Sql, as_json, connect, relation_exists, resolve_route, select_routes
-from deploy.triggers import DUAL_WRITE_TRIGGER, NOTIFY_TRIGGERS, SHADOW_TRIGGERS, install_schema, installed_triggers
-from proxy.config import Config
+from pgcutover.deploy.db import (
+    SCHEMA,
+    ResolvedRoute,
+    Sql,
+    as_json,
+    connect,
+    relation_exists,
+    resolve_route,
+    select_routes,
+)
+from pgcutover.deploy.triggers import (
+    DUAL_WRITE_TRIGGER,
+    NOTIFY_TRIGGERS,
+    SHADOW_TRIGGERS,
+    install_schema,
+    installed_triggers,
+)
+from pgcutover.proxy.config import Config
 
 ACTIVE_SECONDS = 60  # a slot updated this recently counts towards the current backfill rate
 
@@ -180,7 +195,7 @@ async def _backfill(conn: asyncpg.Connection, r: ResolvedRoute) -> dict[str, Any
 async def _liveness(conn: asyncpg.Connection, r: ResolvedRoute, rows: list[asyncpg.Record]) -> str:
     """`running`, `stale` (its connections are there but nothing moved for ACTIVE_SECONDS: stuck on a lock or a
     hung client) or `interrupted` (no backfill connection left: the process is gone; run it again to resume)."""
-    from deploy.backfill import heartbeat_name
+    from pgcutover.deploy.backfill import heartbeat_name
 
     alive = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
                                 "AND pid <> pg_backend_pid()", heartbeat_name(r.display))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from deploy.db import (
+from pgcutover.deploy.db import (
     NOTIFY_CHANNEL,
     SCHEMA,
     DeployError,
@@ -42,7 +42,7 @@ from deploy.db import (
     sql_int,
     vector_schema,
 )
-from proxy.config import Config
+from pgcutover.proxy.config import Config
 
 DUAL_WRITE_TRIGGER = "pgcutover_dual_write"
 SHADOW_TRIGGERS = tuple(f"pgcutover_shadow_{op}" for op in ("insert", "update", "delete", "truncate"))

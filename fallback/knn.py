@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fallback import metrics
+from pgcutover.fallback import metrics
 
 if TYPE_CHECKING:
-    from fallback.store import LegacyStore, SegmentView, Snapshot
+    from pgcutover.fallback.store import LegacyStore, SegmentView, Snapshot
 
 METRICS = ("l2", "cosine", "ip", "l1")
 U32 = 2.0 ** -24  # unit roundoff of float32
@@ -448,7 +448,7 @@ def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int
         else:
             regular.append(i)
     if bounded:
-        from fallback.screening import search_bounds  # it imports this module
+        from pgcutover.fallback.screening import search_bounds  # it imports this module
 
         for i, answer in zip(bounded, search_bounds(snap, [queries[i] for i in bounded], threads=threads),
                              strict=True):

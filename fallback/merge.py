@@ -118,8 +118,8 @@ quoted literals: for tests only, the proxy never sends it. Per query: `search_k(
 rows from the numpy search, then
 `extra_params(result.keys, guard_bound(result.distances, search_k(limit, offset)))`.
 
->>> from proxy.config import Route
->>> from rewrite.analyze import analyze
+>>> from pgcutover.proxy.config import Route
+>>> from pgcutover.rewrite.analyze import analyze
 >>> route = Route(table="public.items", column="embedding", vector_column="embedding_vector",
 ...               legacy_column="embedding", legacy_format="bytea_f32", dims=3)
 >>> q = analyze("SELECT id FROM items WHERE category = $1 ORDER BY embedding <-> $2 LIMIT 5", [route])
@@ -152,7 +152,7 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.analyze import (
+from pgcutover.rewrite.analyze import (
     MARK,
     TAG_COLUMN,
     TAG_DISTANCE,
@@ -164,8 +164,8 @@ from rewrite.analyze import (
     norm,
     vector_subquery,
 )
-from rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
-from rewrite.transforms import (
+from pgcutover.rewrite.dialect import DISTANCE_NODES, parse, parse_one, to_sql
+from pgcutover.rewrite.transforms import (
     add_vector_not_null,
     expand_stars,
     from_items,
@@ -175,8 +175,8 @@ from rewrite.transforms import (
 )
 
 if TYPE_CHECKING:
-    from proxy.config import Route
-    from rewrite.catalog import Catalog, ColumnInfo
+    from pgcutover.proxy.config import Route
+    from pgcutover.rewrite.catalog import Catalog, ColumnInfo
 
 METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric
 # analyze's metric -> (the legacy search's metric, sign): the distance's value is sign * the search's distance.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fallback.store import Snapshot
+    from pgcutover.fallback.store import Snapshot
 
 U32 = 2.0 ** -24
 U16 = 2.0 ** -11

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool
+from pgcutover.fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool
 
 if TYPE_CHECKING:
-    from fallback.store import SegmentView, Snapshot
+    from pgcutover.fallback.store import SegmentView, Snapshot
 
 SLACK = 1e-11  # relative slack for float64 rounding (D <= 16,000: D * 2^-53 < 2e-12)
 ZERO_SCORE = 10.0  # cosine bounds of a zero row (NaN in pgvector, after every number): beyond every real one (<= 2)

@@ -49,12 +49,12 @@ import asyncpg
 import numpy as np
 import orjson
 
-from fallback import formats, metrics
-from fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
-from fallback.knn import BLOCK_ROWS
-from fallback.notices import CHANNEL, NoticeError, WarningLimiter, parse_notice, valid_channel
-from proxy.config import Route
-from rewrite.catalog import quote_ident
+from pgcutover.fallback import formats, metrics
+from pgcutover.fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
+from pgcutover.fallback.knn import BLOCK_ROWS
+from pgcutover.fallback.notices import CHANNEL, NoticeError, WarningLimiter, parse_notice, valid_channel
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.catalog import quote_ident
 
 log = logging.getLogger("pgcutover.fallback")
 

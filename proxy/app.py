@@ -89,8 +89,8 @@ async def make_router(config: Config):
     """The rewrite engine for the configured routes, with the upstream's catalog when it can be read."""
     if not config.routes:
         return None
-    from rewrite.catalog import load_catalog
-    from rewrite.router import Router
+    from pgcutover.rewrite.catalog import load_catalog
+    from pgcutover.rewrite.router import Router
 
     from .control import connect
 

@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     admin_password.add_argument("--iterations", type=int, default=4096, help="PBKDF2 iterations (default 4096)")
     admin_password.set_defaults(func=cmd_admin_password)
 
-    from deploy import cli as deploy_cli
-    from rewrite import cli as rewrite_cli
+    from pgcutover.deploy import cli as deploy_cli
+    from pgcutover.rewrite import cli as rewrite_cli
 
     from . import check_config, control_cli, report
 

@@ -87,7 +87,10 @@ async def validate_change(conn: asyncpg.Connection, route: Route, split: float, 
     if split > 0:
         if not route.shadow_table:
             raise ConfigError(f"{route.table} has no shadow_table: only split 0 is possible")
-        from deploy.db import rls_gap, table_ident_text  # config names are exact: quoted as install-triggers does
+        from pgcutover.deploy.db import (  # config names are exact: quoted as install-triggers does
+            rls_gap,
+            table_ident_text,
+        )
 
         found = await conn.fetchval(
             "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 "

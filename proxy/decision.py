@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rewrite.plan import Plan
+    from pgcutover.rewrite.plan import Plan
 
     from .config import Route
 

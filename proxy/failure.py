@@ -69,7 +69,7 @@ def describe(exc: BaseException, ctx: Context) -> tuple[str, int]:
         return (f"configuration error:{chr(10) if chr(10) in text else ' '}{text}", EXIT_CONFIG)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
-    from deploy.db import DeployError
+    from pgcutover.deploy.db import DeployError
 
     if isinstance(exc, DeployError):
         return str(exc), EXIT_PROBLEM

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from fallback.knn import BatchSearcher
-from fallback.store import LegacyStore
+from pgcutover.fallback.knn import BatchSearcher
+from pgcutover.fallback.store import LegacyStore
 
 from .config import Route
 from .merged import MergeCache

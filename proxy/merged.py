@@ -31,20 +31,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
-from fallback.scan import candidates as scan_candidates
-from fallback.scan import scan
-from fallback.store import quote_table
-from rewrite.analyze import Passthrough
-from rewrite.cache import ByteLRU
-from rewrite.catalog import quote_ident
+from pgcutover.fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
+from pgcutover.fallback.scan import candidates as scan_candidates
+from pgcutover.fallback.scan import scan
+from pgcutover.fallback.store import quote_table
+from pgcutover.rewrite.analyze import Passthrough
+from pgcutover.rewrite.cache import ByteLRU
+from pgcutover.rewrite.catalog import quote_ident
 
 from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, SYNC
 from .vectors import Vector
 
 if TYPE_CHECKING:
-    from rewrite.plan import Plan
+    from pgcutover.rewrite.plan import Plan
 
     from .legacy import FallbackService
     from .session import Session

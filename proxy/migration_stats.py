@@ -28,7 +28,7 @@ class MigrationStats(Collector):
         self.latest: dict[str, dict] = {}  # route table -> status dict (deploy.status)
 
     async def run(self) -> None:
-        from deploy.status import StatusOptions, status
+        from pgcutover.deploy.status import StatusOptions, status
 
         refreshes = 0
         while True:

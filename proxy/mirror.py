@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from rewrite.cache import ByteLRU
-from rewrite.mirror_sql import (
+from pgcutover.rewrite.cache import ByteLRU
+from pgcutover.rewrite.mirror_sql import (
     MAX_K,
     VOLATILE_ELSEWHERE_SQL,
     VOLATILE_NAMES_SQL,
@@ -63,7 +63,7 @@ from .evidence import compare
 from .wire_params import UnsupportedParam, decode_params
 
 if TYPE_CHECKING:
-    from rewrite.plan import Plan
+    from pgcutover.rewrite.plan import Plan
 
     from .config import Route
     from .runtime import Runtime

@@ -527,7 +527,7 @@ async def _fetch_page(config: Config, routes: Sequence[Route],
 
     migration: dict[str, dict[str, Any]] = {}
     if any(route.legacy_column for route in routes):
-        from deploy.status import StatusOptions, status
+        from pgcutover.deploy.status import StatusOptions, status
 
         for route in routes:
             if route.legacy_column:

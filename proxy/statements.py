@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rewrite.router import plan_bytes
-from rewrite.split import SplitSession
-from rewrite.txcontrol import query_effects, statement_effect
+from pgcutover.rewrite.router import plan_bytes
+from pgcutover.rewrite.split import SplitSession
+from pgcutover.rewrite.txcontrol import query_effects, statement_effect
 
 from .decision import MERGED, REFUSED, Decision, decide
 from .deferred import Deferred
@@ -35,7 +35,7 @@ from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, PARSE, QUERY
 
 if TYPE_CHECKING:
-    from rewrite.plan import Plan
+    from pgcutover.rewrite.plan import Plan
 
     from .config import Route
     from .session import Session

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.dialect import DISTANCE_NODES, VectorDistance, VectorDistanceFunc, distance_operator, parse
+from pgcutover.rewrite.dialect import DISTANCE_NODES, VectorDistance, VectorDistanceFunc, distance_operator, parse
 
 if TYPE_CHECKING:
-    from proxy.config import Route
-    from rewrite.catalog import Catalog, TableInfo
+    from pgcutover.proxy.config import Route
+    from pgcutover.rewrite.catalog import Catalog, TableInfo
 
 MARK = "pgcutover"  # meta key of the tags below
 TAG_TABLE = "route-table"

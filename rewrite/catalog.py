@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.dialect import parse_one
+from pgcutover.rewrite.dialect import parse_one
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from proxy.config import Route
+    from pgcutover.proxy.config import Route
 
 FLOAT8 = "double precision"
 

@@ -17,14 +17,14 @@ import asyncio
 import sys
 from typing import TextIO
 
-from fallback.merge import build_merge
-from proxy.config import Config, Route, load_config
-from proxy.decision import Decision, decide
-from proxy.legacy import needs_store
-from rewrite.analyze import Passthrough, SimilarityQuery, normalize_search_path
-from rewrite.catalog import Catalog, load_catalog
-from rewrite.plan import Plan
-from rewrite.router import build_plan
+from pgcutover.fallback.merge import build_merge
+from pgcutover.proxy.config import Config, Route, load_config
+from pgcutover.proxy.decision import Decision, decide
+from pgcutover.proxy.legacy import needs_store
+from pgcutover.rewrite.analyze import Passthrough, SimilarityQuery, normalize_search_path
+from pgcutover.rewrite.catalog import Catalog, load_catalog
+from pgcutover.rewrite.plan import Plan
+from pgcutover.rewrite.router import build_plan
 
 UNCHANGED = "(the client's SQL, byte for byte)"
 

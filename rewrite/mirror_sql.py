@@ -8,8 +8,8 @@ statement built here are always those two (`KEY_COLUMN`, `DISTANCE_COLUMN`).
 Targets: "primary" (the rewrite the primary gets, index shape included), "shadow", and "exact", the primary's
 statement without index-shape matching, which the mirror runs with index scans disabled (brute force).
 
->>> from proxy.config import Route
->>> from rewrite.router import build_plan
+>>> from pgcutover.proxy.config import Route
+>>> from pgcutover.rewrite.router import build_plan
 >>> route = Route(table="public.items", column="embedding", shadow_table="shadow.items")
 >>> plan = build_plan("SELECT content FROM items ORDER BY embedding <-> $1 LIMIT 5", [route])
 >>> print(*keys_sql(plan, "primary").partition(" FROM ")[::2], sep="\\nFROM ")
@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, cast
 
 from sqlglot import exp
 
-from rewrite.analyze import MARK, TAG_ORDER_KEY, TAG_SCOPE, TAG_TABLE, Passthrough, norm
-from rewrite.dialect import parse, to_sql
-from rewrite.transforms import identifier, to_primary, to_shadow
+from pgcutover.rewrite.analyze import MARK, TAG_ORDER_KEY, TAG_SCOPE, TAG_TABLE, Passthrough, norm
+from pgcutover.rewrite.dialect import parse, to_sql
+from pgcutover.rewrite.transforms import identifier, to_primary, to_shadow
 
 if TYPE_CHECKING:
-    from rewrite.analyze import SimilarityQuery
-    from rewrite.catalog import Catalog
-    from rewrite.plan import Plan
+    from pgcutover.rewrite.analyze import SimilarityQuery
+    from pgcutover.rewrite.catalog import Catalog
+    from pgcutover.rewrite.plan import Plan
 
 KEY_COLUMN = "pgcutover_key"
 DISTANCE_COLUMN = "pgcutover_distance"

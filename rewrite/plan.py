@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.config import Route
-    from rewrite.analyze import SimilarityQuery
+    from pgcutover.proxy.config import Route
+    from pgcutover.rewrite.analyze import SimilarityQuery
 
 TARGETS = ("primary", "shadow")
 SIMILARITY = "similarity"  # the reason of every plan that rewrites

@@ -36,16 +36,16 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from rewrite.analyze import Passthrough, analyze, normalize_search_path
-from rewrite.cache import PlanCache
-from rewrite.dialect import parse, to_sql
-from rewrite.plan import SIMILARITY, Plan, passthrough
-from rewrite.prefilter import Prefilter
-from rewrite.transforms import primary_changes, to_primary, to_shadow
+from pgcutover.rewrite.analyze import Passthrough, analyze, normalize_search_path
+from pgcutover.rewrite.cache import PlanCache
+from pgcutover.rewrite.dialect import parse, to_sql
+from pgcutover.rewrite.plan import SIMILARITY, Plan, passthrough
+from pgcutover.rewrite.prefilter import Prefilter
+from pgcutover.rewrite.transforms import primary_changes, to_primary, to_shadow
 
 if TYPE_CHECKING:
-    from proxy.config import Route
-    from rewrite.catalog import Catalog
+    from pgcutover.proxy.config import Route
+    from pgcutover.rewrite.catalog import Catalog
 
 log = logging.getLogger("pgcutover.rewrite")
 

@@ -22,10 +22,10 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from rewrite.txcontrol import BEGIN, CHAIN, END
+from pgcutover.rewrite.txcontrol import BEGIN, CHAIN, END
 
 if TYPE_CHECKING:
-    from proxy.config import Route
+    from pgcutover.proxy.config import Route
 
 Target = Literal["primary", "shadow"]
 PRIMARY: Target = "primary"

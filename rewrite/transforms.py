@@ -6,9 +6,9 @@ that cannot produce a query equivalent to the hand-written one on its target rai
 
 Shared example setup for the doctests:
 
->>> from proxy.config import Route
->>> from rewrite.analyze import analyze
->>> from rewrite.dialect import to_sql
+>>> from pgcutover.proxy.config import Route
+>>> from pgcutover.rewrite.analyze import analyze
+>>> from pgcutover.rewrite.dialect import to_sql
 >>> route = Route(table="public.items", column="embedding", vector_column="embedding_vector",
 ...               shadow_table="ruvector_new.items", shadow_column="embedding", shadow_type="ruvector_new.vector")
 >>> q = analyze("SELECT id FROM items ORDER BY embedding <-> $1 LIMIT 5", [route])
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from rewrite.analyze import (
+from pgcutover.rewrite.analyze import (
     MARK,
     TAG_COLUMN,
     TAG_DISTANCE,
@@ -40,12 +40,12 @@ from rewrite.analyze import (
     norm,
     vector_subquery,
 )
-from rewrite.catalog import FLOAT8, IndexInfo
-from rewrite.dialect import OPERATOR_NODES, VectorDistanceFunc, build_type
+from pgcutover.rewrite.catalog import FLOAT8, IndexInfo
+from pgcutover.rewrite.dialect import OPERATOR_NODES, VectorDistanceFunc, build_type
 
 if TYPE_CHECKING:
-    from proxy.config import Route
-    from rewrite.catalog import Catalog, TableInfo
+    from pgcutover.proxy.config import Route
+    from pgcutover.rewrite.catalog import Catalog, TableInfo
 
 _PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
 # PostgreSQL's reserved key words (Appendix C): they must be quoted as column or table names.
@@ -172,7 +172,7 @@ def add_vector_not_null(expression: exp.Expression, query: SimilarityQuery) -> e
     >>> q = analyze("SELECT id FROM items WHERE a = 1 OR b = 2", [route])
     Traceback (most recent call last):
     ...
-    rewrite.analyze.Passthrough: no-distance
+    pgcutover.rewrite.analyze.Passthrough: no-distance
     >>> q = analyze("SELECT id FROM items WHERE a = 1 OR b = 2 ORDER BY embedding <-> $1", [route])
     >>> to_sql(add_vector_not_null(q.expression.copy(), q))
     'SELECT id FROM items WHERE (a = 1 OR b = 2) AND embedding_vector IS NOT NULL ORDER BY embedding <-> $1'
@@ -224,7 +224,7 @@ def match_index_shape(expression: exp.Expression, query: SimilarityQuery, index:
     A bare parameter is cast to the vector column's type first (`$1::vector::halfvec(3072)`): the server then
     still describes $1 as that type, so clients that bind vectors in binary keep working.
 
-    >>> from rewrite.catalog import Catalog, ColumnInfo, TableInfo
+    >>> from pgcutover.rewrite.catalog import Catalog, ColumnInfo, TableInfo
     >>> idx = IndexInfo("items_hnsw", "hnsw", "((embedding_vector)::halfvec(3072))", "halfvec_cosine_ops", "<=>")
     >>> table = TableInfo("public", "items", (ColumnInfo("id", "integer"),), (idx,))
     >>> q = analyze("SELECT id FROM items ORDER BY embedding_vector <=> $1 LIMIT 10", [route])
@@ -317,7 +317,7 @@ def shadow_vector(vector: exp.Expression, shadow_type: exp.DataType) -> exp.Expr
     re-cast directly (`'[1,2]'::vector` -> `'[1,2]'::ruvector.vector`), since a cast between two vector
     extensions' types may not exist.
 
-    >>> from rewrite.dialect import parse_one
+    >>> from pgcutover.rewrite.dialect import parse_one
     >>> to_sql(shadow_vector(parse_one("SELECT '[1,2]'::vector(2)").selects[0], build_type("ruvector.vector")))
     "'[1,2]'::ruvector.vector"
     """
@@ -350,7 +350,7 @@ def retarget_shadow(expression: exp.Expression, query: SimilarityQuery,
     >>> to_sql(retarget_shadow(q.expression.copy(), q))
     Traceback (most recent call last):
     ...
-    rewrite.analyze.Passthrough: shadow-distance-type
+    pgcutover.rewrite.analyze.Passthrough: shadow-distance-type
     """
     route = query.route
     shadow_type = build_type(route.shadow_type)
@@ -473,7 +473,7 @@ def expand_route_star(expression: exp.Expression, query: SimilarityQuery,
     >>> to_sql(expand_route_star(q.expression.copy(), q))
     Traceback (most recent call last):
     ...
-    rewrite.analyze.Passthrough: star-needs-catalog
+    pgcutover.rewrite.analyze.Passthrough: star-needs-catalog
     """
     if not query.star:
         return expression

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, free_port
+from pgcutover.proxy.embedded import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ class ProxyProcess:
     def start(self) -> ProxyProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "pgcutover.proxy.cli", "serve", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + 30

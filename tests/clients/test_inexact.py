@@ -23,10 +23,10 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
-from proxy.decision import decide
-from proxy.embedded import pg_binary
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
+from pgcutover.proxy.decision import decide
+from pgcutover.proxy.embedded import pg_binary
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
 from tests.integration.wire import RawClient, data_rows, errors
 from tests.routing import conftest as routing
 from tests.routing.test_operate import scrape
@@ -306,7 +306,7 @@ def test_explain_predicts_what_the_proxy_does(proxy, tables, pg, sql) -> None:
     import argparse
     import io
 
-    from rewrite.cli import cmd_explain, register
+    from pgcutover.rewrite.cli import cmd_explain, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -332,8 +332,8 @@ def test_decision_values() -> None:
     """The function both call: forward / rewrite / merge / refuse, with the route's on_inexact."""
     from dataclasses import replace
 
-    from proxy.config import Route
-    from rewrite.plan import passthrough
+    from pgcutover.proxy.config import Route
+    from pgcutover.rewrite.plan import passthrough
 
     route = Route(table="public.t", column="embedding", vector_column="v", legacy_column="embedding")
     plan = replace(passthrough("similarity", route), query=object())  # a plan that rewrites

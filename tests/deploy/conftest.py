@@ -21,9 +21,9 @@ import asyncpg
 import numpy as np
 import pytest
 
-from deploy.db import quote_ident
-from proxy.config import Config, load_config
-from proxy.embedded import EmbeddedPostgres
+from pgcutover.deploy.db import quote_ident
+from pgcutover.proxy.config import Config, load_config
+from pgcutover.proxy.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -97,13 +97,13 @@ class Env:
         return rows[0][0] if rows else None
 
     def cli(self, *args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess:
-        """`python -m deploy.cli ARGS --config FILE` as a real child process."""
+        """`python -m pgcutover.deploy.cli ARGS --config FILE` as a real child process."""
         result = subprocess.run(
-            [sys.executable, "-m", "deploy.cli", *args, "--config", str(config)],
+            [sys.executable, "-m", "pgcutover.deploy.cli", *args, "--config", str(config)],
             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=120,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"deploy.cli {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+            raise AssertionError(f"pgcutover.deploy.cli {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
         return result
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deploy.backfill import BackfillOptions, Progress, backfill
-from deploy.triggers import install
+from pgcutover.deploy.backfill import BackfillOptions, Progress, backfill
+from pgcutover.deploy.triggers import install
 
 from .conftest import ROOT, Env, run, vector_text
 
@@ -118,7 +118,7 @@ def _done(env: Env) -> int:
 
 def _spawn(config: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "backfill", "--config", str(config), *args],
+        [sys.executable, "-m", "pgcutover.deploy.cli", "backfill", "--config", str(config), *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -12,7 +12,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from deploy.triggers import install, install_schema
+from pgcutover.deploy.triggers import install, install_schema
 
 from .conftest import Env, run, vector_text
 

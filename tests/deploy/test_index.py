@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.db import DeployError, quote_ident
-from deploy.index import IndexOptions, create_indexes
+from pgcutover.deploy.db import DeployError, quote_ident
+from pgcutover.deploy.index import IndexOptions, create_indexes
 
 from .conftest import Env, run
 

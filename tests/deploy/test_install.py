@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from deploy.backfill import BackfillOptions, backfill
-from deploy.db import DeployError, quote_ident
-from deploy.triggers import ALL_TRIGGERS, install, uninstall
+from pgcutover.deploy.backfill import BackfillOptions, backfill
+from pgcutover.deploy.db import DeployError, quote_ident
+from pgcutover.deploy.triggers import ALL_TRIGGERS, install, uninstall
 
 from .conftest import ROOT, Env, run, vector_text
 
@@ -177,7 +177,7 @@ def test_installs_at_once_and_beside_writers(env: Env) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(writer(stop))
         procs = [await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "deploy.cli", "install-triggers", "--config", str(config), cwd=ROOT,
+            sys.executable, "-m", "pgcutover.deploy.cli", "install-triggers", "--config", str(config), cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for _ in range(3)]
         outputs = [await proc.communicate() for proc in procs]
         stop.set()

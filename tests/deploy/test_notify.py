@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from deploy.triggers import install, install_schema
-from fallback.notices import MAX_PAYLOAD_BYTES, ChangeNotice, parse_notice
+from pgcutover.deploy.triggers import install, install_schema
+from pgcutover.fallback.notices import MAX_PAYLOAD_BYTES, ChangeNotice, parse_notice
 
 from .conftest import Env, run
 

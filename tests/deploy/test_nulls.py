@@ -16,9 +16,9 @@ import time
 import asyncpg
 import numpy as np
 
-from deploy.backfill import BackfillOptions, backfill
-from deploy.status import StatusOptions, status, to_table
-from deploy.triggers import install
+from pgcutover.deploy.backfill import BackfillOptions, backfill
+from pgcutover.deploy.status import StatusOptions, status, to_table
+from pgcutover.deploy.triggers import install
 
 from .conftest import Env, run, vector_text
 

@@ -18,9 +18,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from deploy.db import function_base, quote_ident
-from deploy.status import StatusOptions, status, to_json, to_table
-from deploy.triggers import install
+from pgcutover.deploy.db import function_base, quote_ident
+from pgcutover.deploy.status import StatusOptions, status, to_json, to_table
+from pgcutover.deploy.triggers import install
 
 from .conftest import ROOT, Env, run, toml_value
 
@@ -220,7 +220,7 @@ def test_status_survives_forged_content_in_the_schema(setup) -> None:
 
 
 def _proxy_cli(env: Env, *args: str, config) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args, "--config", str(config)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "pgcutover.proxy.cli", *args, "--config", str(config)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from deploy.triggers import install
+from pgcutover.deploy.triggers import install
 
 from .conftest import Env, run
 

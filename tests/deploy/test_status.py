@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deploy.status import StatusOptions, status, to_table
+from pgcutover.deploy.status import StatusOptions, status, to_table
 
 from .conftest import Env, run
 

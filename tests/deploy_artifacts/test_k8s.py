@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.cli import build_parser
+from pgcutover.proxy.cli import build_parser
 
 from .artifacts import (
     DOCKERFILE,

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from proxy.config import Config, parse_config
-from proxy.runtime import Runtime
+from pgcutover.proxy.config import Config, parse_config
+from pgcutover.proxy.runtime import Runtime
 
 DATABASE = "evidence"
 DIMS = 16
@@ -41,7 +41,7 @@ def make_config(pg, routes: list[dict[str, object]], port: int = 6999) -> Config
 
 async def make_runtime(config: Config) -> Runtime:
     """A Runtime with the router and catalog serve() would build."""
-    from proxy.app import make_router
+    from pgcutover.proxy.app import make_router
 
     runtime = Runtime(config)
     runtime.router = await make_router(config)

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import control, report
-from proxy.breaker import Breaker
-from proxy.runtime import Runtime
+from pgcutover.proxy import control, report
+from pgcutover.proxy.breaker import Breaker
+from pgcutover.proxy.runtime import Runtime
 
 from .conftest import DATABASE, make_config, route_toml
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config import Route
-from proxy.evidence import (
+from pgcutover.proxy.config import Route
+from pgcutover.proxy.evidence import (
     MIN_EXACT_SAMPLES,
     Interval,
     Latency,

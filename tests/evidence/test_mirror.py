@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import report
-from proxy.mirror import Mirror, MirrorRequest
-from proxy.runtime import Runtime
-from proxy.vectors import Vector
+from pgcutover.proxy import report
+from pgcutover.proxy.mirror import Mirror, MirrorRequest
+from pgcutover.proxy.runtime import Runtime
+from pgcutover.proxy.vectors import Vector
 
 from .conftest import APP_ROLE, DATABASE, make_config, make_runtime, route_toml, vector_text, vectors
 
@@ -280,7 +280,7 @@ def test_report_cli_and_show_report(evidence_db, tmp_path, since: str) -> None:
         "min_samples = 30\nmin_recall = 0.95\n")
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "proxy.cli", "report", "--config", str(toml), *args],
+        done = subprocess.run([sys.executable, "-m", "pgcutover.proxy.cli", "report", "--config", str(toml), *args],
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout

@@ -9,11 +9,11 @@ import asyncpg
 import numpy as np
 import pytest
 
-from proxy.config import Route
-from rewrite.catalog import load_catalog
-from rewrite.dialect import parse_one
-from rewrite.mirror_sql import Unsupported, is_read_only, keys_sql, parameter_count
-from rewrite.router import build_plan
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.catalog import load_catalog
+from pgcutover.rewrite.dialect import parse_one
+from pgcutover.rewrite.mirror_sql import Unsupported, is_read_only, keys_sql, parameter_count
+from pgcutover.rewrite.router import build_plan
 
 from .conftest import DATABASE, vector_text, vectors
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import asyncpg
 import pytest
 
-from proxy.wire_params import UnsupportedParam, decode_params, decode_value, formats_for
+from pgcutover.proxy.wire_params import UnsupportedParam, decode_params, decode_value, formats_for
 
 from .conftest import DATABASE
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import numpy as np
 
-from fallback import formats
-from fallback.notices import CHANNEL, build_notices
-from fallback.store import LegacyStore
+from pgcutover.fallback import formats
+from pgcutover.fallback.notices import CHANNEL, build_notices
+from pgcutover.fallback.store import LegacyStore
 from tests.fallback.conftest import LegacyTable, create_table, run, wait_for
 
 APP = "fb-follow-test"

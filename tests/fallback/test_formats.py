@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fallback import formats
-from fallback.formats import VectorFormatError, decode_many, decode_one
+from pgcutover.fallback import formats
+from pgcutover.fallback.formats import VectorFormatError, decode_many, decode_one
 
 ROW = np.array([0.1, -2.5, 3.0, 1e-40], dtype=np.float32)
 

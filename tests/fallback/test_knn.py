@@ -8,9 +8,9 @@ import asyncpg
 import numpy as np
 import pytest
 
-from fallback.formats import encode_json
-from fallback.knn import BatchSearcher, Query, search_snapshot
-from fallback.store import LegacyStore
+from pgcutover.fallback.formats import encode_json
+from pgcutover.fallback.knn import BatchSearcher, Query, search_snapshot
+from pgcutover.fallback.store import LegacyStore
 from tests.fallback.conftest import LegacyTable, create_table, factory, run
 
 OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>", "l1": "<+>"}  # pgvector's operator per metric

@@ -9,8 +9,8 @@ import asyncpg
 import numpy as np
 import pytest
 
-from fallback import formats, metrics
-from fallback.store import LegacyStore
+from pgcutover.fallback import formats, metrics
+from pgcutover.fallback.store import LegacyStore
 from tests.fallback.conftest import LegacyTable, create_table, f32_bytes, factory, insert_raw, run
 
 KINDS = ["json", "bytea_f32", "bytea_f64", "array", "array_f64"]

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 
-from deploy.triggers import install_schema
-from fallback.formats import encode_json
-from fallback.knn import Query, search_snapshot
-from fallback.merge import (
+from pgcutover.deploy.triggers import install_schema
+from pgcutover.fallback.formats import encode_json
+from pgcutover.fallback.knn import Query, search_snapshot
+from pgcutover.fallback.merge import (
     ARRAY_RISKY,
     JSON_SAFE,
     JSON_SYNTAX,
@@ -34,12 +34,12 @@ from fallback.merge import (
     legacy_vector,
     quote_literal,
 )
-from fallback.store import LegacyStore
-from proxy.config import Route
-from rewrite.analyze import Passthrough, analyze
-from rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo, load_catalog
-from rewrite.dialect import parse_one, to_sql
-from rewrite.transforms import to_primary
+from pgcutover.fallback.store import LegacyStore
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.analyze import Passthrough, analyze
+from pgcutover.rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo, load_catalog
+from pgcutover.rewrite.dialect import parse_one, to_sql
+from pgcutover.rewrite.transforms import to_primary
 
 T = TypeVar("T")
 DIMS = 16

@@ -11,7 +11,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from fallback.notices import (
+from pgcutover.fallback.notices import (
     CHANNEL,
     MAX_PAYLOAD_BYTES,
     ChangeNotice,
@@ -21,8 +21,8 @@ from fallback.notices import (
     parse_notice,
     valid_channel,
 )
-from fallback.store import LegacyStore, _key_converter
-from proxy.config import ConfigError, parse_config
+from pgcutover.fallback.store import LegacyStore, _key_converter
+from pgcutover.proxy.config import ConfigError, parse_config
 from tests.fallback.conftest import create_table, run, wait_for
 from tests.fallback.test_follow import agrees, db_state, following
 
@@ -120,7 +120,7 @@ def test_channel_names() -> None:
 
 
 def _route():
-    from proxy.config import Route
+    from pgcutover.proxy.config import Route
     return Route(table="public.t", column="v", legacy_column="l", dims=4)
 
 

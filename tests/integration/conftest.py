@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, free_port
+from pgcutover.proxy.embedded import EmbeddedPostgres, free_port
 from tests.conftest import ProxyProcess
 
 

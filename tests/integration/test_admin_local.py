@@ -21,9 +21,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy.embedded import free_port, pg_binary
-from proxy.protocol import messages as msg
-from proxy.scram import ScramClient, ScramServer, make_verifier, parse_verifier
+from pgcutover.proxy.embedded import free_port, pg_binary
+from pgcutover.proxy.protocol import messages as msg
+from pgcutover.proxy.scram import ScramClient, ScramServer, make_verifier, parse_verifier
 
 PASSWORD = "console-secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ def test_scram_exchange_sans_io():
 
 
 def test_admin_password_command_reads_stdin_not_argv():
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "admin-password", "ops"], input="s3cret\n",
+    result = subprocess.run([sys.executable, "-m", "pgcutover.proxy.cli", "admin-password", "ops"], input="s3cret\n",
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     verifier = result.stdout.strip()
@@ -264,7 +264,7 @@ def test_control_role_without_reserved_connections_is_warned_about(pg, direct):
 
     import asyncpg
 
-    from proxy.control import check_reserved_connections
+    from pgcutover.proxy.control import check_reserved_connections
 
     direct.execute("DROP ROLE IF EXISTS lc_control")
     direct.execute("CREATE ROLE lc_control LOGIN")
@@ -307,8 +307,8 @@ def test_routing_follower_gets_back_in_during_a_connection_storm(spawn_proxy, tm
     """Item 5 end to end: a server whose normal slots are all taken by application connections; a proxy started
     then still follows the shared routing (its control role, a member of pg_use_reserved_connections, gets a
     reserved slot); without the grant the follower is locked out until it is given back."""
-    from proxy.control import SCHEMA_SQL
-    from proxy.embedded import EmbeddedPostgres
+    from pgcutover.proxy.control import SCHEMA_SQL
+    from pgcutover.proxy.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(tmp_path / "storm", settings={
         "max_connections": "10", "superuser_reserved_connections": "3", "reserved_connections": "4"}).start()

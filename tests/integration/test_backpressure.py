@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import time
 
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import messages as msg
 
 from .conftest import rss_kib
 from .wire import RawClient

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
 
 from .conftest import wait_for_active_query, when_active
 from .wire import RawClient, data_rows, sqlstates

@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import messages as msg
 from tests.conftest import AUTH_USERS
 
 from .conftest import backends, wait_for_active_query, wait_for_backends

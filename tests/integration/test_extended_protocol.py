@@ -12,7 +12,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import messages as msg
 
 from .wire import Message, RawClient
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
 
 from .conftest import rss_kib, wait_for_backends
 

@@ -13,7 +13,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import messages as msg
 
 from .conftest import rss_kib
 from .wire import RawClient, data_rows, sqlstates

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
-from proxy.protocol.framing import split_messages
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
+from pgcutover.proxy.protocol.framing import split_messages
 
 from .wire import RawClient, sqlstates, typed, untyped
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from proxy.embedded import pg_binary
+from pgcutover.proxy.embedded import pg_binary
 
 DATABASE = "pgbench_it"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from proxy.embedded import pg_binary
+from pgcutover.proxy.embedded import pg_binary
 
 
 def psql(dsn: str, script: str, *, on_error_stop: bool = False, cwd: Path | None = None) -> tuple[int, str, str]:

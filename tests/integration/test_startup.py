@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
 
 from .wire import Message, RawClient
 

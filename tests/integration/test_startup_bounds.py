@@ -17,8 +17,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
 
 from .conftest import backends, wait_for_backends
 from .wire import RawClient, sqlstates
@@ -124,7 +124,7 @@ def test_max_client_conn_refuses_with_53300(pg, spawn_proxy):
 def test_too_many_clients_is_what_a_full_server_sends(spawn_proxy, tmp_path):
     """Differential: a server at max_connections and a proxy at max_client_conn answer the next startup packet
     with the same messages (ErrorResponse fields without the server's source location) and both close."""
-    from proxy.embedded import EmbeddedPostgres
+    from pgcutover.proxy.embedded import EmbeddedPostgres
 
     from .test_startup_differential import outcome
 

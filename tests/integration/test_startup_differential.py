@@ -17,9 +17,9 @@ import struct
 
 import pytest
 
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
-from proxy.protocol.framing import MessageReader
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
+from pgcutover.proxy.protocol.framing import MessageReader
 
 from .wire import untyped
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from proxy.protocol import codes
+from pgcutover.proxy.protocol import codes
 
 from .conftest import when_active
 from .wire import RawClient, data_rows

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from proxy.embedded import EmbeddedPostgres, free_port
+from pgcutover.proxy.embedded import EmbeddedPostgres, free_port
 
 from .conftest import wait_for_active_query
 from .wire import RawClient, sqlstates
@@ -41,7 +41,7 @@ def asyncpg_failure(dsn: str) -> tuple[str, str | None, str]:
 
 
 def raw_startup_errors(port: int) -> list[str]:
-    from proxy.protocol import messages as msg
+    from pgcutover.proxy.protocol import messages as msg
 
     with RawClient(port) as client:
         client.send(msg.startup_packet({"user": "postgres", "database": "postgres"}))

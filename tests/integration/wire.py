@@ -11,9 +11,9 @@ import ssl
 import struct
 from dataclasses import dataclass, field
 
-from proxy.protocol import codes
-from proxy.protocol import messages as msg
-from proxy.protocol.framing import MessageReader
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as msg
+from pgcutover.proxy.protocol.framing import MessageReader
 
 Message = tuple[int, bytes]
 

@@ -14,8 +14,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from proxy.embedded import pg_binary
-from proxy.vectors import Vector
+from pgcutover.proxy.embedded import pg_binary
+from pgcutover.proxy.vectors import Vector
 from tests.routing.conftest import cli
 
 DIMS = 16

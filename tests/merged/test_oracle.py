@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.embedded import pg_binary
-from proxy.vectors import Vector
+from pgcutover.proxy.embedded import pg_binary
+from pgcutover.proxy.vectors import Vector
 
 DIMS = 6
 ROWS = 700

@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from proxy.vectors import Vector
+from pgcutover.proxy.vectors import Vector
 
 DIMS = 4
 ROUTE = """

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from rewrite.router import MAX_PLAN_SQL
+from pgcutover.rewrite.router import MAX_PLAN_SQL
 from tests.merged.test_shapes import ROUTE, docs  # noqa: F401  (the module's table fixture)
 
 VECTOR = "'[1,1,1,1,1,1,1,1]'"

@@ -14,9 +14,8 @@ def pgcutover(*argv: str, env: dict[str, str] | None = None, timeout: float = 12
               cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "PGCUTOVER_CONFIG"}
     full_env.update(env or {})
-    full_env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *argv], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "pgcutover.proxy.cli", *argv], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def one_line_failure(run: subprocess.CompletedProcess[str], code: int | None = None) -> str:

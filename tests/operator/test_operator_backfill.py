@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy.embedded import EmbeddedPostgres
 from tests.operator.cli import ROOT, config_text, pgcutover
 
 DIMS = 4
 # In-process code runs in a child with the worktree first on sys.path: under pytest, `deploy` is tests/deploy.
 PRELUDE = """
 import asyncio, io, json, sys
-from deploy.backfill import BackfillOptions, Progress, RateWindow, _duration, backfill
-from proxy.config import load_config
+from pgcutover.deploy.backfill import BackfillOptions, Progress, RateWindow, _duration, backfill
+from pgcutover.proxy.config import load_config
 
 class Terminal(io.StringIO):
     def isatty(self):
@@ -115,7 +115,7 @@ def _status(config: Path, name: str) -> dict:
 def test_ctrl_c_says_where_and_how_to_resume(pg: EmbeddedPostgres, table: tuple[str, Path]) -> None:
     name, config = table
     argv = ["backfill", "--config", str(config), "--batch", "50", "--max-rate", "300", "--workers", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "pgcutover.proxy.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 60
@@ -148,7 +148,7 @@ def test_status_tells_a_stuck_backfill(pg: EmbeddedPostgres, table: tuple[str, P
     """Connections there but nothing moving (a stopped or hung worker): `stale`, not `running`."""
     name, config = table
     argv = ["backfill", "--config", str(config), "--batch", "50", "--max-rate", "300", "--workers", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "pgcutover.proxy.cli", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 60

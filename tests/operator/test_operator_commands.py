@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from proxy.embedded import EmbeddedPostgres, free_port
+from pgcutover.proxy.embedded import EmbeddedPostgres, free_port
 from tests.operator.cli import ROOT, config_text, pgcutover
 
 
@@ -31,7 +31,7 @@ def test_environment_config_for_serve_and_explain(pg: EmbeddedPostgres, tmp_path
     explain = pgcutover("explain", "SELECT id FROM env_t ORDER BY embedding <-> '[1,2]' LIMIT 3", env=env)
     assert explain.returncode == 0 and "decision:" in explain.stdout, explain.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve"], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "pgcutover.proxy.cli", "serve"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_config
-from proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy.config import ConfigError, load_config
+from pgcutover.proxy.embedded import EmbeddedPostgres
 from tests.operator.cli import config_text, one_line_failure, pgcutover
 
 BROKEN = """\

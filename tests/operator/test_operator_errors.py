@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, free_port
+from pgcutover.proxy.embedded import EmbeddedPostgres, free_port
 from tests.operator.cli import config_text, one_line_failure, pgcutover
 
 ROUTE = '[[route]]\ntable = "public.op_items"\ncolumn = "embedding"\nshadow_table = "public.op_items_shadow"\n'

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg
 
-from proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy.embedded import EmbeddedPostgres
 from tests.operator.cli import config_text, one_line_failure, pgcutover
 
 

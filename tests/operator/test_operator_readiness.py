@@ -11,10 +11,10 @@ import asyncpg
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import report
-from proxy.config import Route
-from proxy.embedded import EmbeddedPostgres
-from proxy.evidence import Latency, RouteSummary, mean_interval, verdict
+from pgcutover.proxy import report
+from pgcutover.proxy.config import Route
+from pgcutover.proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy.evidence import Latency, RouteSummary, mean_interval, verdict
 from tests.operator.cli import pgcutover
 
 ROUTE = Route(table="public.t", column="e", shadow_table="s.t", mirror=10, min_samples=100)

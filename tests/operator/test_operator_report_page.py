@@ -13,8 +13,8 @@ from pathlib import Path
 
 import asyncpg
 
-from proxy import control, report
-from proxy.embedded import EmbeddedPostgres
+from pgcutover.proxy import control, report
+from pgcutover.proxy.embedded import EmbeddedPostgres
 from tests.deploy_artifacts.artifacts import wait_for_http
 from tests.operator.cli import pgcutover
 

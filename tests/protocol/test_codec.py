@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.protocol import codes
-from proxy.protocol import messages as m
-from proxy.protocol.framing import FirstPacketReader, MessageReader, split_messages
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as m
+from pgcutover.proxy.protocol.framing import FirstPacketReader, MessageReader, split_messages
 
 FIRST_PACKETS = [
     (m.startup_packet({"user": "alice", "database": "db"}), m.Startup),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.protocol.replies import (
+from pgcutover.proxy.protocol.replies import (
     BIND,
     DROP,
     FORWARD,

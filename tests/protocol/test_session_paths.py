@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import random
 
-from proxy.config import parse_config
-from proxy.protocol import codes
-from proxy.protocol import messages as m
-from proxy.protocol.framing import split_messages
-from proxy.protocol.replies import DROP, PARSE
-from proxy.runtime import Runtime
-from proxy.session import ACTIVE, Session
+from pgcutover.proxy.config import parse_config
+from pgcutover.proxy.protocol import codes
+from pgcutover.proxy.protocol import messages as m
+from pgcutover.proxy.protocol.framing import split_messages
+from pgcutover.proxy.protocol.replies import DROP, PARSE
+from pgcutover.proxy.runtime import Runtime
+from pgcutover.proxy.session import ACTIVE, Session
 
 
 class RecordingTransport:

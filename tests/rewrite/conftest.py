@@ -10,7 +10,7 @@ import pytest
 import rewrite_schema as schema
 from rewrite_db import connect
 
-from rewrite.catalog import Catalog, load_catalog
+from pgcutover.rewrite.catalog import Catalog, load_catalog
 
 DATABASE = "pgcutover_rewrite_tests"
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 
-from proxy.config import Route
-from rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo
 
 DIMS = 8
 ROWS = 300

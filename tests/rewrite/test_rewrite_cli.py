@@ -6,7 +6,7 @@ import argparse
 import io
 from pathlib import Path
 
-from rewrite.cli import cmd_explain, register
+from pgcutover.rewrite.cli import cmd_explain, register
 
 ROUTE = """
 [[route]]

@@ -6,7 +6,7 @@ import pytest
 import rewrite_schema as schema
 from rewrite_corpus import Case, cases
 
-from rewrite.router import build_plan
+from pgcutover.rewrite.router import build_plan
 
 CASES = cases()
 

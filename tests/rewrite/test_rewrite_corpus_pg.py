@@ -15,9 +15,9 @@ import rewrite_schema as schema
 from rewrite_corpus import Case, cases
 from rewrite_db import connect
 
-from rewrite.catalog import Catalog
-from rewrite.dialect import parse_one
-from rewrite.router import build_plan
+from pgcutover.rewrite.catalog import Catalog
+from pgcutover.rewrite.dialect import parse_one
+from pgcutover.rewrite.router import build_plan
 
 CASES = [c for c in cases() if c.similarity and c.execute]
 

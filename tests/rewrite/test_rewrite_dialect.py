@@ -6,8 +6,8 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from rewrite import dialect as d
-from rewrite.dialect import parse_one, to_sql
+from pgcutover.rewrite import dialect as d
+from pgcutover.rewrite.dialect import parse_one, to_sql
 
 OPERATORS = {
     "<->": d.L2Distance, "<=>": d.CosineDistance, "<#>": d.NegativeInnerProduct,

@@ -7,9 +7,9 @@ import rewrite_schema as schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rewrite.dialect import parse
-from rewrite.prefilter import Prefilter
-from rewrite.router import Router
+from pgcutover.rewrite.dialect import parse
+from pgcutover.rewrite.prefilter import Prefilter
+from pgcutover.rewrite.router import Router
 
 ROUTER = Router(schema.ROUTES, schema.catalog(), cache_size=64)
 PREFILTER = Prefilter(schema.ROUTES)

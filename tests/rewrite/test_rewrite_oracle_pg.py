@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rewrite_db import connect
 
-from rewrite.catalog import Catalog
-from rewrite.dialect import parse_one
-from rewrite.router import build_plan
+from pgcutover.rewrite.catalog import Catalog
+from pgcutover.rewrite.dialect import parse_one
+from pgcutover.rewrite.router import build_plan
 
 VECTOR = "[0.3,-0.1,0.8,0.2,-0.5,0.4,-0.9,0.6]"
 OPERATORS = ["<->", "<=>", "<#>", "<+>"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import rewrite_schema as schema
 
-from proxy.config import Route
-from rewrite import router as router_module
-from rewrite.cache import PlanCache
-from rewrite.dialect import to_sql
-from rewrite.plan import Plan, passthrough
-from rewrite.prefilter import Prefilter
-from rewrite.router import Router
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite import router as router_module
+from pgcutover.rewrite.cache import PlanCache
+from pgcutover.rewrite.dialect import to_sql
+from pgcutover.rewrite.plan import Plan, passthrough
+from pgcutover.rewrite.prefilter import Prefilter
+from pgcutover.rewrite.router import Router
 
 SQL = "SELECT id FROM items ORDER BY embedding <-> $1 LIMIT 5"
 

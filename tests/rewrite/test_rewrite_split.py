@@ -6,9 +6,9 @@ import random
 import subprocess
 import sys
 
-from proxy.config import Route
-from rewrite.split import SplitSession, choose_target, stable_point
-from rewrite.txcontrol import BEGIN, END
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.split import SplitSession, choose_target, stable_point
+from pgcutover.rewrite.txcontrol import BEGIN, END
 
 ROUTE = Route(table="public.items", column="embedding", shadow_table="ruvector_new.items")
 
@@ -72,7 +72,7 @@ def test_query_sticky_rolls_each_time() -> None:
 
 def test_points_are_stable_across_processes() -> None:
     # blake2b, not the salted builtin hash(): another interpreter computes the same point
-    code = ("from proxy.config import Route; from rewrite.split import stable_point; "
+    code = ("from pgcutover.proxy.config import Route; from pgcutover.rewrite.split import stable_point; "
             "print(repr(stable_point(Route(table='public.items', column='e'), 'app:billing')))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "123", "PATH": ""})

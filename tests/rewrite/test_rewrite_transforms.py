@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from proxy.config import Route
-from rewrite.catalog import Catalog, ColumnInfo, TableInfo
-from rewrite.router import build_plan
-from rewrite.transforms import identifier
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.catalog import Catalog, ColumnInfo, TableInfo
+from pgcutover.rewrite.router import build_plan
+from pgcutover.rewrite.transforms import identifier
 
 RU = Route(table="public.items", column="embedding", shadow_table="ruvector_new.items",
            shadow_column="embedding", shadow_type="ruvector_new.vector")

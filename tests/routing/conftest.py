@@ -57,7 +57,7 @@ def routed_proxy(start_proxy, routed_tables):
 
 def cli(*args: str, proxy) -> subprocess.CompletedProcess:
     """`pgcutover ...` as a user runs it, against the proxy's own config file."""
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args, "--config", str(proxy.config_path)],
+    return subprocess.run([sys.executable, "-m", "pgcutover.proxy.cli", *args, "--config", str(proxy.config_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -10,7 +10,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.embedded import pg_binary
+from pgcutover.proxy.embedded import pg_binary
 
 from .conftest import set_split
 from .test_split_through_proxy import QUERY, VECTOR, wait_for_target

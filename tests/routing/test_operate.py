@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.embedded import pg_binary
+from pgcutover.proxy.embedded import pg_binary
 
 from .conftest import ROUTE_TOML, cli, set_split
 from .test_split_through_proxy import QUERY, VECTOR, wait_for_target

@@ -13,7 +13,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.embedded import pg_binary
+from pgcutover.proxy.embedded import pg_binary
 
 from .conftest import DIMS, set_split
 

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from proxy.config import Route
-from rewrite.split import EXPLICIT, IDLE, IMPLICIT, SplitSession
-from rewrite.txcontrol import BEGIN, CHAIN, END, NONE, query_effects, statement_effect
+from pgcutover.proxy.config import Route
+from pgcutover.rewrite.split import EXPLICIT, IDLE, IMPLICIT, SplitSession
+from pgcutover.rewrite.txcontrol import BEGIN, CHAIN, END, NONE, query_effects, statement_effect
 
 
 def route(split: float, sticky: str = "query") -> Route:

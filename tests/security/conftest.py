@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from proxy.embedded import free_port
+from pgcutover.proxy.embedded import free_port
 from tests.conftest import ProxyProcess
 
 DATABASE = "security"

@@ -8,7 +8,7 @@ import time
 
 import psycopg
 
-from proxy.protocol import messages as msg
+from pgcutover.proxy.protocol import messages as msg
 from tests.integration.wire import Closed, RawClient, data_rows, errors, sqlstates
 
 from .conftest import DATABASE

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from proxy.config import ConfigError, UpstreamDsn, redact_url
-from proxy.embedded import pg_binary
+from pgcutover.proxy.config import ConfigError, UpstreamDsn, redact_url
+from pgcutover.proxy.embedded import pg_binary
 
 GOOD_SECRET = "GoodSecret-1"
 TYPOS = {  # a mistyped URL each, every one with its own password

@@ -11,6 +11,7 @@ import hmac
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -20,7 +21,9 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from .config import HostPort, Route
-from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.metrics")
 
@@ -299,7 +302,6 @@ def install(runtime: Runtime) -> CollectorRegistry:
         _installed["current"] = _current
         REGISTRY.register(_current)
         _served.register(_Served())
-    runtime.query_metrics = QueryMetrics()
     _current.runtime = runtime
     return _served
 

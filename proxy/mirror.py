@@ -153,7 +153,6 @@ class Mirror:
         self._schema_ready = False
         self._store_ok = True  # last flush worked (logs once per outage, not once per second)
         self._last_prune = 0.0
-        runtime.mirror = self  # SHOW REPORT and the metrics find it here
 
     # -- the client's path ------------------------------------------------------------------------------------
     def submit(self, request: MirrorRequest) -> bool:

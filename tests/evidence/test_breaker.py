@@ -16,7 +16,7 @@ from pgcutover.proxy import control, report
 from pgcutover.proxy.breaker import Breaker
 from pgcutover.proxy.runtime import Runtime
 
-from .conftest import DATABASE, make_config, route_toml
+from .conftest import DATABASE, attach, make_config, route_toml
 
 TABLE = "public.ev_breaker"
 IDLE = "public.ev_report"  # split 0 in the config
@@ -35,7 +35,9 @@ async def fresh(evidence_db, **keys) -> tuple[Runtime, Breaker, asyncpg.Connecti
     await control.init_schema(conn)
     await conn.execute("DELETE FROM pgcutover.routing WHERE table_name = ANY($1::text[])", [TABLE, IDLE])
     rt = Runtime(config(evidence_db, **keys))
-    return rt, Breaker(rt, interval=0.05), conn
+    breaker = Breaker(rt, interval=0.05)
+    attach(rt, breaker=breaker)
+    return rt, breaker, conn
 
 
 def feed(breaker: Breaker, n: int, *, shadow_ok: bool = True, sqlstate: str | None = None,

@@ -38,7 +38,7 @@ class FallbackService:
         self.rt = runtime
         self.stores: dict[str, LegacyStore] = {}
         self.searcher = BatchSearcher()
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.failed: dict[str, str] = {}
         self.merges = MergeCache(self)
         self.server_decoder = False  # pgcutover.try_vector is installed (bytea legacy formats need it)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgcutover.proxy import control, report
+from pgcutover.proxy import control, metrics, report
 from pgcutover.proxy.breaker import Breaker
 from pgcutover.proxy.runtime import Runtime
 
@@ -82,7 +82,7 @@ def test_shadow_errors_trip_to_split_zero_everywhere(evidence_db) -> None:
             assert state.state == "tripped" and state.trips == 1
             assert state.last_trip.startswith("error_rate: shadow error rate 100.0%")
             registry = CollectorRegistry()
-            registry.register(report.EvidenceCollector(rt))
+            registry.register(metrics.Families(lambda: report.evidence_families(rt)))
             text = generate_latest(registry).decode()
             trips = {f.name: f for f in text_string_to_metric_families(text)}["pgcutover_breaker_trips"]
             assert [(s.labels, s.value) for s in trips.samples if s.name.endswith("_total")] == \

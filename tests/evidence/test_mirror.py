@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgcutover.proxy import report
+from pgcutover.proxy import metrics, report
 from pgcutover.proxy.mirror import Mirror, MirrorRequest
 from pgcutover.proxy.runtime import Runtime
 from pgcutover.proxy.vectors import Vector
@@ -144,7 +144,7 @@ def test_saturation_drops_and_counts(evidence_db) -> None:
         assert mirror.dropped_reasons_text("public.ev_good") == "closed=1, saturated=7"
         # the metrics say the same
         registry = CollectorRegistry()
-        registry.register(report.EvidenceCollector(rt))
+        registry.register(metrics.Families(lambda: report.evidence_families(rt)))
         families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
         dropped = families["pgcutover_mirror_dropped"]
         assert dropped.type == "counter"

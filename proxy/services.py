@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from pgcutover.rewrite.catalog import Catalog
     from pgcutover.rewrite.router import Router
 
     from .breaker import Breaker
@@ -56,7 +57,7 @@ async def make_router(config: Config) -> Router | None:
     return Router(config.routes, await read_catalog(config, config.routes), cache_bytes=config.proxy.plan_cache_bytes)
 
 
-async def read_catalog(config: Config, routes: Sequence[Route]) -> Any:
+async def read_catalog(config: Config, routes: Sequence[Route]) -> Catalog | None:
     """The upstream's catalog for `routes`, or None when it cannot be read (routing still works without it,
     minus index matching and SELECT * on shadows)."""
     from pgcutover.rewrite.catalog import load_catalog
@@ -95,6 +96,10 @@ def build_services(runtime: Runtime, current: Services, router: Router | None) -
         query_metrics=current.query_metrics or (QueryMetrics() if runtime.config.proxy.metrics is not None else None))
 
 
+def _catalog_tables(routes: Sequence[Route]) -> set[str]:
+    return {table for route in routes for table in (route.table, route.shadow_table) if table}
+
+
 class ServiceSupervisor:
     """Builds the runtime's services, runs their background tasks and closes them; the only writer of
     `runtime.services`."""
@@ -102,6 +107,7 @@ class ServiceSupervisor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._tasks: list[asyncio.Task[None]] = []
+        self._catalog_for = _catalog_tables(runtime.routing.routes)  # the tables the router's catalog describes
 
     async def start(self) -> Services:
         self._install(build_services(self.rt, Services(), await make_router(self.rt.config)))
@@ -115,6 +121,9 @@ class ServiceSupervisor:
             from pgcutover.rewrite.router import Router
 
             router = Router(routes, None, cache_bytes=self.rt.config.proxy.plan_cache_bytes)
+        tables = _catalog_tables(routes)
+        if router is not None and tables - self._catalog_for:  # tables the catalog in use knows nothing of
+            self._catalog_for = tables
             self._spawn(self._load_catalog(router), "catalog")
         self._install(build_services(self.rt, current, router))
         return self.rt.services
@@ -136,6 +145,7 @@ class ServiceSupervisor:
                 self._spawn(service.run(), name)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks = [task for task in self._tasks if not task.done()]  # catalog reads end; reloads repeat
         self._tasks.append(asyncio.get_running_loop().create_task(coro, name=f"pgcutover {name}"))
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -37,7 +38,7 @@ class FallbackService:
         self.rt = runtime
         self.stores: dict[str, LegacyStore] = {}
         self.searcher = BatchSearcher()
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.failed: dict[str, str] = {}
         self.merges = MergeCache(self)
         self.server_decoder = False  # pgcutover.try_vector is installed (bytea legacy formats need it)
@@ -67,10 +68,11 @@ class FallbackService:
         return await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout,
                                      server_settings={"application_name": "pgcutover-fallback"})
 
-    def start(self) -> None:
+    def start(self, routes: Iterable[Route]) -> None:
+        """A store, loading in the background, for each route that needs one and has none yet."""
         loop = asyncio.get_running_loop()
-        for route in self.rt.config.routes:
-            if needs_store(route):
+        for route in routes:
+            if needs_store(route) and route.table not in self.stores:
                 store = LegacyStore(route, dtype=route.fallback_storage,
                                     channel=self.rt.config.proxy.notify_channel)
                 self.stores[route.table] = store

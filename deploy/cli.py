@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pgcutover.proxy.config import METRICS, ConfigError, load_config
+from pgcutover.core.config import METRICS, ConfigError, load_config
 
 CONFIG_HELP = "TOML file with [proxy] upstream and the [[route]] tables (as for `serve`); default $PGCUTOVER_CONFIG"
 

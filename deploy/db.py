@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from pgcutover.proxy.config import Config, Route
+from pgcutover.core.config import Config, Route
 
 SCHEMA = "pgcutover"
 NOTIFY_CHANNEL = "pgcutover_changes"

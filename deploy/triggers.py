@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from pgcutover.core.config import Config
 from pgcutover.deploy.db import (
     NOTIFY_CHANNEL,
     SCHEMA,
@@ -42,7 +43,6 @@ from pgcutover.deploy.db import (
     sql_int,
     vector_schema,
 )
-from pgcutover.proxy.config import Config
 
 DUAL_WRITE_TRIGGER = "pgcutover_dual_write"
 SHADOW_TRIGGERS = tuple(f"pgcutover_shadow_{op}" for op in ("insert", "update", "delete", "truncate"))

@@ -118,7 +118,7 @@ quoted literals: for tests only, the proxy never sends it. Per query: `search_k(
 rows from the numpy search, then
 `extra_params(result.keys, guard_bound(result.distances, search_k(limit, offset)))`.
 
->>> from pgcutover.proxy.config import Route
+>>> from pgcutover.core.config import Route
 >>> from pgcutover.rewrite.analyze import analyze
 >>> route = Route(table="public.items", column="embedding", vector_column="embedding_vector",
 ...               legacy_column="embedding", legacy_format="bytea_f32", dims=3)
@@ -175,7 +175,7 @@ from pgcutover.rewrite.transforms import (
 )
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.catalog import Catalog, ColumnInfo
 
 METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric

@@ -49,11 +49,11 @@ import asyncpg
 import numpy as np
 import orjson
 
+from pgcutover.core.config import Route
 from pgcutover.fallback import formats, metrics
 from pgcutover.fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
 from pgcutover.fallback.knn import BLOCK_ROWS
 from pgcutover.fallback.notices import CHANNEL, NoticeError, WarningLimiter, parse_notice, valid_channel
-from pgcutover.proxy.config import Route
 from pgcutover.rewrite.catalog import quote_ident
 
 log = logging.getLogger("pgcutover.fallback")

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pgcutover.core.config import AdminSettings, ConfigError, redact_url
+
 from . import control, scram
-from .config import AdminSettings, ConfigError, redact_url
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.framing import MessageReader
@@ -474,7 +475,7 @@ def show_help(_: Runtime) -> Rows:
 
 
 def _redact(dsn: str) -> str:
-    return redact_url(dsn)  # also malformed URLs and password= parameters (proxy/config.py)
+    return redact_url(dsn)  # also malformed URLs and password= parameters (core/config.py)
 
 
 SHOWS: dict[str, Callable[[Runtime], Rows]] = {

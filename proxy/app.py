@@ -7,9 +7,10 @@ import logging
 import signal
 import sys
 
+from pgcutover.core.config import Config, ConfigError, load_config
+
 from . import metrics
 from .breaker import Breaker
-from .config import Config, ConfigError, load_config
 from .control import RoutingFollower
 from .legacy import FallbackService, needs_store
 from .listener import Listener

@@ -43,12 +43,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pgcutover.core.config import ConfigError
+
 from . import control
-from .config import ConfigError
 from .evidence import percentile
 
 if TYPE_CHECKING:
-    from .config import Route
+    from pgcutover.core.config import Route
+
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.breaker")

@@ -9,7 +9,8 @@ import sys
 import textwrap
 from importlib import metadata
 
-from .config import KEY_HELP, load_config
+from pgcutover.core.config import KEY_HELP, load_config
+
 from .failure import EXIT_INTERRUPTED, context_for, describe
 
 

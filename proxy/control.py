@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .config import STICKY_MODES, Config, ConfigError, Route
+from pgcutover.core.config import STICKY_MODES, Config, ConfigError, Route
+
 from .routing import Override, canonical_table
 
 log = logging.getLogger("pgcutover.control")

@@ -9,8 +9,9 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+from pgcutover.core.config import STICKY_MODES, Config, load_config
+
 from . import control
-from .config import STICKY_MODES, Config, load_config
 from .routing import apply_overrides
 
 

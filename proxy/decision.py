@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import Plan
-
-    from .config import Route
 
 FORWARD, REWRITE, MERGE, REFUSE = "forward", "rewrite", "merge", "refuse"
 MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pgcutover.core.config import load_config
+
 from .app import install_event_loop_policy, serve
-from .config import load_config
 from .embedded import EmbeddedPostgres, free_port, pg_binary
 from .failure import OperatorError
 

@@ -43,7 +43,7 @@ def context_for(config_path: str | None) -> Context:
     if not config_path:
         return Context()
     try:
-        from .config import load_config
+        from pgcutover.core.config import load_config
 
         config = load_config(config_path)
     except Exception:
@@ -58,7 +58,7 @@ def context_for(config_path: str | None) -> Context:
 
 def describe(exc: BaseException, ctx: Context) -> tuple[str, int]:
     """(one line, exit code) for an exception; EXIT_BUG when it is not one we expect."""
-    from .config import ConfigError
+    from pgcutover.core.config import ConfigError
 
     cfg = f" in {ctx.config_path}" if ctx.config_path else ""
     server = f"PostgreSQL at {ctx.upstream}" if ctx.upstream else "PostgreSQL"

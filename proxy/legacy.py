@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pgcutover.core.config import Route
 from pgcutover.fallback.knn import BatchSearcher
 from pgcutover.fallback.store import LegacyStore
 
-from .config import Route
 from .merged import MergeCache
 
 if TYPE_CHECKING:

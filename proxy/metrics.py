@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from .config import HostPort, Route
+from pgcutover.core.config import HostPort, Route
+
 from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.metrics")

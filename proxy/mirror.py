@@ -63,9 +63,9 @@ from .evidence import compare
 from .wire_params import UnsupportedParam, decode_params
 
 if TYPE_CHECKING:
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import Plan
 
-    from .config import Route
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.mirror")

@@ -28,8 +28,9 @@ import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pgcutover.core.config import Config, ConfigError, Route, load_config
+
 from . import control
-from .config import Config, ConfigError, Route, load_config
 from .evidence import (
     INSUFFICIENT,
     NOT_READY,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .config import ConfigError, Route
+from pgcutover.core.config import ConfigError, Route
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, ConfigError
+from pgcutover.core.config import Config, ConfigError
+
 from .routing import Override, RoutingSnapshot, apply_overrides
 
 if TYPE_CHECKING:

@@ -35,9 +35,9 @@ from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, PARSE, QUERY
 
 if TYPE_CHECKING:
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import Plan
 
-    from .config import Route
     from .session import Session
 
 log = logging.getLogger("pgcutover.statements")

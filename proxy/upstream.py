@@ -11,7 +11,8 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import ProxySettings, UpstreamDsn
+from pgcutover.core.config import ProxySettings, UpstreamDsn
+
 from .protocol.messages import SSL_REQUEST_PACKET
 
 

@@ -24,7 +24,7 @@ from sqlglot.errors import SqlglotError
 from pgcutover.rewrite.dialect import DISTANCE_NODES, VectorDistance, VectorDistanceFunc, distance_operator, parse
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.catalog import Catalog, TableInfo
 
 MARK = "pgcutover"  # meta key of the tags below

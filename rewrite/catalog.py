@@ -20,7 +20,7 @@ from pgcutover.rewrite.dialect import parse_one
 if TYPE_CHECKING:
     import asyncpg
 
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
 
 FLOAT8 = "double precision"
 

@@ -17,8 +17,8 @@ import asyncio
 import sys
 from typing import TextIO
 
+from pgcutover.core.config import Config, Route, load_config
 from pgcutover.fallback.merge import build_merge
-from pgcutover.proxy.config import Config, Route, load_config
 from pgcutover.proxy.decision import Decision, decide
 from pgcutover.proxy.legacy import needs_store
 from pgcutover.rewrite.analyze import Passthrough, SimilarityQuery, normalize_search_path

@@ -8,7 +8,7 @@ statement built here are always those two (`KEY_COLUMN`, `DISTANCE_COLUMN`).
 Targets: "primary" (the rewrite the primary gets, index shape included), "shadow", and "exact", the primary's
 statement without index-shape matching, which the mirror runs with index scans disabled (brute force).
 
->>> from pgcutover.proxy.config import Route
+>>> from pgcutover.core.config import Route
 >>> from pgcutover.rewrite.router import build_plan
 >>> route = Route(table="public.items", column="embedding", shadow_table="shadow.items")
 >>> plan = build_plan("SELECT content FROM items ORDER BY embedding <-> $1 LIMIT 5", [route])

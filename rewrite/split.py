@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from pgcutover.rewrite.txcontrol import BEGIN, CHAIN, END
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
 
 Target = Literal["primary", "shadow"]
 PRIMARY: Target = "primary"

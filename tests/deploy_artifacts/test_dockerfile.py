@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pgcutover.proxy.config import parse_config
+from pgcutover.core.config import parse_config
 
 from .artifacts import DOCKERFILE, DOCKERIGNORE, IMAGE_CONFIG, ROOT, k8s_object, wait_for_http
 from .dockerfile import KNOWN, Dockerfile, DockerIgnore, copy_sources, expand, parse

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pgcutover.proxy.config import Config, parse_config
+from pgcutover.core.config import Config, parse_config
 from pgcutover.proxy.runtime import Runtime
 
 DATABASE = "evidence"

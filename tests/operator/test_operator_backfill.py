@@ -23,7 +23,7 @@ DIMS = 4
 PRELUDE = """
 import asyncio, io, json, sys
 from pgcutover.deploy.backfill import BackfillOptions, Progress, RateWindow, _duration, backfill
-from pgcutover.proxy.config import load_config
+from pgcutover.core.config import load_config
 
 class Terminal(io.StringIO):
     def isatty(self):

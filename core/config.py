@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .verifier import parse_verifier
+
 STICKY_MODES = ("query", "session", "application_name")
 LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
 BAD_VECTOR_MODES = ("error", "skip")
@@ -421,8 +423,6 @@ def _parse_route(raw: dict[str, Any], index: int) -> Route:
 
 
 def _parse_admin(raw: dict[str, Any]) -> AdminSettings:
-    from .scram import parse_verifier
-
     auth = raw.get("auth", "upstream")
     if auth not in ADMIN_AUTH_MODES:
         raise ConfigError(f"[admin] auth = {auth!r} must be one of {', '.join(ADMIN_AUTH_MODES)}")

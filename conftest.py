@@ -1,8 +1,8 @@
 """The package this checkout provides, and the names its docstring examples share (pytest's doctest_namespace).
 
 The doctests of core/, proxy/, rewrite/, fallback/ and deploy/ run with --doctest-modules (pyproject.toml).
-pytest imports those files by their folder names (`proxy.routing`); each such name is made the same module object
-as the package's (`pgcutover.proxy.routing`), so no module is loaded twice (twice would mean two classes per enum
+pytest imports those files by their folder names (`core.routing`); each such name is made the same module object
+as the package's (`pgcutover.core.routing`), so no module is loaded twice (twice would mean two classes per enum
 and metrics registered twice). The source code itself never uses those short names (tests/test_layout.py).
 """
 

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pgcutover.core.config import AdminSettings, ConfigError, redact_url
+from pgcutover.core.routing import Override, canonical_table
 
 from . import control, scram
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.framing import MessageReader
 from .report import show_report
-from .routing import Override, canonical_table
 
 if TYPE_CHECKING:
     from .runtime import Runtime

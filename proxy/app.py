@@ -8,6 +8,7 @@ import signal
 import sys
 
 from pgcutover.core.config import Config, ConfigError, load_config
+from pgcutover.core.routing import Override
 
 from . import metrics
 from .breaker import Breaker
@@ -16,7 +17,6 @@ from .legacy import FallbackService, needs_store
 from .listener import Listener
 from .migration_stats import MigrationStats
 from .mirror import Mirror
-from .routing import Override
 from .runtime import Runtime
 
 log = logging.getLogger("pgcutover")

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from pgcutover.core.config import STICKY_MODES, Config, ConfigError, Route
-
-from .routing import Override, canonical_table
+from pgcutover.core.routing import Override, canonical_table
 
 log = logging.getLogger("pgcutover.control")
 

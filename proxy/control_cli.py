@@ -10,9 +10,9 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from pgcutover.core.config import STICKY_MODES, Config, load_config
+from pgcutover.core.routing import apply_overrides
 
 from . import control
-from .routing import apply_overrides
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pgcutover.core.config import Config, ConfigError, Route, load_config
+from pgcutover.core.routing import canonical_table
 
 from . import control
 from .evidence import (
@@ -42,7 +43,6 @@ from .evidence import (
     verdict,
     wilson,
 )
-from .routing import canonical_table
 
 if TYPE_CHECKING:
     from .breaker import BreakerState

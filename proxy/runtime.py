@@ -8,8 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pgcutover.core.config import Config, ConfigError
-
-from .routing import Override, RoutingSnapshot, apply_overrides
+from pgcutover.core.routing import Override, RoutingSnapshot, apply_overrides
 
 if TYPE_CHECKING:
     from .session import Session

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pgcutover.core.config import ConfigError, Route
+from .config import ConfigError, Route
 
 
 @dataclass(frozen=True, slots=True)

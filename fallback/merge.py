@@ -152,6 +152,7 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from pgcutover.core.quoting import quote_literal
 from pgcutover.rewrite.analyze import (
     MARK,
     TAG_COLUMN,
@@ -358,17 +359,6 @@ def _text_key(key: Any) -> str:
     if isinstance(key, bytes | bytearray | memoryview):
         raise TypeError("bytea keys have no literal form here; use sql_with_param")
     return str(key.item() if hasattr(key, "item") else key)
-
-
-def quote_literal(value: str) -> str:
-    """A string constant that reads back as `value` whatever standard_conforming_strings says (the algorithm of
-    PostgreSQL's quote_literal)."""
-    if "\x00" in value:
-        raise ValueError("a string constant cannot contain NUL")
-    body = value.replace("'", "''")
-    if "\\" in body:
-        return "E'" + body.replace("\\", "\\\\") + "'"
-    return "'" + body + "'"
 
 
 def _bound_literal(bound: float | None) -> str:

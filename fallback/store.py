@@ -50,11 +50,11 @@ import numpy as np
 import orjson
 
 from pgcutover.core.config import Route
+from pgcutover.core.quoting import quote_ident, quote_table
 from pgcutover.fallback import formats, metrics
 from pgcutover.fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
 from pgcutover.fallback.knn import BLOCK_ROWS
 from pgcutover.fallback.notices import CHANNEL, NoticeError, WarningLimiter, parse_notice, valid_channel
-from pgcutover.rewrite.catalog import quote_ident
 
 log = logging.getLogger("pgcutover.fallback")
 
@@ -227,11 +227,6 @@ class LoadReport:
 
 
 # -- SQL ---------------------------------------------------------------------------------------------------
-def quote_table(table: str) -> str:
-    schema, _, name = table.rpartition(".")
-    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
-
-
 @dataclass(frozen=True, slots=True)
 class _Sql:
     """The statements one route needs; identifiers quoted once, values always as parameters."""

@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgcutover.core.quoting import quote_ident, quote_table
 from pgcutover.fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
 from pgcutover.fallback.scan import candidates as scan_candidates
 from pgcutover.fallback.scan import scan
-from pgcutover.fallback.store import quote_table
 from pgcutover.rewrite.analyze import Passthrough
 from pgcutover.rewrite.cache import ByteLRU
-from pgcutover.rewrite.catalog import quote_ident
 
 from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, SYNC

@@ -148,7 +148,7 @@ class ProxySettings:
     connect_timeout: float = 10.0
     mirror_user: str | None = None  # the role mirrored statements connect as (then SET ROLE to the client's)
     upstream_sslmode: str | None = None  # overrides the URL's sslmode; "disable" is the only way to TLS -> plain
-    plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (rewrite/cache.py)
+    plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (core/lru.py)
     max_prepared_statements: int = 1000  # routed named statements per session; more -> FATAL 54000
     notify_channel: str = "pgcutover_changes"
     startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout

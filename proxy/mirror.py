@@ -41,13 +41,13 @@ import os
 import random
 import socket
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pgcutover.rewrite.cache import ByteLRU
+from pgcutover.core.lru import ByteLRU
 from pgcutover.rewrite.mirror_sql import (
     MAX_K,
     VOLATILE_ELSEWHERE_SQL,
@@ -144,7 +144,7 @@ class Mirror:
         self._buckets: dict[str, tuple[float, float]] = {}  # route table -> (tokens, refreshed at)
         self._pool: asyncpg.Pool | None = None  # the proxy's own user: sample storage and the report only
         self._exec_pool: asyncpg.Pool | None = None  # mirror_user: runs client statements (as the client)
-        self._volatile: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # name -> (volatile, checked at)
+        self._volatile: ByteLRU[str, tuple[bool, float]] = ByteLRU(VOLATILITY_CACHE)  # name -> (volatile, checked)
         self._volatile_elsewhere: tuple[bool, float] | None = None
         self._functions: ByteLRU[str, frozenset[str]] = ByteLRU(STATEMENT_CACHE * 3, STATEMENT_CACHE_BYTES)
         self._warned_roles: set[str | None] = set()
@@ -349,10 +349,7 @@ class Mirror:
         if unknown:
             found = {row[0]: row[1] for row in await conn.fetch(VOLATILE_NAMES_SQL, unknown)}
             for name in unknown:
-                self._volatile[name] = (found.get(name, True), now)  # not in pg_proc: unsure, refused
-                self._volatile.move_to_end(name)
-            while len(self._volatile) > VOLATILITY_CACHE:
-                self._volatile.popitem(last=False)
+                self._volatile.put(name, (found.get(name, True), now))  # not in pg_proc: unsure, refused
             if any(found.get(name, True) for name in unknown):
                 raise _Dropped("volatile-function")
 

@@ -125,7 +125,9 @@ class UpstreamDsn:
 
     def asyncpg_kwargs(self, *, user: str | None = None, database: str | None = None) -> dict[str, Any]:
         """Arguments for the proxy's own control connections (asyncpg)."""
-        ssl: Any = False if self.sslmode in ("disable", "allow") else self.sslmode
+        from .connect import asyncpg_ssl  # the TLS policy lives with the connection factory
+
+        ssl: Any = asyncpg_ssl(self)
         return {
             "host": self.host,
             "port": self.port,

@@ -20,6 +20,7 @@ import asyncpg
 
 from pgcutover.core import quoting
 from pgcutover.core.config import Config, Route
+from pgcutover.core.connect import connect as core_connect
 
 SCHEMA = "pgcutover"
 NOTIFY_CHANNEL = "pgcutover_changes"
@@ -87,8 +88,7 @@ def sql_file(name: str) -> str:
 
 
 async def connect(config: Config) -> asyncpg.Connection:
-    kwargs = config.proxy.upstream.asyncpg_kwargs()
-    return await asyncpg.connect(**kwargs, server_settings={"application_name": APPLICATION_NAME})
+    return await core_connect(config, APPLICATION_NAME)
 
 
 def select_routes(config: Config, table: str | None) -> list[Route]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pgcutover.core.config import Route
+from pgcutover.core.connect import connect
 from pgcutover.fallback.knn import BatchSearcher
 from pgcutover.fallback.store import LegacyStore
 
@@ -64,8 +65,7 @@ class FallbackService:
 
     async def _connect(self) -> asyncpg.Connection:
         config = self.rt.config
-        return await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout,
-                                     server_settings={"application_name": "pgcutover-fallback"})
+        return await connect(config, "pgcutover-fallback")
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

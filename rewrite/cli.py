@@ -18,6 +18,7 @@ import sys
 from typing import TextIO
 
 from pgcutover.core.config import Config, Route, load_config
+from pgcutover.core.connect import connect
 from pgcutover.fallback.merge import build_merge
 from pgcutover.proxy.decision import Decision, decide
 from pgcutover.proxy.legacy import needs_store
@@ -44,9 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 async def _live_catalog(config: Config) -> tuple[Catalog, bool]:
     """The catalog, and whether pgcutover.try_vector is installed (the merge needs it for bytea formats)."""
-    import asyncpg
-
-    conn = await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout)
+    conn = await connect(config, "pgcutover-explain")
     try:
         decoder = bool(await conn.fetchval(
             "SELECT to_regprocedure('pgcutover.try_vector(anyelement,text,integer)') IS NOT NULL"))

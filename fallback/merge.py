@@ -152,6 +152,7 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from pgcutover.core.enums import Metric
 from pgcutover.core.quoting import quote_literal
 from pgcutover.rewrite.analyze import (
     MARK,
@@ -181,9 +182,9 @@ if TYPE_CHECKING:
 
 METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric
 # analyze's metric -> (the legacy search's metric, sign): the distance's value is sign * the search's distance.
-# inner_product() is pgvector's `<#>` negated, so its largest values are the search's nearest rows.
-SEARCH_METRICS = {"l2": ("l2", 1), "cosine": ("cosine", 1), "inner_product": ("ip", 1),
-                  "inner_product_positive": ("ip", -1), "l1": ("l1", 1)}
+# inner_product() (ip_positive) is pgvector's `<#>` negated, so its largest values are the search's nearest rows.
+SEARCH_METRICS = {Metric.L2: ("l2", 1), Metric.COSINE: ("cosine", 1), Metric.IP: ("ip", 1),
+                  Metric.IP_POSITIVE: ("ip", -1), Metric.L1: ("l1", 1)}
 KNN_METRICS = frozenset(METRICS.values())  # what fallback.knn searches (nearest first); others: fallback.scan
 INT8_MAX = 2**63 - 1
 BOUND_TYPE = "double precision"

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pgcutover.core.config import ConfigError
+from pgcutover.core.enums import Target
 
 from . import control
 from .evidence import percentile
@@ -217,7 +218,7 @@ class Breaker:
         window = self._windows.get(table)
         if window is None:
             window = self._windows[table] = _Window()
-        entries = window.shadow if target == "shadow" else window.primary if target == "primary" else None
+        entries = window.shadow if target == Target.SHADOW else window.primary if target == Target.PRIMARY else None
         if entries is not None:
             entries.append((time.monotonic(), latency, ok, sqlstate, primary, clean))
 

@@ -20,6 +20,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from pgcutover.core.config import HostPort, Route
+from pgcutover.core.enums import Target
 
 from .runtime import Runtime
 
@@ -125,11 +126,11 @@ class QueryMetrics:
 
 # -- one naming scheme, and every series from the start -----------------------------------------------------
 def _targets(route: Route) -> list[str]:
-    targets = ["primary"]
+    targets = [Target.PRIMARY]
     if route.shadow_table:
-        targets.append("shadow")
+        targets.append(Target.SHADOW)
     if route.legacy_column and route.fallback:
-        targets.append("fallback_merged")
+        targets.append(Target.MERGED)
     return targets
 
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgcutover.core.enums import Target
 from pgcutover.rewrite.router import plan_bytes
 from pgcutover.rewrite.split import SplitSession
 from pgcutover.rewrite.txcontrol import query_effects, statement_effect
@@ -186,7 +187,7 @@ class StatementRouting:
         if execution:
             split.implicit()
         # an unplanned similarity query on a fallback route (a passthrough plan naming it) is refused on the primary
-        target = "primary" if plan.passthrough else self.force_target or split.target_for(route)
+        target = Target.PRIMARY if plan.passthrough else self.force_target or split.target_for(route)
         if execution:
             self.rt.count_routed(route.table, target)
             outside = not split.explicit and self.session.tx_status == codes.TX_IDLE
@@ -251,7 +252,7 @@ class StatementRouting:
 
     def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
         """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
-        if (target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE
+        if (target == Target.SHADOW and cycle_start and self.session.tx_status == codes.TX_IDLE
                 and not self.split.explicit):
             assert plan.route is not None
             self.session.cycle_request = plan.route.table
@@ -332,7 +333,7 @@ class StatementRouting:
         if plan.passthrough:
             if self._unplanned(plan):  # forwarded as is, and refused at its Binds (primary-only answers)
                 self._target(plan, parse.sql, execution=not parse.name)
-                statement = RoutedStatement(plan, parse.sql, parse.param_oids, "primary")
+                statement = RoutedStatement(plan, parse.sql, parse.param_oids, Target.PRIMARY)
                 if parse.name:
                     self._keep(parse.name, statement)
                 else:
@@ -435,7 +436,7 @@ class StatementRouting:
         execution = self._executions[-1] if self._executions and self._executions[-1].plan is plan else None
         self._refused = False
         if execution is not None:
-            execution.target = "primary"
+            execution.target = Target.PRIMARY
         if plan.passthrough:  # the router could not plan it: no merge can be exact
             return refuse(plan.reason)
         waited = await self._wait_for_store(plan)
@@ -469,7 +470,7 @@ class StatementRouting:
 
     def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
         """The decision for the primary of a fallback route, with the route as in force now."""
-        return decide(plan, "primary", self._live_route(plan), store=True, unmergeable=unmergeable)
+        return decide(plan, Target.PRIMARY, self._live_route(plan), store=True, unmergeable=unmergeable)
 
     async def _wait_for_store(self, plan: Plan) -> str | None:
         """None once the route's store is loaded; else, after at most fallback_wait_ms, why it is not (or
@@ -507,7 +508,7 @@ class StatementRouting:
         decision = self.decision(plan, reason)
         self._refused = True
         if self._executions and self._executions[-1].plan is plan:
-            self._executions[-1].target = decision.target or "primary"
+            self._executions[-1].target = decision.target or Target.PRIMARY
         assert decision.route is not None
         if self.rt.fallback is not None:
             self.rt.fallback.count_unmerged(decision.route, reason_code(reason))
@@ -540,7 +541,7 @@ class StatementRouting:
         decision, text = self._refusal(plan, reason)
         if not decision.error:
             self._notice(text + "; answered from pgvector rows only")
-            return msg.query(plan.sql_for("primary") or sql)
+            return msg.query(plan.sql_for(Target.PRIMARY) or sql)
         return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
 
     def refuse_bind(self, statement: RoutedStatement, payload: bytes, reason: str) -> bytes:
@@ -625,7 +626,7 @@ class StatementRouting:
             if rt.query_metrics is not None:
                 rt.query_metrics.observe(table, execution.target, seconds, ok)
             if breaker is not None:
-                if not ok and execution.target == "shadow" and self.session.guarded_cycle:
+                if not ok and execution.target == Target.SHADOW and self.session.guarded_cycle:
                     # the failover re-runs it on the primary: whose fault it is shows there
                     self._awaiting_primary = (execution, seconds, self._sqlstate)
                 else:

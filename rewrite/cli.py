@@ -19,6 +19,7 @@ from typing import TextIO
 
 from pgcutover.core.config import Config, Route, load_config
 from pgcutover.core.connect import connect
+from pgcutover.core.enums import Target
 from pgcutover.fallback.merge import build_merge
 from pgcutover.proxy.decision import Decision, decide
 from pgcutover.proxy.legacy import needs_store
@@ -60,12 +61,13 @@ def decisions(plan: Plan, catalog: Catalog | None, server_decoder: bool = True) 
     if route is None:
         return [decide(plan, None)]
     if plan.passthrough:  # a route is named only for a similarity query the router could not plan
-        return [decide(plan, "primary", route, store=needs_store(route))]
-    targets = ["primary"] if route.split <= 0 else ["shadow"] if route.split >= 100 else ["primary", "shadow"]
+        return [decide(plan, Target.PRIMARY, route, store=needs_store(route))]
+    both = [Target.PRIMARY, Target.SHADOW]
+    targets = both[:1] if route.split <= 0 else both[1:] if route.split >= 100 else both
     store = needs_store(route)
     out = []
     for target in targets:
-        unmergeable = _unmergeable(plan, route, catalog, server_decoder) if target == "primary" and store else None
+        unmergeable = _unmergeable(plan, route, catalog, server_decoder) if target == Target.PRIMARY and store else None
         out.append(decide(plan, target, route, store=store, unmergeable=unmergeable))
     return out
 

@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgcutover.core import sqlstate
 from pgcutover.core.enums import Target
+from pgcutover.core.sqlstate import PROGRAM_LIMIT_EXCEEDED
 from pgcutover.rewrite.router import plan_bytes
 from pgcutover.rewrite.split import SplitSession
 from pgcutover.rewrite.txcontrol import query_effects, statement_effect
@@ -55,13 +57,13 @@ class SessionLimit(msg.ProtocolViolation):
     has no limit on prepared statements. FATAL because the session cannot be answered in place: the statement
     would be missing from every later Bind of the client's pipeline."""
 
-    def __init__(self, text: str, sqlstate: str = "54000") -> None:
+    def __init__(self, text: str, sqlstate: str = PROGRAM_LIMIT_EXCEEDED) -> None:
         super().__init__(text)
         self.sqlstate = sqlstate
 
 
-INEXACT_SQLSTATE = "0A000"  # feature_not_supported
-CANCELED_SQLSTATE = "57014"  # query_canceled, as the server says it
+INEXACT_SQLSTATE = sqlstate.FEATURE_NOT_SUPPORTED  # feature_not_supported
+CANCELED_SQLSTATE = sqlstate.QUERY_CANCELED  # query_canceled, as the server says it
 _RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
 # Statements after which the server has dropped prepared statements (ours included). A simple Query may hold
 # several statements, so the text is searched (a match inside a string literal only costs a re-prepare).
@@ -526,7 +528,7 @@ class StatementRouting:
         large reply of an earlier pipelined query streams through, it waits for the boundary (up to ~1 s)."""
         session = self.session
         if session._server_at_boundary():
-            session._to_client(msg.notice_response(text, "01000"))
+            session._to_client(msg.notice_response(text, sqlstate.WARNING))
         elif tries > 0:
             asyncio.get_running_loop().call_later(0.005, self._notice, text, tries - 1)
         else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged

@@ -288,6 +288,11 @@ class Route:
             raise ConfigError(f"{where}: table must be 'name' or 'schema.name'")
 
 
+def needs_store(route: Route) -> bool:
+    """A route whose legacy rows are searched in memory (the legacy column is not the vector column)."""
+    return bool(route.legacy_column and route.fallback and route.legacy_column != route.pg_vector_column)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     proxy: ProxySettings

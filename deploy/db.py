@@ -21,14 +21,15 @@ import asyncpg
 from pgcutover.core import quoting
 from pgcutover.core.config import Config, Route
 from pgcutover.core.connect import connect as core_connect
+from pgcutover.core.failure import OperatorError
 
 SCHEMA = "pgcutover"
 NOTIFY_CHANNEL = "pgcutover_changes"
 APPLICATION_NAME = "pgcutover-deploy"
 
 
-class DeployError(RuntimeError):
-    """A problem an operator can fix; the message says what and where."""
+class DeployError(OperatorError, RuntimeError):
+    """A problem an operator can fix; the message says what and where (one line, exit code 1)."""
 
 
 class Sql(str):

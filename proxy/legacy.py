@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pgcutover.core.config import Route
+from pgcutover.core.config import needs_store  # re-exported: proxy/app.py imports it from here
 from pgcutover.core.connect import connect
 from pgcutover.fallback.knn import BatchSearcher
 from pgcutover.fallback.store import LegacyStore
@@ -26,11 +26,6 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.legacy")
-
-
-def needs_store(route: Route) -> bool:
-    """A route whose legacy rows are searched in memory (the legacy column is not the vector column)."""
-    return bool(route.legacy_column and route.fallback and route.legacy_column != route.pg_vector_column)
 
 
 class FallbackService:

@@ -2,7 +2,7 @@
 
 The decision (forward / rewrite / merge / refuse) is proxy/decision.py's `decide()`, the function the proxy
 applies to every execution, fed the same snapshot: the router's plan, the targets the split can pick, whether
-the route has a fallback store (proxy/legacy.py's needs_store) and the merge's verdict on the shape
+the route has a fallback store (core/config.py's needs_store) and the merge's verdict on the shape
 (fallback/merge.py's build_merge, as the proxy's merge cache calls it). Only what is known at execution
 (the store not loaded yet, an unreadable vector value) can still turn a "merge" into a "refuse".
 
@@ -17,12 +17,11 @@ import asyncio
 import sys
 from typing import TextIO
 
-from pgcutover.core.config import Config, Route, load_config
+from pgcutover.core.config import Config, Route, load_config, needs_store
 from pgcutover.core.connect import connect
 from pgcutover.core.enums import Target
 from pgcutover.fallback.merge import build_merge
 from pgcutover.proxy.decision import Decision, decide
-from pgcutover.proxy.legacy import needs_store
 from pgcutover.rewrite.analyze import Passthrough, SimilarityQuery, normalize_search_path
 from pgcutover.rewrite.catalog import Catalog, load_catalog
 from pgcutover.rewrite.plan import Plan

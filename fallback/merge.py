@@ -152,7 +152,7 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from pgcutover.core.enums import Metric
+from pgcutover.core.enums import LegacyFormat, Metric
 from pgcutover.core.quoting import quote_literal
 from pgcutover.rewrite.analyze import (
     MARK,
@@ -692,10 +692,10 @@ def legacy_vector(route: Route, legacy: exp.Expression, dims: int, legacy_type: 
 def _decoder(fmt: str, dims: int, legacy_type: str | None, validity: bool) -> exp.Expression:
     """The parsed decoder template (callers copy it): parsing it costs milliseconds, plans need several."""
     valid = "TRUE" if validity else f"CAST(pgcutover_l.v AS vector({dims}))"
-    if fmt == "json":
+    if fmt == LegacyFormat.JSON:
         sql = _JSON_DECODER.format(L=_PLACEHOLDER, safe=JSON_SAFE, syntax=JSON_SYNTAX, commas=dims - 1,
                                    overflow=FLOAT4_OVERFLOW, valid=valid)
-    elif fmt == "array":
+    elif fmt == LegacyFormat.ARRAY:
         check = "" if legacy_type == "real[]" else _ARRAY_RANGE_CHECK.format(risky=ARRAY_RISKY,
                                                                               overflow=FLOAT4_OVERFLOW)
         sql = _ARRAY_DECODER.format(L=_PLACEHOLDER, range_check=check, dims=dims, valid=valid)

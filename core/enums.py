@@ -1,11 +1,12 @@
 """The shared vocabulary, one spelling each: targets, distance metrics, and the config's choice keys.
 
 StrEnum: every member is its string, so TOML values, metric label values, JSON, log lines and SQL parameters stay
-byte-identical (`f"{Target.SHADOW}"` is "shadow", `Target.SHADOW == "shadow"`). Only repr() differs: messages that
-list the choices use the plain values (e.g. config.STICKY_MODES).
+byte-identical (`f"{Target.SHADOW}"` is "shadow", `Target.SHADOW == "shadow"`). repr() is the string's too, so a
+message written `{route.legacy_format!r}` reads as it did when the value was a plain string. (orjson refuses enum
+members as dict keys: key JSON objects by plain strings.)
 
->>> Target.SHADOW == "shadow", f"{Metric.IP}", StickyMode("session") is StickyMode.SESSION
-(True, 'ip', True)
+>>> Target.SHADOW == "shadow", f"{Metric.IP}", StickyMode("session") is StickyMode.SESSION, LegacyFormat.JSON
+(True, 'ip', True, 'json')
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class Target(StrEnum):
+class Choice(StrEnum):
+    """A StrEnum whose repr() is its value's: messages keep their text."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Target(Choice):
     """Where a statement runs, and the `target` label of the query metrics."""
 
     PRIMARY = "primary"  # the table applications name, its pgvector column
@@ -24,7 +32,7 @@ class Target(StrEnum):
     PASSTHROUGH = "passthrough"  # not a similarity query on a route: the client's bytes, unchanged
 
 
-class Metric(StrEnum):
+class Metric(Choice):
     """A distance, by one name everywhere: the router's analysis, the fallback's searches, the config's
     `metric` (the index opclass: l2, cosine, ip) and `pgcutover index --metric`."""
 
@@ -40,7 +48,7 @@ class Metric(StrEnum):
 INDEX_METRICS = (Metric.L2, Metric.COSINE, Metric.IP)  # a route's `metric`: the opclass of its vector index
 
 
-class StickyMode(StrEnum):
+class StickyMode(Choice):
     """`sticky`: what keeps one client on one target while 0 < split < 100."""
 
     QUERY = "query"
@@ -48,7 +56,7 @@ class StickyMode(StrEnum):
     APPLICATION_NAME = "application_name"
 
 
-class LegacyFormat(StrEnum):
+class LegacyFormat(Choice):
     """`legacy_format`: how unmigrated rows keep their vector."""
 
     JSON = "json"
@@ -57,7 +65,7 @@ class LegacyFormat(StrEnum):
     ARRAY = "array"
 
 
-class FallbackStorage(StrEnum):
+class FallbackStorage(Choice):
     """`fallback_storage`: the in-memory store's element type."""
 
     FLOAT32 = "float32"
@@ -65,14 +73,14 @@ class FallbackStorage(StrEnum):
     FLOAT16 = "float16"
 
 
-class BadVectorMode(StrEnum):
+class BadVectorMode(Choice):
     """`on_bad_vector`: a legacy value that is not a vector of the route's dims."""
 
     ERROR = "error"
     SKIP = "skip"
 
 
-class InexactMode(StrEnum):
+class InexactMode(Choice):
     """`on_inexact`: a similarity query the fallback cannot answer exactly."""
 
     ERROR = "error"  # SQLSTATE 0A000

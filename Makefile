@@ -30,13 +30,13 @@ chromium:
 		echo "installing chromium (apt) for the readiness page test"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# ruff everywhere; mypy on the files pyproject's [tool.mypy] names (strict on proxy/protocol and rewrite)
+# ruff everywhere; mypy on the files pyproject's [tool.mypy] names (strict on core, proxy/protocol and rewrite)
 lint: $(BIN)/pgcutover
-	$(BIN)/ruff check proxy rewrite fallback deploy tests bench conftest.py
+	$(BIN)/ruff check core proxy rewrite fallback deploy tests bench conftest.py
 	$(BIN)/python tests/pkgroot.py >/dev/null
 	$(BIN)/python -m mypy
 
-# pyproject's testpaths: tests/ and the docstring examples of proxy/, rewrite/, fallback/, deploy/
+# pyproject's testpaths: tests/ and the docstring examples of core/, proxy/, rewrite/, fallback/, deploy/
 test: lint chromium
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory floors

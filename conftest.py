@@ -1,9 +1,9 @@
 """The package this checkout provides, and the names its docstring examples share (pytest's doctest_namespace).
 
-The doctests of proxy/, rewrite/, fallback/ and deploy/ run with --doctest-modules (pyproject.toml). pytest imports
-those files by their folder names (`proxy.config`); each such name is made the same module object as the package's
-(`pgcutover.proxy.config`), so no module is loaded twice (twice would mean two classes per enum and metrics
-registered twice). The source code itself never uses those short names (ruff's banned-api rule).
+The doctests of core/, proxy/, rewrite/, fallback/ and deploy/ run with --doctest-modules (pyproject.toml).
+pytest imports those files by their folder names (`core.routing`); each such name is made the same module object
+as the package's (`pgcutover.core.routing`), so no module is loaded twice (twice would mean two classes per enum
+and metrics registered twice). The source code itself never uses those short names (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _alias_folder_names() -> None:
 
 _alias_folder_names()
 
-from pgcutover.proxy.config import Route  # noqa: E402
+from pgcutover.core.config import Route  # noqa: E402
 from pgcutover.rewrite.analyze import analyze  # noqa: E402
 from pgcutover.rewrite.dialect import parse_one, to_sql  # noqa: E402
 

@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pgcutover.core.config import parse_config  # noqa: E402
 from pgcutover.deploy.backfill import BackfillOptions, backfill  # noqa: E402
 from pgcutover.deploy.triggers import install, uninstall  # noqa: E402
-from pgcutover.proxy.config import parse_config  # noqa: E402
 from pgcutover.proxy.embedded import EmbeddedPostgres  # noqa: E402
 
 POOL = 2000  # distinct vectors; rows reuse them (the compressed TOAST value is copied, so loading is fast)

@@ -41,9 +41,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pgcutover.core.config import Route  # noqa: E402
 from pgcutover.fallback.knn import BatchSearcher, Query, search_snapshot  # noqa: E402
 from pgcutover.fallback.store import LegacyStore  # noqa: E402
-from pgcutover.proxy.config import Route  # noqa: E402
 from pgcutover.proxy.embedded import EmbeddedPostgres  # noqa: E402
 
 TABLE = "article_chunks"

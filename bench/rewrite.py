@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, start_pgcutover, stop
-from pgcutover.proxy.config import parse_config
+from pgcutover.core.config import parse_config
 from pgcutover.proxy.embedded import EmbeddedPostgres, pg_binary
 
 PRIMARY_SQL = "SELECT id, content FROM items ORDER BY embedding <-> (SELECT v FROM queries WHERE qid = :qid) LIMIT 10;"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import timeit
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo
 from pgcutover.rewrite.router import Router
 

@@ -35,6 +35,7 @@ from typing import TextIO
 
 import asyncpg
 
+from pgcutover.core.config import Config
 from pgcutover.deploy.db import (
     SCHEMA,
     DeployError,
@@ -46,7 +47,6 @@ from pgcutover.deploy.db import (
     select_routes,
 )
 from pgcutover.deploy.triggers import SHADOW_TRIGGERS, install_schema, shadow_values
-from pgcutover.proxy.config import Config
 
 MAX_PASSES = 3
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.LockNotAvailableError)

@@ -14,13 +14,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pgcutover.proxy.config import METRICS, ConfigError, load_config
+from pgcutover.core.config import METRICS, ConfigError, load_config
+from pgcutover.core.failure import run_command
 
 CONFIG_HELP = "TOML file with [proxy] upstream and the [[route]] tables (as for `serve`); default $PGCUTOVER_CONFIG"
 
 
 def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    # failures (DeployError, asyncpg errors, OSError) become one line in proxy.cli.run_command
+    # failures (DeployError, asyncpg errors, OSError) become one line in core.failure.run_command
     return asyncio.run(work())
 
 
@@ -222,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command", required=True))
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
-    from pgcutover.proxy.cli import run_command
-
     return run_command(args)
 
 

@@ -18,15 +18,18 @@ from typing import Any
 
 import asyncpg
 
-from pgcutover.proxy.config import Config, Route
+from pgcutover.core import quoting
+from pgcutover.core.config import Config, Route
+from pgcutover.core.connect import connect as core_connect
+from pgcutover.core.failure import OperatorError
 
 SCHEMA = "pgcutover"
 NOTIFY_CHANNEL = "pgcutover_changes"
 APPLICATION_NAME = "pgcutover-deploy"
 
 
-class DeployError(RuntimeError):
-    """A problem an operator can fix; the message says what and where."""
+class DeployError(OperatorError, RuntimeError):
+    """A problem an operator can fix; the message says what and where (one line, exit code 1)."""
 
 
 class Sql(str):
@@ -36,20 +39,19 @@ class Sql(str):
 
 
 def quote_ident(name: str) -> Sql:
-    """Always-quoted identifier, exactly as PostgreSQL's quote_ident would quote it."""
-    if not name or "\x00" in name:
-        raise DeployError(f"invalid identifier {name!r}")
-    return Sql('"' + name.replace('"', '""') + '"')
+    """core.quoting's quote_ident, marked safe for render(); a bad name is the operator's to fix."""
+    try:
+        return Sql(quoting.quote_ident(name))
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def quote_literal(value: str) -> Sql:
-    """A string constant that reads back as `value` whatever standard_conforming_strings says."""
-    if "\x00" in value:
-        raise DeployError("string constants cannot contain NUL")
-    body = value.replace("'", "''")
-    if "\\" in body:
-        return Sql("E'" + body.replace("\\", "\\\\") + "'")
-    return Sql("'" + body + "'")
+    """core.quoting's quote_literal, marked safe for render()."""
+    try:
+        return Sql(quoting.quote_literal(value))
+    except ValueError:
+        raise DeployError("string constants cannot contain NUL") from None
 
 
 def qualified(schema: str, name: str) -> Sql:
@@ -87,8 +89,7 @@ def sql_file(name: str) -> str:
 
 
 async def connect(config: Config) -> asyncpg.Connection:
-    kwargs = config.proxy.upstream.asyncpg_kwargs()
-    return await asyncpg.connect(**kwargs, server_settings={"application_name": APPLICATION_NAME})
+    return await core_connect(config, APPLICATION_NAME)
 
 
 def select_routes(config: Config, table: str | None) -> list[Route]:

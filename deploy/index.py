@@ -20,6 +20,7 @@ from typing import TextIO
 
 import asyncpg
 
+from pgcutover.core.config import Config
 from pgcutover.deploy.db import (
     MAX_HNSW_HALFVEC_DIMS,
     MAX_HNSW_VECTOR_DIMS,
@@ -32,7 +33,6 @@ from pgcutover.deploy.db import (
     resolve_route,
     select_routes,
 )
-from pgcutover.proxy.config import Config
 
 OPS = {"l2": "l2_ops", "cosine": "cosine_ops", "ip": "ip_ops"}
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from pgcutover.core.config import Config
 from pgcutover.deploy.db import (
     SCHEMA,
     ResolvedRoute,
@@ -35,7 +36,6 @@ from pgcutover.deploy.triggers import (
     install_schema,
     installed_triggers,
 )
-from pgcutover.proxy.config import Config
 
 ACTIVE_SECONDS = 60  # a slot updated this recently counts towards the current backfill rate
 

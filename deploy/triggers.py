@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from pgcutover.core.config import Config
+from pgcutover.core.enums import BadVectorMode
 from pgcutover.deploy.db import (
     NOTIFY_CHANNEL,
     SCHEMA,
@@ -42,7 +44,6 @@ from pgcutover.deploy.db import (
     sql_int,
     vector_schema,
 )
-from pgcutover.proxy.config import Config
 
 DUAL_WRITE_TRIGGER = "pgcutover_dual_write"
 SHADOW_TRIGGERS = tuple(f"pgcutover_shadow_{op}" for op in ("insert", "update", "delete", "truncate"))
@@ -105,7 +106,7 @@ def _dual_write_sql(r: ResolvedRoute) -> list[str]:
         "display_lit": r.display_lit,
         "legacy_lit": quote_literal(r.legacy.name),
     }
-    handler = parts["on_bad_skip" if r.route.on_bad_vector == "skip" else "on_bad_error"]
+    handler = parts["on_bad_skip" if r.route.on_bad_vector == BadVectorMode.SKIP else "on_bad_error"]
     values["on_bad"] = Sql(render(handler, values).rstrip("\n"))
     return [render(parts["function"], values), render(parts["trigger"], values)]
 

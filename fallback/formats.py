@@ -20,9 +20,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
+from pgcutover.core.enums import LegacyFormat, values
+
+FORMATS = values(LegacyFormat)
+# plain strings for the per-value comparisons (decode_one runs per row; an enum attribute costs ~6x a str)
+_JSON, _BYTEA_F32, _BYTEA_F64, _ARRAY = (LegacyFormat.JSON.value, LegacyFormat.BYTEA_F32.value,
+                                        LegacyFormat.BYTEA_F64.value, LegacyFormat.ARRAY.value)
 # Formats whose text/array value the server can cast with `::vector`; bytea has no such cast.
-SERVER_CAST_FORMATS = frozenset({"json", "array"})
+SERVER_CAST_FORMATS = frozenset({_JSON, _ARRAY})
 PGVECTOR_BINARY = "pgvector"  # pseudo-format: the result of `legacy::vector` fetched in binary
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -128,13 +133,13 @@ def decode_one(fmt: str, value: Any, dims: int) -> np.ndarray:
     """Decode one value of `fmt` (a legacy format or PGVECTOR_BINARY)."""
     if value is None:
         raise VectorFormatError(NULL, "NULL value")
-    if fmt == "json":
+    if fmt == _JSON:
         return decode_json(value, dims)
-    if fmt == "bytea_f32":
+    if fmt == _BYTEA_F32:
         return decode_bytea(value, dims, 4)
-    if fmt == "bytea_f64":
+    if fmt == _BYTEA_F64:
         return decode_bytea(value, dims, 8)
-    if fmt == "array":
+    if fmt == _ARRAY:
         return decode_array(value, dims)
     if fmt == PGVECTOR_BINARY:
         return decode_pgvector_binary(value, dims)
@@ -143,9 +148,9 @@ def decode_one(fmt: str, value: Any, dims: int) -> np.ndarray:
 
 def _fixed_width(fmt: str, dims: int) -> tuple[int, np.dtype] | None:
     """Byte length and numpy dtype of one value for the formats that can be read in bulk."""
-    if fmt == "bytea_f32":
+    if fmt == _BYTEA_F32:
         return dims * 4, np.dtype(("<f4", (dims,)))
-    if fmt == "bytea_f64":
+    if fmt == _BYTEA_F64:
         return dims * 8, np.dtype(("<f8", (dims,)))
     if fmt == PGVECTOR_BINARY:
         return 4 + dims * 4, np.dtype([("dim", ">u2"), ("unused", ">u2"), ("v", ">f4", (dims,))])
@@ -155,7 +160,7 @@ def _fixed_width(fmt: str, dims: int) -> tuple[int, np.dtype] | None:
 def _length_error(fmt: str, value: bytes, dims: int) -> VectorFormatError:
     if fmt == PGVECTOR_BINARY and len(value) >= 2:
         return VectorFormatError(DIMS, f"expected {dims} dimensions, not {int.from_bytes(value[:2], 'big')}")
-    width = 8 if fmt == "bytea_f64" else 4
+    width = 8 if fmt == _BYTEA_F64 else 4
     return VectorFormatError(LENGTH, f"{len(value)} bytes, expected {dims * width} ({dims} x float{width * 8})")
 
 

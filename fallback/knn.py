@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgcutover.core.enums import Metric
 from pgcutover.fallback import metrics
 
 if TYPE_CHECKING:
@@ -114,11 +115,11 @@ def _bounds(metric: str, q_norm: float, snap: Snapshot) -> _Bounds:
     # (JSON decoded here goes text -> float64 -> float32, which can differ from pgvector's strtof by one ulp).
     half = snap.dtype == np.float16
     quant = U16 * mx + F16_ABS * math.sqrt(snap.dims) if half else 2 * U32 * mx
-    if metric == "l2":
+    if metric == Metric.L2:
         e1 = 2 * (2 * g * mx * q_norm + 2 * U32 * mx * mx + 2 * U32 * mx * q_norm)
         # pgvector: (a-b) rounded, squared, summed in float32: relative error <= gamma + 3u.
         return _Bounds(e1, 2 * quant * quant, 2 * (g + 3 * U32), 2 * 2 * quant, q_norm * q_norm)
-    if metric == "cosine":
+    if metric == Metric.COSINE:
         e1 = 2 * (g + 8 * U32)
         t = 2 * (2 * g + 8 * U32)
         if half:
@@ -127,7 +128,7 @@ def _bounds(metric: str, q_norm: float, snap: Snapshot) -> _Bounds:
         else:
             t += 2 * 2 * 2 * U32
         return _Bounds(e1, t, 0.0, 0.0, 1.0)
-    if metric == "l1":
+    if metric == Metric.L1:
         # pgvector: |a-b| rounded, summed in float32: relative error <= gamma + u; the stored row (float32 here,
         # float16 storage is bounded per row by the search) one ulp per element from the server's: u |x|_1.
         return _Bounds(0.0, 2 * 2 * U32 * math.sqrt(snap.dims) * mx, 2 * (g + 2 * U32), 0.0, 0.0)
@@ -369,11 +370,11 @@ def _gather(snap: Snapshot, segs: np.ndarray, rows: np.ndarray) -> tuple[np.ndar
 
 def _exact(metric: str, x: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Exact (float64) distance as pgvector defines it; l2 returned squared."""
-    if metric == "l2":
+    if metric == Metric.L2:
         diff = x - q[None, :]
         return np.einsum("ij,ij->i", diff, diff)
     dots = x @ q
-    if metric == "ip":
+    if metric == Metric.IP:
         return -dots
     norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * math.sqrt(float(q @ q))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -414,7 +415,7 @@ def _refine(plan: _Plan, snap: Snapshot, cands: _Candidates) -> list[SearchResul
         exact, keys = _exact_all(snap, query.metric, plan.q64[b], cands.seg[mine], cands.row[mine])
         chosen = _final_cut(exact, int(plan.ks[b]), plan.bounds[b])
         distances = exact[chosen]
-        results.append(SearchResult(keys[chosen], np.sqrt(distances) if query.metric == "l2" else distances,
+        results.append(SearchResult(keys[chosen], np.sqrt(distances) if query.metric == Metric.L2 else distances,
                                     query.k))
     return results
 
@@ -441,9 +442,9 @@ def search_snapshot(snap: Snapshot, queries: Sequence[Query], *, block_rows: int
     regular = []
     bounded = []  # int8 storage (no float32 row to refine with) and l1: candidate sets from bounds
     for i, query in enumerate(queries):
-        if query.metric == "cosine" and not query.vector.any():
+        if query.metric == Metric.COSINE and not query.vector.any():
             results[i] = _any_rows(snap, query)
-        elif snap.dtype == np.int8 or query.metric == "l1":
+        elif snap.dtype == np.int8 or query.metric == Metric.L1:
             bounded.append(i)
         else:
             regular.append(i)

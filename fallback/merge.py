@@ -118,7 +118,7 @@ quoted literals: for tests only, the proxy never sends it. Per query: `search_k(
 rows from the numpy search, then
 `extra_params(result.keys, guard_bound(result.distances, search_k(limit, offset)))`.
 
->>> from pgcutover.proxy.config import Route
+>>> from pgcutover.core.config import Route
 >>> from pgcutover.rewrite.analyze import analyze
 >>> route = Route(table="public.items", column="embedding", vector_column="embedding_vector",
 ...               legacy_column="embedding", legacy_format="bytea_f32", dims=3)
@@ -152,6 +152,8 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from pgcutover.core.enums import LegacyFormat, Metric
+from pgcutover.core.quoting import quote_literal
 from pgcutover.rewrite.analyze import (
     MARK,
     TAG_COLUMN,
@@ -175,14 +177,14 @@ from pgcutover.rewrite.transforms import (
 )
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.catalog import Catalog, ColumnInfo
 
 METRICS = {"<->": "l2", "<=>": "cosine", "<#>": "ip"}  # operator -> fallback.knn metric
 # analyze's metric -> (the legacy search's metric, sign): the distance's value is sign * the search's distance.
-# inner_product() is pgvector's `<#>` negated, so its largest values are the search's nearest rows.
-SEARCH_METRICS = {"l2": ("l2", 1), "cosine": ("cosine", 1), "inner_product": ("ip", 1),
-                  "inner_product_positive": ("ip", -1), "l1": ("l1", 1)}
+# inner_product() (ip_positive) is pgvector's `<#>` negated, so its largest values are the search's nearest rows.
+SEARCH_METRICS = {Metric.L2: ("l2", 1), Metric.COSINE: ("cosine", 1), Metric.IP: ("ip", 1),
+                  Metric.IP_POSITIVE: ("ip", -1), Metric.L1: ("l1", 1)}
 KNN_METRICS = frozenset(METRICS.values())  # what fallback.knn searches (nearest first); others: fallback.scan
 INT8_MAX = 2**63 - 1
 BOUND_TYPE = "double precision"
@@ -358,17 +360,6 @@ def _text_key(key: Any) -> str:
     if isinstance(key, bytes | bytearray | memoryview):
         raise TypeError("bytea keys have no literal form here; use sql_with_param")
     return str(key.item() if hasattr(key, "item") else key)
-
-
-def quote_literal(value: str) -> str:
-    """A string constant that reads back as `value` whatever standard_conforming_strings says (the algorithm of
-    PostgreSQL's quote_literal)."""
-    if "\x00" in value:
-        raise ValueError("a string constant cannot contain NUL")
-    body = value.replace("'", "''")
-    if "\\" in body:
-        return "E'" + body.replace("\\", "\\\\") + "'"
-    return "'" + body + "'"
 
 
 def _bound_literal(bound: float | None) -> str:
@@ -701,10 +692,10 @@ def legacy_vector(route: Route, legacy: exp.Expression, dims: int, legacy_type: 
 def _decoder(fmt: str, dims: int, legacy_type: str | None, validity: bool) -> exp.Expression:
     """The parsed decoder template (callers copy it): parsing it costs milliseconds, plans need several."""
     valid = "TRUE" if validity else f"CAST(pgcutover_l.v AS vector({dims}))"
-    if fmt == "json":
+    if fmt == LegacyFormat.JSON:
         sql = _JSON_DECODER.format(L=_PLACEHOLDER, safe=JSON_SAFE, syntax=JSON_SYNTAX, commas=dims - 1,
                                    overflow=FLOAT4_OVERFLOW, valid=valid)
-    elif fmt == "array":
+    elif fmt == LegacyFormat.ARRAY:
         check = "" if legacy_type == "real[]" else _ARRAY_RANGE_CHECK.format(risky=ARRAY_RISKY,
                                                                               overflow=FLOAT4_OVERFLOW)
         sql = _ARRAY_DECODER.format(L=_PLACEHOLDER, range_check=check, dims=dims, valid=valid)

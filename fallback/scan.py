@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgcutover.core.enums import Metric
+
 if TYPE_CHECKING:
     from pgcutover.fallback.store import Snapshot
 
@@ -60,12 +62,12 @@ def scan(snap: Snapshot, vector: np.ndarray, metric: str) -> Scan:
                 x, k = x[alive], k[alive]
             if not len(k):
                 continue
-            if metric == "l2":
+            if metric == Metric.L2:
                 diff = x - q[None, :]
                 d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            elif metric == "l1":
+            elif metric == Metric.L1:
                 d = np.abs(x - q[None, :]).sum(axis=1)
-            elif metric == "ip":
+            elif metric == Metric.IP:
                 d = -(x @ q)
             else:
                 norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * q_norm
@@ -89,11 +91,11 @@ def tolerance(snap: Snapshot, result: Scan, vector: np.ndarray, metric: str, dis
     mx = result.max_norm
     quant = (U16 * mx + F16_ABS * math.sqrt(dims)) if half else 2 * U32 * mx  # |stored row - server's row|
     d = abs(distance) if math.isfinite(distance) else 0.0
-    if metric == "l2":
+    if metric == Metric.L2:
         t = gamma * (d + mx + q_norm) + quant
-    elif metric == "l1":
+    elif metric == Metric.L1:
         t = gamma * (d + result.max_l1 + q_l1) + math.sqrt(dims) * quant
-    elif metric == "ip":
+    elif metric == Metric.IP:
         t = gamma * mx * q_norm + quant * q_norm
     else:
         min_norm = math.sqrt(snap.min_sq_norm) if math.isfinite(snap.min_sq_norm) and snap.min_sq_norm > 0 else 1.0

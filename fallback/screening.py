@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgcutover.core.enums import Metric
 from pgcutover.fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class _Plan:
                                     key=lambda i: ("l2", "cosine", "ip").index(self.metrics[i])), dtype=np.int64)
         self.groups: list[tuple[str, slice, np.ndarray]] = []  # (metric, columns of the product, query indices)
         at = 0
-        for metric in ("l2", "cosine", "ip"):
+        for metric in (Metric.L2, Metric.COSINE, Metric.IP):
             mine = self.gemm[[self.metrics[i] == metric for i in self.gemm]] if len(self.gemm) else self.gemm
             if len(mine):
                 self.groups.append((metric, slice(at, at + len(mine)), mine))
@@ -190,7 +191,7 @@ def _prefilter(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.nd
     A cheap lower bound of L per (row, query), from per-row maxima over the batch of the terms that are not the
     product itself: L >= c_r - raw * a_r * b_q. Rows whose cheap bound is above every query's limit cannot be
     candidates. Cosine and ip only (l2's |q|^2 differs too much between queries to share a row maximum)."""
-    if not np.isfinite(limit).any() or any(metric == "l2" for metric, _, _ in plan.groups):
+    if not np.isfinite(limit).any() or any(metric == Metric.L2 for metric, _, _ in plan.groups):
         return None
     quant = view.quant
     assert quant is not None
@@ -200,7 +201,7 @@ def _prefilter(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.nd
     keep = np.zeros(stop - start, dtype=bool)
     for metric, cols, queries in plan.groups:
         qn, qs, sumq, q_l1 = plan.qn[queries], plan.qscale[queries], np.abs(plan.sumq[queries]), plan.q_l1[queries]
-        if metric == "cosine":
+        if metric == Metric.COSINE:
             nx = np.sqrt(view.sq_norms[at])
             with np.errstate(divide="ignore", invalid="ignore"):
                 inv = np.where(nx > 0, 1 / nx, 0.0)
@@ -233,10 +234,10 @@ def _gemm_bounds(plan: _Plan, view: SegmentView, at: Rows, raw: np.ndarray) -> t
     sq = view.sq_norms[at, None]
     for metric, cols, queries in plan.groups:
         d, e = dot[:, cols], err[:, cols]
-        if metric == "ip":
+        if metric == Metric.IP:
             np.subtract(-d, e, out=low[:, cols])
             np.add(-d, e, out=up[:, cols])
-        elif metric == "l2":
+        elif metric == Metric.L2:
             qq = plan.qn[queries] ** 2
             est = sq - 2 * d + qq
             e2 = 2 * e + SLACK * (sq + qq + 2 * np.abs(d))
@@ -387,8 +388,8 @@ def _result(plan: _Plan, snap: Snapshot, cands: _Cands, b: int, lo: int, hi: int
             bound = min(bound, float(np.min(plan.lowest_server(dropped, b))))
             up, seg, row, server_up = up[:cap], seg[:cap], row[:cap], server_up[:cap]
         server_up = np.minimum(server_up, bound)
-    distances = np.sqrt(np.maximum(server_up, 0.0)) if metric == "l2" else server_up
-    if metric == "cosine":
+    distances = np.sqrt(np.maximum(server_up, 0.0)) if metric == Metric.L2 else server_up
+    if metric == Metric.COSINE:
         distances = np.where(up >= ZERO_SCORE, np.nan, distances)
     return SearchResult(_keys(snap, seg, row), distances, k)
 

@@ -49,12 +49,13 @@ import asyncpg
 import numpy as np
 import orjson
 
+from pgcutover.core.config import Route
+from pgcutover.core.enums import LegacyFormat
+from pgcutover.core.quoting import quote_ident, quote_table
 from pgcutover.fallback import formats, metrics
 from pgcutover.fallback.formats import PGVECTOR_BINARY, SERVER_CAST_FORMATS, VectorFormatError
 from pgcutover.fallback.knn import BLOCK_ROWS
 from pgcutover.fallback.notices import CHANNEL, NoticeError, WarningLimiter, parse_notice, valid_channel
-from pgcutover.proxy.config import Route
-from pgcutover.rewrite.catalog import quote_ident
 
 log = logging.getLogger("pgcutover.fallback")
 
@@ -227,11 +228,6 @@ class LoadReport:
 
 
 # -- SQL ---------------------------------------------------------------------------------------------------
-def quote_table(table: str) -> str:
-    schema, _, name = table.rpartition(".")
-    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
-
-
 @dataclass(frozen=True, slots=True)
 class _Sql:
     """The statements one route needs; identifiers quoted once, values always as parameters."""
@@ -303,11 +299,11 @@ def _key_converter(type_name: str) -> Callable[[Any], Key]:
 def _raw_dims(fmt: str, value: Any) -> int | None:
     """Dimensions of one raw legacy value, for routes that set no `dims` (None when unreadable)."""
     try:
-        if fmt == "json":
+        if fmt == LegacyFormat.JSON:
             parsed = orjson.loads(value)
             return len(parsed) if isinstance(parsed, list) else None
-        if fmt in ("bytea_f32", "bytea_f64"):
-            width = 4 if fmt == "bytea_f32" else 8
+        if fmt in (LegacyFormat.BYTEA_F32, LegacyFormat.BYTEA_F64):
+            width = 4 if fmt == LegacyFormat.BYTEA_F32 else 8
             return len(value) // width if len(value) % width == 0 else None
         return len(value)
     except (ValueError, TypeError):
@@ -643,7 +639,7 @@ class LegacyStore:
         keys, xmins = [r[0] for r in present], [r[1] for r in present]
         chunk = await asyncio.get_running_loop().run_in_executor(
             self._worker, formats.decode_many, fmt, [r[2] for r in present], self.dims)
-        if fmt == "json" and self._server_cast:
+        if fmt == LegacyFormat.JSON and self._server_cast:
             retry = {pos for pos, err in chunk.bad if err.reason == formats.SYNTAX}
             if retry:
                 chunk.bad = [(pos, err) for pos, err in chunk.bad if pos not in retry]

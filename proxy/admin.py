@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pgcutover.core import sqlstate
+from pgcutover.core.config import AdminSettings, ConfigError, redact_url
+from pgcutover.core.routing import Override, canonical_table
+
 from . import control, scram
-from .config import AdminSettings, ConfigError, redact_url
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.framing import MessageReader
 from .report import show_report
-from .routing import Override, canonical_table
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -101,21 +103,23 @@ class LocalLogin:
                 if kind == codes.F_TERMINATE:
                     raise LoginFailed("", "")  # a client giving up: close without a word
                 if kind != codes.F_PASSWORD:
-                    raise LoginFailed("08P01", f"expected SASL response, got message type {kind}")
+                    raise LoginFailed(sqlstate.PROTOCOL_VIOLATION, f"expected SASL response, got message type {kind}")
                 if self._on_password(payload):
                     return True
         except msg.ProtocolViolation as exc:
-            raise LoginFailed("08P01", str(exc)) from exc
+            raise LoginFailed(sqlstate.PROTOCOL_VIOLATION, str(exc)) from exc
         except scram.ScramError as exc:
             log.warning("admin console login of %r refused: %s", self.user, exc)
-            raise LoginFailed("28P01", f'password authentication failed for user "{self.user}"') from exc
+            raise LoginFailed(sqlstate.INVALID_PASSWORD,
+                              f'password authentication failed for user "{self.user}"') from exc
         return False
 
     def _on_password(self, payload: bytes) -> bool:
         if self.step == 0:  # SASLInitialResponse: mechanism, Int32 length, client-first-message
             mechanism, pos = msg.read_cstr(payload, 0)
             if mechanism != scram.MECHANISM:
-                raise LoginFailed("08P01", "client selected an invalid SASL authentication mechanism")
+                raise LoginFailed(sqlstate.PROTOCOL_VIOLATION,
+                                  "client selected an invalid SASL authentication mechanism")
             (length,) = _I32.unpack_from(payload, pos)
             first = payload[pos + 4 : pos + 4 + length] if length >= 0 else b""
             self.write(msg.message(b"R", _I32.pack(_SASL_CONTINUE) + self.scram.client_first(first)))
@@ -172,9 +176,10 @@ class AdminConsole:
                     self.write(msg.ready_for_query())
                 elif kind != codes.F_FLUSH and not self._in_error:
                     self._in_error = True
-                    self.write(msg.error_response("0A000", "the admin console speaks the simple query protocol only"))
+                    self.write(msg.error_response(sqlstate.FEATURE_NOT_SUPPORTED,
+                                                  "the admin console speaks the simple query protocol only"))
         except msg.ProtocolViolation as exc:
-            self.write(msg.error_response("08P01", f"pgcutover: {exc}", "FATAL"))
+            self.write(msg.error_response(sqlstate.PROTOCOL_VIOLATION, f"pgcutover: {exc}", "FATAL"))
             self.queue.put_nowait(None)
 
     def close(self) -> None:
@@ -189,10 +194,10 @@ class AdminConsole:
             try:
                 reply = await self.execute(sql)
             except ConfigError as exc:
-                reply = msg.error_response("22023", str(exc))
+                reply = msg.error_response(sqlstate.INVALID_PARAMETER_VALUE, str(exc))
             except Exception as exc:  # an admin command must never take the proxy down
                 log.exception("admin command %r failed", sql)
-                reply = msg.error_response("XX000", f"pgcutover: {exc}")
+                reply = msg.error_response(sqlstate.INTERNAL_ERROR, f"pgcutover: {exc}")
             self.write(reply + msg.ready_for_query())
 
     async def execute(self, sql: str) -> bytes:
@@ -267,7 +272,7 @@ class AdminConsole:
         return b"".join(msg.notice_response(
             f"the shared routing table is unreachable ({type(exc).__name__}); {t}: split {split:g} applied to "
             "this replica only, shown as local_only in SHOW ROUTES until the table is reachable again",
-            "01000", "WARNING") for t in tables)
+            sqlstate.WARNING, "WARNING") for t in tables)
 
     async def reload(self, _: list[str]) -> bytes:
         outcome = self.rt.reload() if self.rt.reload else "no config file to reload"
@@ -474,7 +479,7 @@ def show_help(_: Runtime) -> Rows:
 
 
 def _redact(dsn: str) -> str:
-    return redact_url(dsn)  # also malformed URLs and password= parameters (proxy/config.py)
+    return redact_url(dsn)  # also malformed URLs and password= parameters (core/config.py)
 
 
 SHOWS: dict[str, Callable[[Runtime], Rows]] = {

@@ -7,11 +7,12 @@ import logging
 import signal
 import sys
 
+from pgcutover.core.config import Config, ConfigError, load_config
+from pgcutover.core.routing import Override
+
 from . import metrics
-from .config import Config, ConfigError, load_config
 from .control import RoutingFollower
 from .listener import Listener
-from .routing import Override
 from .runtime import Runtime
 from .services import ServiceSupervisor
 

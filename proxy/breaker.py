@@ -43,12 +43,22 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pgcutover.core.config import ConfigError
+from pgcutover.core.enums import Target
+from pgcutover.core.sqlstate import (
+    QUERY_CANCELED,
+    UNDEFINED_COLUMN,
+    UNDEFINED_FUNCTION,
+    UNDEFINED_OBJECT,
+    UNDEFINED_TABLE,
+)
+
 from . import control
-from .config import ConfigError
 from .evidence import percentile
 
 if TYPE_CHECKING:
-    from .config import Route
+    from pgcutover.core.config import Route
+
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.breaker")
@@ -58,10 +68,9 @@ log = logging.getLogger("pgcutover.breaker")
 # supported (0A), transaction state (25: e.g. a statement in an already aborted transaction), transaction
 # rollback (40: serialization failures and deadlocks are about concurrency, not the shadow).
 CLIENT_FAULT_CLASSES = frozenset({"22", "23", "42", "0A", "25", "40"})
-SHADOW_FAULT_CODES = frozenset({"42P01", "42883"})
+SHADOW_FAULT_CODES = frozenset({UNDEFINED_TABLE, UNDEFINED_FUNCTION})
 # what a broken shadow gives but a client's own mistake gives too: undefined table, function, column, object
-AMBIGUOUS_CODES = frozenset({"42P01", "42883", "42703", "42704"})
-QUERY_CANCELED = "57014"
+AMBIGUOUS_CODES = frozenset({UNDEFINED_TABLE, UNDEFINED_FUNCTION, UNDEFINED_COLUMN, UNDEFINED_OBJECT})
 MAX_WINDOW_ENTRIES = 50_000  # per route and target: bounds memory at any query rate (the window then shortens)
 LATENCY_BUCKET_S = 1.0  # latencies are paired by the second they were recorded in
 PROBE_TTL = 5.0  # seconds a probe of the shadow settles unverified errors for
@@ -214,7 +223,7 @@ class Breaker:
         window = self._windows.get(table)
         if window is None:
             window = self._windows[table] = _Window()
-        entries = window.shadow if target == "shadow" else window.primary if target == "primary" else None
+        entries = window.shadow if target == Target.SHADOW else window.primary if target == Target.PRIMARY else None
         if entries is not None:
             entries.append((time.monotonic(), latency, ok, sqlstate, primary, clean))
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from pgcutover.core.config import Config, Route, load_config
+
 from . import control
-from .config import Config, Route, load_config
 
 VECTOR_TYPES = ("vector", "halfvec", "sparsevec", "bit")
 

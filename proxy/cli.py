@@ -9,8 +9,8 @@ import sys
 import textwrap
 from importlib import metadata
 
-from .config import KEY_HELP, load_config
-from .failure import EXIT_INTERRUPTED, context_for, describe
+from pgcutover.core.config import KEY_HELP, load_config
+from pgcutover.core.failure import run_command
 
 
 def _serve_epilog() -> str:
@@ -136,21 +136,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pgcutover: --log-level {args.log_level!r}: use DEBUG, INFO, WARNING or ERROR", file=sys.stderr)
         sys.exit(2)
     sys.exit(run_command(args))
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run the parsed command; an expected failure becomes one line on stderr and its exit code."""
-    try:
-        return args.func(args)
-    except (Exception, KeyboardInterrupt) as exc:
-        if getattr(args, "debug", False):
-            raise
-        if isinstance(exc, KeyboardInterrupt):
-            return EXIT_INTERRUPTED
-        line, code = describe(exc, context_for(getattr(args, "config", None)))
-        command = " ".join(w for w in (getattr(args, "command", None), getattr(args, "route_command", None)) if w)
-        print(f"pgcutover {command}: {line}" if command else f"pgcutover: {line}", file=sys.stderr)
-        return code
 
 
 if __name__ == "__main__":

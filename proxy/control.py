@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .config import STICKY_MODES, Config, ConfigError, Route
-from .routing import Override, canonical_table
+from pgcutover.core.config import STICKY_MODES, Config, ConfigError, Route
+from pgcutover.core.connect import connect as core_connect
+from pgcutover.core.routing import Override, canonical_table
 
 log = logging.getLogger("pgcutover.control")
 
@@ -55,8 +56,7 @@ def default_actor(via: str) -> str:
 
 
 async def connect(config: Config) -> asyncpg.Connection:
-    return await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout,
-                                 server_settings={"application_name": "pgcutover-control"})
+    return await core_connect(config, "pgcutover-control")
 
 
 async def init_schema(conn: asyncpg.Connection) -> None:

@@ -9,9 +9,10 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+from pgcutover.core.config import STICKY_MODES, Config, load_config
+from pgcutover.core.routing import apply_overrides
+
 from . import control
-from .config import STICKY_MODES, Config, load_config
-from .routing import apply_overrides
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:

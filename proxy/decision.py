@@ -16,14 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pgcutover.core.enums import InexactMode, Target
+
 if TYPE_CHECKING:
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import Plan
 
-    from .config import Route
-
 FORWARD, REWRITE, MERGE, REFUSE = "forward", "rewrite", "merge", "refuse"
-MERGED = "fallback_merged"  # the metrics' target label of a merged execution (it runs on the primary)
-REFUSED = "fallback_refused"  # ... of one refused with 0A000 (on_inexact = "error"): no target answered it
+MERGED = Target.MERGED  # the metrics' target label of a merged execution (it runs on the primary)
+REFUSED = Target.REFUSED  # ... of one refused with 0A000 (on_inexact = "error"): no target answered it
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ class Decision:
 
     @property
     def error(self) -> bool:
-        return self.action == REFUSE and self.on_inexact == "error"
+        return self.action == REFUSE and self.on_inexact == InexactMode.ERROR
 
     def describe(self) -> str:
         if self.action == FORWARD:
@@ -55,14 +56,14 @@ def decide(plan: Plan, target: str | None, route: Route | None = None, *, store:
     """The decision for one execution. `route`: the route as in force now (split, on_inexact; default the
     plan's); `store`: the route has a fallback store; `unmergeable`: why the merge cannot answer this execution
     exactly (None: it can, as far as is known)."""
-    if plan.route is None or target is None or (plan.passthrough and not (store and target == "primary")):
+    if plan.route is None or target is None or (plan.passthrough and not (store and target == Target.PRIMARY)):
         return Decision(FORWARD, plan.route.table if plan.route else None, None, plan.reason)
     route = route or plan.route
     if plan.passthrough:  # a similarity query on a fallback route the router could not plan: never exact
         unmergeable = unmergeable or plan.reason
-    if target != "primary" or not store:
+    if target != Target.PRIMARY or not store:
         return Decision(REWRITE, route.table, target, plan.reason)
     if unmergeable is None:
         return Decision(MERGE, route.table, MERGED, "exact over all rows")
-    return Decision(REFUSE, route.table, REFUSED if route.on_inexact == "error" else "primary", unmergeable,
+    return Decision(REFUSE, route.table, REFUSED if route.on_inexact == "error" else Target.PRIMARY, unmergeable,
                     route.on_inexact)

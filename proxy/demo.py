@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pgcutover.core.config import load_config
+from pgcutover.core.failure import OperatorError
+
 from .app import install_event_loop_policy, serve
-from .config import load_config
 from .embedded import EmbeddedPostgres, free_port, pg_binary
-from .failure import OperatorError
 
 DEFAULT_PORT, DEFAULT_METRICS_PORT = 6432, 9187
 

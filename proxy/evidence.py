@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Route
+    from pgcutover.core.config import Route
 
 Z95 = 1.959963984540054
 MIN_EXACT_SAMPLES = 30  # below this many brute-force comparisons the exact recall is shown, not judged

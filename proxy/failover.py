@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pgcutover.core import sqlstate
+
 from .breaker import shadow_fault
 from .protocol import codes
 from .protocol.framing import split_messages
@@ -20,7 +22,7 @@ from .protocol.messages import parse_error_fields
 
 # Beyond what counts against the shadow (breaker.shadow_fault), these may well be the shadow's doing (a
 # renamed column, a missing type or operator class): a replay on the primary settles it at little cost.
-_WORTH_A_REPLAY = frozenset(("42703", "42704", "0A000"))
+_WORTH_A_REPLAY = frozenset((sqlstate.UNDEFINED_COLUMN, sqlstate.UNDEFINED_OBJECT, sqlstate.FEATURE_NOT_SUPPORTED))
 _REPLAYABLE_ASYNC = frozenset((codes.B_NOTIFICATION, codes.B_PARAM_STATUS))
 _STATEMENT_MESSAGES = frozenset((codes.F_PARSE, codes.F_BIND, codes.F_EXECUTE, codes.F_QUERY,
                                  codes.F_FUNCTION_CALL))

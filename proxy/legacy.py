@@ -16,21 +16,19 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pgcutover.core.config import needs_store
+from pgcutover.core.connect import connect
 from pgcutover.fallback.knn import BatchSearcher
 from pgcutover.fallback.store import LegacyStore
 
-from .config import Route
 from .merged import MergeCache
 
 if TYPE_CHECKING:
+    from pgcutover.core.config import Route
+
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.legacy")
-
-
-def needs_store(route: Route) -> bool:
-    """A route whose legacy rows are searched in memory (the legacy column is not the vector column)."""
-    return bool(route.legacy_column and route.fallback and route.legacy_column != route.pg_vector_column)
 
 
 class FallbackService:
@@ -65,8 +63,7 @@ class FallbackService:
 
     async def _connect(self) -> asyncpg.Connection:
         config = self.rt.config
-        return await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout,
-                                     server_settings={"application_name": "pgcutover-fallback"})
+        return await connect(config, "pgcutover-fallback")
 
     def start(self, routes: Iterable[Route]) -> None:
         """A store, loading in the background, for each route that needs one and has none yet."""

@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgcutover.core.lru import ByteLRU
+from pgcutover.core.quoting import quote_ident, quote_table
 from pgcutover.fallback.merge import KNN_METRICS, MergePlan, build_merge, guard_bound
 from pgcutover.fallback.scan import candidates as scan_candidates
 from pgcutover.fallback.scan import scan
-from pgcutover.fallback.store import quote_table
 from pgcutover.rewrite.analyze import Passthrough
-from pgcutover.rewrite.cache import ByteLRU
-from pgcutover.rewrite.catalog import quote_ident
 
 from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, SYNC
@@ -76,7 +75,7 @@ class MergeCache:
     def __init__(self, service: FallbackService, size: int = 1024) -> None:
         self.service = service
         self.size = size
-        # bounded in bytes as well (rewrite/cache.py): a merge plan holds its SQL texts, vector literal included
+        # bounded in bytes as well (core/lru.py): a merge plan holds its SQL texts, vector literal included
         self._plans: ByteLRU[tuple[str, str], MergePlan | str] = ByteLRU(
             size, service.rt.config.proxy.plan_cache_bytes)
         self.row_reads = asyncio.Semaphore(ROW_READS)  # the proxy's own connections reading a query row

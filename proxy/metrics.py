@@ -22,10 +22,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from pgcutover.core.config import HostPort, Route
+from pgcutover.core.enums import Target
 from pgcutover.fallback import metrics as fallback_metrics
 from pgcutover.fallback.metrics import cumulative, go_float
-
-from .config import HostPort, Route
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -159,11 +159,11 @@ def families(rt: Runtime | None) -> list[Metric]:
 
 # -- one naming scheme, and every series from the start -----------------------------------------------------
 def _targets(route: Route) -> list[str]:
-    targets = ["primary"]
+    targets: list[str] = [Target.PRIMARY]
     if route.shadow_table:
-        targets.append("shadow")
+        targets.append(Target.SHADOW)
     if route.legacy_column and route.fallback:
-        targets.append("fallback_merged")
+        targets.append(Target.MERGED)
     return targets
 
 

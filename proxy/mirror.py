@@ -41,14 +41,15 @@ import os
 import random
 import socket
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pgcutover.rewrite.cache import ByteLRU
+from pgcutover.core.enums import Target
+from pgcutover.core.lru import ByteLRU
 from pgcutover.rewrite.mirror_sql import (
     MAX_K,
     VOLATILE_ELSEWHERE_SQL,
@@ -64,9 +65,9 @@ from .evidence import compare
 from .wire_params import UnsupportedParam, decode_params
 
 if TYPE_CHECKING:
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import Plan
 
-    from .config import Route
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.mirror")
@@ -145,7 +146,7 @@ class Mirror:
         self._buckets: dict[str, tuple[float, float]] = {}  # route table -> (tokens, refreshed at)
         self._pool: asyncpg.Pool | None = None  # the proxy's own user: sample storage and the report only
         self._exec_pool: asyncpg.Pool | None = None  # mirror_user: runs client statements (as the client)
-        self._volatile: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # name -> (volatile, checked at)
+        self._volatile: ByteLRU[str, tuple[bool, float]] = ByteLRU(VOLATILITY_CACHE)  # name -> (volatile, checked)
         self._volatile_elsewhere: tuple[bool, float] | None = None
         self._functions: ByteLRU[str, frozenset[str]] = ByteLRU(STATEMENT_CACHE * 3, STATEMENT_CACHE_BYTES)
         self._warned_roles: set[str | None] = set()
@@ -288,10 +289,10 @@ class Mirror:
             raise _Dropped("no-user")
         if request.database and request.database != self.rt.config.proxy.upstream.database:
             raise _Dropped("other-database")  # the client may not even have CONNECT on the mirror's database
-        sql = {target: self._keys_sql(plan, target) for target in ("primary", "shadow")}
+        sql = {target: self._keys_sql(plan, target) for target in (Target.PRIMARY, Target.SHADOW)}
         exact = self._rng.random() * 100 < route.mirror_exact
         if exact:
-            sql["exact"] = self._keys_sql(plan, "exact")
+            sql[Target.EXACT] = self._keys_sql(plan, Target.EXACT)
         pool = self._exec_pool
         if pool is None:
             raise _Dropped("not-running" if self.rt.config.proxy.mirror_user else "no-mirror-user")
@@ -300,15 +301,15 @@ class Mirror:
                 await self._check_volatility(conn, sql.values())
                 async with conn.transaction(readonly=True):
                     await self._become_client(conn, request)
-                    args = await self._arguments(conn, request, sql["primary"])
-                order = ["primary", "shadow"]
+                    args = await self._arguments(conn, request, sql[Target.PRIMARY])
+                order = [Target.PRIMARY, Target.SHADOW]
                 self._rng.shuffle(order)  # neither target always runs on a warm connection
                 outcomes = {target: await self._execute(conn, request, target, sql[target], args)
                             for target in order}
-                truth = await self._execute(conn, request, "exact", sql["exact"], args) if exact else None
+                truth = await self._execute(conn, request, Target.EXACT, sql[Target.EXACT], args) if exact else None
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:  # e.g. the pool cannot connect right now
             raise _Dropped("mirror-connection") from exc
-        sample = self._sample(request, outcomes["primary"], outcomes["shadow"], truth)
+        sample = self._sample(request, outcomes[Target.PRIMARY], outcomes[Target.SHADOW], truth)
         self._record(sample)
         return sample
 
@@ -349,10 +350,7 @@ class Mirror:
         if unknown:
             found = {row[0]: row[1] for row in await conn.fetch(VOLATILE_NAMES_SQL, unknown)}
             for name in unknown:
-                self._volatile[name] = (found.get(name, True), now)  # not in pg_proc: unsure, refused
-                self._volatile.move_to_end(name)
-            while len(self._volatile) > VOLATILITY_CACHE:
-                self._volatile.popitem(last=False)
+                self._volatile.put(name, (found.get(name, True), now))  # not in pg_proc: unsure, refused
             if any(found.get(name, True) for name in unknown):
                 raise _Dropped("volatile-function")
 
@@ -409,10 +407,10 @@ class Mirror:
         try:
             async with conn.transaction(readonly=True):
                 await self._become_client(conn, request)
-                if target == "shadow" and route.shadow_timeout_ms > 0:
+                if target == Target.SHADOW and route.shadow_timeout_ms > 0:
                     await conn.execute("SELECT pg_catalog.set_config('statement_timeout', $1, true)",
                                        str(int(route.shadow_timeout_ms)))
-                elif target == "exact":
+                elif target == Target.EXACT:
                     await conn.execute(_EXACT_SETTINGS)
                 statement = await conn.prepare(sql)
                 count = len(statement.get_parameters())
@@ -426,7 +424,7 @@ class Mirror:
         except asyncpg.DataError as exc:
             raise _Dropped("unsupported-param") from exc
         except _CONNECTION_ERRORS as exc:
-            if target == "primary":
+            if target == Target.PRIMARY:
                 raise
             return Outcome(False, None, [], None, f"connection:{type(exc).__name__}")
 

@@ -27,8 +27,10 @@ import asyncpg
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from pgcutover.core.config import Config, ConfigError, Route, load_config
+from pgcutover.core.routing import canonical_table
+
 from . import control
-from .config import Config, ConfigError, Route, load_config
 from .evidence import (
     INSUFFICIENT,
     NOT_READY,
@@ -40,7 +42,6 @@ from .evidence import (
     verdict,
     wilson,
 )
-from .routing import canonical_table
 
 if TYPE_CHECKING:
     from .breaker import BreakerState

@@ -20,7 +20,8 @@ from typing import Any
 
 import asyncpg
 
-from .config import Route
+from pgcutover.core.config import Route
+
 from .evidence import INSUFFICIENT, NOT_READY, READY, mean_interval
 from .report import DEFAULT_SINCE, RouteReport, _latency_ms
 

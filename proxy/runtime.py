@@ -7,8 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from .config import Config, ConfigError, Route
-from .routing import Override, RoutingSnapshot, apply_overrides
+from pgcutover.core.config import Config, ConfigError, Route
+from pgcutover.core.routing import Override, RoutingSnapshot, apply_overrides
+
 from .services import Services
 
 if TYPE_CHECKING:

@@ -15,22 +15,14 @@ import hashlib
 import hmac
 import secrets
 import unicodedata
-from dataclasses import dataclass
 
-MECHANISM = "SCRAM-SHA-256"
+from pgcutover.core.verifier import MECHANISM, Verifier, parse_verifier
+
 DEFAULT_ITERATIONS = 4096  # PostgreSQL's scram_iterations default
 
 
 class ScramError(Exception):
     """The exchange failed: malformed messages, or the proof does not match (wrong password)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Verifier:
-    iterations: int
-    salt: bytes
-    stored_key: bytes
-    server_key: bytes
 
 
 def _b64(data: bytes) -> str:
@@ -59,21 +51,6 @@ def make_verifier(password: str, *, salt: bytes | None = None, iterations: int =
     stored_key = hashlib.sha256(client_key).digest()
     server_key = _hmac(salted, b"Server Key")
     return f"{MECHANISM}${iterations}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}"
-
-
-def parse_verifier(text: str) -> Verifier:
-    """Raises ValueError (with no part of the verifier in its message) when `text` is not a SCRAM verifier."""
-    try:
-        mechanism, params, keys = text.split("$")
-        iterations, salt = params.split(":")
-        stored, server = keys.split(":")
-        verifier = Verifier(int(iterations), _unb64(salt), _unb64(stored), _unb64(server))
-    except (ValueError, ScramError) as exc:
-        raise ValueError("not a SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iter>:<salt>$<key>:<key>)") from exc
-    if mechanism != MECHANISM or verifier.iterations < 1 or len(verifier.stored_key) != 32 \
-            or len(verifier.server_key) != 32:
-        raise ValueError("not a SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iter>:<salt>$<key>:<key>)")
-    return verifier
 
 
 def mock_verifier() -> Verifier:

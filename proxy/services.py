@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from pgcutover.core.config import Config, Route
     from pgcutover.rewrite.catalog import Catalog
     from pgcutover.rewrite.router import Router
 
     from .breaker import Breaker
-    from .config import Config, Route
     from .legacy import FallbackService
     from .metrics import QueryMetrics
     from .migration_stats import MigrationStats
@@ -77,8 +77,10 @@ async def read_catalog(config: Config, routes: Sequence[Route]) -> Catalog | Non
 
 def build_services(runtime: Runtime, current: Services, router: Router | None) -> Services:
     """`current` plus every service the routes in force need and it lacks. The one place services are built."""
+    from pgcutover.core.config import needs_store
+
     from .breaker import Breaker
-    from .legacy import FallbackService, needs_store
+    from .legacy import FallbackService
     from .metrics import QueryMetrics
     from .migration_stats import MigrationStats
     from .mirror import Mirror

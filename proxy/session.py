@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pgcutover.core.enums import Target
+
 from .admin import ADMIN_DATABASE
 from .cancel import BackendKey
 from .deferred import Deferred
@@ -643,7 +645,7 @@ class Session:
             if not cycle.synced:  # the error left the server discarding messages until a Sync: send ours
                 self.tracker.expect(replies.SYNC, replies.DROP)
                 self._to_server(msg.SYNC)
-            self.routing.force_target = "primary"
+            self.routing.force_target = Target.PRIMARY
             try:
                 self.client_data(bytes(cycle.recorded))
             finally:

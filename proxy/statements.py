@@ -22,6 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgcutover.core import sqlstate
+from pgcutover.core.enums import Target
+from pgcutover.core.sqlstate import PROGRAM_LIMIT_EXCEEDED
 from pgcutover.rewrite.router import plan_bytes
 from pgcutover.rewrite.split import SplitSession
 from pgcutover.rewrite.txcontrol import query_effects, statement_effect
@@ -35,9 +38,9 @@ from .protocol import messages as msg
 from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, PARSE, QUERY
 
 if TYPE_CHECKING:
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import Plan
 
-    from .config import Route
     from .session import Session
 
 log = logging.getLogger("pgcutover.statements")
@@ -54,13 +57,13 @@ class SessionLimit(msg.ProtocolViolation):
     has no limit on prepared statements. FATAL because the session cannot be answered in place: the statement
     would be missing from every later Bind of the client's pipeline."""
 
-    def __init__(self, text: str, sqlstate: str = "54000") -> None:
+    def __init__(self, text: str, sqlstate: str = PROGRAM_LIMIT_EXCEEDED) -> None:
         super().__init__(text)
         self.sqlstate = sqlstate
 
 
-INEXACT_SQLSTATE = "0A000"  # feature_not_supported
-CANCELED_SQLSTATE = "57014"  # query_canceled, as the server says it
+INEXACT_SQLSTATE = sqlstate.FEATURE_NOT_SUPPORTED  # feature_not_supported
+CANCELED_SQLSTATE = sqlstate.QUERY_CANCELED  # query_canceled, as the server says it
 _RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
 # Statements after which the server has dropped prepared statements (ours included). A simple Query may hold
 # several statements, so the text is searched (a match inside a string literal only costs a re-prepare).
@@ -186,7 +189,7 @@ class StatementRouting:
         if execution:
             split.implicit()
         # an unplanned similarity query on a fallback route (a passthrough plan naming it) is refused on the primary
-        target = "primary" if plan.passthrough else self.force_target or split.target_for(route)
+        target = Target.PRIMARY if plan.passthrough else self.force_target or split.target_for(route)
         if execution:
             self.rt.count_routed(route.table, target)
             outside = not split.explicit and self.session.tx_status == codes.TX_IDLE
@@ -251,7 +254,7 @@ class StatementRouting:
 
     def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
         """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
-        if (target == "shadow" and cycle_start and self.session.tx_status == codes.TX_IDLE
+        if (target == Target.SHADOW and cycle_start and self.session.tx_status == codes.TX_IDLE
                 and not self.split.explicit):
             assert plan.route is not None
             self.session.cycle_request = plan.route.table
@@ -332,7 +335,7 @@ class StatementRouting:
         if plan.passthrough:
             if self._unplanned(plan):  # forwarded as is, and refused at its Binds (primary-only answers)
                 self._target(plan, parse.sql, execution=not parse.name)
-                statement = RoutedStatement(plan, parse.sql, parse.param_oids, "primary")
+                statement = RoutedStatement(plan, parse.sql, parse.param_oids, Target.PRIMARY)
                 if parse.name:
                     self._keep(parse.name, statement)
                 else:
@@ -435,7 +438,7 @@ class StatementRouting:
         execution = self._executions[-1] if self._executions and self._executions[-1].plan is plan else None
         self._refused = False
         if execution is not None:
-            execution.target = "primary"
+            execution.target = Target.PRIMARY
         if plan.passthrough:  # the router could not plan it: no merge can be exact
             return refuse(plan.reason)
         waited = await self._wait_for_store(plan)
@@ -469,7 +472,7 @@ class StatementRouting:
 
     def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
         """The decision for the primary of a fallback route, with the route as in force now."""
-        return decide(plan, "primary", self._live_route(plan), store=True, unmergeable=unmergeable)
+        return decide(plan, Target.PRIMARY, self._live_route(plan), store=True, unmergeable=unmergeable)
 
     async def _wait_for_store(self, plan: Plan) -> str | None:
         """None once the route's store is loaded; else, after at most fallback_wait_ms, why it is not (or
@@ -507,7 +510,7 @@ class StatementRouting:
         decision = self.decision(plan, reason)
         self._refused = True
         if self._executions and self._executions[-1].plan is plan:
-            self._executions[-1].target = decision.target or "primary"
+            self._executions[-1].target = decision.target or Target.PRIMARY
         assert decision.route is not None
         if self.rt.fallback is not None:
             self.rt.fallback.count_unmerged(decision.route, reason_code(reason))
@@ -525,7 +528,7 @@ class StatementRouting:
         large reply of an earlier pipelined query streams through, it waits for the boundary (up to ~1 s)."""
         session = self.session
         if session._server_at_boundary():
-            session._to_client(msg.notice_response(text, "01000"))
+            session._to_client(msg.notice_response(text, sqlstate.WARNING))
         elif tries > 0:
             asyncio.get_running_loop().call_later(0.005, self._notice, text, tries - 1)
         else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
@@ -540,7 +543,7 @@ class StatementRouting:
         decision, text = self._refusal(plan, reason)
         if not decision.error:
             self._notice(text + "; answered from pgvector rows only")
-            return msg.query(plan.sql_for("primary") or sql)
+            return msg.query(plan.sql_for(Target.PRIMARY) or sql)
         return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
 
     def refuse_bind(self, statement: RoutedStatement, payload: bytes, reason: str) -> bytes:
@@ -625,7 +628,7 @@ class StatementRouting:
             if rt.query_metrics is not None:
                 rt.query_metrics.observe(table, execution.target, seconds, ok)
             if breaker is not None:
-                if not ok and execution.target == "shadow" and self.session.guarded_cycle:
+                if not ok and execution.target == Target.SHADOW and self.session.guarded_cycle:
                     # the failover re-runs it on the primary: whose fault it is shows there
                     self._awaiting_primary = (execution, seconds, self._sqlstate)
                 else:

@@ -11,7 +11,9 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import ProxySettings, UpstreamDsn
+from pgcutover.core.config import ProxySettings, UpstreamDsn
+from pgcutover.core.connect import tls_context
+
 from .protocol.messages import SSL_REQUEST_PACKET
 
 
@@ -44,18 +46,6 @@ def tls_warnings(settings: ProxySettings) -> list[str]:
                 f"(upstream_sslmode = {upstream.sslmode!r}): clients believe their queries travel encrypted "
                 f"all the way to {upstream.host}:{upstream.port}"]
     return []
-
-
-def client_ssl_context(dsn: UpstreamDsn) -> ssl.SSLContext:
-    """libpq semantics: require = encrypt without verifying; verify-ca / verify-full check the chain (and name)."""
-    if dsn.sslmode in ("verify-ca", "verify-full"):
-        ctx = ssl.create_default_context(cafile=dsn.sslrootcert)
-        ctx.check_hostname = dsn.sslmode == "verify-full"
-        return ctx
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class _SslAnswer(asyncio.Protocol):
@@ -96,7 +86,7 @@ async def open_upstream(
             if answer[:1] == b"S" and len(answer) == 1:
                 loop = asyncio.get_running_loop()
                 server_hostname = dsn.host if dsn.sslmode == "verify-full" else None
-                transport = await loop.start_tls(transport, negotiator, client_ssl_context(dsn),
+                transport = await loop.start_tls(transport, negotiator, tls_context(dsn),
                                                  server_hostname=server_hostname)
             elif answer[:1] != b"N" or len(answer) != 1 or dsn.sslmode not in ("prefer",):
                 transport.close()

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from pgcutover.core.enums import Metric
 from pgcutover.rewrite.dialect import DISTANCE_NODES, VectorDistance, VectorDistanceFunc, distance_operator, parse
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.catalog import Catalog, TableInfo
 
 MARK = "pgcutover"  # meta key of the tags below
@@ -62,7 +63,7 @@ class DistanceUse:
 
     node: exp.Expression  # the distance node (operator or function form)
     operator: str  # "<->", "<=>", ... or the function name ("l2_distance", ...)
-    metric: str  # l2 | cosine | inner_product (negated, `<#>`) | inner_product_positive | l1 | hamming | jaccard
+    metric: str  # a core.enums.Metric: l2 | cosine | ip (negated, `<#>`) | ip_positive (inner_product()) | l1 | ...
     clause: str  # "order" | "select" | "where"
     column_arg: str  # "this" or "expression": which operand is the route column
     query_vector: exp.Expression
@@ -76,7 +77,7 @@ class DistanceUse:
     @property
     def nearest_first_desc(self) -> bool:
         """Whether nearest-first order is DESC (the positive inner product is a similarity, not a distance)."""
-        return self.metric == "inner_product_positive"
+        return self.metric == Metric.IP_POSITIVE
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from pgcutover.core.quoting import quote_table
 from pgcutover.rewrite.dialect import parse_one
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
 
 FLOAT8 = "double precision"
 
@@ -171,19 +172,8 @@ WHERE o.oprleft = $1::oid AND o.oprright = $1::oid AND o.oprname = ANY($2::text[
 _DISTANCE_OPERATORS = ["<->", "<=>", "<#>", "<+>", "<~>", "<%>"]
 
 
-def quote_ident(name: str) -> str:
-    """PostgreSQL's quote_ident: a name as it must be written in SQL text."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _regclass_text(table: str) -> str:
-    # to_regclass takes SQL text; quoting each part keeps config names exact (case, dots, quotes).
-    schema, _, name = table.rpartition(".")
-    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
-
-
 async def _load_table(conn: asyncpg.Connection, table: str) -> tuple[TableInfo, dict[str, int]] | None:
-    row = await conn.fetchrow(_RESOLVE, _regclass_text(table))
+    row = await conn.fetchrow(_RESOLVE, quote_table(table))
     if row is None:
         return None
     oid, schema, name = row

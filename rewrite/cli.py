@@ -2,7 +2,7 @@
 
 The decision (forward / rewrite / merge / refuse) is proxy/decision.py's `decide()`, the function the proxy
 applies to every execution, fed the same snapshot: the router's plan, the targets the split can pick, whether
-the route has a fallback store (proxy/legacy.py's needs_store) and the merge's verdict on the shape
+the route has a fallback store (core/config.py's needs_store) and the merge's verdict on the shape
 (fallback/merge.py's build_merge, as the proxy's merge cache calls it). Only what is known at execution
 (the store not loaded yet, an unreadable vector value) can still turn a "merge" into a "refuse".
 
@@ -17,10 +17,11 @@ import asyncio
 import sys
 from typing import TextIO
 
+from pgcutover.core.config import Config, Route, load_config, needs_store
+from pgcutover.core.connect import connect
+from pgcutover.core.enums import Target
 from pgcutover.fallback.merge import build_merge
-from pgcutover.proxy.config import Config, Route, load_config
 from pgcutover.proxy.decision import Decision, decide
-from pgcutover.proxy.legacy import needs_store
 from pgcutover.rewrite.analyze import Passthrough, SimilarityQuery, normalize_search_path
 from pgcutover.rewrite.catalog import Catalog, load_catalog
 from pgcutover.rewrite.plan import Plan
@@ -44,9 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 async def _live_catalog(config: Config) -> tuple[Catalog, bool]:
     """The catalog, and whether pgcutover.try_vector is installed (the merge needs it for bytea formats)."""
-    import asyncpg
-
-    conn = await asyncpg.connect(**config.proxy.upstream.asyncpg_kwargs(), timeout=config.proxy.connect_timeout)
+    conn = await connect(config, "pgcutover-explain")
     try:
         decoder = bool(await conn.fetchval(
             "SELECT to_regprocedure('pgcutover.try_vector(anyelement,text,integer)') IS NOT NULL"))
@@ -61,12 +60,13 @@ def decisions(plan: Plan, catalog: Catalog | None, server_decoder: bool = True) 
     if route is None:
         return [decide(plan, None)]
     if plan.passthrough:  # a route is named only for a similarity query the router could not plan
-        return [decide(plan, "primary", route, store=needs_store(route))]
-    targets = ["primary"] if route.split <= 0 else ["shadow"] if route.split >= 100 else ["primary", "shadow"]
+        return [decide(plan, Target.PRIMARY, route, store=needs_store(route))]
+    both = [Target.PRIMARY, Target.SHADOW]
+    targets = both[:1] if route.split <= 0 else both[1:] if route.split >= 100 else both
     store = needs_store(route)
     out = []
     for target in targets:
-        unmergeable = _unmergeable(plan, route, catalog, server_decoder) if target == "primary" and store else None
+        unmergeable = _unmergeable(plan, route, catalog, server_decoder) if target == Target.PRIMARY and store else None
         out.append(decide(plan, target, route, store=store, unmergeable=unmergeable))
     return out
 

@@ -22,6 +22,8 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.generators.postgres import PostgresGenerator
 from sqlglot.parsers.postgres import PostgresParser
 
+from pgcutover.core.enums import Metric
+
 # TokenType is a closed Enum, so all six operators share sqlglot's own "distance" token type and the node is
 # chosen by the token's text. Postgres' stock dialect uses LR_ARROW only for `<->`, which we take over.
 VECTOR_OP = TokenType.LR_ARROW
@@ -31,37 +33,37 @@ class VectorDistance(exp.Expression, exp.Binary):
     """Base of the six pgvector distance operators."""
 
     operator: ClassVar[str] = ""
-    metric: ClassVar[str] = ""
+    metric: ClassVar[str] = ""  # a core.enums.Metric
 
 
 class L2Distance(VectorDistance):
     operator = "<->"
-    metric = "l2"
+    metric = Metric.L2
 
 
 class CosineDistance(VectorDistance):
     operator = "<=>"
-    metric = "cosine"
+    metric = Metric.COSINE
 
 
 class NegativeInnerProduct(VectorDistance):
     operator = "<#>"
-    metric = "inner_product"
+    metric = Metric.IP
 
 
 class L1Distance(VectorDistance):
     operator = "<+>"
-    metric = "l1"
+    metric = Metric.L1
 
 
 class HammingDistance(VectorDistance):
     operator = "<~>"
-    metric = "hamming"
+    metric = Metric.HAMMING
 
 
 class JaccardDistance(VectorDistance):
     operator = "<%>"
-    metric = "jaccard"
+    metric = Metric.JACCARD
 
 
 class VectorDistanceFunc(exp.Expression, exp.Func):
@@ -69,38 +71,38 @@ class VectorDistanceFunc(exp.Expression, exp.Func):
 
     arg_types: ClassVar[dict[str, bool]] = {"this": True, "expression": True}
     function: ClassVar[str] = ""
-    metric: ClassVar[str] = ""
+    metric: ClassVar[str] = ""  # a core.enums.Metric
 
 
 class L2DistanceFunc(VectorDistanceFunc):
     function = "l2_distance"
-    metric = "l2"
+    metric = Metric.L2
 
 
 class CosineDistanceFunc(VectorDistanceFunc):
     function = "cosine_distance"
-    metric = "cosine"
+    metric = Metric.COSINE
 
 
 class InnerProductFunc(VectorDistanceFunc):
     # Positive inner product, unlike the `<#>` operator which is its negation.
     function = "inner_product"
-    metric = "inner_product_positive"
+    metric = Metric.IP_POSITIVE
 
 
 class L1DistanceFunc(VectorDistanceFunc):
     function = "l1_distance"
-    metric = "l1"
+    metric = Metric.L1
 
 
 class HammingDistanceFunc(VectorDistanceFunc):
     function = "hamming_distance"
-    metric = "hamming"
+    metric = Metric.HAMMING
 
 
 class JaccardDistanceFunc(VectorDistanceFunc):
     function = "jaccard_distance"
-    metric = "jaccard"
+    metric = Metric.JACCARD
 
 
 OPERATOR_NODES: dict[str, type[VectorDistance]] = {

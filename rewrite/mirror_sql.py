@@ -8,7 +8,7 @@ statement built here are always those two (`KEY_COLUMN`, `DISTANCE_COLUMN`).
 Targets: "primary" (the rewrite the primary gets, index shape included), "shadow", and "exact", the primary's
 statement without index-shape matching, which the mirror runs with index scans disabled (brute force).
 
->>> from pgcutover.proxy.config import Route
+>>> from pgcutover.core.config import Route
 >>> from pgcutover.rewrite.router import build_plan
 >>> route = Route(table="public.items", column="embedding", shadow_table="shadow.items")
 >>> plan = build_plan("SELECT content FROM items ORDER BY embedding <-> $1 LIMIT 5", [route])
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 
 from sqlglot import exp
 
+from pgcutover.core.enums import Target
 from pgcutover.rewrite.analyze import MARK, TAG_ORDER_KEY, TAG_SCOPE, TAG_TABLE, Passthrough, norm
 from pgcutover.rewrite.dialect import parse, to_sql
 from pgcutover.rewrite.transforms import identifier, to_primary, to_shadow
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 KEY_COLUMN = "pgcutover_key"
 DISTANCE_COLUMN = "pgcutover_distance"
-TARGETS = ("primary", "shadow", "exact")
+TARGETS = (Target.PRIMARY.value, Target.SHADOW.value, Target.EXACT.value)
 MAX_K = 1000  # a mirrored comparison of more rows than this costs more than it tells
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Into, exp.Lock, exp.Create, exp.Drop, exp.Command,
@@ -76,7 +77,7 @@ def keys_statement(plan: Plan, target: str, catalog: Catalog | None = None) -> e
     except Passthrough as exc:
         raise Unsupported(f"rewrite:{exc.reason}") from exc
     tags = _Tags.of(expression)
-    if target != "shadow":
+    if target != Target.SHADOW:
         _qualify_route_table(tags.table, query)
     distance = _order_target(tags.scope, tags.order_key)
     key = exp.Column(this=identifier(query.route.key), table=identifier(query.table_alias))
@@ -146,12 +147,12 @@ class _Tags:
 
 
 def _target_statement(query: SimilarityQuery, target: str, catalog: Catalog | None) -> exp.Expression:
-    if target == "primary":
+    if target == Target.PRIMARY:
         return to_primary(query.expression, query, catalog)
-    if target == "exact":
+    if target == Target.EXACT:
         # no index-shape matching: brute force must compute the distance on the vector column itself
         return to_primary(query.expression, query, None)
-    if target == "shadow":
+    if target == Target.SHADOW:
         if not query.route.shadow_table:
             raise Unsupported("no-shadow")
         return to_shadow(query.expression, query, catalog)

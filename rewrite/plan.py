@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pgcutover.core.enums import Target
+
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.analyze import SimilarityQuery
 
-TARGETS = ("primary", "shadow")
+TARGETS = (Target.PRIMARY.value, Target.SHADOW.value)
 SIMILARITY = "similarity"  # the reason of every plan that rewrites
 
 
@@ -34,9 +36,9 @@ class Plan:
 
     def sql_for(self, target: str) -> str | None:
         """The SQL text to send to `target` ("primary" or "shadow"); None means the client's original bytes."""
-        if target == "primary":
+        if target == Target.PRIMARY:
             return self.primary_sql
-        if target == "shadow":
+        if target == Target.SHADOW:
             if self.query is not None and self.shadow_sql is None:
                 return self.primary_sql
             return self.shadow_sql

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
 
 _OPERATORS = r"<[-=#+~%]>"
 _FUNCTIONS = r"\b(?:l2_distance|cosine_distance|inner_product|l1_distance|hamming_distance|jaccard_distance)\s*\("

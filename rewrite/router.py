@@ -44,7 +44,7 @@ from pgcutover.rewrite.prefilter import Prefilter
 from pgcutover.rewrite.transforms import primary_changes, to_primary, to_shadow
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.catalog import Catalog
 
 log = logging.getLogger("pgcutover.rewrite")

@@ -20,16 +20,16 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from pgcutover.core.enums import StickyMode, Target
 from pgcutover.rewrite.txcontrol import BEGIN, CHAIN, END
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
 
-Target = Literal["primary", "shadow"]
-PRIMARY: Target = "primary"
-SHADOW: Target = "shadow"
+PRIMARY = Target.PRIMARY
+SHADOW = Target.SHADOW
 _IDLE = ord("I")
 
 
@@ -54,9 +54,9 @@ def choose_target(route: Route, *, sticky_key_session: int, application_name: st
         return PRIMARY
     if route.split >= 100:
         return SHADOW
-    if route.sticky == "query":
+    if route.sticky == StickyMode.QUERY:
         point = rng.random() * 100.0
-    elif route.sticky == "application_name":
+    elif route.sticky == StickyMode.APPLICATION_NAME:
         point = stable_point(route, "app:" + (application_name or ""))
     else:
         point = stable_point(route, sticky_key_session)
@@ -113,7 +113,7 @@ class SplitSession:
         return target
 
     def _choose(self, route: Route) -> Target:
-        if route.sticky == "query" or not 0 < route.split < 100 or not route.shadow_table:
+        if route.sticky == StickyMode.QUERY or not 0 < route.split < 100 or not route.shadow_table:
             return choose_target(route, sticky_key_session=self.session_key,
                                  application_name=self.application_name, rng=self.rng)
         return SHADOW if self._point(route) < route.split else PRIMARY
@@ -124,7 +124,7 @@ class SplitSession:
         key = (route.table, route.sticky)
         point = self._points.get(key)
         if point is None:
-            if route.sticky == "application_name":
+            if route.sticky == StickyMode.APPLICATION_NAME:
                 point = stable_point(route, "app:" + (self.application_name or ""))
             else:
                 point = stable_point(route, self.session_key)

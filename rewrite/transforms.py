@@ -6,7 +6,7 @@ that cannot produce a query equivalent to the hand-written one on its target rai
 
 Shared example setup for the doctests:
 
->>> from pgcutover.proxy.config import Route
+>>> from pgcutover.core.config import Route
 >>> from pgcutover.rewrite.analyze import analyze
 >>> from pgcutover.rewrite.dialect import to_sql
 >>> route = Route(table="public.items", column="embedding", vector_column="embedding_vector",
@@ -44,7 +44,7 @@ from pgcutover.rewrite.catalog import FLOAT8, IndexInfo
 from pgcutover.rewrite.dialect import OPERATOR_NODES, VectorDistanceFunc, build_type
 
 if TYPE_CHECKING:
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.catalog import Catalog, TableInfo
 
 _PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")

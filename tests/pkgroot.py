@@ -1,6 +1,6 @@
 """This checkout's folders as the one `pgcutover` package, for tests, their child processes and mypy.
 
-The project installs proxy/, rewrite/, fallback/ and deploy/ as `pgcutover.proxy`, ... (pyproject's package-dir).
+The project installs core/, proxy/, rewrite/, fallback/ and deploy/ as `pgcutover.core`, ... (pyproject's package-dir).
 An editable install maps those names to the checkout it was installed from, through an import hook that mypy cannot
 read and that other checkouts (git worktrees sharing one venv) must not use. `.pkgroot/pgcutover/<folder>` links to
 this checkout's folders instead; a path entry wins over the editable hook, which setuptools appends to sys.meta_path.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_ROOT = ROOT / ".pkgroot"
-SOURCE_FOLDERS = ("proxy", "rewrite", "fallback", "deploy")
+SOURCE_FOLDERS = ("core", "proxy", "rewrite", "fallback", "deploy")
 
 
 def link_package_tree() -> Path:

@@ -10,6 +10,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from pgcutover.core.sqlstate import SUCCESSFUL_COMPLETION
+
 from . import codes
 
 _I32 = struct.Struct("!i")
@@ -143,7 +145,7 @@ def error_response(sqlstate: str, text: str, severity: str = "ERROR", detail: st
     return message(b"E", b"".join(fields) + b"\0")
 
 
-def notice_response(text: str, sqlstate: str = "00000", severity: str = "NOTICE") -> bytes:
+def notice_response(text: str, sqlstate: str = SUCCESSFUL_COMPLETION, severity: str = "NOTICE") -> bytes:
     fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(sqlstate), b"M" + cstr(text)]
     return message(b"N", b"".join(fields) + b"\0")
 

@@ -332,7 +332,7 @@ def test_decision_values() -> None:
     """The function both call: forward / rewrite / merge / refuse, with the route's on_inexact."""
     from dataclasses import replace
 
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import passthrough
 
     route = Route(table="public.t", column="embedding", vector_column="v", legacy_column="embedding")

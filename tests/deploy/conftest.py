@@ -21,8 +21,8 @@ import asyncpg
 import numpy as np
 import pytest
 
+from pgcutover.core.config import Config, load_config
 from pgcutover.deploy.db import quote_ident
-from pgcutover.proxy.config import Config, load_config
 from pgcutover.proxy.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from pgcutover.proxy.config import Config, parse_config
+from pgcutover.core.config import Config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

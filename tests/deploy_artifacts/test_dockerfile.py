@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pgcutover.proxy.config import parse_config
+from pgcutover.core.config import parse_config
 
 from .artifacts import DOCKERFILE, DOCKERIGNORE, IMAGE_CONFIG, ROOT, k8s_object, wait_for_http
 from .dockerfile import KNOWN, Dockerfile, DockerIgnore, copy_sources, expand, parse
@@ -143,8 +143,8 @@ def test_the_build_context_holds_what_pip_install_needs(dockerfile: Dockerfile) 
     ignore = DockerIgnore(DOCKERIGNORE.read_text())
     copied = {s.rstrip("/") for i in dockerfile.stages()[0] if i.keyword == "COPY" for s in copy_sources(i)}
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
-    folders = pyproject["tool"]["setuptools"]["package-dir"]  # pgcutover.proxy -> proxy, ...
-    packages = set(folders.values())
+    package_dir = pyproject["tool"]["setuptools"]["package-dir"]  # pgcutover.<folder> -> <folder>
+    packages = set(package_dir.values())
     assert packages and packages <= copied, f"packages not copied into the builder: {packages - copied}"
     for package in packages:
         sent = set(ignore.files_sent(ROOT, package))
@@ -153,7 +153,7 @@ def test_the_build_context_holds_what_pip_install_needs(dockerfile: Dockerfile) 
                 assert path.relative_to(ROOT).as_posix() in sent, f"{path} is excluded from the build"
     for package, globs in pyproject["tool"]["setuptools"].get("package-data", {}).items():
         for pattern in globs:
-            for path in (ROOT / folders[package]).glob(pattern):
+            for path in (ROOT / package_dir[package]).glob(pattern):
                 assert not ignore.excluded(path.relative_to(ROOT).as_posix()), f"package data {path} excluded"
 
 

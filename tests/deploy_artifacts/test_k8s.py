@@ -2,7 +2,7 @@
 
 kubectl/kubeconform are not part of the project's tooling (no cluster here), so the cross-references a cluster
 would only reveal at rollout time are checked directly: selectors against pod labels, probe and Service ports
-against named container ports, the mounted TOML against `proxy.config.parse_config`, the grace period against
+against named container ports, the mounted TOML against `pgcutover.core.config.parse_config`, the grace period against
 `shutdown_timeout`, container arguments against the CLI.
 """
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pgcutover.proxy.config import Config, parse_config
+from pgcutover.core.config import Config, parse_config
 from pgcutover.proxy.runtime import Runtime
 from pgcutover.proxy.services import make_router
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.proxy.evidence import (
     MIN_EXACT_SAMPLES,
     Interval,

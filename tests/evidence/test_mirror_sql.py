@@ -9,7 +9,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.rewrite.catalog import load_catalog
 from pgcutover.rewrite.dialect import parse_one
 from pgcutover.rewrite.mirror_sql import Unsupported, is_read_only, keys_sql, parameter_count

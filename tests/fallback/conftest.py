@@ -18,8 +18,8 @@ import asyncpg
 import numpy as np
 import pytest
 
+from pgcutover.core.config import Route
 from pgcutover.fallback.formats import encode_json
-from pgcutover.proxy.config import Route
 
 T = TypeVar("T")
 _names = itertools.count()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 
+from pgcutover.core.config import Route
 from pgcutover.deploy.triggers import install_schema
 from pgcutover.fallback.formats import encode_json
 from pgcutover.fallback.knn import Query, search_snapshot
@@ -35,7 +36,6 @@ from pgcutover.fallback.merge import (
     quote_literal,
 )
 from pgcutover.fallback.store import LegacyStore
-from pgcutover.proxy.config import Route
 from pgcutover.rewrite.analyze import Passthrough, analyze
 from pgcutover.rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo, load_catalog
 from pgcutover.rewrite.dialect import parse_one, to_sql

@@ -11,6 +11,7 @@ import asyncpg
 import numpy as np
 import pytest
 
+from pgcutover.core.config import ConfigError, parse_config
 from pgcutover.fallback.notices import (
     CHANNEL,
     MAX_PAYLOAD_BYTES,
@@ -22,7 +23,6 @@ from pgcutover.fallback.notices import (
     valid_channel,
 )
 from pgcutover.fallback.store import LegacyStore, _key_converter
-from pgcutover.proxy.config import ConfigError, parse_config
 from tests.fallback.conftest import create_table, run, wait_for
 from tests.fallback.test_follow import agrees, db_state, following
 
@@ -120,7 +120,7 @@ def test_channel_names() -> None:
 
 
 def _route():
-    from pgcutover.proxy.config import Route
+    from pgcutover.core.config import Route
     return Route(table="public.t", column="v", legacy_column="l", dims=4)
 
 

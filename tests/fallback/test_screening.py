@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pgcutover.core.config import Route
 from pgcutover.fallback import screening
 from pgcutover.fallback.formats import VectorFormatError, quantize_int8
 from pgcutover.fallback.knn import METRICS, Query, search_snapshot
 from pgcutover.fallback.screening import max_candidates
 from pgcutover.fallback.store import LegacyStore
-from pgcutover.proxy.config import Route
 from tests.fallback.conftest import create_table, factory, run
 
 OPERATORS = {"l2": "<->", "cosine": "<=>", "ip": "<#>", "l1": "<+>"}  # pgvector's operator per metric

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
+from pgcutover.core.config import Route
 from pgcutover.fallback.scan import candidates, scan
 from pgcutover.fallback.store import LegacyStore
-from pgcutover.proxy.config import Route
 
 
 def server_distance(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# a child's import path: this checkout's package (the root conftest.py put it on PYTHONPATH), then tests/
+CHILD_PATH = os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(ROOT)])
 
 
 def pgcutover(*argv: str, env: dict[str, str] | None = None, timeout: float = 120,

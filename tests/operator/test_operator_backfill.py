@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from pgcutover.proxy.embedded import EmbeddedPostgres
-from tests.operator.cli import ROOT, config_text, pgcutover
+from tests.operator.cli import CHILD_PATH, ROOT, config_text, pgcutover
 
 DIMS = 4
 # In-process code runs in a child with the worktree first on sys.path: under pytest, `deploy` is tests/deploy.
 PRELUDE = """
 import asyncio, io, json, sys
 from pgcutover.deploy.backfill import BackfillOptions, Progress, RateWindow, _duration, backfill
-from pgcutover.proxy.config import load_config
+from pgcutover.core.config import load_config
 
 class Terminal(io.StringIO):
     def isatty(self):
@@ -33,7 +33,7 @@ class Terminal(io.StringIO):
 
 def python(code: str) -> str:
     run = subprocess.run([sys.executable, "-c", PRELUDE + code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         timeout=300, env={**os.environ, "PYTHONPATH": CHILD_PATH})
     assert run.returncode == 0, run.stderr
     return run.stdout
 
@@ -116,7 +116,7 @@ def test_ctrl_c_says_where_and_how_to_resume(pg: EmbeddedPostgres, table: tuple[
     name, config = table
     argv = ["backfill", "--config", str(config), "--batch", "50", "--max-rate", "300", "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "pgcutover.proxy.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": CHILD_PATH})
     try:
         deadline = time.monotonic() + 60
         while pg.psql("SELECT coalesce(sum(rows_done), 0) FROM pgcutover.backfill_checkpoint WHERE table_name = "
@@ -149,7 +149,7 @@ def test_status_tells_a_stuck_backfill(pg: EmbeddedPostgres, table: tuple[str, P
     name, config = table
     argv = ["backfill", "--config", str(config), "--batch", "50", "--max-rate", "300", "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "pgcutover.proxy.cli", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": CHILD_PATH})
     try:
         deadline = time.monotonic() + 60
         while _status(config, name) is None or _status(config, name)["state"] != "running":

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 
 from pgcutover.proxy.embedded import EmbeddedPostgres, free_port
-from tests.operator.cli import ROOT, config_text, pgcutover
+from tests.operator.cli import CHILD_PATH, ROOT, config_text, pgcutover
 
 
 def test_version() -> None:
@@ -33,7 +33,7 @@ def test_environment_config_for_serve_and_explain(pg: EmbeddedPostgres, tmp_path
 
     proc = subprocess.Popen([sys.executable, "-m", "pgcutover.proxy.cli", "serve"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, **env, "PYTHONPATH": CHILD_PATH})
     try:
         assert proc.stdout is not None
         line = ""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pgcutover.proxy.config import ConfigError, load_config
+from pgcutover.core.config import ConfigError, load_config
 from pgcutover.proxy.embedded import EmbeddedPostgres
 from tests.operator.cli import config_text, one_line_failure, pgcutover
 

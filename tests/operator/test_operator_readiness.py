@@ -11,8 +11,8 @@ import asyncpg
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgcutover.core.config import Route
 from pgcutover.proxy import report
-from pgcutover.proxy.config import Route
 from pgcutover.proxy.embedded import EmbeddedPostgres
 from pgcutover.proxy.evidence import Latency, RouteSummary, mean_interval, verdict
 from tests.operator.cli import pgcutover

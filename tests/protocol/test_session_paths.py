@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from pgcutover.proxy.config import parse_config
+from pgcutover.core.config import parse_config
 from pgcutover.proxy.protocol import codes
 from pgcutover.proxy.protocol import messages as m
 from pgcutover.proxy.protocol.framing import split_messages

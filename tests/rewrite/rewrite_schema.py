@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.rewrite.catalog import Catalog, ColumnInfo, IndexInfo, TableInfo
 
 DIMS = 8

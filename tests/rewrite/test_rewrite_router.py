@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import rewrite_schema as schema
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.rewrite import router as router_module
 from pgcutover.rewrite.cache import PlanCache
 from pgcutover.rewrite.dialect import to_sql

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.rewrite.split import SplitSession, choose_target, stable_point
 from pgcutover.rewrite.txcontrol import BEGIN, END
 
@@ -72,10 +73,11 @@ def test_query_sticky_rolls_each_time() -> None:
 
 def test_points_are_stable_across_processes() -> None:
     # blake2b, not the salted builtin hash(): another interpreter computes the same point
-    code = ("from pgcutover.proxy.config import Route; from pgcutover.rewrite.split import stable_point; "
+    code = ("from pgcutover.core.config import Route; from pgcutover.rewrite.split import stable_point; "
             "print(repr(stable_point(Route(table='public.items', column='e'), 'app:billing')))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": "123", "PATH": ""})
+                           env={"PYTHONHASHSEED": "123", "PATH": "",  # this checkout's code (root conftest.py)
+                                "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     assert float(other.stdout) == stable_point(ROUTE, "app:billing")
     assert stable_point(ROUTE, 7) != stable_point(Route(table="public.docs", column="e"), 7)
 

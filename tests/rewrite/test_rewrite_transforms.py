@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.rewrite.catalog import Catalog, ColumnInfo, TableInfo
 from pgcutover.rewrite.router import build_plan
 from pgcutover.rewrite.transforms import identifier

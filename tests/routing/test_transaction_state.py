@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pgcutover.proxy.config import Route
+from pgcutover.core.config import Route
 from pgcutover.rewrite.split import EXPLICIT, IDLE, IMPLICIT, SplitSession
 from pgcutover.rewrite.txcontrol import BEGIN, CHAIN, END, NONE, query_effects, statement_effect
 

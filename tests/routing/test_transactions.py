@@ -19,8 +19,8 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgcutover.core.config import load_config
 from pgcutover.proxy import control
-from pgcutover.proxy.config import load_config
 
 from .conftest import ROUTE_TOML, cli, set_split
 from .test_split_through_proxy import QUERY, VECTOR

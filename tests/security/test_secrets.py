@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pgcutover.proxy.config import ConfigError, UpstreamDsn, redact_url
+from pgcutover.core.config import ConfigError, UpstreamDsn, redact_url
 from pgcutover.proxy.embedded import pg_binary
 
 GOOD_SECRET = "GoodSecret-1"

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgcutover.proxy.config import ConfigError, parse_config
+from pgcutover.core.config import ConfigError, parse_config
 
 from .tls_relay import TlsRelay
 

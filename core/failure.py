@@ -1,8 +1,9 @@
 """One line for every expected failure: what went wrong, where, and what to do.
 
-Every `pgcutover` command runs under `explain()` (proxy/cli.py): an exception an operator can cause (server down,
-wrong password, missing table, port taken, unreadable file, bad config) becomes one line on stderr and a non-zero
-exit code. Only `--debug` shows a traceback; an unexpected exception says so and asks for `--debug`.
+Every `pgcutover` command runs under `run_command()` (proxy/cli.py, deploy/cli.py): an exception an operator can
+cause (server down, wrong password, missing table, port taken, unreadable file, bad config) becomes one line on
+stderr and a non-zero exit code. Only `--debug` shows a traceback; an unexpected exception says so and asks for
+`--debug`.
 
 Exit codes: 1 a problem in the environment (network, auth, missing objects, permissions, ports), 2 a bad config
 or command line, 70 a bug (EX_SOFTWARE), 130 interrupted.
@@ -10,17 +11,19 @@ or command line, 70 a bug (EX_SOFTWARE), 130 interrupted.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import re
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 
 EXIT_PROBLEM, EXIT_CONFIG, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
 
 
 class OperatorError(Exception):
-    """A failure whose message is already the one line the operator should read."""
+    """A failure whose message is already the one line the operator should read (deploy's DeployError is one)."""
 
     def __init__(self, message: str, code: int = EXIT_PROBLEM) -> None:
         super().__init__(message)
@@ -69,10 +72,6 @@ def describe(exc: BaseException, ctx: Context) -> tuple[str, int]:
         return (f"configuration error:{chr(10) if chr(10) in text else ' '}{text}", EXIT_CONFIG)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
-    from pgcutover.deploy.db import DeployError
-
-    if isinstance(exc, DeployError):
-        return str(exc), EXIT_PROBLEM
     pg = _postgres(exc, ctx, server, cfg)
     if pg is not None:
         return pg, EXIT_PROBLEM
@@ -160,3 +159,19 @@ def _last_line(text: object) -> str:
         text = text.decode("utf-8", "replace")
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; an expected failure becomes one line on stderr and its exit code."""
+    try:
+        code: int = args.func(args)
+        return code
+    except (Exception, KeyboardInterrupt) as exc:
+        if getattr(args, "debug", False):
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        line, code = describe(exc, context_for(getattr(args, "config", None)))
+        command = " ".join(w for w in (getattr(args, "command", None), getattr(args, "route_command", None)) if w)
+        print(f"pgcutover {command}: {line}" if command else f"pgcutover: {line}", file=sys.stderr)
+        return code

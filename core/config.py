@@ -10,16 +10,30 @@ import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-STICKY_MODES = ("query", "session", "application_name")
-LEGACY_FORMATS = ("json", "bytea_f32", "bytea_f64", "array")
-BAD_VECTOR_MODES = ("error", "skip")
-FALLBACK_STORAGES = ("float32", "int8", "float16")
-METRICS = ("l2", "cosine", "ip")
-INEXACT_MODES = ("error", "primary_only")
+from .enums import (
+    INDEX_METRICS,
+    BadVectorMode,
+    FallbackStorage,
+    InexactMode,
+    LegacyFormat,
+    Metric,
+    StickyMode,
+    values,
+)
+from .verifier import parse_verifier
+
+# the accepted values of the choice keys, as plain strings (messages list them; core/enums.py names them)
+STICKY_MODES = values(StickyMode)
+LEGACY_FORMATS = values(LegacyFormat)
+BAD_VECTOR_MODES = values(BadVectorMode)
+FALLBACK_STORAGES = values(FallbackStorage)
+METRICS = tuple(metric.value for metric in INDEX_METRICS)
+INEXACT_MODES = values(InexactMode)
 
 
 class ConfigError(ValueError):
@@ -123,7 +137,9 @@ class UpstreamDsn:
 
     def asyncpg_kwargs(self, *, user: str | None = None, database: str | None = None) -> dict[str, Any]:
         """Arguments for the proxy's own control connections (asyncpg)."""
-        ssl: Any = False if self.sslmode in ("disable", "allow") else self.sslmode
+        from .connect import asyncpg_ssl  # the TLS policy lives with the connection factory
+
+        ssl: Any = asyncpg_ssl(self)
         return {
             "host": self.host,
             "port": self.port,
@@ -146,7 +162,7 @@ class ProxySettings:
     connect_timeout: float = 10.0
     mirror_user: str | None = None  # the role mirrored statements connect as (then SET ROLE to the client's)
     upstream_sslmode: str | None = None  # overrides the URL's sslmode; "disable" is the only way to TLS -> plain
-    plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (rewrite/cache.py)
+    plan_cache_bytes: int = 128 << 20  # plans, and again merge plans, by estimated bytes (core/lru.py)
     max_prepared_statements: int = 1000  # routed named statements per session; more -> FATAL 54000
     notify_channel: str = "pgcutover_changes"
     startup_timeout: float = 60.0  # like PostgreSQL's authentication_timeout
@@ -167,6 +183,11 @@ class AdminSettings:
         return dict(self.verifiers).get(user)
 
 
+_CHOICE_KEYS: tuple[tuple[str, type[StrEnum]], ...] = (
+    ("sticky", StickyMode), ("legacy_format", LegacyFormat), ("fallback_storage", FallbackStorage),
+    ("on_bad_vector", BadVectorMode), ("metric", Metric), ("on_inexact", InexactMode))
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One table whose similarity queries pgcutover routes (keys from the routing, fallback and shadow issues)."""
@@ -179,14 +200,15 @@ class Route:
     shadow_column: str | None = None  # defaults to vector_column
     shadow_type: str = "vector"
     split: float = 0.0
-    sticky: str = "session"
+    sticky: str = StickyMode.SESSION
     legacy_column: str | None = None
-    legacy_format: str = "json"
+    legacy_format: str = LegacyFormat.JSON
     dims: int | None = None
     fallback: bool = True
-    fallback_storage: str = "float32"  # int8 saves memory, but the exact scans (l1, farthest, shipped) need rows
-    on_bad_vector: str = "error"
-    metric: str = "cosine"
+    # int8 saves memory, but the exact scans (l1, farthest, shipped) need rows
+    fallback_storage: str = FallbackStorage.FLOAT32
+    on_bad_vector: str = BadVectorMode.ERROR
+    metric: str = Metric.COSINE
     mirror: float = 0.0
     mirror_exact: float = 0.0
     mirror_max_per_s: float = 5.0  # budget of mirrored queries per second (0: no budget)
@@ -198,9 +220,17 @@ class Route:
     breaker_window_s: float = 30.0
     breaker_min_samples: int = 20
     breaker_latency_floor_ms: float = 10.0  # the shadow must also be this much slower to trip on latency
-    on_inexact: str = "error"  # a similarity query the fallback cannot answer exactly: error | primary_only
+    on_inexact: str = InexactMode.ERROR  # a similarity query the fallback cannot answer exactly: error | primary_only
     fallback_wait_ms: int = 5000  # how long such a query waits for a store that is not loaded yet
     max_shipped_rows: int = 1_000_000  # legacy distances shipped to the server by the universal exact path
+
+    def __post_init__(self) -> None:
+        # the choice keys hold their core/enums.py member (equal to the TOML string); a value outside the choices
+        # stays as written, for validate() to name
+        for name, choices in _CHOICE_KEYS:
+            value = getattr(self, name)
+            if isinstance(value, str) and value in choices.__members__.values():
+                object.__setattr__(self, name, choices(value))
 
     @property
     def schema(self) -> str | None:
@@ -256,6 +286,11 @@ class Route:
             raise ConfigError(f"{where}: dims must be positive")
         if self.table.count(".") > 1 or not self.relname:
             raise ConfigError(f"{where}: table must be 'name' or 'schema.name'")
+
+
+def needs_store(route: Route) -> bool:
+    """A route whose legacy rows are searched in memory (the legacy column is not the vector column)."""
+    return bool(route.legacy_column and route.fallback and route.legacy_column != route.pg_vector_column)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,8 +456,6 @@ def _parse_route(raw: dict[str, Any], index: int) -> Route:
 
 
 def _parse_admin(raw: dict[str, Any]) -> AdminSettings:
-    from .scram import parse_verifier
-
     auth = raw.get("auth", "upstream")
     if auth not in ADMIN_AUTH_MODES:
         raise ConfigError(f"[admin] auth = {auth!r} must be one of {', '.join(ADMIN_AUTH_MODES)}")

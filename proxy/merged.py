@@ -16,8 +16,8 @@ For the primary target of such a route, the session hands the statement here ins
    bound with the client's own values plus ours.
 It runs on the client's own connection, so privileges and row-level security apply to legacy rows exactly as
 to migrated ones. What cannot be merged exactly (the reason: fallback/merge.py's Passthrough at build time,
-`Unanswerable` here at execution) is handed to the routing's refusal (`on_inexact`: an error or a notice),
-never answered silently from pgvector rows only.
+`Unanswerable` raised here at execution) becomes the routing's Refuse decision (`on_inexact`: an error or a
+notice), never a silent answer from pgvector rows only.
 """
 
 from __future__ import annotations
@@ -163,9 +163,6 @@ class MergedQueries:
         self.prepared: OrderedDict[tuple[str, tuple[int, ...]], str] = OrderedDict()  # (sql, oids) -> our name
         self._injected: list[tuple[str, tuple[int, ...]]] = []  # our Parses since the last ReadyForQuery
 
-    def wants(self, plan: Plan, target: str) -> bool:
-        return target == "primary" and plan.route is not None and self.service.store_for(plan.route.table) is not None
-
     async def _candidates(self, merge: MergePlan, vector: np.ndarray, limit: int | None,
                           offset: int | None) -> tuple[list, float | None]:
         store = self.service.store_for(merge.route.table)
@@ -285,13 +282,10 @@ class MergedQueries:
 
     # -- simple Query -------------------------------------------------------------------------------------------
     async def query(self, plan: Plan, sql: str) -> bytes:
-        """The replacement of a Query message (its reply cycle is queued just before it is returned)."""
-        try:
-            merge = await self.service.merges.get(plan, sql)
-            extras = await self._extras(merge, None)
-        except Unanswerable as exc:
-            assert self.session.routing is not None  # merges only happen on routed sessions
-            return self.session.routing.refuse_query(plan, sql, str(exc))
+        """The replacement of a Query message (its reply cycle is queued just before it is returned). Raises
+        Unanswerable (nothing queued) when this execution cannot be merged exactly."""
+        merge = await self.service.merges.get(plan, sql)
+        extras = await self._extras(merge, None)
         return self._as_query(merge, extras)
 
     def _as_query(self, merge: MergePlan, extras: tuple[bytes | None, ...]) -> bytes:
@@ -312,15 +306,12 @@ class MergedQueries:
 
     # -- extended protocol ----------------------------------------------------------------------------------------
     async def bind(self, statement: RoutedStatement, payload: bytes) -> bytes:
-        """The replacement of a Bind of `statement` (prepared under the client's name for the primary)."""
+        """The replacement of a Bind of `statement` (prepared under the client's name for the primary). Raises
+        Unanswerable (nothing queued) when this execution cannot be merged exactly."""
         tracker = self.session.tracker
         bind = msg.parse_bind(payload)
-        try:
-            merge = await self.service.merges.get(statement.plan, statement.sql)
-            extras = await self._extras(merge, bind)
-        except Unanswerable as exc:
-            assert self.session.routing is not None
-            return self.session.routing.refuse_bind(statement, payload, str(exc))
+        merge = await self.service.merges.get(statement.plan, statement.sql)
+        extras = await self._extras(merge, bind)
         out, name = self._prepare(merge, statement.param_oids)
         nparams = len(bind.params)
         formats = bind.param_formats

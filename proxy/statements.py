@@ -22,11 +22,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgcutover.rewrite.decision import (
+    CANCELED_SQLSTATE,
+    INEXACT_SQLSTATE,
+    Decision,
+    Merge,
+    Refuse,
+    Rewrite,
+    cancelled,
+    decide,
+)
 from pgcutover.rewrite.router import plan_bytes
 from pgcutover.rewrite.split import SplitSession
 from pgcutover.rewrite.txcontrol import query_effects, statement_effect
 
-from .decision import MERGED, REFUSED, Decision, decide
 from .deferred import Deferred
 from .merged import MergedQueries, Unanswerable
 from .mirror import MirrorRequest
@@ -59,8 +68,6 @@ class SessionLimit(msg.ProtocolViolation):
         self.sqlstate = sqlstate
 
 
-INEXACT_SQLSTATE = "0A000"  # feature_not_supported
-CANCELED_SQLSTATE = "57014"  # query_canceled, as the server says it
 _RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
 # Statements after which the server has dropped prepared statements (ours included). A simple Query may hold
 # several statements, so the text is searched (a match inside a string literal only costs a re-prepare).
@@ -89,6 +96,10 @@ def raise_sql(sqlstate: str, message: str, hint: str | None = None) -> str:
 
 
 _HINT = 'on_inexact = "primary_only" answers from pgvector rows only, with a notice; see README "Limits"'
+
+
+def _hint(decision: Refuse) -> str | None:
+    return _HINT if decision.sqlstate == INEXACT_SQLSTATE else None
 
 
 def reason_code(reason: str) -> str:
@@ -161,7 +172,6 @@ class StatementRouting:
         self._planned: tuple[str, tuple[str, ...], Plan] | None = None  # planned off the loop, for the replay
         self._statement_bytes = 0  # plan_bytes of self.statements
         self._tx_statements: dict[str, int] = {}  # named statements that are BEGIN/COMMIT/...: their effect
-        self._refused = False  # the merge in progress was refused (set by refuse_query/refuse_bind)
         self._cancel: asyncio.Event | None = None  # set while a query waits for a fallback store
 
     # -- context ----------------------------------------------------------------------------------------------
@@ -288,14 +298,18 @@ class StatementRouting:
             tracker.expect(QUERY)
             return None
         target = self._target(plan, sql)
-        if self.merged is not None and self.merged.wants(plan, target):
+        decision = self._decide(plan, target)
+        if isinstance(decision, Refuse):
+            return self.refuse_query(plan, sql, decision)
+        if isinstance(decision, Merge):
             merged = self.merged
+            assert merged is not None
             return Deferred(self._merge(plan, sql, lambda: merged.query(plan, sql),
-                                        lambda reason: self.refuse_query(plan, sql, reason)),
+                                        lambda refusal: self.refuse_query(plan, sql, refusal)),
                             msg.message(b"Q", payload), codes.F_QUERY)
         tracker.expect(QUERY)
         self._guard(plan, target, cycle_start)
-        rewritten = plan.sql_for(target)
+        rewritten = decision.sql if isinstance(decision, Rewrite) else None
         return None if rewritten is None else msg.query(rewritten)
 
     def on_parse(self, payload: bytes) -> bytes | None:
@@ -344,7 +358,7 @@ class StatementRouting:
         if parse.name:
             self.statements[parse.name].prepared_for = target
             self.session.hold_statement_messages()
-        elif self.merged is not None and self.merged.wants(plan, target):
+        elif isinstance(self._decide(plan, target), Merge):
             self.unnamed = RoutedStatement(plan, parse.sql, parse.param_oids, target)  # merged at its Bind
             self.session.hold_statement_messages()
         elif self._executions[-1].mirror:
@@ -378,10 +392,14 @@ class StatementRouting:
             target = self._target(statement.plan, statement.sql)
             if self._executions[-1].mirror:
                 self._attach_values(self._executions[-1], payload, statement.param_oids)
-        if self.merged is not None and self.merged.wants(statement.plan, target):
+        decision = self._decide(statement.plan, target)
+        if isinstance(decision, Refuse):
+            return self.refuse_bind(statement, payload, decision)
+        if isinstance(decision, Merge):
             merged = self.merged
+            assert merged is not None
             return Deferred(self._merge(statement.plan, statement.sql, lambda: merged.bind(statement, payload),
-                                        lambda reason: self.refuse_bind(statement, payload, reason)),
+                                        lambda refusal: self.refuse_bind(statement, payload, refusal)),
                             msg.message(b"B", payload), codes.F_BIND)
         self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
@@ -424,23 +442,50 @@ class StatementRouting:
     def _unplanned(self, plan: Plan) -> bool:
         """A similarity query on a route with a fallback store that the router could not plan (the router names
         the route on such passthrough plans): the primary alone would leave the legacy rows out."""
-        return (plan.route is not None and self.merged is not None and self.rt.fallback is not None
+        return self._has_store(plan)
+
+    def _decide(self, plan: Plan, target: str) -> Decision:
+        """The decision for one execution rolled for `target`, with the route as in force now."""
+        return decide(plan, target, self._live_route(plan), store=self._has_store(plan))
+
+    def _has_store(self, plan: Plan) -> bool:
+        return (self.merged is not None and plan.route is not None and self.rt.fallback is not None
                 and self.rt.fallback.store_for(plan.route.table) is not None)
 
+    def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
+        """The decision for the primary of a fallback route, with the route as in force now."""
+        return decide(plan, "primary", self._live_route(plan), store=True, unmergeable=unmergeable)
+
     async def _merge(self, plan: Plan, sql: str, run: Callable[[], Awaitable[bytes]],
-                     refuse: Callable[[str], bytes]) -> bytes:
-        """A similarity query for the primary of a route with a fallback store: the Decision (proxy/decision.py,
-        as `explain` prints it) is merge or refuse; merge runs proxy/merged.py, which may still refuse at
-        execution (an unreadable vector, ...). Labelled fallback_merged only when no refuse_*() was called."""
-        execution = self._executions[-1] if self._executions and self._executions[-1].plan is plan else None
-        self._refused = False
-        if execution is not None:
-            execution.target = "primary"
-        if plan.passthrough:  # the router could not plan it: no merge can be exact
-            return refuse(plan.reason)
+                     refuse: Callable[[Refuse], bytes]) -> bytes:
+        """Apply a Merge decision (rewrite/decision.py, as `explain` prints it). What only execution can tell
+        (the store still loading, the shape's verdict, an unreadable vector in proxy/merged.py) may turn it into
+        a Refuse: `decide()` is asked again with that reason and its answer applied. The execution is labelled
+        once, with the decision applied."""
+        decision = await self._merge_decision(plan, sql)
+        if isinstance(decision, Merge):
+            try:
+                out = await run()  # (a replacement queues its replies just before it returns: none if it raised)
+            except Unanswerable as exc:
+                decision = self.decision(plan, str(exc))
+            except Exception:
+                log.exception("%s: merged execution failed", plan.route.table if plan.route else "?")
+                decision = self.decision(plan, "internal-error")
+            else:
+                if self.session.tracker.skipping and self.merged is not None:
+                    # an error came back while the merge was computed: the server discards the statement of
+                    # ours this Bind prepares (until the client's Sync), so it must be prepared again next time
+                    self.merged.on_error()
+                self._label(plan, decision)
+                return out
+        assert isinstance(decision, Refuse)
+        return refuse(decision)
+
+    async def _merge_decision(self, plan: Plan, sql: str) -> Decision:
+        """The decision once the route's store is loaded and the merge's verdict on the shape is known."""
         waited = await self._wait_for_store(plan)
         if waited == CANCELED_SQLSTATE:
-            return refuse(waited)
+            return cancelled(self._live_route(plan))
         unmergeable = f"store-not-ready: {waited}" if waited is not None else None
         if unmergeable is None:
             assert self.rt.fallback is not None
@@ -451,25 +496,12 @@ class StatementRouting:
             except Exception:  # a bug must not turn into a quiet pgvector-rows-only answer
                 log.exception("%s: merge planning failed", plan.route.table if plan.route else "?")
                 unmergeable = "internal-error"
-        decision = self.decision(plan, unmergeable)
-        if decision.action != "merge":
-            return refuse(decision.reason)
-        try:
-            out = await run()  # (a replacement queues its replies just before it returns: none if it raised)
-        except Exception:
-            log.exception("%s: merged execution failed", plan.route.table if plan.route else "?")
-            return refuse("internal-error")
-        if self.session.tracker.skipping and self.merged is not None:
-            # an error came back while the merge was computed: the server discards the statement of ours this
-            # Bind prepares (until the client's Sync), so it must be prepared again next time
-            self.merged.on_error()
-        if execution is not None and not self._refused:
-            execution.target = MERGED
-        return out
+        return self.decision(plan, unmergeable)
 
-    def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
-        """The decision for the primary of a fallback route, with the route as in force now."""
-        return decide(plan, "primary", self._live_route(plan), store=True, unmergeable=unmergeable)
+    def _label(self, plan: Plan, decision: Decision) -> None:
+        """The execution's metrics label: the target of the decision applied (set once)."""
+        if self._executions and self._executions[-1].plan is plan and decision.target is not None:
+            self._executions[-1].target = decision.target
 
     async def _wait_for_store(self, plan: Plan) -> str | None:
         """None once the route's store is loaded; else, after at most fallback_wait_ms, why it is not (or
@@ -502,23 +534,14 @@ class StatementRouting:
         self._cancel.set()
         return True
 
-    def _refusal(self, plan: Plan, reason: str) -> tuple[Decision, str]:
-        """Count a refusal and label its execution; the decision and the text naming route and reason."""
-        decision = self.decision(plan, reason)
-        self._refused = True
-        if self._executions and self._executions[-1].plan is plan:
-            self._executions[-1].target = decision.target or "primary"
-        assert decision.route is not None
+    def _refusal(self, plan: Plan, decision: Refuse) -> None:
+        """Apply a refusal's side effects, once: its execution's label, the count (not for a cancel), the log."""
+        self._label(plan, decision)
+        if decision.sqlstate == CANCELED_SQLSTATE:
+            return
         if self.rt.fallback is not None:
-            self.rt.fallback.count_unmerged(decision.route, reason_code(reason))
+            self.rt.fallback.count_unmerged(decision.route, reason_code(decision.reason))
         log.info("%s", decision.describe())
-        return decision, (f"pgcutover: route {decision.route}: this similarity query cannot be answered exactly "
-                          f"over all rows while legacy rows remain ({reason})")
-
-    def _cancelled(self, plan: Plan) -> None:
-        self._refused = True
-        if self._executions and self._executions[-1].plan is plan:
-            self._executions[-1].target = REFUSED
 
     def _notice(self, text: str, tries: int = 200) -> None:
         """A NoticeResponse to the client (one may come at any time), between two whole server messages: while a
@@ -531,38 +554,29 @@ class StatementRouting:
         else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
             log.warning("could not place the notice %r between server messages", text)
 
-    def refuse_query(self, plan: Plan, sql: str, reason: str) -> bytes:
+    def refuse_query(self, plan: Plan, sql: str, decision: Refuse) -> bytes:
         """The replacement of a simple Query the merge cannot answer exactly (route's on_inexact applies)."""
         self.session.tracker.expect(QUERY)
-        if reason == CANCELED_SQLSTATE:
-            self._cancelled(plan)
-            return msg.query(raise_sql(CANCELED_SQLSTATE, "canceling statement due to user request"))
-        decision, text = self._refusal(plan, reason)
-        if not decision.error:
-            self._notice(text + "; answered from pgvector rows only")
+        self._refusal(plan, decision)
+        if decision.sqlstate is None:
+            self._notice(decision.message + "; answered from pgvector rows only")
             return msg.query(plan.sql_for("primary") or sql)
-        return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
+        return msg.query(raise_sql(decision.sqlstate, decision.message, _hint(decision)))
 
-    def refuse_bind(self, statement: RoutedStatement, payload: bytes, reason: str) -> bytes:
+    def refuse_bind(self, statement: RoutedStatement, payload: bytes, decision: Refuse) -> bytes:
         """The replacement of a Bind the merge cannot answer exactly. For "error", the Bind becomes our own
         statement that raises: the client sees the ErrorResponse where its BindComplete was due, and the server
         skips the client's Describe/Execute up to its Sync, as after any failed Bind."""
         tracker = self.session.tracker
-        plan = statement.plan
-        if reason == CANCELED_SQLSTATE:
-            self._cancelled(plan)
-            sqlstate, text, hint = CANCELED_SQLSTATE, "canceling statement due to user request", None
-        else:
-            decision, text = self._refusal(plan, reason)
-            if not decision.error:
-                self._notice(text + "; answered from pgvector rows only")
-                tracker.expect(BIND)
-                return msg.message(b"B", payload)
-            sqlstate, hint = INEXACT_SQLSTATE, _HINT
+        self._refusal(statement.plan, decision)
+        if decision.sqlstate is None:
+            self._notice(decision.message + "; answered from pgvector rows only")
+            tracker.expect(BIND)
+            return msg.message(b"B", payload)
         portal, _ = msg.read_cstr(payload, 0)
         out = msg.close("S", _RAISE_NAME)  # closing a statement that does not exist is not an error
         tracker.expect(CLOSE, DROP)
-        out += msg.parse_message(_RAISE_NAME, raise_sql(sqlstate, text, hint))
+        out += msg.parse_message(_RAISE_NAME, raise_sql(decision.sqlstate, decision.message, _hint(decision)))
         tracker.expect(PARSE, DROP)
         out += msg.bind_message(msg.Bind(portal, _RAISE_NAME, (), (), ()))
         tracker.expect(BIND, DROP)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import states
 from .admin import ADMIN_DATABASE
 from .cancel import BackendKey
 from .deferred import Deferred
@@ -29,6 +30,21 @@ from .protocol.framing import FirstPacketReader
 from .protocol.replies import FORWARD, ReplyTracker
 from .protocol.replies import STARTUP as STARTUP_CYCLE
 from .statements import StatementRouting
+from .states import (
+    ACTIVE,
+    ADMIN,
+    AUTH,
+    CANCELLING,
+    CLOSED,
+    CONNECTING,
+    LOCAL_AUTH,
+    PAUSED,
+    RELAY,
+    STARTUP,
+    TERMINATING,
+    WAITING,
+    transition,
+)
 from .upstream import UpstreamAddress, UpstreamError, address_of, open_upstream, send_cancel
 
 if TYPE_CHECKING:
@@ -39,11 +55,6 @@ log = logging.getLogger("pgcutover.session")
 
 _unpack_i32 = struct.Struct("!i").unpack_from
 
-STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
-ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held by PAUSE at an idle point
-WAITING = "waiting"  # a routing decision is being computed off the event loop; the client's bytes wait
-RELAY = "relay"  # a startup packet the server will refuse: bytes are relayed raw so its own answer comes back
-LOCAL_AUTH = "local-auth"  # an admin console login checked by the proxy itself ([admin] auth = "local")
 _WAITING_BUFFER = 1 << 20  # client bytes held while waiting before its socket stops being read
 # Before ReadyForQuery no client message above this is buffered or even accepted (an unauthenticated client
 # must not make the proxy grow); authentication messages are far smaller (the server caps them at 65535).
@@ -74,9 +85,6 @@ class _RateLimit:
 
 
 _violation_log = _RateLimit(per_second=5)
-
-TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
-CANCELLING = "cancelling"  # a CancelRequest is being relayed; the client's socket closes when it is delivered
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
 _STATEMENT_TYPES = _ROUTED_TYPES | {codes.F_BIND, codes.F_CLOSE}
@@ -151,6 +159,10 @@ class Session:
         self.admin_requested = False
         self.admin: AdminConsole | None = None
 
+    def _to(self, event: str) -> None:
+        """The one way the session changes state: proxy/states.py's table (SessionStateError otherwise)."""
+        self.state = transition(self.state, event)
+
     # -- wiring ---------------------------------------------------------------------------------------------
     def client_connected(self, transport: asyncio.BaseTransport) -> None:
         self.client_transport = transport
@@ -183,7 +195,7 @@ class Session:
         if self.state == CLOSED:
             return
         in_flight = not self.tracker.idle and self.state in (ACTIVE, WAITING)
-        self.state = CLOSED
+        self._to(states.CLOSE)
         self._cancel_tasks()
         if self.server_transport is not None:
             if in_flight:  # an abrupt disconnect mid-query: stop the backend's work rather than let it run on
@@ -208,7 +220,7 @@ class Session:
         """Close both sides (buffered writes are flushed first)."""
         if self.state == CLOSED:
             return
-        self.state = CLOSED
+        self._to(states.CLOSE)
         self._cancel_tasks()
         if self.server_transport is not None:
             self.server_transport.close()
@@ -308,7 +320,7 @@ class Session:
                     raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
                 self._to_client(b"S")
                 self._ssl_done = self._gss_done = True
-                self.state = CONNECTING  # nothing may arrive until the handshake is done
+                self._to(states.TLS_REQUESTED)  # nothing may arrive until the handshake is done
                 self._connect_task = asyncio.get_running_loop().create_task(self._start_tls())
             else:
                 self._to_client(b"N")
@@ -342,16 +354,19 @@ class Session:
         if new_transport is None:
             self.close()
             return
+        if self.state == CLOSED:
+            new_transport.close()
+            return
         self.client_transport = new_transport
         self._to_client = new_transport.write
-        self.state = STARTUP
+        self._to(states.TLS_DONE)
 
     def _forward_cancel(self, packet: msg.CancelRequest) -> None:
         """Relay the CancelRequest to the upstream as received; the server checks the key itself.
 
         The client's socket is closed once the server has closed ours, as a direct cancel would see it: a
         client that waits for that close (libpq does) knows the signal has been delivered."""
-        self.state = CANCELLING  # like the server, ignore whatever follows the request
+        self._to(states.CANCEL_REQUESTED)  # like the server, ignore whatever follows the request
         self.rt.totals.cancels_forwarded += 1
         self._end_store_wait(packet)
         addr = address_of(self.rt.config.proxy.upstream)
@@ -380,7 +395,7 @@ class Session:
             self.fail_client("53300", "sorry, too many clients already")
             return
         if not startup.valid:  # bad version or layout: let the server answer it, in its own words and format
-            self.state = CONNECTING
+            self._to(states.CONNECT)
             self._connect_task = asyncio.get_running_loop().create_task(self._connect())
             return
         if startup.params.get("database") == ADMIN_DATABASE and self.rt.config.admin.auth == "local":
@@ -394,7 +409,7 @@ class Session:
         rest = self._first.take_rest()
         if rest:
             self._early.append(rest)
-        self.state = CONNECTING
+        self._to(states.CONNECT)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect())
 
     def _start_local_login(self, startup: msg.Startup) -> None:
@@ -402,7 +417,7 @@ class Session:
         from .admin import LocalLogin
 
         self.admin_requested = True
-        self.state = LOCAL_AUTH
+        self._to(states.LOCAL_LOGIN)
         self._login = LocalLogin(self.rt.config.admin, startup, self._to_client, PRE_AUTH_LIMIT)
         self._login.begin()
         rest = self._first.take_rest()
@@ -459,7 +474,7 @@ class Session:
         self.server_transport = transport
         self._to_server = transport.write
         if relay:
-            self.state = RELAY
+            self._to(states.RELAY_STARTUP)
             transport.write(self.startup.raw)
             early, self._early = self._early, []
             for chunk in early:
@@ -471,7 +486,7 @@ class Session:
             transport.write(msg.startup_packet(params, self.startup.version))
         else:
             transport.write(self.startup.raw)  # byte for byte: user, database, options, protocol version
-        self.state = AUTH
+        self._to(states.STARTUP_SENT)
         early, self._early = self._early, []
         for chunk in early:
             if self.state != CLOSED:
@@ -621,7 +636,7 @@ class Session:
         if route is not None and route.shadow_timeout_ms > 0:
             cycle.timer = asyncio.get_running_loop().call_later(route.shadow_timeout_ms / 1000,
                                                                 self._cycle_timed_out, cycle)
-        self.state = WAITING
+        self._to(states.HOLD)
         if end < len(data):
             self._early.insert(0, data[end:])
 
@@ -634,7 +649,9 @@ class Session:
         assert cycle is not None
         if cycle.timer is not None:
             cycle.timer.cancel()  # type: ignore[attr-defined]
-        self.state = ACTIVE
+        if self.state == CLOSED:
+            return
+        self._to(states.RELEASE)
         if cycle.should_fail_over and self.routing is not None:
             log.warning("session %s: shadow of %s failed with %s%s; re-running on the primary", self.peer,
                         cycle.table, cycle.sqlstate, " (timeout)" if cycle.timed_out else "")
@@ -679,7 +696,7 @@ class Session:
     # -- asynchronous routing decisions ---------------------------------------------------------------------
     def _wait_for(self, deferred: Deferred, rest: bytes) -> None:
         """Hold the client's later bytes, in order, until the deferred message's replacement is sent."""
-        self.state = WAITING
+        self._to(states.HOLD)
         if rest:
             self._early.insert(0, rest)
         self._deferred_task = asyncio.get_running_loop().create_task(self._send_deferred(deferred))
@@ -702,7 +719,7 @@ class Session:
             self.queries -= deferred.kind == codes.F_QUERY
         else:
             self._to_server(out)
-        self.state = ACTIVE
+        self._to(states.RELEASE)
         self.resume_client_reading()
         while self._early and self.state is ACTIVE:
             self.client_data(self._early.pop(0))
@@ -710,12 +727,12 @@ class Session:
     # -- PAUSE / RESUME (admin console) ---------------------------------------------------------------------
     def pause_if_idle(self) -> None:
         if self.idle and self.rt.paused:
-            self.state = PAUSED
+            self._to(states.PAUSE)
 
     def resume_if_paused(self) -> None:
         if self.state != PAUSED:
             return
-        self.state = ACTIVE
+        self._to(states.RESUME)
         self.resume_client_reading()
         early, self._early = self._early, []
         for chunk in early:
@@ -726,7 +743,7 @@ class Session:
         """Authentication by the upstream is done: hang up on it and answer this client ourselves."""
         from .admin import AdminConsole
 
-        self.state = ADMIN
+        self._to(states.BECOME_ADMIN)
         self._startup_done()
         server, self.server_transport = self.server_transport, None
         self._to_server = _nowhere
@@ -751,7 +768,7 @@ class Session:
         if self.tracker.idle:
             self.close()
         else:  # a Query pipelined before the Terminate: the server answers it, then closes
-            self.state = TERMINATING
+            self._to(states.TERMINATE)
 
     def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | Deferred | None:
         """A Query/Parse (and Bind/Close once statements are routed), whole. Returns None to forward it as
@@ -921,7 +938,7 @@ class Session:
             if self.admin_requested:
                 self._become_admin()
                 return
-            self.state = ACTIVE  # authentication is over: the hot path takes the client's bytes from now on
+            self._to(states.READY)  # authentication is over: the hot path takes the client's bytes from now on
             self._startup_done()
         if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
             # Not now: this ReadyForQuery (and the result before it) is still in the batch being framed,

@@ -36,7 +36,8 @@ from .deferred import Deferred
 from .failover import ShadowCycle
 from .protocol import codes, replies
 from .protocol import messages as msg
-from .protocol.replies import FORWARD, ReplyTracker
+from .protocol.replies import FORWARD, Outgoing, ReplyTracker
+from .protocol.replies import STARTUP as STARTUP_CYCLE
 from .startup import PRE_AUTH_LIMIT, Startup
 from .statements import StatementRouting
 from .states import (
@@ -284,6 +285,17 @@ class Session:
         self._count_problem(logging.WARNING, "protocol violation", text)
         self.fail_client(sqlstate, f"pgcutover: {text}")
 
+    def send_startup(self, packet: bytes) -> None:
+        """The upstream is connected (proxy/startup.py): the startup packet goes, its replies are owed, and the
+        client's bytes that came meanwhile follow it."""
+        self.tracker.expect(STARTUP_CYCLE)
+        self._to_server(packet)
+        self._to(states.STARTUP_SENT)
+        early, self._early = self._early, []
+        for chunk in early:
+            if self.state != CLOSED:
+                self.client_data(chunk)
+
     # -- client -> server -------------------------------------------------------------------------------------
     def client_data(self, data: bytes) -> None:
         """Frame client bytes; forward them whole unless a message is held, rewritten or invalid.
@@ -489,13 +501,12 @@ class Session:
 
     async def _send_deferred(self, deferred: Deferred) -> None:
         try:
-            out = await deferred.replacement
+            outgoing: Outgoing | None = await deferred.replacement
         except asyncio.CancelledError:
             raise
         except Exception:  # the client still gets an answer: the one its own message gets unchanged
             log.exception("session %s: deferred routing failed; forwarding the message unchanged", self.peer)
-            self.tracker.expect_client(deferred.kind)
-            out = deferred.original
+            outgoing = None
         if self.state != WAITING:
             return
         if deferred.replay:  # planned off the loop: the message is routed again, from the top, counted once
@@ -503,8 +514,12 @@ class Session:
             self.bytes_from_client -= len(deferred.original)
             self.messages_from_client -= 1
             self.queries -= deferred.kind == codes.F_QUERY
+        elif outgoing is None:
+            self.tracker.expect_client(deferred.kind)
+            self._to_server(deferred.original)
         else:
-            self._to_server(out)
+            self.tracker.record(outgoing)
+            self._to_server(deferred.original if outgoing.data is None else outgoing.data)
         self._to(states.RELEASE)
         self.resume_client_reading()
         while self._early and self.state is ACTIVE:
@@ -545,29 +560,33 @@ class Session:
 
     def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | Deferred | None:
         """A Query/Parse (and Bind/Close once statements are routed), whole. Returns None to forward it as
-        is, or the bytes to send instead; either way the reply queue already holds what the server will owe."""
+        is, or the bytes to send instead; either way the reply queue already holds what the server will owe
+        (the routing says what that is; the session alone writes it)."""
         routing = self.routing
         assert routing is not None
         payload = data[pos + 5 : end]
         try:
             if kind == codes.F_QUERY:
                 self.queries += 1
-                return routing.on_query(payload)
-            if kind == codes.F_PARSE:
-                return routing.on_parse(payload)
-            if kind == codes.F_BIND:
-                return routing.on_bind(payload)
-            return routing.on_close(payload)
+                out = routing.on_query(payload)
+            elif kind == codes.F_PARSE:
+                out = routing.on_parse(payload)
+            elif kind == codes.F_BIND:
+                out = routing.on_bind(payload)
+            else:
+                out = routing.on_close(payload)
         except msg.ProtocolViolation:
             raise
         except Exception:  # routing must never cost the client its query: forward it untouched
             log.exception("session %s: routing failed; forwarding the message unchanged", self.peer)
             self.tracker.expect_client(kind)
             return None
-
-    def hold_statement_messages(self) -> None:
-        """Routed named statements exist: Bind and Close must be looked at too."""
-        self._hold_types = _STATEMENT_TYPES
+        if routing.holds_statement_messages:  # routed named statements exist: Bind and Close are looked at too
+            self._hold_types = _STATEMENT_TYPES
+        if out.__class__ is Deferred:
+            return out  # type: ignore[return-value]
+        self.tracker.record(out)  # type: ignore[arg-type]
+        return out.data  # type: ignore[union-attr]
 
     # -- server -> client -------------------------------------------------------------------------------------
     def server_data(self, data: bytes) -> None:

@@ -21,7 +21,6 @@ from .admin_handoff import hand_over_to_admin
 from .protocol import codes
 from .protocol import messages as msg
 from .protocol.framing import FirstPacketReader
-from .protocol.replies import STARTUP as STARTUP_CYCLE
 from .states import CLOSED, STARTUP
 from .upstream import UpstreamError, address_of, open_upstream, send_cancel
 
@@ -250,17 +249,11 @@ class Startup:
             for chunk in early:
                 transport.write(chunk)
             return
-        self.session.tracker.expect(STARTUP_CYCLE)
         if self.session.admin_requested:
             params = {**self.session.startup.params, "database": dsn.database}
-            transport.write(msg.startup_packet(params, self.session.startup.version))
+            self.session.send_startup(msg.startup_packet(params, self.session.startup.version))
         else:
-            transport.write(self.session.startup.raw)  # byte for byte: user, database, options, protocol version
-        self.session._to(states.STARTUP_SENT)
-        early, self.session._early = self.session._early, []
-        for chunk in early:
-            if self.session.state != CLOSED:
-                self.session.client_data(chunk)
+            self.session.send_startup(self.session.startup.raw)  # byte for byte: user, database, options, version
 
     def relay_from_server(self, data: bytes) -> None:
         """RELAY: the server's answer to a startup packet it refuses goes to the client as it comes."""

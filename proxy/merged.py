@@ -16,8 +16,8 @@ For the primary target of such a route, the session hands the statement here ins
    bound with the client's own values plus ours.
 It runs on the client's own connection, so privileges and row-level security apply to legacy rows exactly as
 to migrated ones. What cannot be merged exactly (the reason: fallback/merge.py's Passthrough at build time,
-`Unanswerable` here at execution) is handed to the routing's refusal (`on_inexact`: an error or a notice),
-never answered silently from pgvector rows only.
+`Unanswerable` raised here at execution) becomes the routing's Refuse decision (`on_inexact`: an error or a
+notice), never a silent answer from pgvector rows only.
 """
 
 from __future__ import annotations
@@ -39,14 +39,13 @@ from pgcutover.fallback.scan import scan
 from pgcutover.rewrite.analyze import Passthrough
 
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, PARSE, SYNC
+from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, FORWARD, PARSE, SYNC, Outgoing
 from .vectors import Vector
 
 if TYPE_CHECKING:
     from pgcutover.rewrite.plan import Plan
 
     from .legacy import FallbackService
-    from .session import Session
     from .statements import RoutedStatement
 
 log = logging.getLogger("pgcutover.merged")
@@ -56,6 +55,8 @@ ROW_READS = 4  # concurrent reads of a migrated query row's vector on connection
 MAX_CANDIDATES = 10_000  # a search capped here stays exact: the merged query's guard covers the rest
 MAX_STATEMENTS = 64  # merged statements kept prepared per session (least recently used are closed)
 _names = itertools.count(1)
+# a simple Query answered by a statement of ours: ParseComplete and BindComplete dropped, the rest a Query's
+_OWES_AS_QUERY = ((PARSE, DROP), (BIND, DROP), (DESCRIBE_PORTAL, FORWARD), (EXECUTE, FORWARD), (SYNC, FORWARD))
 
 
 class Unanswerable(Exception):
@@ -156,14 +157,10 @@ def bound_text(bound: float | None) -> bytes | None:
 class MergedQueries:
     """One session's merged executions."""
 
-    def __init__(self, session: Session, service: FallbackService) -> None:
-        self.session = session
+    def __init__(self, service: FallbackService) -> None:
         self.service = service
         self.prepared: OrderedDict[tuple[str, tuple[int, ...]], str] = OrderedDict()  # (sql, oids) -> our name
         self._injected: list[tuple[str, tuple[int, ...]]] = []  # our Parses since the last ReadyForQuery
-
-    def wants(self, plan: Plan, target: str) -> bool:
-        return target == "primary" and plan.route is not None and self.service.store_for(plan.route.table) is not None
 
     async def _candidates(self, merge: MergePlan, vector: np.ndarray, limit: int | None,
                           offset: int | None) -> tuple[list, float | None]:
@@ -283,44 +280,31 @@ class MergedQueries:
         return None if value is None else Vector.from_text(value).to_numpy()
 
     # -- simple Query -------------------------------------------------------------------------------------------
-    async def query(self, plan: Plan, sql: str) -> bytes:
-        """The replacement of a Query message (its reply cycle is queued just before it is returned)."""
-        try:
-            merge = await self.service.merges.get(plan, sql)
-            extras = await self._extras(merge, None)
-        except Unanswerable as exc:
-            assert self.session.routing is not None  # merges only happen on routed sessions
-            return self.session.routing.refuse_query(plan, sql, str(exc))
+    async def query(self, plan: Plan, sql: str) -> Outgoing:
+        """The replacement of a Query message and the replies it owes. Raises Unanswerable when this execution
+        cannot be merged exactly."""
+        merge = await self.service.merges.get(plan, sql)
+        extras = await self._extras(merge, None)
         return self._as_query(merge, extras)
 
-    def _as_query(self, merge: MergePlan, extras: tuple[bytes | None, ...]) -> bytes:
+    def _as_query(self, merge: MergePlan, extras: tuple[bytes | None, ...]) -> Outgoing:
         """The merged query in place of a simple Query, its candidates and bound bound as parameters: an unnamed
         statement and portal of ours (a Query would have replaced the unnamed statement too). The client sees a
         Query's replies: ParseComplete and BindComplete are dropped; RowDescription (from the Describe),
         DataRows, CommandComplete, ErrorResponse and ReadyForQuery are forwarded."""
-        tracker = self.session.tracker
         out = (msg.parse_message("", merge.sql_with_param, (0,) * (merge.param_count + merge.extra_count))
                + msg.bind_message(msg.Bind("", "", (), extras, ()))
                + msg.describe("P", "") + msg.execute("", 0) + msg.message(b"S"))
-        tracker.expect(PARSE, DROP)
-        tracker.expect(BIND, DROP)
-        tracker.expect(DESCRIBE_PORTAL)
-        tracker.expect(EXECUTE)
-        tracker.expect(SYNC)
-        return out
+        return Outgoing(out, _OWES_AS_QUERY)
 
     # -- extended protocol ----------------------------------------------------------------------------------------
-    async def bind(self, statement: RoutedStatement, payload: bytes) -> bytes:
-        """The replacement of a Bind of `statement` (prepared under the client's name for the primary)."""
-        tracker = self.session.tracker
+    async def bind(self, statement: RoutedStatement, payload: bytes) -> Outgoing:
+        """The replacement of a Bind of `statement` (prepared under the client's name for the primary) and the
+        replies it owes. Raises Unanswerable when this execution cannot be merged exactly."""
         bind = msg.parse_bind(payload)
-        try:
-            merge = await self.service.merges.get(statement.plan, statement.sql)
-            extras = await self._extras(merge, bind)
-        except Unanswerable as exc:
-            assert self.session.routing is not None
-            return self.session.routing.refuse_bind(statement, payload, str(exc))
-        out, name = self._prepare(merge, statement.param_oids)
+        merge = await self.service.merges.get(statement.plan, statement.sql)
+        extras = await self._extras(merge, bind)
+        out, name, owed = self._prepare(merge, statement.param_oids)
         nparams = len(bind.params)
         formats = bind.param_formats
         if len(formats) == 1:
@@ -328,31 +312,31 @@ class MergedQueries:
         if formats:
             formats = (*formats, *(0,) * len(extras))  # our values are text
         merged_bind = msg.Bind(bind.portal, name, formats, (*bind.params, *extras), bind.result_formats)
-        tracker.expect(BIND)
-        return out + msg.bind_message(merged_bind)
+        return Outgoing(out + msg.bind_message(merged_bind), (*owed, (BIND, FORWARD)))
 
-    def _prepare(self, merge: MergePlan, oids: tuple[int, ...]) -> tuple[bytes, str]:
-        """Our statement for this merge (and the client's declared types), prepared once per session."""
-        tracker = self.session.tracker
+    def _prepare(self, merge: MergePlan, oids: tuple[int, ...]) -> tuple[bytes, str, tuple[tuple[int, int], ...]]:
+        """Our statement for this merge (and the client's declared types), prepared once per session: the
+        messages that prepare it (if any), its name, and the replies they owe (dropped: ours)."""
         first = max(len(oids), merge.param_count) + 1
         sql = merge.sql_with_param if first == merge.param_count + 1 else merge.sql_with_params_from(first)
         key = (sql, oids)
         name = self.prepared.get(key)
         if name is not None:
             self.prepared.move_to_end(key)
-            return b"", name
+            return b"", name, ()
         out = b""
+        owed: list[tuple[int, int]] = []
         if len(self.prepared) >= MAX_STATEMENTS:
             _, old = self.prepared.popitem(last=False)
             out += msg.close("S", old)
-            tracker.expect(CLOSE, DROP)
+            owed.append((CLOSE, DROP))
         name = f"pgcutover_merged_{next(_names)}"
         declared = (*oids, *([0] * (first - 1 - len(oids))), *(0,) * merge.extra_count)
         out += msg.parse_message(name, sql, declared)
-        tracker.expect(PARSE, DROP)
+        owed.append((PARSE, DROP))
         self.prepared[key] = name
         self._injected.append(key)
-        return out, name
+        return out, name, tuple(owed)
 
     def on_error(self) -> None:
         """An error may have skipped our Parses since the last ReadyForQuery: prepare afresh next time."""

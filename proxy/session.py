@@ -1,17 +1,27 @@
-"""One client session: its startup, its upstream connection, and the two byte paths between them.
+"""One client session after its set-up: the two byte paths between client and server, and what rides on them.
 
-The session never touches a socket: it is given `write` callables for both sides and is fed bytes. Both
-paths walk message headers in place and forward the caller's buffer whole whenever nothing in it changes,
-so a pass-through query costs one read and one write per direction and no per-message allocation. Only
-the messages the proxy must understand are looked into: Query/Parse (for the router), Describe (for the
-reply queue) from the client; ReadyForQuery, BackendKeyData, ParameterStatus and ErrorResponse from the
-server.
+- the session's state, moved only through proxy/states.py's transition table;
+- client -> server: frames the client's bytes, keeps the reply queue (protocol/replies.py) of what the server
+  owes, hands Query/Parse (and Bind/Close of routed statements) to proxy/statements.py and applies what it
+  returns: the message unchanged, bytes in its place, or a Deferred (the client's later bytes wait, in order,
+  until it resolves);
+- server -> client: frames the server's bytes, pops the reply queue, drops the replies owed to messages of the
+  proxy's own, and tracks ReadyForQuery, BackendKeyData, ParameterStatus and ErrorResponse;
+- the failover of a guarded shadow-routed cycle (proxy/failover.py): replies held back, re-run on the primary;
+- PAUSE/RESUME from the admin console, the shutdown drain, flow control between the two sockets.
+
+Set-up lives elsewhere: SSL/GSS negotiation, the TLS handshake, the upstream connect and the startup relay in
+proxy/startup.py; the admin console's hand-off in proxy/admin_handoff.py. The session is given the transports
+by client_side/server_side and writes through their `write`; it opens no socket itself, except the short
+connection of a CancelRequest it sends for its own client (proxy/upstream.py's send_cancel).
+
+Both paths walk message headers in place and forward the caller's buffer whole whenever nothing in it changes,
+so a pass-through query costs one read and one write per direction and no per-message allocation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import ssl
 import struct
@@ -21,37 +31,44 @@ from typing import TYPE_CHECKING
 
 from pgcutover.core.enums import Target
 
-from .admin import ADMIN_DATABASE
+from . import states
+from .admin_handoff import hand_over_to_admin
 from .cancel import BackendKey
 from .deferred import Deferred
 from .failover import ShadowCycle
 from .protocol import codes, replies
 from .protocol import messages as msg
-from .protocol.framing import FirstPacketReader
-from .protocol.replies import FORWARD, ReplyTracker
+from .protocol.replies import FORWARD, Outgoing, ReplyTracker
 from .protocol.replies import STARTUP as STARTUP_CYCLE
+from .startup import PRE_AUTH_LIMIT, Startup
 from .statements import StatementRouting
-from .upstream import UpstreamAddress, UpstreamError, address_of, open_upstream, send_cancel
+from .states import (
+    ACTIVE,
+    ADMIN,
+    AUTH,
+    CANCELLING,
+    CLOSED,
+    CONNECTING,
+    LOCAL_AUTH,
+    PAUSED,
+    RELAY,
+    STARTUP,
+    TERMINATING,
+    WAITING,
+    transition,
+)
+from .upstream import UpstreamAddress, send_cancel
 
 if TYPE_CHECKING:
-    from .admin import AdminConsole, LocalLogin
+    from .admin import AdminConsole
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.session")
 
 _unpack_i32 = struct.Struct("!i").unpack_from
 
-STARTUP, CONNECTING, AUTH, ACTIVE, CLOSED = "startup", "connecting", "auth", "active", "closed"
-ADMIN, PAUSED = "admin", "paused"  # the admin console's sessions; sessions held by PAUSE at an idle point
-WAITING = "waiting"  # a routing decision is being computed off the event loop; the client's bytes wait
-RELAY = "relay"  # a startup packet the server will refuse: bytes are relayed raw so its own answer comes back
-LOCAL_AUTH = "local-auth"  # an admin console login checked by the proxy itself ([admin] auth = "local")
 _WAITING_BUFFER = 1 << 20  # client bytes held while waiting before its socket stops being read
-# Before ReadyForQuery no client message above this is buffered or even accepted (an unauthenticated client
-# must not make the proxy grow); authentication messages are far smaller (the server caps them at 65535).
-PRE_AUTH_LIMIT = 64 * 1024
 _PRE_AUTH_STATES = frozenset((STARTUP, CONNECTING, AUTH, RELAY, LOCAL_AUTH))
-_MITM_DETAIL = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack."
 
 
 class _RateLimit:
@@ -76,9 +93,6 @@ class _RateLimit:
 
 
 _violation_log = _RateLimit(per_second=5)
-
-TERMINATING = "terminating"  # the client sent Terminate; replies still due are relayed until the server closes
-CANCELLING = "cancelling"  # a CancelRequest is being relayed; the client's socket closes when it is delivered
 
 _ROUTED_TYPES = frozenset((codes.F_QUERY, codes.F_PARSE))  # held whole and shown to the router
 _STATEMENT_TYPES = _ROUTED_TYPES | {codes.F_BIND, codes.F_CLOSE}
@@ -105,7 +119,6 @@ class Session:
     def __init__(self, runtime: Runtime, tls_context: ssl.SSLContext | None = None) -> None:
         self.rt = runtime
         self.state = STARTUP
-        self.tls_context = tls_context
         self.tracker = ReplyTracker()
         self.startup: msg.Startup | None = None
         self.server_params: dict[str, str] = {}
@@ -114,20 +127,15 @@ class Session:
         self.upstream_addr: UpstreamAddress | None = None
         self.peer: str = "?"
         self.max_message = min(PRE_AUTH_LIMIT, runtime.config.proxy.max_message_size)  # raised at ReadyForQuery
-        self._ssl_done = self._gss_done = False  # as the server's ProcessStartupPacket tracks them
-        self._over_limit = False  # connected beyond max_client_conn: refused with 53300 at its startup packet
         self._startup_timer: asyncio.TimerHandle | None = None
-        self._login: LocalLogin | None = None
 
         self.client_transport: asyncio.BaseTransport | None = None
         self.server_transport: asyncio.Transport | None = None
         self._to_client: Writer = _nowhere
         self._to_server: Writer = _nowhere
-        self._first = FirstPacketReader()
+        self.setup = Startup(self, tls_context)  # the way in: TLS, the upstream connect, the startup relay
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
-        self._connect_task: asyncio.Task | None = None
         self._deferred_task: asyncio.Task | None = None
-        self._cancel_task: asyncio.Task | None = None  # a relayed CancelRequest (held so it is not collected)
         self._cycle: ShadowCycle | None = None  # a shadow-routed cycle that may fail over to the primary
         self.cycle_request: str | None = None  # set by the routing: start guarding at the current message
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
@@ -153,6 +161,10 @@ class Session:
         self.admin_requested = False
         self.admin: AdminConsole | None = None
 
+    def _to(self, event: str) -> None:
+        """The one way the session changes state: proxy/states.py's table (SessionStateError otherwise)."""
+        self.state = transition(self.state, event)
+
     # -- wiring ---------------------------------------------------------------------------------------------
     def client_connected(self, transport: asyncio.BaseTransport) -> None:
         self.client_transport = transport
@@ -164,7 +176,7 @@ class Session:
         proxy = self.rt.config.proxy
         self._startup_timer = asyncio.get_running_loop().call_later(proxy.startup_timeout, self._startup_expired)
         if len(self.rt.sessions) > proxy.max_client_conn:
-            self._over_limit = True
+            self.setup.over_limit = True
             if len(self.rt.sessions) > 2 * proxy.max_client_conn:  # a flood: not even a startup packet is read
                 self.close()
 
@@ -185,7 +197,7 @@ class Session:
         if self.state == CLOSED:
             return
         in_flight = not self.tracker.idle and self.state in (ACTIVE, WAITING)
-        self.state = CLOSED
+        self._to(states.CLOSE)
         self._cancel_tasks()
         if self.server_transport is not None:
             if in_flight:  # an abrupt disconnect mid-query: stop the backend's work rather than let it run on
@@ -210,7 +222,7 @@ class Session:
         """Close both sides (buffered writes are flushed first)."""
         if self.state == CLOSED:
             return
-        self.state = CLOSED
+        self._to(states.CLOSE)
         self._cancel_tasks()
         if self.server_transport is not None:
             self.server_transport.close()
@@ -222,9 +234,9 @@ class Session:
         if self._startup_timer is not None:
             self._startup_timer.cancel()
             self._startup_timer = None
-        for task in (self._connect_task, self._deferred_task):
-            if task is not None and not task.done():
-                task.cancel()
+        self.setup.cancel()
+        if self._deferred_task is not None and not self._deferred_task.done():
+            self._deferred_task.cancel()
 
     def _finish(self) -> None:
         if self.admin is not None:
@@ -275,205 +287,12 @@ class Session:
         self._count_problem(logging.WARNING, "protocol violation", text)
         self.fail_client(sqlstate, f"pgcutover: {text}")
 
-    # -- startup --------------------------------------------------------------------------------------------
-    def _startup_data(self, data: bytes) -> None:
-        self._first.feed(data)
-        try:
-            while self.state == STARTUP:
-                packet = self._first.next_packet()
-                if packet is None:
-                    return
-                self._on_first_packet(packet)
-        except msg.StartupFatal as exc:  # what the server itself answers (its own SQLSTATE and text)
-            self._startup_problem(exc.text)
-            if self.client_transport is not None:
-                self._to_client(msg.error_response(exc.sqlstate, exc.text, "FATAL", exc.detail))
-            self.close()
-        except msg.StartupRefused as exc:  # the server only logs these and closes: no message either
-            self._startup_problem(str(exc))
-            self.close()
-        except msg.ProtocolViolation as exc:
-            self._violation(str(exc))
-
-    def _startup_problem(self, text: str) -> None:
-        self._count_problem(logging.INFO, "startup refused", text)
-
-    def _on_first_packet(self, packet: msg.FirstPacket) -> None:
-        # SSL and GSS negotiation follow the server's ProcessStartupPacket: each may come once, except that
-        # a declined GSSENCRequest allows an SSLRequest again (and a declined SSLRequest a GSSENCRequest).
-        # A repeated one is an "unsupported frontend protocol" like any unknown code.
-        if isinstance(packet, msg.SSLRequest):
-            if self._ssl_done:
-                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.SSL_REQUEST))
-            if self.tls_context is not None:
-                if self._first.take_rest():
-                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
-                self._to_client(b"S")
-                self._ssl_done = self._gss_done = True
-                self.state = CONNECTING  # nothing may arrive until the handshake is done
-                self._connect_task = asyncio.get_running_loop().create_task(self._start_tls())
-            else:
-                self._to_client(b"N")
-                self._ssl_done, self._gss_done = True, False
-                if self._first.buffered:
-                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
-        elif isinstance(packet, msg.GSSEncRequest):
-            if self._gss_done:
-                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.GSSENC_REQUEST))
-            self._to_client(b"N")
-            self._ssl_done, self._gss_done = False, True
-            if self._first.buffered:
-                raise msg.StartupFatal("08P01", "received unencrypted data after GSSAPI encryption request",
-                                       _MITM_DETAIL)
-        elif isinstance(packet, msg.CancelRequest):
-            self._forward_cancel(packet)
-        else:
-            self._on_startup(packet)
-
-    async def _start_tls(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport = self.client_transport
-        assert transport is not None and self.tls_context is not None
-        try:
-            new_transport = await loop.start_tls(transport, transport.get_protocol(), self.tls_context,
-                                                 server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError) as exc:
-            log.info("TLS handshake with %s failed: %s", self.peer, exc)
-            self.close()
-            return
-        if new_transport is None:
-            self.close()
-            return
-        self.client_transport = new_transport
-        self._to_client = new_transport.write
-        self.state = STARTUP
-
-    def _forward_cancel(self, packet: msg.CancelRequest) -> None:
-        """Relay the CancelRequest to the upstream as received; the server checks the key itself.
-
-        The client's socket is closed once the server has closed ours, as a direct cancel would see it: a
-        client that waits for that close (libpq does) knows the signal has been delivered."""
-        self.state = CANCELLING  # like the server, ignore whatever follows the request
-        self.rt.totals.cancels_forwarded += 1
-        self._end_store_wait(packet)
-        addr = address_of(self.rt.config.proxy.upstream)
-        # Not cancelled when the client hangs up first: many clients close right after sending the request.
-        self._cancel_task = asyncio.get_running_loop().create_task(send_cancel(addr, packet.raw))
-        self._cancel_task.add_done_callback(lambda _: self.close())
-
-    def _end_store_wait(self, packet: msg.CancelRequest) -> None:
-        """A query waiting for a fallback store has not reached the server: the server's cancel would miss it,
-        so the proxy ends that wait itself (57014). The key is matched against the sessions' real server keys
-        (a linear scan: cancels are rare and sessions bounded by max_client_conn)."""
-        for session in self.rt.sessions:
-            key, routing = session.key, session.routing
-            if (key is not None and routing is not None and key.pid == packet.pid
-                    and hmac.compare_digest(key.secret, packet.secret)):
-                routing.cancel_wait()
-                return
-
-    def _on_startup(self, startup: msg.Startup) -> None:
-        self.startup = startup
-        if self.rt.shutting_down:
-            self.fail_client("57P01", "pgcutover is shutting down")
-            return
-        if self._over_limit and not self._admin_may_exceed(startup):
-            # PostgreSQL's own words and SQLSTATE for a full server, after the startup packet as it does
-            self.fail_client("53300", "sorry, too many clients already")
-            return
-        if not startup.valid:  # bad version or layout: let the server answer it, in its own words and format
-            self.state = CONNECTING
-            self._connect_task = asyncio.get_running_loop().create_task(self._connect())
-            return
-        if startup.params.get("database") == ADMIN_DATABASE and self.rt.config.admin.auth == "local":
-            self._start_local_login(startup)
-            return
-        if startup.params.get("database") == ADMIN_DATABASE:
-            if startup.params["user"] not in self.rt.config.admin.users:
-                self.fail_client("28000", f'pgcutover: user "{startup.params["user"]}" is not an admin user')
-                return
-            self.admin_requested = True  # authenticated by the upstream, then served by the proxy itself
-        rest = self._first.take_rest()
-        if rest:
-            self._early.append(rest)
-        self.state = CONNECTING
-        self._connect_task = asyncio.get_running_loop().create_task(self._connect())
-
-    def _start_local_login(self, startup: msg.Startup) -> None:
-        """The console's own SCRAM exchange: no upstream connection at all, so it works with the server down."""
-        from .admin import LocalLogin
-
-        self.admin_requested = True
-        self.state = LOCAL_AUTH
-        self._login = LocalLogin(self.rt.config.admin, startup, self._to_client, PRE_AUTH_LIMIT)
-        self._login.begin()
-        rest = self._first.take_rest()
-        if rest:
-            self._local_login_data(rest)
-
-    def _local_login_data(self, data: bytes) -> None:
-        from .admin import LoginFailed
-
-        assert self._login is not None
-        try:
-            done = self._login.feed(data)
-        except LoginFailed as exc:
-            if exc.sqlstate:
-                self.fail_client(exc.sqlstate, exc.text)
-            else:
-                self.close()
-            return
-        if done:
-            rest = bytes(self._login.reader._buf)
-            self._login = None
-            self._become_admin()
-            if rest:
-                self.client_data(rest)
-
-    def _admin_may_exceed(self, startup: msg.Startup) -> bool:
-        """The console stays reachable during a connection storm (as superuser_reserved_connections would)."""
-        return (startup.params.get("database") == ADMIN_DATABASE
-                and startup.params.get("user") in self.rt.config.admin.users
-                and len(self.rt.sessions) <= 2 * self.rt.config.proxy.max_client_conn)
-
-    async def _connect(self) -> None:
-        from .server_side import ServerProtocol
-
-        dsn = self.rt.config.proxy.upstream
-        protocol = ServerProtocol(self)
-        assert self.startup is not None
-        relay = not self.startup.valid
-        if relay:  # the server's answer may not even be protocol 3 (a 2.0 client gets a 2.0-style error)
-            protocol.data_received = self._relay_from_server  # type: ignore[method-assign]
-        try:
-            transport = await open_upstream(dsn, protocol, self.rt.config.proxy.connect_timeout)
-        except UpstreamError as exc:
-            self.rt.upstream_ok = False
-            self.rt.totals.upstream_errors += 1
-            log.warning("session %s: %s", self.peer, exc)
-            self.fail_client("08006", f"pgcutover: {exc}")
-            return
-        if self.state == CLOSED:
-            transport.close()
-            return
-        self.rt.upstream_ok = True
-        self.upstream_addr = address_of(dsn)
-        self.server_transport = transport
-        self._to_server = transport.write
-        if relay:
-            self.state = RELAY
-            transport.write(self.startup.raw)
-            early, self._early = self._early, []
-            for chunk in early:
-                transport.write(chunk)
-            return
+    def send_startup(self, packet: bytes) -> None:
+        """The upstream is connected (proxy/startup.py): the startup packet goes, its replies are owed, and the
+        client's bytes that came meanwhile follow it."""
         self.tracker.expect(STARTUP_CYCLE)
-        if self.admin_requested:
-            params = {**self.startup.params, "database": dsn.database}
-            transport.write(msg.startup_packet(params, self.startup.version))
-        else:
-            transport.write(self.startup.raw)  # byte for byte: user, database, options, protocol version
-        self.state = AUTH
+        self._to_server(packet)
+        self._to(states.STARTUP_SENT)
         early, self._early = self._early, []
         for chunk in early:
             if self.state != CLOSED:
@@ -623,7 +442,7 @@ class Session:
         if route is not None and route.shadow_timeout_ms > 0:
             cycle.timer = asyncio.get_running_loop().call_later(route.shadow_timeout_ms / 1000,
                                                                 self._cycle_timed_out, cycle)
-        self.state = WAITING
+        self._to(states.HOLD)
         if end < len(data):
             self._early.insert(0, data[end:])
 
@@ -636,7 +455,9 @@ class Session:
         assert cycle is not None
         if cycle.timer is not None:
             cycle.timer.cancel()  # type: ignore[attr-defined]
-        self.state = ACTIVE
+        if self.state == CLOSED:
+            return
+        self._to(states.RELEASE)
         if cycle.should_fail_over and self.routing is not None:
             log.warning("session %s: shadow of %s failed with %s%s; re-running on the primary", self.peer,
                         cycle.table, cycle.sqlstate, " (timeout)" if cycle.timed_out else "")
@@ -661,7 +482,7 @@ class Session:
             assert self.admin is not None
             self.admin.feed(data)
         elif self.state == STARTUP:
-            self._startup_data(data)
+            self.setup.feed(data)
         elif self.state == CONNECTING or self.state == PAUSED or self.state == WAITING:
             self._early.append(data)
             limit = PRE_AUTH_LIMIT if self.state == CONNECTING else _WAITING_BUFFER
@@ -670,31 +491,24 @@ class Session:
         elif self.state == RELAY:
             self._to_server(data)
         elif self.state == LOCAL_AUTH:
-            self._local_login_data(data)
-
-    def _relay_from_server(self, data: bytes) -> None:
-        """RELAY: the server's answer to a startup packet it refuses goes to the client as it comes."""
-        self.bytes_from_server += len(data)
-        self.fatal_from_server = True  # whatever it says is its own account of the close
-        self._to_client(data)
+            self.setup.local_login_data(data)
 
     # -- asynchronous routing decisions ---------------------------------------------------------------------
     def _wait_for(self, deferred: Deferred, rest: bytes) -> None:
         """Hold the client's later bytes, in order, until the deferred message's replacement is sent."""
-        self.state = WAITING
+        self._to(states.HOLD)
         if rest:
             self._early.insert(0, rest)
         self._deferred_task = asyncio.get_running_loop().create_task(self._send_deferred(deferred))
 
     async def _send_deferred(self, deferred: Deferred) -> None:
         try:
-            out = await deferred.replacement
+            outgoing: Outgoing | None = await deferred.replacement
         except asyncio.CancelledError:
             raise
         except Exception:  # the client still gets an answer: the one its own message gets unchanged
             log.exception("session %s: deferred routing failed; forwarding the message unchanged", self.peer)
-            self.tracker.expect_client(deferred.kind)
-            out = deferred.original
+            outgoing = None
         if self.state != WAITING:
             return
         if deferred.replay:  # planned off the loop: the message is routed again, from the top, counted once
@@ -702,9 +516,13 @@ class Session:
             self.bytes_from_client -= len(deferred.original)
             self.messages_from_client -= 1
             self.queries -= deferred.kind == codes.F_QUERY
+        elif outgoing is None:
+            self.tracker.expect_client(deferred.kind)
+            self._to_server(deferred.original)
         else:
-            self._to_server(out)
-        self.state = ACTIVE
+            self.tracker.record(outgoing)
+            self._to_server(deferred.original if outgoing.data is None else outgoing.data)
+        self._to(states.RELEASE)
         self.resume_client_reading()
         while self._early and self.state is ACTIVE:
             self.client_data(self._early.pop(0))
@@ -712,30 +530,17 @@ class Session:
     # -- PAUSE / RESUME (admin console) ---------------------------------------------------------------------
     def pause_if_idle(self) -> None:
         if self.idle and self.rt.paused:
-            self.state = PAUSED
+            self._to(states.PAUSE)
 
     def resume_if_paused(self) -> None:
         if self.state != PAUSED:
             return
-        self.state = ACTIVE
+        self._to(states.RESUME)
         self.resume_client_reading()
         early, self._early = self._early, []
         for chunk in early:
             if self.state == ACTIVE:
                 self.client_data(chunk)
-
-    def _become_admin(self) -> None:
-        """Authentication by the upstream is done: hang up on it and answer this client ourselves."""
-        from .admin import AdminConsole
-
-        self.state = ADMIN
-        self._startup_done()
-        server, self.server_transport = self.server_transport, None
-        self._to_server = _nowhere
-        if server is not None:
-            server.write(msg.TERMINATE)
-            server.close()
-        self.admin = AdminConsole(self, self._to_client)
 
     def _bad_client_header(self, kind: int, length: int) -> None:
         if kind not in _FRONTEND:
@@ -753,33 +558,37 @@ class Session:
         if self.tracker.idle:
             self.close()
         else:  # a Query pipelined before the Terminate: the server answers it, then closes
-            self.state = TERMINATING
+            self._to(states.TERMINATE)
 
     def _on_client_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | Deferred | None:
         """A Query/Parse (and Bind/Close once statements are routed), whole. Returns None to forward it as
-        is, or the bytes to send instead; either way the reply queue already holds what the server will owe."""
+        is, or the bytes to send instead; either way the reply queue already holds what the server will owe
+        (the routing says what that is; the session alone writes it)."""
         routing = self.routing
         assert routing is not None
         payload = data[pos + 5 : end]
         try:
             if kind == codes.F_QUERY:
                 self.queries += 1
-                return routing.on_query(payload)
-            if kind == codes.F_PARSE:
-                return routing.on_parse(payload)
-            if kind == codes.F_BIND:
-                return routing.on_bind(payload)
-            return routing.on_close(payload)
+                out = routing.on_query(payload)
+            elif kind == codes.F_PARSE:
+                out = routing.on_parse(payload)
+            elif kind == codes.F_BIND:
+                out = routing.on_bind(payload)
+            else:
+                out = routing.on_close(payload)
         except msg.ProtocolViolation:
             raise
         except Exception:  # routing must never cost the client its query: forward it untouched
             log.exception("session %s: routing failed; forwarding the message unchanged", self.peer)
             self.tracker.expect_client(kind)
             return None
-
-    def hold_statement_messages(self) -> None:
-        """Routed named statements exist: Bind and Close must be looked at too."""
-        self._hold_types = _STATEMENT_TYPES
+        if routing.holds_statement_messages:  # routed named statements exist: Bind and Close are looked at too
+            self._hold_types = _STATEMENT_TYPES
+        if out.__class__ is Deferred:
+            return out  # type: ignore[return-value]
+        self.tracker.record(out)  # type: ignore[arg-type]
+        return out.data  # type: ignore[union-attr]
 
     # -- server -> client -------------------------------------------------------------------------------------
     def server_data(self, data: bytes) -> None:
@@ -921,9 +730,9 @@ class Session:
     def _ready_outside_steady_state(self) -> None:
         if self.state == AUTH:
             if self.admin_requested:
-                self._become_admin()
+                hand_over_to_admin(self)
                 return
-            self.state = ACTIVE  # authentication is over: the hot path takes the client's bytes from now on
+            self._to(states.READY)  # authentication is over: the hot path takes the client's bytes from now on
             self._startup_done()
         if self.rt.shutting_down and self.tx_status == codes.TX_IDLE and self.tracker.idle:
             # Not now: this ReadyForQuery (and the result before it) is still in the batch being framed,
@@ -967,13 +776,6 @@ class Session:
     def application_name(self) -> str:
         return self.server_params.get("application_name") or (
             self.startup.params.get("application_name", "") if self.startup else "")
-
-
-def _unsupported_protocol(code: int) -> str:
-    """The server's message for a first packet code it does not know (it supports 3.0 to 3.2)."""
-    latest = codes.PROTOCOL_3_2
-    return (f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports "
-            f"{codes.PROTOCOL_3_0 >> 16}.0 to {latest >> 16}.{latest & 0xFFFF}")
 
 
 def _apply_edits(data: bytes, stop: int, edits: list[tuple[int, int, bytes]]) -> bytes:

@@ -25,17 +25,26 @@ from typing import TYPE_CHECKING
 from pgcutover.core import sqlstate
 from pgcutover.core.enums import Target
 from pgcutover.core.sqlstate import PROGRAM_LIMIT_EXCEEDED
+from pgcutover.rewrite.decision import (
+    CANCELED_SQLSTATE,
+    INEXACT_SQLSTATE,
+    Decision,
+    Merge,
+    Refuse,
+    Rewrite,
+    cancelled,
+    decide,
+)
 from pgcutover.rewrite.router import plan_bytes
 from pgcutover.rewrite.split import SplitSession
 from pgcutover.rewrite.txcontrol import query_effects, statement_effect
 
-from .decision import MERGED, REFUSED, Decision, decide
 from .deferred import Deferred
 from .merged import MergedQueries, Unanswerable
 from .mirror import MirrorRequest
 from .protocol import codes
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, PARSE, QUERY
+from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, FORWARD, PARSE, QUERY, Outgoing
 
 if TYPE_CHECKING:
     from pgcutover.core.config import Route
@@ -62,8 +71,6 @@ class SessionLimit(msg.ProtocolViolation):
         self.sqlstate = sqlstate
 
 
-INEXACT_SQLSTATE = sqlstate.FEATURE_NOT_SUPPORTED  # feature_not_supported
-CANCELED_SQLSTATE = sqlstate.QUERY_CANCELED  # query_canceled, as the server says it
 _RAISE_NAME = "pgcutover_raise"  # our statement that makes the server raise an error in the client's pipeline
 # Statements after which the server has dropped prepared statements (ours included). A simple Query may hold
 # several statements, so the text is searched (a match inside a string literal only costs a re-prepare).
@@ -92,6 +99,19 @@ def raise_sql(sqlstate: str, message: str, hint: str | None = None) -> str:
 
 
 _HINT = 'on_inexact = "primary_only" answers from pgvector rows only, with a notice; see README "Limits"'
+
+
+# what the commonest messages owe, shared
+_OWES_QUERY = ((QUERY, FORWARD),)
+_OWES_BIND = ((BIND, FORWARD),)
+_QUERY_AS_IS = Outgoing(None, _OWES_QUERY)
+_BIND_AS_IS = Outgoing(None, _OWES_BIND)
+_CLOSE_AS_IS = Outgoing(None, ((CLOSE, FORWARD),))
+_PLANNED = Outgoing(b"", ())  # a deferred planning: its message is routed again, from the top
+
+
+def _hint(decision: Refuse) -> str | None:
+    return _HINT if decision.sqlstate == INEXACT_SQLSTATE else None
 
 
 def reason_code(reason: str) -> str:
@@ -159,13 +179,15 @@ class StatementRouting:
         # a failed shadow execution of a guarded cycle, judged by the breaker once the failover's re-run on the
         # primary has answered: (execution, seconds, sqlstate)
         self._awaiting_primary: tuple[Execution, float, str | None] | None = None
-        self.merged = MergedQueries(session, self.rt.fallback) if self.rt.fallback is not None else None
+        self.merged = MergedQueries(self.rt.fallback) if self.rt.fallback is not None else None
         self.unnamed: RoutedStatement | None = None  # the unnamed statement, when it is merged on Bind
         self._planned: tuple[str, tuple[str, ...], Plan] | None = None  # planned off the loop, for the replay
         self._statement_bytes = 0  # plan_bytes of self.statements
         self._tx_statements: dict[str, int] = {}  # named statements that are BEGIN/COMMIT/...: their effect
-        self._refused = False  # the merge in progress was refused (set by refuse_query/refuse_bind)
         self._cancel: asyncio.Event | None = None  # set while a query waits for a fallback store
+        # routed named statements (or an unnamed one merged or mirrored at its Bind) exist: the session must
+        # hand Bind and Close here too (it reads this after each message)
+        self.holds_statement_messages = False
 
     # -- context ----------------------------------------------------------------------------------------------
     @property
@@ -217,13 +239,13 @@ class StatementRouting:
         """Hold this client's messages while the planner thread plans `sql`, then route `original` again."""
         search_path = self.search_path
 
-        async def planned() -> bytes:
+        async def planned() -> Outgoing:
             try:
                 plan = await self.router.plan_async(sql, search_path)
             except RuntimeError:  # the planner is shut down (the proxy is stopping): plan here
                 plan = self.router.plan(sql, search_path)
             self._planned = (sql, search_path, plan)
-            return b""
+            return _PLANNED
 
         return Deferred(planned(), original, kind, replay=True)
 
@@ -260,7 +282,7 @@ class StatementRouting:
             self.session.cycle_request = plan.route.table
 
     # -- messages ---------------------------------------------------------------------------------------------
-    def on_query(self, payload: bytes) -> bytes | Deferred | None:
+    def on_query(self, payload: bytes) -> Outgoing | Deferred:
         """A simple Query is one implicit transaction unless it opens an explicit one; its transaction-control
         statements take effect in order around its (single) routing decision."""
         sql = msg.parse_query(payload)
@@ -284,24 +306,25 @@ class StatementRouting:
                     split.effect(effect)
             split.sync()
 
-    def _route_query(self, payload: bytes, sql: str, plan: Plan) -> bytes | Deferred | None:
-        tracker = self.session.tracker
-        cycle_start = tracker.idle
+    def _route_query(self, payload: bytes, sql: str, plan: Plan) -> Outgoing | Deferred:
+        cycle_start = self.session.tracker.idle
         if plan.passthrough and not self._unplanned(plan):
-            tracker.expect(QUERY)
-            return None
+            return _QUERY_AS_IS
         target = self._target(plan, sql)
-        if self.merged is not None and self.merged.wants(plan, target):
+        decision = self._decide(plan, target)
+        if isinstance(decision, Refuse):
+            return self.refuse_query(plan, sql, decision)
+        if isinstance(decision, Merge):
             merged = self.merged
+            assert merged is not None
             return Deferred(self._merge(plan, sql, lambda: merged.query(plan, sql),
-                                        lambda reason: self.refuse_query(plan, sql, reason)),
+                                        lambda refusal: self.refuse_query(plan, sql, refusal)),
                             msg.message(b"Q", payload), codes.F_QUERY)
-        tracker.expect(QUERY)
         self._guard(plan, target, cycle_start)
-        rewritten = plan.sql_for(target)
-        return None if rewritten is None else msg.query(rewritten)
+        rewritten = decision.sql if isinstance(decision, Rewrite) else None
+        return _QUERY_AS_IS if rewritten is None else Outgoing(msg.query(rewritten), _OWES_QUERY)
 
-    def on_parse(self, payload: bytes) -> bytes | None:
+    def on_parse(self, payload: bytes) -> Outgoing | Deferred:
         parse = msg.parse_parse(payload)
         plan = self._lookup(parse.sql)
         if plan is None:
@@ -309,14 +332,14 @@ class StatementRouting:
         if parse.name and not plan.passthrough:
             self._forget(parse.name)  # re-used name: its old plan goes (as below), then the limit is checked
             self._keep(parse.name, RoutedStatement(plan, parse.sql, parse.param_oids, ""))  # target set below
-        tracker = self.session.tracker
-        cycle_start = tracker.idle
+        cycle_start = self.session.tracker.idle
         out = b""
+        owed: list[tuple[int, int]] = []
         if self.force_target and parse.name:
             # a replay: the failed cycle may have prepared this name on the shadow before failing later
             out = msg.close("S", parse.name)
-            tracker.expect(CLOSE, DROP)
-        tracker.expect(PARSE)
+            owed.append((CLOSE, DROP))
+        owed.append((PARSE, FORWARD))
         if drops_statements(parse.sql):
             self.statements_dropped()
         if plan.passthrough or not parse.name:
@@ -325,7 +348,7 @@ class StatementRouting:
         if parse.name:
             if effect:  # it takes effect at each of its Binds
                 self._tx_statements[parse.name] = effect
-                self.session.hold_statement_messages()
+                self.holds_statement_messages = True
             elif self._tx_statements:
                 self._tx_statements.pop(parse.name, None)
         elif effect:  # the unnamed statement runs at the Bind/Execute that come with it
@@ -340,40 +363,38 @@ class StatementRouting:
                     self._keep(parse.name, statement)
                 else:
                     self.unnamed = statement
-                self.session.hold_statement_messages()
-            return out + msg.message(b"P", payload) if out else None
+                self.holds_statement_messages = True
+            return Outgoing(out + msg.message(b"P", payload) if out else None, tuple(owed))
         target = self._target(plan, parse.sql, execution=not parse.name)
         self._guard(plan, target, cycle_start)
         if parse.name:
             self.statements[parse.name].prepared_for = target
-            self.session.hold_statement_messages()
-        elif self.merged is not None and self.merged.wants(plan, target):
+            self.holds_statement_messages = True
+        elif isinstance(self._decide(plan, target), Merge):
             self.unnamed = RoutedStatement(plan, parse.sql, parse.param_oids, target)  # merged at its Bind
-            self.session.hold_statement_messages()
+            self.holds_statement_messages = True
         elif self._executions[-1].mirror:
             self._executions[-1].awaiting_bind = True  # its values come with the Bind of the unnamed statement
             self._executions[-1].param_oids = parse.param_oids
-            self.session.hold_statement_messages()
+            self.holds_statement_messages = True
         sql = plan.sql_for(target)
         if sql is None:
-            return out + msg.message(b"P", payload) if out else None
-        return out + msg.parse_message(parse.name, sql, parse.param_oids)
+            return Outgoing(out + msg.message(b"P", payload) if out else None, tuple(owed))
+        return Outgoing(out + msg.parse_message(parse.name, sql, parse.param_oids), tuple(owed))
 
-    def on_bind(self, payload: bytes) -> bytes | None:
+    def on_bind(self, payload: bytes) -> Outgoing | Deferred:
         tracker = self.session.tracker
         portal, pos = msg.read_cstr(payload, 0)
         name, rest = msg.read_cstr(payload, pos)
         if name and name in self._tx_statements:
             self.split.effect(self._tx_statements[name])
-            tracker.expect(BIND)
-            return None
+            return _BIND_AS_IS
         statement = self.statements.get(name) if name else self.unnamed
         if statement is None:
             if not name and self._executions and self._executions[-1].awaiting_bind:
                 execution = self._executions[-1]
                 self._attach_values(execution, payload, execution.param_oids)
-            tracker.expect(BIND)
-            return None
+            return _BIND_AS_IS
         cycle_start = tracker.idle
         if not name:  # the unnamed statement was rolled at its Parse: that decision holds for this Bind
             target = statement.prepared_for
@@ -381,69 +402,99 @@ class StatementRouting:
             target = self._target(statement.plan, statement.sql)
             if self._executions[-1].mirror:
                 self._attach_values(self._executions[-1], payload, statement.param_oids)
-        if self.merged is not None and self.merged.wants(statement.plan, target):
+        decision = self._decide(statement.plan, target)
+        if isinstance(decision, Refuse):
+            return self.refuse_bind(statement, payload, decision)
+        if isinstance(decision, Merge):
             merged = self.merged
+            assert merged is not None
             return Deferred(self._merge(statement.plan, statement.sql, lambda: merged.bind(statement, payload),
-                                        lambda reason: self.refuse_bind(statement, payload, reason)),
+                                        lambda refusal: self.refuse_bind(statement, payload, refusal)),
                             msg.message(b"B", payload), codes.F_BIND)
         self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
-            tracker.expect(BIND)
-            return None
+            return _BIND_AS_IS
         out = b""
+        owed: list[tuple[int, int]] = []
         other = statement.others.get(target)
         if other is None or target in statement.uncertain:
             other = other or f"pgcutover_{next(_names)}"
             if target in statement.uncertain:
                 out += msg.close("S", other)  # closing a statement that does not exist is not an error
-                tracker.expect(CLOSE, DROP)
+                owed.append((CLOSE, DROP))
                 statement.uncertain.discard(target)
             out += msg.parse_message(other, statement.sql_for(target), statement.param_oids)
-            tracker.expect(PARSE, DROP)
+            owed.append((PARSE, DROP))
             statement.others[target] = other
             self._injected.append((statement, target))
             if tracker.skipping:  # an error already came back: the server discards this Parse until the Sync
                 statement.uncertain.add(target)
-        tracker.expect(BIND)
-        return out + msg.message(b"B", msg.cstr(portal) + msg.cstr(other) + payload[rest:])
+        owed.append((BIND, FORWARD))
+        return Outgoing(out + msg.message(b"B", msg.cstr(portal) + msg.cstr(other) + payload[rest:]), tuple(owed))
 
-    def on_close(self, payload: bytes) -> bytes | None:
-        tracker = self.session.tracker
-        tracker.expect(CLOSE)
+    def on_close(self, payload: bytes) -> Outgoing:
         if payload[:1] != b"S":
-            return None
+            return _CLOSE_AS_IS
         name, _ = msg.read_cstr(payload, 1)
         self._tx_statements.pop(name, None)
         statement = self._forget(name)
         if statement is None or not statement.others:
-            return None
+            return _CLOSE_AS_IS
         out = msg.message(b"C", payload)
+        owed = [(CLOSE, FORWARD)]
         for other in statement.others.values():
             out += msg.close("S", other)
-            tracker.expect(CLOSE, DROP)
-        return out
+            owed.append((CLOSE, DROP))
+        return Outgoing(out, tuple(owed))
 
     # -- merged executions and their refusals ------------------------------------------------------------------
     def _unplanned(self, plan: Plan) -> bool:
         """A similarity query on a route with a fallback store that the router could not plan (the router names
         the route on such passthrough plans): the primary alone would leave the legacy rows out."""
-        return (plan.route is not None and self.merged is not None and self.rt.fallback is not None
+        return self._has_store(plan)
+
+    def _decide(self, plan: Plan, target: str) -> Decision:
+        """The decision for one execution rolled for `target`, with the route as in force now."""
+        return decide(plan, target, self._live_route(plan), store=self._has_store(plan))
+
+    def _has_store(self, plan: Plan) -> bool:
+        return (self.merged is not None and plan.route is not None and self.rt.fallback is not None
                 and self.rt.fallback.store_for(plan.route.table) is not None)
 
-    async def _merge(self, plan: Plan, sql: str, run: Callable[[], Awaitable[bytes]],
-                     refuse: Callable[[str], bytes]) -> bytes:
-        """A similarity query for the primary of a route with a fallback store: the Decision (proxy/decision.py,
-        as `explain` prints it) is merge or refuse; merge runs proxy/merged.py, which may still refuse at
-        execution (an unreadable vector, ...). Labelled fallback_merged only when no refuse_*() was called."""
-        execution = self._executions[-1] if self._executions and self._executions[-1].plan is plan else None
-        self._refused = False
-        if execution is not None:
-            execution.target = Target.PRIMARY
-        if plan.passthrough:  # the router could not plan it: no merge can be exact
-            return refuse(plan.reason)
+    def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
+        """The decision for the primary of a fallback route, with the route as in force now."""
+        return decide(plan, Target.PRIMARY, self._live_route(plan), store=True, unmergeable=unmergeable)
+
+    async def _merge(self, plan: Plan, sql: str, run: Callable[[], Awaitable[Outgoing]],
+                     refuse: Callable[[Refuse], Outgoing]) -> Outgoing:
+        """Apply a Merge decision (rewrite/decision.py, as `explain` prints it). What only execution can tell
+        (the store still loading, the shape's verdict, an unreadable vector in proxy/merged.py) may turn it into
+        a Refuse: `decide()` is asked again with that reason and its answer applied. The execution is labelled
+        once, with the decision applied."""
+        decision = await self._merge_decision(plan, sql)
+        if isinstance(decision, Merge):
+            try:
+                out = await run()
+            except Unanswerable as exc:
+                decision = self.decision(plan, str(exc))
+            except Exception:
+                log.exception("%s: merged execution failed", plan.route.table if plan.route else "?")
+                decision = self.decision(plan, "internal-error")
+            else:
+                if self.session.tracker.skipping and self.merged is not None:
+                    # an error came back while the merge was computed: the server discards the statement of
+                    # ours this Bind prepares (until the client's Sync), so it must be prepared again next time
+                    self.merged.on_error()
+                self._label(plan, decision)
+                return out
+        assert isinstance(decision, Refuse)
+        return refuse(decision)
+
+    async def _merge_decision(self, plan: Plan, sql: str) -> Decision:
+        """The decision once the route's store is loaded and the merge's verdict on the shape is known."""
         waited = await self._wait_for_store(plan)
         if waited == CANCELED_SQLSTATE:
-            return refuse(waited)
+            return cancelled(self._live_route(plan))
         unmergeable = f"store-not-ready: {waited}" if waited is not None else None
         if unmergeable is None:
             assert self.rt.fallback is not None
@@ -454,25 +505,12 @@ class StatementRouting:
             except Exception:  # a bug must not turn into a quiet pgvector-rows-only answer
                 log.exception("%s: merge planning failed", plan.route.table if plan.route else "?")
                 unmergeable = "internal-error"
-        decision = self.decision(plan, unmergeable)
-        if decision.action != "merge":
-            return refuse(decision.reason)
-        try:
-            out = await run()  # (a replacement queues its replies just before it returns: none if it raised)
-        except Exception:
-            log.exception("%s: merged execution failed", plan.route.table if plan.route else "?")
-            return refuse("internal-error")
-        if self.session.tracker.skipping and self.merged is not None:
-            # an error came back while the merge was computed: the server discards the statement of ours this
-            # Bind prepares (until the client's Sync), so it must be prepared again next time
-            self.merged.on_error()
-        if execution is not None and not self._refused:
-            execution.target = MERGED
-        return out
+        return self.decision(plan, unmergeable)
 
-    def decision(self, plan: Plan, unmergeable: str | None = None) -> Decision:
-        """The decision for the primary of a fallback route, with the route as in force now."""
-        return decide(plan, Target.PRIMARY, self._live_route(plan), store=True, unmergeable=unmergeable)
+    def _label(self, plan: Plan, decision: Decision) -> None:
+        """The execution's metrics label: the target of the decision applied (set once)."""
+        if self._executions and self._executions[-1].plan is plan and decision.target is not None:
+            self._executions[-1].target = decision.target
 
     async def _wait_for_store(self, plan: Plan) -> str | None:
         """None once the route's store is loaded; else, after at most fallback_wait_ms, why it is not (or
@@ -505,23 +543,14 @@ class StatementRouting:
         self._cancel.set()
         return True
 
-    def _refusal(self, plan: Plan, reason: str) -> tuple[Decision, str]:
-        """Count a refusal and label its execution; the decision and the text naming route and reason."""
-        decision = self.decision(plan, reason)
-        self._refused = True
-        if self._executions and self._executions[-1].plan is plan:
-            self._executions[-1].target = decision.target or Target.PRIMARY
-        assert decision.route is not None
+    def _refusal(self, plan: Plan, decision: Refuse) -> None:
+        """Apply a refusal's side effects, once: its execution's label, the count (not for a cancel), the log."""
+        self._label(plan, decision)
+        if decision.sqlstate == CANCELED_SQLSTATE:
+            return
         if self.rt.fallback is not None:
-            self.rt.fallback.count_unmerged(decision.route, reason_code(reason))
+            self.rt.fallback.count_unmerged(decision.route, reason_code(decision.reason))
         log.info("%s", decision.describe())
-        return decision, (f"pgcutover: route {decision.route}: this similarity query cannot be answered exactly "
-                          f"over all rows while legacy rows remain ({reason})")
-
-    def _cancelled(self, plan: Plan) -> None:
-        self._refused = True
-        if self._executions and self._executions[-1].plan is plan:
-            self._executions[-1].target = REFUSED
 
     def _notice(self, text: str, tries: int = 200) -> None:
         """A NoticeResponse to the client (one may come at any time), between two whole server messages: while a
@@ -534,44 +563,28 @@ class StatementRouting:
         else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
             log.warning("could not place the notice %r between server messages", text)
 
-    def refuse_query(self, plan: Plan, sql: str, reason: str) -> bytes:
+    def refuse_query(self, plan: Plan, sql: str, decision: Refuse) -> Outgoing:
         """The replacement of a simple Query the merge cannot answer exactly (route's on_inexact applies)."""
-        self.session.tracker.expect(QUERY)
-        if reason == CANCELED_SQLSTATE:
-            self._cancelled(plan)
-            return msg.query(raise_sql(CANCELED_SQLSTATE, "canceling statement due to user request"))
-        decision, text = self._refusal(plan, reason)
-        if not decision.error:
-            self._notice(text + "; answered from pgvector rows only")
-            return msg.query(plan.sql_for(Target.PRIMARY) or sql)
-        return msg.query(raise_sql(INEXACT_SQLSTATE, text, _HINT))
+        self._refusal(plan, decision)
+        if decision.sqlstate is None:
+            self._notice(decision.message + "; answered from pgvector rows only")
+            return Outgoing(msg.query(plan.sql_for(Target.PRIMARY) or sql), _OWES_QUERY)
+        return Outgoing(msg.query(raise_sql(decision.sqlstate, decision.message, _hint(decision))), _OWES_QUERY)
 
-    def refuse_bind(self, statement: RoutedStatement, payload: bytes, reason: str) -> bytes:
+    def refuse_bind(self, statement: RoutedStatement, payload: bytes, decision: Refuse) -> Outgoing:
         """The replacement of a Bind the merge cannot answer exactly. For "error", the Bind becomes our own
         statement that raises: the client sees the ErrorResponse where its BindComplete was due, and the server
         skips the client's Describe/Execute up to its Sync, as after any failed Bind."""
-        tracker = self.session.tracker
-        plan = statement.plan
-        if reason == CANCELED_SQLSTATE:
-            self._cancelled(plan)
-            sqlstate, text, hint = CANCELED_SQLSTATE, "canceling statement due to user request", None
-        else:
-            decision, text = self._refusal(plan, reason)
-            if not decision.error:
-                self._notice(text + "; answered from pgvector rows only")
-                tracker.expect(BIND)
-                return msg.message(b"B", payload)
-            sqlstate, hint = INEXACT_SQLSTATE, _HINT
+        self._refusal(statement.plan, decision)
+        if decision.sqlstate is None:
+            self._notice(decision.message + "; answered from pgvector rows only")
+            return Outgoing(msg.message(b"B", payload), _OWES_BIND)
         portal, _ = msg.read_cstr(payload, 0)
-        out = msg.close("S", _RAISE_NAME)  # closing a statement that does not exist is not an error
-        tracker.expect(CLOSE, DROP)
-        out += msg.parse_message(_RAISE_NAME, raise_sql(sqlstate, text, hint))
-        tracker.expect(PARSE, DROP)
-        out += msg.bind_message(msg.Bind(portal, _RAISE_NAME, (), (), ()))
-        tracker.expect(BIND, DROP)
-        out += msg.execute(portal)
-        tracker.expect(EXECUTE, DROP)
-        return out
+        out = (msg.close("S", _RAISE_NAME)  # closing a statement that does not exist is not an error
+               + msg.parse_message(_RAISE_NAME, raise_sql(decision.sqlstate, decision.message, _hint(decision)))
+               + msg.bind_message(msg.Bind(portal, _RAISE_NAME, (), (), ()))
+               + msg.execute(portal))
+        return Outgoing(out, ((CLOSE, DROP), (PARSE, DROP), (BIND, DROP), (EXECUTE, DROP)))
 
     def statements_dropped(self) -> None:
         """DEALLOCATE ALL / DISCARD ALL is on its way to the server: every statement of ours is prepared again

@@ -1,8 +1,8 @@
 """`pgcutover explain --config FILE "SQL"`: the router's decision for one statement, and what each target gets.
 
-The decision (forward / rewrite / merge / refuse) is proxy/decision.py's `decide()`, the function the proxy
-applies to every execution, fed the same snapshot: the router's plan, the targets the split can pick, whether
-the route has a fallback store (core/config.py's needs_store) and the merge's verdict on the shape
+The decision (Forward / Rewrite / Merge / Refuse) is rewrite/decision.py's `decide()`, the pure function whose
+value the proxy applies to every execution, fed the same snapshot: the router's plan, the targets the split can
+pick, whether the route has a fallback store (core/config.py's needs_store) and the merge's verdict on the shape
 (fallback/merge.py's build_merge, as the proxy's merge cache calls it). Only what is known at execution
 (the store not loaded yet, an unreadable vector value) can still turn a "merge" into a "refuse".
 
@@ -21,9 +21,9 @@ from pgcutover.core.config import Config, Route, load_config, needs_store
 from pgcutover.core.connect import connect
 from pgcutover.core.enums import Target
 from pgcutover.fallback.merge import build_merge
-from pgcutover.proxy.decision import Decision, decide
 from pgcutover.rewrite.analyze import Passthrough, SimilarityQuery, normalize_search_path
 from pgcutover.rewrite.catalog import Catalog, load_catalog
+from pgcutover.rewrite.decision import Decision, decide
 from pgcutover.rewrite.plan import Plan
 from pgcutover.rewrite.router import build_plan
 

@@ -28,10 +28,9 @@ from tests.pkgroot import ROOT, SOURCE_FOLDERS
 ORDER = ("core", "rewrite", "fallback", "deploy", "proxy")  # a folder imports only folders before it
 # Known exceptions, each a module and the folder it may reach "upward", with the reason it is still allowed:
 EXCEPTIONS = {
-    # `pgcutover explain` prints the decision the proxy would apply: it composes the router with the merge's
-    # verdict (fallback.merge.build_merge) and the decision function (proxy/decision.py until it moves to rewrite/)
+    # `pgcutover explain` prints the decision the proxy would apply: it composes the router and the decision
+    # (rewrite/decision.py) with the merge's verdict on the shape (fallback.merge.build_merge)
     ("rewrite/cli.py", "fallback"),
-    ("rewrite/cli.py", "proxy"),
 }
 SHORT_NAMES = frozenset(SOURCE_FOLDERS)  # never imported by these names: always pgcutover.<folder>
 

@@ -19,6 +19,7 @@ keep the same state.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from . import codes
 
@@ -32,6 +33,19 @@ _WHOLE_CYCLE = frozenset((QUERY, FUNCTION, STARTUP))  # errors inside do not mak
 FORWARD = 0
 DROP = 1
 _KIND_MASK = 0xF
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What goes upstream for one client message, and the replies it owes, in order: what the routing returns
+    to the session, which alone writes them into its ReplyTracker (then sends `data`).
+
+    `data` None: the client's message as it came. `replies`: (kind, action) pairs, e.g. ((PARSE, DROP), (BIND,
+    FORWARD)) for a Parse of ours whose ParseComplete the client must not see, then the client's Bind.
+    """
+
+    data: bytes | None
+    replies: tuple[tuple[int, int], ...]
 
 
 class ReplyTracker:
@@ -86,6 +100,11 @@ class ReplyTracker:
         if action:
             self.special += 1
         self._queue.append(kind | action << 4)
+
+    def record(self, outgoing: Outgoing) -> None:
+        """Queue the replies an Outgoing owes (the session's one way to record a collaborator's)."""
+        for kind, action in outgoing.replies:
+            self.expect(kind, action)
 
     def expect_client(self, msg_type: int, first_byte: int = 0) -> None:
         """Queue what a frontend message of this type makes the server send (nothing for Flush/CopyData)."""

@@ -23,10 +23,10 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
-from pgcutover.proxy.decision import decide
 from pgcutover.proxy.embedded import pg_binary
 from pgcutover.proxy.protocol import codes
 from pgcutover.proxy.protocol import messages as msg
+from pgcutover.rewrite.decision import decide
 from tests.integration.wire import RawClient, data_rows, errors
 from tests.routing import conftest as routing
 from tests.routing.test_operate import scrape

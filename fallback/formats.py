@@ -289,15 +289,22 @@ def _decode_rows(fmt: str, values: Sequence[Any], dims: int, which: Iterable[int
     return DecodedChunk(np.asarray(positions, dtype=np.int64), vectors[: len(positions)], bad)
 
 
-JSON_BLOCK_ROWS = 64  # rows checked at a time (a float64 block of 64 x 1536 stays in L2)
-_parsers = threading.local()
+JSON_BLOCK_ROWS = 64  # rows parsed into one float64 scratch block, then checked together (stays in L2)
+_local = threading.local()  # per thread: a simdjson parser (not thread-safe) and the scratch block
 
 
 def _json_parser() -> Any:
-    parser = getattr(_parsers, "parser", None)
+    parser = getattr(_local, "parser", None)
     if parser is None:
-        parser = _parsers.parser = simdjson.Parser()
+        parser = _local.parser = simdjson.Parser()
     return parser
+
+
+def _scratch(dims: int) -> np.ndarray:
+    block = getattr(_local, "block", None)
+    if block is None or block.shape[1] != dims:
+        block = _local.block = np.empty((JSON_BLOCK_ROWS, dims), dtype=np.float64)
+    return block
 
 
 def _decode_json_bulk(values: Sequence[Any], dims: int) -> DecodedChunk:
@@ -306,46 +313,51 @@ def _decode_json_bulk(values: Sequence[Any], dims: int) -> DecodedChunk:
     The fast path keeps a row only when it is one flat array (simdjson's buffer flattens nesting, so a second `[`
     sends the row to the reference path) of exactly `dims` numbers that are finite as float32, with no doubtful
     rounding (`_doubtful`) and no `-0` integer. Every other row (NULL, bad syntax, non-JSON spellings, wrong size,
-    NaN, ...) is decoded by `decode_json`, which gives today's verdict and reason."""
+    NaN, ...) is decoded by `decode_json`, which gives today's verdict and reason. One float64 scratch block is
+    reused: fresh temporaries of a chunk's size cost page faults on every chunk."""
     n = len(values)
-    wide = np.empty((n, dims), dtype=np.float64)
-    parsed = np.zeros(n, dtype=bool)
-    parser = _json_parser()
-    row_bytes = dims * 8
-    for i, value in enumerate(values):
-        if value is None:
-            continue
-        try:
-            buffer = parser.parse(value).as_buffer(of_type="d")
-        except Exception:  # ValueError, TypeError, RuntimeError (big integers): decode_json says why
-            _parsers.parser = parser = simdjson.Parser()  # never reuse a parser an error may still reference
-            continue
-        if memoryview(buffer).nbytes != row_bytes or value.count("[" if isinstance(value, str) else b"[") != 1:
-            continue
-        wide[i] = np.frombuffer(buffer, dtype=np.float64)
-        parsed[i] = True
     vectors = np.empty((n, dims), dtype=np.float32)
     good = np.zeros(n, dtype=bool)
+    wide = _scratch(dims)
+    parser = _json_parser()
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, n, JSON_BLOCK_ROWS):
-            block = slice(start, min(n, start + JSON_BLOCK_ROWS))
-            rows = np.flatnonzero(parsed[block]) + start
-            if not len(rows):
+            rows: list[int] = []
+            for i in range(start, min(n, start + JSON_BLOCK_ROWS)):
+                value = values[i]
+                if value is None:
+                    continue
+                try:
+                    row = np.frombuffer(parser.parse(value).as_buffer(of_type="d"), dtype=np.float64)
+                except Exception:  # ValueError, TypeError, RuntimeError (big integers): decode_json says why
+                    _local.parser = parser = simdjson.Parser()  # never reuse a parser an error may reference
+                    continue
+                bracket = "[" if isinstance(value, str) else b"["
+                if row.size != dims or value.find(bracket, value.find(bracket) + 1) != -1:  # memchr: no count()
+                    continue
+                wide[len(rows)] = row
+                rows.append(i)
+            if not rows:
                 continue
-            single = wide[rows].astype(np.float32)
-            ok = np.isfinite(single).all(axis=1) & ~_doubtful(wide[rows], single).any(axis=1)
+            block = wide[:len(rows)]
+            single = block.astype(np.float32)
+            ok = np.isfinite(single).all(axis=1) & ~_doubtful(block, single).any(axis=1)
             for j in np.flatnonzero(ok & (single == 0).any(axis=1)):  # rare: a zero, perhaps written `-0`
                 value = values[rows[j]]
                 text = value if isinstance(value, str) else value.decode("utf-8", "replace")
                 ok[j] = _NEGATIVE_ZERO_INT.search(text) is None
-            vectors[rows] = single
-            good[rows] = ok
+            if rows[-1] - rows[0] == len(rows) - 1:  # the usual case: consecutive rows
+                vectors[rows[0]:rows[-1] + 1] = single
+                good[rows[0]:rows[-1] + 1] = ok
+            else:
+                vectors[rows] = single
+                good[rows] = ok
+    if good.all():
+        return DecodedChunk(np.arange(n, dtype=np.int64), vectors, [])
     rest = _decode_rows("json", values, dims, np.flatnonzero(~good).tolist())
+    vectors[rest.positions] = rest.vectors
+    good[rest.positions] = True
     positions = np.flatnonzero(good)
-    if len(rest.positions):
-        vectors[rest.positions] = rest.vectors
-        good[rest.positions] = True
-        positions = np.flatnonzero(good)
     return DecodedChunk(positions.astype(np.int64), vectors[positions], rest.bad)
 
 

@@ -381,9 +381,14 @@ class LegacyStore:
             lambda: store.refresh_lag() if (store := this()) is not None else 0.0)
 
     def _default_lanes(self) -> tuple[str, ...]:
-        # JSON: pgvector parses on the server while orjson parses here, both cores busy. Arrays: the server's
-        # cast is the only fast reader. bytea: nothing to parse, two lanes overlap network and copying.
-        return {"json": ("server", "client"), "array": ("server", "server")}.get(self.format, ("client", "client"))
+        # JSON: simdjson here costs ~30 us a row (1536 dims) where pgvector's cast costs the server ~120 us
+        # (strtof), on top of the ~45 us the server spends on every row either way (TOAST, pglz, send): client
+        # lanes only, two so that one backend streams while the other lane's rows are decoded
+        # (bench/fallback_load.py). Without simdjson (orjson: ~90 us a row) a server lane shares the work. Arrays:
+        # the server's cast is the only fast reader. bytea: nothing to parse, two lanes overlap network and copying.
+        if self.format == "json":
+            return ("client", "client") if formats.simdjson is not None else ("server", "client")
+        return {"array": ("server", "server")}.get(self.format, ("client", "client"))
 
     # -- reading ---------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

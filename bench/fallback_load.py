@@ -9,7 +9,9 @@
 Each load runs in a fresh child process (so peak RSS is the load's own), strategies interleaved `--repeat` times
 (the machine is shared: the best of the repeats is compared, the median printed too). A strategy is
 `parser:lanes`: `orjson` is the JSON reader the loader had before (a list of Python floats per row, then numpy),
-`simdjson` the new default (pysimdjson straight into a float64 buffer); lanes as `LegacyStore(lanes=...)`
+`simdjson` the new default (pysimdjson straight into a float64 buffer), `simdjson-4k` the same with numpy's
+huge-page advice off (what first-touching the store's memory costs on this machine); lanes as
+`LegacyStore(lanes=...)`
 (`server`: PostgreSQL casts `legacy::vector` and sends pgvector's binary form, `client`: raw text decoded here).
 The anchor ("old") is `orjson:server,client`, the loader's default before this change. Every child also hashes
 its store (keys in order, float32 bytes): equal hashes mean the strategies loaded bit-identical rows.
@@ -105,8 +107,11 @@ def store_hash(store: LegacyStore) -> str:
 
 def load_child(args: argparse.Namespace) -> None:
     parser, _, lanes = args.strategy.partition(":")
+    parser, _, pages = parser.partition("-")
     if parser == "orjson":
         formats.simdjson = None  # the reader the loader had before: orjson, row by row
+    if pages == "4k":  # segments without transparent huge pages (numpy madvises arrays >= 4 MB by default)
+        np._core.multiarray._set_madvise_hugepage(False)
     route = Route(table=TABLE, column="embedding_vector", legacy_column="embedding", dims=args.dims,
                   legacy_format="json")
     store = LegacyStore(route, lanes=None if lanes == "default" else tuple(lanes.split(",")))

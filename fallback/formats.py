@@ -114,7 +114,7 @@ def decode_json(value: str | bytes, dims: int) -> np.ndarray:
 # -- exact float32 rounding of decimal text ------------------------------------------------------------------
 _LOW29 = np.uint64((1 << 29) - 1)  # the float64 mantissa bits a float32 drops
 _HALF29 = np.uint64(1 << 28)  # ... exactly half a float32 unit: a rounding midpoint (or the overflow threshold)
-_F32_EXPONENT = np.uint32(0x7F800000)
+_F32_TINY = 2.0 ** -126  # the smallest normal float32
 _F32_MAX = Fraction(float(np.finfo(np.float32).max))
 _F32_OVERFLOW = Fraction(2 ** 128 - 2 ** 103)  # strtof returns infinity from here on (round to nearest even)
 _NEGATIVE_ZERO_INT = re.compile(r"-0(?![0-9.eE])")  # `-0`: an integer, read as +0 by JSON parsers; strtof: -0.0
@@ -125,10 +125,11 @@ def _doubtful(wide: np.ndarray, single: np.ndarray) -> np.ndarray:
 
     Rounding twice goes wrong only when the float64 value is exactly a float32 midpoint (the low 29 mantissa bits
     are 1000...0; the overflow threshold 2^128 - 2^103 has that form too) or where float32 is subnormal (fewer
-    mantissa bits there, so the midpoint test above does not apply; zero results included, unless the input was 0).
+    mantissa bits there, so the midpoint test above does not apply; non-zero inputs below the smallest normal float32,
+    including those that round up to it).
     """
     midpoint = (wide.view(np.uint64) & _LOW29) == _HALF29
-    tiny = (single.view(np.uint32) & _F32_EXPONENT) == 0
+    tiny = np.abs(wide) < _F32_TINY  # the float32 subnormal range (a value there may also round up to 2^-126)
     tiny &= wide != 0
     return midpoint | tiny
 
@@ -148,8 +149,9 @@ def exact_float32(number: str) -> np.float32:
         best = np.float32(np.finfo(np.float32).max)
     else:
         guess = np.float32(float(size))  # within one float32 unit of the answer (float() rounds correctly)
-        candidates = [c for c in (np.nextafter(guess, np.float32(0)), guess,
-                                  np.nextafter(guess, np.float32(np.inf))) if np.isfinite(c)]
+        with np.errstate(over="ignore"):
+            candidates = [c for c in (np.nextafter(guess, np.float32(0)), guess,
+                                      np.nextafter(guess, np.float32(np.inf))) if np.isfinite(c)]
         best = min(candidates, key=lambda c: (abs(Fraction(float(c)) - size),
                                               int(np.asarray(c).view(np.uint32)) & 1))
     return np.float32(-best) if negative else best

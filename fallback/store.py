@@ -25,7 +25,9 @@ changed without any notice is found too.
 Loading. The key range is cut into chunks (every n-th key, from a window query); several lanes, each with its own
 connection, take chunks from a shared queue. A "server" lane asks PostgreSQL for `legacy::vector` in pgvector's
 binary format (pgvector parses the text, exactly as it will when the merged query recomputes distances); a
-"client" lane fetches the raw value and decodes it here (orjson for JSON, `np.frombuffer` for bytea). A chunk the
+"client" lane fetches the raw value and decodes it here (simdjson for JSON, `np.frombuffer` for bytea; JSON is a
+client-lane job by default: bench/fallback_load.py says why). Either way rows are bit-identical to what the server's
+cast gives (fallback/formats.py rounds decimal text to float32 exactly as pgvector's strtof). A chunk the
 server cannot cast is fetched raw and triaged row by row; a row is skipped (counted, logged with its key) only when
 its own value is bad.
 """
@@ -369,17 +371,22 @@ class LegacyStore:
         self.reconciles = 0
         self._labels = {"table": route.table}
         self._configured: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
-        # One thread for decoding and compaction: orjson holds the GIL anyway, and one thread means one malloc
-        # arena keeping freed chunk buffers, not one per thread of the default executor (peak RSS of the load).
+        # One thread for decoding and compaction: simdjson and orjson hold the GIL anyway, and one thread means one
+        # malloc arena keeping freed chunk buffers, not one per thread of the default executor (peak RSS of the load).
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcutover-fallback")
         this = weakref.ref(self)  # the metric must not keep a replaced store (and its matrix) alive
         metrics.REFRESH_LAG.labels(**self._labels).set_function(
             lambda: store.refresh_lag() if (store := this()) is not None else 0.0)
 
     def _default_lanes(self) -> tuple[str, ...]:
-        # JSON: pgvector parses on the server while orjson parses here, both cores busy. Arrays: the server's
-        # cast is the only fast reader. bytea: nothing to parse, two lanes overlap network and copying.
-        return {"json": ("server", "client"), "array": ("server", "server")}.get(self.format, ("client", "client"))
+        # JSON: simdjson here costs ~30 us a row (1536 dims) where pgvector's cast costs the server ~120 us
+        # (strtof), on top of the ~45 us the server spends on every row either way (TOAST, pglz, send): client
+        # lanes only, two so that one backend streams while the other lane's rows are decoded
+        # (bench/fallback_load.py). Without simdjson (orjson: ~90 us a row) a server lane shares the work. Arrays:
+        # the server's cast is the only fast reader. bytea: nothing to parse, two lanes overlap network and copying.
+        if self.format == LegacyFormat.JSON:
+            return ("client", "client") if formats.simdjson is not None else ("server", "client")
+        return {LegacyFormat.ARRAY: ("server", "server")}.get(self.format, ("client", "client"))
 
     # -- reading ---------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

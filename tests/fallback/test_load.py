@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from fractions import Fraction
 
 import asyncpg
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 from pgcutover.fallback import formats, metrics
 from pgcutover.fallback.store import LegacyStore
-from tests.fallback.conftest import LegacyTable, create_table, f32_bytes, factory, insert_raw, run
+from tests.fallback.conftest import LegacyTable, create_table, encode, f32_bytes, factory, insert_raw, run
+from tests.fallback.test_formats import EXACT as EXACT_CASES
 
 KINDS = ["json", "bytea_f32", "bytea_f64", "array", "array_f64"]
 LANES = {"default": None, "server": ("server",), "client": ("client",), "both": ("server", "client", "client")}
@@ -181,5 +183,142 @@ def test_refresh_on_a_caller_connection(dsn: str) -> None:
         assert np.array_equal(store.get(3), new) and np.array_equal(store.get(500), new)
         assert 4 not in store and store.skipped == {501: formats.DIMS}
         assert len(store) == len(table.truth)  # -1 migrated, +1 inserted
+
+    run(main())
+
+
+# -- bit-identity with the server's own cast, on values double rounding gets wrong ----------------------------
+def _adversarial_decimals() -> list[str]:
+    """Decimals on, just above and just below float32 rounding midpoints, subnormals, zeros, the range's ends."""
+    rng = np.random.default_rng(11)
+    out = [text for text, _ in EXACT_CASES]
+    scales = np.float32(10) ** rng.integers(-40, 38, 60).astype(np.float32)
+    for a in rng.standard_normal(60).astype(np.float32) * scales:
+        with np.errstate(over="ignore"):
+            b = np.nextafter(a, np.float32(np.inf))
+        if not (np.isfinite(a) and np.isfinite(b)):
+            continue
+        mid = (Fraction(float(a)) + Fraction(float(b))) / 2
+        tiny = abs(mid) / 10 ** 30
+        out += [_sci(mid), _sci(mid + tiny), _sci(mid - tiny), repr(float(mid))]
+    return out
+
+
+def _sci(value: Fraction) -> str:
+    """Exact-enough scientific notation: 60 significant digits (truncated)."""
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    exp = 0
+    while value >= 10:
+        value, exp = value / 10, exp + 1
+    while value < 1:
+        value, exp = value * 10, exp - 1
+    digits = str(int(value * 10 ** 59))
+    return f"{sign}{digits[0]}.{digits[1:]}e{exp}"
+
+
+async def _server_rows(dsn: str, table: str, expr: str) -> dict[int, bytes | None]:
+    """key -> pgvector's binary value of `expr` for each legacy-only row, None where the server refuses it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.set_type_codec("vector", schema="public", encoder=bytes, decoder=lambda d: d, format="binary")
+        out: dict[int, bytes | None] = {}
+        for key in [r[0] for r in await conn.fetch(f"SELECT id FROM {table} WHERE emb_vector IS NULL"
+                                                   " AND emb IS NOT NULL")]:
+            try:
+                out[key] = await conn.fetchval(f"SELECT {expr} FROM {table} WHERE id = $1", key)
+            except asyncpg.DataError:
+                out[key] = None
+        return out
+    finally:
+        await conn.close()
+
+
+async def _cast_floats(dsn: str, vectors: list[np.ndarray]) -> dict[int, bytes | None]:
+    """i -> pgvector's binary value of `$1::float8[]::vector` for vectors[i], None where the server refuses it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.set_type_codec("vector", schema="public", encoder=bytes, decoder=lambda d: d, format="binary")
+        out: dict[int, bytes | None] = {}
+        for i, vector in enumerate(vectors):
+            try:
+                out[i] = await conn.fetchval("SELECT $1::float8[]::vector", vector.tolist())
+            except asyncpg.DataError:
+                out[i] = None
+        return out
+    finally:
+        await conn.close()
+
+
+def assert_bit_identical(store: LegacyStore, server: dict[int, bytes | None], dims: int) -> None:
+    refused = {key for key, value in server.items() if value is None}
+    assert set(store.skipped) == refused
+    assert len(store) == len(server) - len(refused)
+    for key, value in server.items():
+        if value is not None:
+            expected = np.frombuffer(value, dtype=">f4", offset=4).astype(np.float32)
+            got = store.get(key)
+            assert got is not None and len(expected) == dims
+            assert got.view(np.uint32).tolist() == expected.view(np.uint32).tolist(), key
+
+
+@pytest.mark.parametrize(("lanes", "reader"), [("client", "simdjson"), ("client", "orjson"), ("server", "simdjson"),
+                                               ("default", "simdjson")])
+def test_json_rows_are_bit_identical_to_the_server_cast(dsn: str, lanes: str, reader: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if reader == "orjson":
+        monkeypatch.setattr(formats, "simdjson", None)
+    dims = 8
+    numbers = _adversarial_decimals()
+    rng = np.random.default_rng(3)
+
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=dims, rows=0)
+        conn = await asyncpg.connect(dsn)
+        rows = [(10 + i, "[" + ", ".join(rng.choice(numbers, dims)) + "]") for i in range(400)]
+        rows += [(1000, "[-0, 0, -0.0, 1, 2, 3, 4, -0]"), (1001, "[1e-50, -1e-50, 1e-45, 1, 2, 3, 4, 5]")]
+        await conn.executemany(f"INSERT INTO {table.name} (id, emb) VALUES ($1, $2)", rows)
+        await conn.close()
+        server = await _server_rows(dsn, table.name, "emb::vector")
+        assert 0 < sum(v is None for v in server.values()) < len(server) / 2  # some overflow: refused by both
+        store = LegacyStore(table.route(), lanes=LANES[lanes], chunk_rows=60)
+        await store.load(factory(dsn))
+        assert_bit_identical(store, server, dims)
+        assert set(store.skipped.values()) <= {formats.NON_FINITE, formats.SERVER}
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", ["bytea_f32", "bytea_f64", "array", "array_f64"])
+def test_binary_and_array_rows_are_bit_identical_to_the_server_cast(dsn: str, kind: str) -> None:
+    """Float64 values on float32 midpoints, -0.0, subnormals, beyond float32: as pgvector's float8[] cast."""
+    dims = 8
+    rng = np.random.default_rng(4)
+    a = (rng.standard_normal(200) * 10.0 ** rng.integers(-44, 38, 200)).astype(np.float32)
+    b = np.nextafter(a, np.float32(np.inf))
+    mids = (a.astype(np.float64) + b.astype(np.float64)) / 2  # exact float32 midpoints in float64
+    special = np.array([-0.0, 0.0, 1e-46, -1e-46, 7.006492321624085e-46, 1e-45, 1.1754942e-38,
+                        3.4028235677973366e38, -3.4028235677973366e38, 3.5e38], dtype=np.float64)
+    pool = np.concatenate([mids[np.isfinite(mids)], np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf),
+                           special])
+    if kind in ("bytea_f32", "array"):  # float32 columns: their own values, -0.0 and subnormals included
+        pool = pool[np.abs(pool) < 3.4e38].astype(np.float32)
+
+    async def main() -> None:
+        table = await create_table(dsn, kind, dims=dims, rows=0)
+        conn = await asyncpg.connect(dsn)
+        vectors = [rng.choice(pool, dims) for _ in range(300)]
+        vectors.append(np.array([-0.0, 0.0, 1e-46, 1, 2, 3, 4, 5]))
+        values = [encode(kind if not kind.startswith('array') else 'array', v) for v in vectors]
+        await conn.executemany(f"INSERT INTO {table.name} (id, emb) VALUES ($1, $2)",
+                               [(10 + i, value) for i, value in enumerate(values)])
+        await conn.close()
+        if kind.startswith("bytea"):  # no cast from bytea: the float8[] cast pgcutover.try_vector ends with
+            server = {10 + i: value for i, value in
+                      (await _cast_floats(dsn, [v.astype(np.float64) for v in vectors])).items()}
+        else:
+            server = await _server_rows(dsn, table.name, "emb::vector")
+        store = LegacyStore(table.route(), chunk_rows=70)
+        await store.load(factory(dsn))
+        assert_bit_identical(store, server, dims)
 
     run(main())

@@ -39,8 +39,9 @@ from pgcutover.rewrite.analyze import Passthrough
 from pgcutover.rewrite.cache import ByteLRU
 from pgcutover.rewrite.catalog import quote_ident
 
+from .deferred import Outgoing
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, FORWARD, PARSE, SYNC, Outgoing
+from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, FORWARD, PARSE, SYNC
 from .vectors import Vector
 
 if TYPE_CHECKING:

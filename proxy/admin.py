@@ -39,7 +39,7 @@ from .report import show_report
 
 if TYPE_CHECKING:
     from .runtime import Runtime
-    from .session import Session
+    from .view import ConsoleSession
 
 log = logging.getLogger("pgcutover.admin")
 
@@ -154,7 +154,7 @@ _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.
 class AdminConsole:
     """One admin session's command loop. Replies go through `write`; commands run one at a time, in order."""
 
-    def __init__(self, session: Session, write: Callable[[bytes], object]) -> None:
+    def __init__(self, session: ConsoleSession, write: Callable[[bytes], object]) -> None:
         self.session = session
         self.rt: Runtime = session.rt
         self.write = write

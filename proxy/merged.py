@@ -38,8 +38,9 @@ from pgcutover.fallback.scan import candidates as scan_candidates
 from pgcutover.fallback.scan import scan
 from pgcutover.rewrite.analyze import Passthrough
 
+from .deferred import Outgoing
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, FORWARD, PARSE, SYNC, Outgoing
+from .protocol.replies import BIND, CLOSE, DESCRIBE_PORTAL, DROP, EXECUTE, FORWARD, PARSE, SYNC
 from .vectors import Vector
 
 if TYPE_CHECKING:

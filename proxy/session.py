@@ -34,11 +34,11 @@ from pgcutover.core.enums import Target
 from . import states
 from .admin_handoff import hand_over_to_admin
 from .cancel import BackendKey
-from .deferred import Deferred
+from .deferred import Deferred, Outgoing
 from .failover import ShadowCycle
 from .protocol import codes, replies
 from .protocol import messages as msg
-from .protocol.replies import FORWARD, Outgoing, ReplyTracker
+from .protocol.replies import FORWARD, ReplyTracker
 from .protocol.replies import STARTUP as STARTUP_CYCLE
 from .startup import PRE_AUTH_LIMIT, Startup
 from .statements import StatementRouting
@@ -137,7 +137,7 @@ class Session:
         self._early: list[bytes] = []  # client bytes that arrived before the upstream was ready
         self._deferred_task: asyncio.Task | None = None
         self._cycle: ShadowCycle | None = None  # a shadow-routed cycle that may fail over to the primary
-        self.cycle_request: str | None = None  # set by the routing: start guarding at the current message
+        self.cycle_request: str | None = None  # the routing's Outgoing.guard: start guarding at the current message
         self._hold_types: frozenset[int] = _ROUTED_TYPES if runtime.router is not None else frozenset()
         self.routing: StatementRouting | None = StatementRouting(self) if runtime.router is not None else None
         self._plain_ready = self.routing is None  # ReadyForQuery needs no hook but the state check
@@ -520,7 +520,9 @@ class Session:
             self.tracker.expect_client(deferred.kind)
             self._to_server(deferred.original)
         else:
-            self.tracker.record(outgoing)
+            self.tracker.record(outgoing.replies)
+            if outgoing.notice is not None:
+                self._notice(outgoing.notice)
             self._to_server(deferred.original if outgoing.data is None else outgoing.data)
         self._to(states.RELEASE)
         self.resume_client_reading()
@@ -585,10 +587,26 @@ class Session:
             return None
         if routing.holds_statement_messages:  # routed named statements exist: Bind and Close are looked at too
             self._hold_types = _STATEMENT_TYPES
-        if out.__class__ is Deferred:
-            return out  # type: ignore[return-value]
-        self.tracker.record(out)  # type: ignore[arg-type]
-        return out.data  # type: ignore[union-attr]
+        if isinstance(out, Deferred):
+            return out
+        self.tracker.record(out.replies)
+        if out.notice is not None:
+            self._notice(out.notice)
+        if out.guard is not None:
+            self.cycle_request = out.guard
+        return out.data
+
+    def _notice(self, text: str, tries: int = 200) -> None:
+        """A NoticeResponse to the client (one may come at any time), between two whole server messages: while a
+        large reply of an earlier pipelined query streams through, it waits for the boundary (up to ~1 s)."""
+        if self.state == CLOSED:
+            return
+        if self._server_at_boundary():
+            self._to_client(msg.notice_response(text, "01000"))
+        elif tries > 0:
+            asyncio.get_running_loop().call_later(0.005, self._notice, text, tries - 1)
+        else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
+            log.warning("could not place the notice %r between server messages", text)
 
     # -- server -> client -------------------------------------------------------------------------------------
     def server_data(self, data: bytes) -> None:
@@ -759,6 +777,14 @@ class Session:
     def guarded_cycle(self) -> bool:
         """A shadow-routed cycle is in flight that fails over to the primary if it fails (proxy/failover.py)."""
         return self._cycle is not None
+
+    @property
+    def replies_idle(self) -> bool:
+        return self.tracker.idle
+
+    @property
+    def replies_skipping(self) -> bool:
+        return self.tracker.skipping
 
     @property
     def idle(self) -> bool:

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pgcutover.core import sqlstate
 from pgcutover.core.enums import Target
 from pgcutover.core.sqlstate import PROGRAM_LIMIT_EXCEEDED
 from pgcutover.rewrite.decision import (
@@ -39,18 +38,18 @@ from pgcutover.rewrite.router import plan_bytes
 from pgcutover.rewrite.split import SplitSession
 from pgcutover.rewrite.txcontrol import query_effects, statement_effect
 
-from .deferred import Deferred
+from .deferred import Deferred, Outgoing
 from .merged import MergedQueries, Unanswerable
 from .mirror import MirrorRequest
 from .protocol import codes
 from .protocol import messages as msg
-from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, FORWARD, PARSE, QUERY, Outgoing
+from .protocol.replies import BIND, CLOSE, DROP, EXECUTE, FORWARD, PARSE, QUERY
 
 if TYPE_CHECKING:
     from pgcutover.core.config import Route
     from pgcutover.rewrite.plan import Plan
 
-    from .session import Session
+    from .view import SessionView
 
 log = logging.getLogger("pgcutover.statements")
 
@@ -110,6 +109,10 @@ _CLOSE_AS_IS = Outgoing(None, ((CLOSE, FORWARD),))
 _PLANNED = Outgoing(b"", ())  # a deferred planning: its message is routed again, from the top
 
 
+def _notice_text(decision: Refuse) -> str:
+    return decision.message + "; answered from pgvector rows only"
+
+
 def _hint(decision: Refuse) -> str | None:
     return _HINT if decision.sqlstate == INEXACT_SQLSTATE else None
 
@@ -163,7 +166,7 @@ def parse_search_path(value: str, user: str) -> tuple[str, ...]:
 class StatementRouting:
     """One session's routed statements and split rolls. Called by the session with whole messages."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: SessionView) -> None:
         self.session = session
         self.rt = session.rt
         self.router = session.rt.router
@@ -274,12 +277,14 @@ class StatementRouting:
         for name in list(self.statements):
             self._forget(name)
 
-    def _guard(self, plan: Plan, target: str, cycle_start: bool) -> None:
-        """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py)."""
+    def _guard(self, plan: Plan, target: str, cycle_start: bool) -> str | None:
+        """A cycle sent to the shadow outside a transaction may fail over to the primary (proxy/failover.py):
+        the route table to guard it for (Outgoing.guard), else None."""
         if (target == Target.SHADOW and cycle_start and self.session.tx_status == codes.TX_IDLE
                 and not self.split.explicit):
             assert plan.route is not None
-            self.session.cycle_request = plan.route.table
+            return plan.route.table
+        return None
 
     # -- messages ---------------------------------------------------------------------------------------------
     def on_query(self, payload: bytes) -> Outgoing | Deferred:
@@ -307,7 +312,7 @@ class StatementRouting:
             split.sync()
 
     def _route_query(self, payload: bytes, sql: str, plan: Plan) -> Outgoing | Deferred:
-        cycle_start = self.session.tracker.idle
+        cycle_start = self.session.replies_idle
         if plan.passthrough and not self._unplanned(plan):
             return _QUERY_AS_IS
         target = self._target(plan, sql)
@@ -320,9 +325,11 @@ class StatementRouting:
             return Deferred(self._merge(plan, sql, lambda: merged.query(plan, sql),
                                         lambda refusal: self.refuse_query(plan, sql, refusal)),
                             msg.message(b"Q", payload), codes.F_QUERY)
-        self._guard(plan, target, cycle_start)
+        guard = self._guard(plan, target, cycle_start)
         rewritten = decision.sql if isinstance(decision, Rewrite) else None
-        return _QUERY_AS_IS if rewritten is None else Outgoing(msg.query(rewritten), _OWES_QUERY)
+        if rewritten is None:
+            return _QUERY_AS_IS if guard is None else Outgoing(None, _OWES_QUERY, guard=guard)
+        return Outgoing(msg.query(rewritten), _OWES_QUERY, guard=guard)
 
     def on_parse(self, payload: bytes) -> Outgoing | Deferred:
         parse = msg.parse_parse(payload)
@@ -332,7 +339,7 @@ class StatementRouting:
         if parse.name and not plan.passthrough:
             self._forget(parse.name)  # re-used name: its old plan goes (as below), then the limit is checked
             self._keep(parse.name, RoutedStatement(plan, parse.sql, parse.param_oids, ""))  # target set below
-        cycle_start = self.session.tracker.idle
+        cycle_start = self.session.replies_idle
         out = b""
         owed: list[tuple[int, int]] = []
         if self.force_target and parse.name:
@@ -366,7 +373,7 @@ class StatementRouting:
                 self.holds_statement_messages = True
             return Outgoing(out + msg.message(b"P", payload) if out else None, tuple(owed))
         target = self._target(plan, parse.sql, execution=not parse.name)
-        self._guard(plan, target, cycle_start)
+        guard = self._guard(plan, target, cycle_start)
         if parse.name:
             self.statements[parse.name].prepared_for = target
             self.holds_statement_messages = True
@@ -379,11 +386,11 @@ class StatementRouting:
             self.holds_statement_messages = True
         sql = plan.sql_for(target)
         if sql is None:
-            return Outgoing(out + msg.message(b"P", payload) if out else None, tuple(owed))
-        return Outgoing(out + msg.parse_message(parse.name, sql, parse.param_oids), tuple(owed))
+            return Outgoing(out + msg.message(b"P", payload) if out else None, tuple(owed), guard=guard)
+        return Outgoing(out + msg.parse_message(parse.name, sql, parse.param_oids), tuple(owed), guard=guard)
 
     def on_bind(self, payload: bytes) -> Outgoing | Deferred:
-        tracker = self.session.tracker
+        session = self.session
         portal, pos = msg.read_cstr(payload, 0)
         name, rest = msg.read_cstr(payload, pos)
         if name and name in self._tx_statements:
@@ -395,7 +402,7 @@ class StatementRouting:
                 execution = self._executions[-1]
                 self._attach_values(execution, payload, execution.param_oids)
             return _BIND_AS_IS
-        cycle_start = tracker.idle
+        cycle_start = session.replies_idle
         if not name:  # the unnamed statement was rolled at its Parse: that decision holds for this Bind
             target = statement.prepared_for
         else:
@@ -411,9 +418,9 @@ class StatementRouting:
             return Deferred(self._merge(statement.plan, statement.sql, lambda: merged.bind(statement, payload),
                                         lambda refusal: self.refuse_bind(statement, payload, refusal)),
                             msg.message(b"B", payload), codes.F_BIND)
-        self._guard(statement.plan, target, cycle_start)
+        guard = self._guard(statement.plan, target, cycle_start)
         if target == statement.prepared_for:
-            return _BIND_AS_IS
+            return _BIND_AS_IS if guard is None else Outgoing(None, _OWES_BIND, guard=guard)
         out = b""
         owed: list[tuple[int, int]] = []
         other = statement.others.get(target)
@@ -427,10 +434,11 @@ class StatementRouting:
             owed.append((PARSE, DROP))
             statement.others[target] = other
             self._injected.append((statement, target))
-            if tracker.skipping:  # an error already came back: the server discards this Parse until the Sync
+            if session.replies_skipping:  # an error already came back: the server discards this Parse until the Sync
                 statement.uncertain.add(target)
         owed.append((BIND, FORWARD))
-        return Outgoing(out + msg.message(b"B", msg.cstr(portal) + msg.cstr(other) + payload[rest:]), tuple(owed))
+        return Outgoing(out + msg.message(b"B", msg.cstr(portal) + msg.cstr(other) + payload[rest:]), tuple(owed),
+                        guard=guard)
 
     def on_close(self, payload: bytes) -> Outgoing:
         if payload[:1] != b"S":
@@ -481,7 +489,7 @@ class StatementRouting:
                 log.exception("%s: merged execution failed", plan.route.table if plan.route else "?")
                 decision = self.decision(plan, "internal-error")
             else:
-                if self.session.tracker.skipping and self.merged is not None:
+                if self.session.replies_skipping and self.merged is not None:
                     # an error came back while the merge was computed: the server discards the statement of
                     # ours this Bind prepares (until the client's Sync), so it must be prepared again next time
                     self.merged.on_error()
@@ -552,23 +560,11 @@ class StatementRouting:
             self.rt.fallback.count_unmerged(decision.route, reason_code(decision.reason))
         log.info("%s", decision.describe())
 
-    def _notice(self, text: str, tries: int = 200) -> None:
-        """A NoticeResponse to the client (one may come at any time), between two whole server messages: while a
-        large reply of an earlier pipelined query streams through, it waits for the boundary (up to ~1 s)."""
-        session = self.session
-        if session._server_at_boundary():
-            session._to_client(msg.notice_response(text, sqlstate.WARNING))
-        elif tries > 0:
-            asyncio.get_running_loop().call_later(0.005, self._notice, text, tries - 1)
-        else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
-            log.warning("could not place the notice %r between server messages", text)
-
     def refuse_query(self, plan: Plan, sql: str, decision: Refuse) -> Outgoing:
         """The replacement of a simple Query the merge cannot answer exactly (route's on_inexact applies)."""
         self._refusal(plan, decision)
         if decision.sqlstate is None:
-            self._notice(decision.message + "; answered from pgvector rows only")
-            return Outgoing(msg.query(plan.sql_for(Target.PRIMARY) or sql), _OWES_QUERY)
+            return Outgoing(msg.query(plan.sql_for(Target.PRIMARY) or sql), _OWES_QUERY, notice=_notice_text(decision))
         return Outgoing(msg.query(raise_sql(decision.sqlstate, decision.message, _hint(decision))), _OWES_QUERY)
 
     def refuse_bind(self, statement: RoutedStatement, payload: bytes, decision: Refuse) -> Outgoing:
@@ -577,8 +573,7 @@ class StatementRouting:
         skips the client's Describe/Execute up to its Sync, as after any failed Bind."""
         self._refusal(statement.plan, decision)
         if decision.sqlstate is None:
-            self._notice(decision.message + "; answered from pgvector rows only")
-            return Outgoing(msg.message(b"B", payload), _OWES_BIND)
+            return Outgoing(msg.message(b"B", payload), _OWES_BIND, notice=_notice_text(decision))
         portal, _ = msg.read_cstr(payload, 0)
         out = (msg.close("S", _RAISE_NAME)  # closing a statement that does not exist is not an error
                + msg.parse_message(_RAISE_NAME, raise_sql(decision.sqlstate, decision.message, _hint(decision)))
@@ -612,7 +607,7 @@ class StatementRouting:
         self.split.sync()
 
     def on_ready(self) -> None:
-        if self.session.tracker.idle:  # nothing else in flight: the server's status is the session's state
+        if self.session.replies_idle:  # nothing else in flight: the server's status is the session's state
             self.split.ready(self.session.tx_status)
         prepared = bool(self._injected)
         self._injected.clear()

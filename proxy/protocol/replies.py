@@ -19,7 +19,6 @@ keep the same state.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 from . import codes
 
@@ -33,19 +32,6 @@ _WHOLE_CYCLE = frozenset((QUERY, FUNCTION, STARTUP))  # errors inside do not mak
 FORWARD = 0
 DROP = 1
 _KIND_MASK = 0xF
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """What goes upstream for one client message, and the replies it owes, in order: what the routing returns
-    to the session, which alone writes them into its ReplyTracker (then sends `data`).
-
-    `data` None: the client's message as it came. `replies`: (kind, action) pairs, e.g. ((PARSE, DROP), (BIND,
-    FORWARD)) for a Parse of ours whose ParseComplete the client must not see, then the client's Bind.
-    """
-
-    data: bytes | None
-    replies: tuple[tuple[int, int], ...]
 
 
 class ReplyTracker:
@@ -101,9 +87,9 @@ class ReplyTracker:
             self.special += 1
         self._queue.append(kind | action << 4)
 
-    def record(self, outgoing: Outgoing) -> None:
-        """Queue the replies an Outgoing owes (the session's one way to record a collaborator's)."""
-        for kind, action in outgoing.replies:
+    def record(self, replies: tuple[tuple[int, int], ...]) -> None:
+        """Queue (kind, action) entries in order: the replies messages of the proxy's own owe."""
+        for kind, action in replies:
             self.expect(kind, action)
 
     def expect_client(self, msg_type: int, first_byte: int = 0) -> None:

@@ -355,7 +355,18 @@ routed_tables = routing.routed_tables  # the routed table and its shadow (a fixt
 
 @pytest.fixture(scope="module")
 def split_proxy(start_proxy, routed_tables):
-    return start_proxy(routing.ROUTE_TOML.format(sticky="query").replace("split = 0", "split = 50"))
+    """Split 50 in the TOML and in the shared routing table, which wins over the TOML: tests/routing may have left
+    a split or a rollback there for this table."""
+    proxy = start_proxy(routing.ROUTE_TOML.format(sticky="query").replace("split = 0", "split = 50"))
+    routing.set_split(proxy, 50)
+    deadline = time.monotonic() + 30  # the proxy applies the table's NOTIFY within a second or so
+    with psycopg.connect(proxy.dsn(database="pgcutover"), autocommit=True) as console:
+        while time.monotonic() < deadline:
+            rows = console.execute("SHOW ROUTES").fetchall()
+            if next(float(r[5]) for r in rows if r[0] == "public.rt_items") == 50:
+                break
+            time.sleep(0.1)
+    return proxy
 
 
 def test_other_target_statements_survive_skipped_parses_and_deallocate(split_proxy) -> None:

@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo psql chromium test lint bench clean
+.PHONY: venv demo psql chromium test lint floors bench clean
 
 $(BIN)/pgcutover: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,9 +39,25 @@ lint: $(BIN)/pgcutover
 # pyproject's testpaths: tests/ and the docstring examples of core/, proxy/, rewrite/, fallback/, deploy/
 test: lint chromium
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory floors
+
+# The declared minimum of every runtime dependency (pyproject `>=` floors, pinned by .ci/floors.py) in a venv of its
+# own, with the tests that need no client library: a floor the code has outgrown fails here, not in a user's install.
+FLOORS := .venv-floors
+FLOOR_TOOLS := 'pytest>=8' 'hypothesis>=6.100' 'psycopg[binary]>=3.2' 'psycopg-pool>=3.2' 'pyyaml>=6'
+floors: $(BIN)/pgcutover
+	rm -rf $(FLOORS)
+	$(PY) -m venv $(FLOORS)
+	$(FLOORS)/bin/pip install -q --upgrade pip 'setuptools>=77'
+	$(BIN)/python .ci/floors.py embedded > $(FLOORS)/floors.txt
+	$(FLOORS)/bin/pip install -q -r $(FLOORS)/floors.txt $(FLOOR_TOOLS)
+	$(FLOORS)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(FLOORS)/bin/python -m pip freeze | grep -iE "^($$(cut -d= -f1 $(FLOORS)/floors.txt | tr -- '-_' '..' | paste -sd'|'))=="
+	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/rewrite tests/protocol tests/fallback tests/integration \
+		core proxy rewrite fallback deploy
 
 bench: $(BIN)/pgcutover
 	$(BIN)/python bench/passthrough.py
 
 clean:
-	rm -rf $(VENV) .pgcutover
+	rm -rf $(VENV) $(FLOORS) .pgcutover .pkgroot

@@ -11,13 +11,10 @@ from pgcutover.core.config import Config, ConfigError, load_config
 from pgcutover.core.routing import Override
 
 from . import metrics
-from .breaker import Breaker
 from .control import RoutingFollower
-from .legacy import FallbackService, needs_store
 from .listener import Listener
-from .migration_stats import MigrationStats
-from .mirror import Mirror
 from .runtime import Runtime
+from .services import ServiceSupervisor
 
 log = logging.getLogger("pgcutover")
 
@@ -86,50 +83,20 @@ def follow_routing(runtime: Runtime) -> RoutingFollower:
                            on_connect=lambda conn: reconcile_local_changes(runtime, conn))
 
 
-async def make_router(config: Config):
-    """The rewrite engine for the configured routes, with the upstream's catalog when it can be read."""
-    if not config.routes:
-        return None
-    from pgcutover.rewrite.catalog import load_catalog
-    from pgcutover.rewrite.router import Router
-
-    from .control import connect
-
-    catalog = None
-    try:
-        conn = await connect(config)
-        try:
-            catalog = await load_catalog(conn, config.routes)
-        finally:
-            await conn.close()
-    except Exception as exc:  # routing still works without it, minus index matching and SELECT * on shadows
-        log.warning("could not read the upstream catalog (%s); routing without it", exc)
-    return Router(config.routes, catalog, cache_bytes=config.proxy.plan_cache_bytes)
-
-
 async def serve(config: Config) -> int:
     from .upstream import tls_warnings
 
     for warning in tls_warnings(config.proxy):
         log.warning(warning)
     runtime = Runtime(config)
-    runtime.router = await make_router(config)
-    if any(needs_store(route) for route in config.routes):
-        runtime.fallback = FallbackService(runtime)
-        runtime.fallback.start()
+    supervisor = ServiceSupervisor(runtime)
+    await supervisor.start()
     listener = Listener(runtime)
     await listener.start()
     await probe_upstream(runtime)
     follower = follow_routing(runtime)
     loop = asyncio.get_running_loop()
     follower_task = loop.create_task(follower.run())
-    evidence_tasks = []
-    if any(route.shadow_table for route in config.routes):
-        mirror, breaker = Mirror(runtime), Breaker(runtime)
-        evidence_tasks = [loop.create_task(mirror.run()), loop.create_task(breaker.run())]
-    if config.routes:
-        runtime.migration = MigrationStats(runtime)
-        evidence_tasks.append(loop.create_task(runtime.migration.run()))
     endpoints = None
     if config.proxy.metrics is not None:
         endpoints = metrics.HttpEndpoints(
@@ -156,9 +123,15 @@ async def serve(config: Config) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(runtime))
+
+    def reload() -> str:
+        outcome = reload_config(runtime)
+        supervisor.extend()  # routes the reload added may need a service that did not exist yet
+        return outcome
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     runtime.request_shutdown = on_stop_signal  # the admin console's SHUTDOWN
-    runtime.reload = lambda: reload_config(runtime)
+    runtime.reload = reload
 
     print(f"pgcutover listening on {config.proxy.listen} -> {config.proxy.upstream.host}:"
           f"{config.proxy.upstream.port}", flush=True)
@@ -167,12 +140,7 @@ async def serve(config: Config) -> int:
              config.proxy.shutdown_timeout)
     await listener.shutdown(config.proxy.shutdown_timeout)
     follower_task.cancel()
-    if runtime.mirror is not None:
-        await runtime.mirror.close()  # writes the samples still queued
-    for task in evidence_tasks:
-        task.cancel()
-    if runtime.fallback is not None:
-        await runtime.fallback.close()
+    await supervisor.close()
     if endpoints is not None:
         await endpoints.close()
     return 0

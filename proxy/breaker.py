@@ -207,7 +207,6 @@ class Breaker:
         self._probes: dict[str, tuple[float, str | None]] = {}  # route -> (monotonic time, problem or None)
         self._noted: dict[str, float] = {}  # route -> when errors not counted were last logged
         self._conn: asyncpg.Connection | None = None
-        runtime.breaker = self  # SHOW REPORT and the metrics find it here
 
     @property
     def actor(self) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pgcutover.core.config import needs_store  # re-exported: proxy/app.py imports it from here
+from pgcutover.core.config import Route, needs_store
 from pgcutover.core.connect import connect
 from pgcutover.fallback.knn import BatchSearcher
 from pgcutover.fallback.store import LegacyStore
@@ -33,7 +34,7 @@ class FallbackService:
         self.rt = runtime
         self.stores: dict[str, LegacyStore] = {}
         self.searcher = BatchSearcher()
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.failed: dict[str, str] = {}
         self.merges = MergeCache(self)
         self.server_decoder = False  # pgcutover.try_vector is installed (bytea legacy formats need it)
@@ -62,10 +63,11 @@ class FallbackService:
         config = self.rt.config
         return await connect(config, "pgcutover-fallback")
 
-    def start(self) -> None:
+    def start(self, routes: Iterable[Route]) -> None:
+        """A store, loading in the background, for each route that needs one and has none yet."""
         loop = asyncio.get_running_loop()
-        for route in self.rt.config.routes:
-            if needs_store(route):
+        for route in routes:
+            if needs_store(route) and route.table not in self.stores:
                 store = LegacyStore(route, dtype=route.fallback_storage,
                                     channel=self.rt.config.proxy.notify_channel)
                 self.stores[route.table] = store

@@ -1,7 +1,10 @@
 """Prometheus /metrics, /healthz and /readyz on `[proxy] metrics`.
 
-Hot-path counters are plain ints on the sessions and the runtime (see runtime.Totals); this collector
-turns them into Prometheus metrics only when scraped, so pass-through traffic pays nothing for them.
+One pattern for every metric: its figures are plain numbers kept by their owner (runtime.Totals and the live
+sessions' counters, QueryMetrics, the mirror's and the breaker's counters, MigrationStats.latest, the fallback's
+series in fallback/metrics.py), and `families()` turns them into Prometheus families only when Prometheus
+scrapes: pass-through traffic pays nothing for them, and no increment takes a lock. prometheus-client serves
+the text format and its own process and Python collectors.
 """
 
 from __future__ import annotations
@@ -10,75 +13,94 @@ import asyncio
 import hmac
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from pgcutover.core.config import HostPort, Route
 from pgcutover.core.enums import Target
+from pgcutover.fallback import metrics as fallback_metrics
+from pgcutover.fallback.metrics import cumulative, go_float
 
-from .runtime import Runtime
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.metrics")
 
-class RuntimeCollector(Collector):
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        rt, totals = self.rt, self.rt.totals
-        sessions = list(rt.sessions)
-        yield GaugeMetricFamily("pgcutover_client_connections", "Client connections open now", len(sessions))
-        yield GaugeMetricFamily("pgcutover_server_connections", "Upstream connections open now",
-                                sum(1 for s in sessions if s.server_transport is not None))
-        yield CounterMetricFamily("pgcutover_client_connections", "Client connections accepted",
-                                  totals.client_connections)
-        bytes_in = CounterMetricFamily("pgcutover_bytes", "Bytes relayed", labels=["direction"])
-        bytes_in.add_metric(["from_client"], totals.bytes_from_client + sum(s.bytes_from_client for s in sessions))
-        bytes_in.add_metric(["from_server"], totals.bytes_from_server + sum(s.bytes_from_server for s in sessions))
-        yield bytes_in
-        yield CounterMetricFamily("pgcutover_client_messages", "Frontend messages relayed",
-                                  totals.messages_from_client + sum(s.messages_from_client for s in sessions))
-        yield CounterMetricFamily("pgcutover_simple_queries", "Simple Query messages",
-                                  totals.queries + sum(s.queries for s in sessions))
-        yield CounterMetricFamily("pgcutover_protocol_errors", "Clients closed for protocol violations",
-                                  totals.protocol_errors)
-        yield CounterMetricFamily("pgcutover_upstream_errors", "Upstream connect failures and losses",
-                                  totals.upstream_errors)
-        yield CounterMetricFamily("pgcutover_cancels_forwarded", "CancelRequests forwarded upstream",
-                                  totals.cancels_forwarded)
-        yield from self._routing()
+class Families(Collector):
+    """The one prometheus-client Collector: whatever `source` builds when scraped."""
 
-    def _routing(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        rt = self.rt
-        yield GaugeMetricFamily("pgcutover_routing_generation", "Generation of the routing in force",
-                                rt.routing.generation)
-        split = GaugeMetricFamily("pgcutover_route_split_percent", "Percent of similarity queries to the shadow",
-                                  labels=["route"])
-        for route in rt.routing.routes:
-            split.add_metric([route.table], route.split)
-        yield split
-        yield CounterMetricFamily("pgcutover_reload_errors", "Refused configuration reloads and routing changes",
-                                  rt.totals.reload_errors)
-        if rt.router is None:
-            return
-        stats = rt.router.stats
-        decisions = CounterMetricFamily("pgcutover_rewrite_decisions", "Router decisions by reason",
-                                        labels=["decision", "reason"])
-        for reason, count in stats.passthrough.items():
-            decisions.add_metric(["passthrough", reason], count)
-        for table in {route.table for route in rt.routing.routes} | set(stats.rewritten):
-            decisions.add_metric(["rewrite", f"similarity:{table}"], stats.rewritten.get(table, 0))
-        yield decisions
-        cache = CounterMetricFamily("pgcutover_plan_cache", "Plan cache lookups", labels=["result"])
-        cache.add_metric(["hit"], stats.hits)
-        cache.add_metric(["miss"], stats.misses)
-        yield cache
+    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.source()
+
+
+def runtime_families(rt: Runtime) -> Iterator[Metric]:
+    """Connections, bytes and messages (the ended sessions' totals plus the live sessions'), and routing."""
+    totals = rt.totals
+    sessions = list(rt.sessions)
+    yield GaugeMetricFamily("pgcutover_client_connections", "Client connections open now", len(sessions))
+    yield GaugeMetricFamily("pgcutover_server_connections", "Upstream connections open now",
+                            sum(1 for s in sessions if s.server_transport is not None))
+    yield CounterMetricFamily("pgcutover_client_connections", "Client connections accepted",
+                              totals.client_connections)
+    bytes_in = CounterMetricFamily("pgcutover_bytes", "Bytes relayed", labels=["direction"])
+    bytes_in.add_metric(["from_client"], totals.bytes_from_client + sum(s.bytes_from_client for s in sessions))
+    bytes_in.add_metric(["from_server"], totals.bytes_from_server + sum(s.bytes_from_server for s in sessions))
+    yield bytes_in
+    yield CounterMetricFamily("pgcutover_client_messages", "Frontend messages relayed",
+                              totals.messages_from_client + sum(s.messages_from_client for s in sessions))
+    yield CounterMetricFamily("pgcutover_simple_queries", "Simple Query messages",
+                              totals.queries + sum(s.queries for s in sessions))
+    yield CounterMetricFamily("pgcutover_protocol_errors", "Clients closed for protocol violations",
+                              totals.protocol_errors)
+    yield CounterMetricFamily("pgcutover_upstream_errors", "Upstream connect failures and losses",
+                              totals.upstream_errors)
+    yield CounterMetricFamily("pgcutover_cancels_forwarded", "CancelRequests forwarded upstream",
+                              totals.cancels_forwarded)
+    yield GaugeMetricFamily("pgcutover_routing_generation", "Generation of the routing in force",
+                            rt.routing.generation)
+    split = GaugeMetricFamily("pgcutover_route_split_percent", "Percent of similarity queries to the shadow",
+                              labels=["route"])
+    for route in rt.routing.routes:
+        split.add_metric([route.table], route.split)
+    yield split
+    yield CounterMetricFamily("pgcutover_reload_errors", "Refused configuration reloads and routing changes",
+                              totals.reload_errors)
+    if rt.router is None:
+        return
+    stats = rt.router.stats
+    decisions = CounterMetricFamily("pgcutover_rewrite_decisions", "Router decisions by reason",
+                                    labels=["decision", "reason"])
+    for reason, count in stats.passthrough.items():
+        decisions.add_metric(["passthrough", reason], count)
+    for table in {route.table for route in rt.routing.routes} | set(stats.rewritten):
+        decisions.add_metric(["rewrite", f"similarity:{table}"], stats.rewritten.get(table, 0))
+    yield decisions
+    cache = CounterMetricFamily("pgcutover_plan_cache", "Plan cache lookups", labels=["result"])
+    cache.add_metric(["hit"], stats.hits)
+    cache.add_metric(["miss"], stats.misses)
+    yield cache
+
+
+def unmerged_families(rt: Runtime) -> Iterator[Metric]:
+    if rt.fallback is None:
+        return
+    unmerged = CounterMetricFamily(
+        "pgcutover_fallback_unmerged", "Similarity queries on a fallback route not answered exactly over all "
+        "rows (refused with 0A000 or answered from pgvector rows only, per on_inexact), by reason",
+        labels=["route", "reason"])
+    for (table, reason), count in rt.fallback.unmerged.items():
+        unmerged.add_metric([table, reason], count)
+    yield unmerged
 
 
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
@@ -87,8 +109,8 @@ LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5
 class QueryMetrics:
     """Routed executions by route, target and outcome, and their latency histograms.
 
-    Kept in plain dicts and turned into Prometheus families at scrape time: prometheus-client's labels() and
-    observe() take a lock and a lookup each, a third of what routing a query costs in Python.
+    Plain dicts on the client's path: prometheus-client's labels() and observe() take a lock and a lookup each,
+    a third of what routing a query costs in Python.
     """
 
     def __init__(self) -> None:
@@ -107,7 +129,7 @@ class QueryMetrics:
         buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.sums[pair] += seconds
 
-    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    def families(self) -> Iterator[Metric]:
         queries = CounterMetricFamily("pgcutover_queries", "Routed queries by route, target and outcome",
                                       labels=["route", "target", "outcome"])
         for labels, count in self.counts.items():
@@ -116,17 +138,28 @@ class QueryMetrics:
         latency = HistogramMetricFamily("pgcutover_query_duration_seconds",
                                         "Routed query latency, send to ReadyForQuery", labels=["route", "target"])
         for pair, counts in self.buckets.items():
-            cumulative, running = [], 0
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
-                running += count
-                cumulative.append((floatToGoString(bound), running))
-            latency.add_metric(list(pair), cumulative, self.sums[pair])
+            latency.add_metric(list(pair), cumulative(LATENCY_BUCKETS, counts), self.sums[pair])
         yield latency
+
+
+def families(rt: Runtime | None) -> list[Metric]:
+    """Everything /metrics serves, zero-filled for every configured route."""
+    out = [*REGISTRY.collect(), *fallback_metrics.families()]  # REGISTRY: prometheus-client's process collectors
+    if rt is not None:
+        from .migration_stats import migration_families
+        from .report import evidence_families
+
+        out += runtime_families(rt)
+        out += (rt.query_metrics or QueryMetrics()).families()
+        out += evidence_families(rt)
+        out += migration_families(rt.migration.latest if rt.migration is not None else {})
+        out += unmerged_families(rt)
+    return _zero_fill(out, rt.routing.routes if rt is not None else ())
 
 
 # -- one naming scheme, and every series from the start -----------------------------------------------------
 def _targets(route: Route) -> list[str]:
-    targets = [Target.PRIMARY]
+    targets: list[str] = [Target.PRIMARY]
     if route.shadow_table:
         targets.append(Target.SHADOW)
     if route.legacy_column and route.fallback:
@@ -146,74 +179,51 @@ def _has_fallback(route: Route) -> list[dict[str, str]]:
     return [{}] if route.legacy_column and route.fallback else []
 
 
-# family -> (type, help, label sets per configured route). A series the alerts or the dashboard use is exported
-# for every route it applies to from the first scrape: counters at 0, histograms empty, gauges NaN (no value
-# yet: NaN compares false, so no alert fires on it, and a panel shows no point rather than a made-up 0).
-ROUTE_SERIES: dict[str, tuple[str, str, Callable[[Route], list[dict[str, str]]]]] = {
-    "pgcutover_queries": ("counter", "Routed queries by route, target and outcome",
-                          lambda r: [{"target": t, "outcome": o} for t in _targets(r) for o in ("ok", "error")]),
-    "pgcutover_query_duration_seconds": ("histogram", "Routed query latency, send to ReadyForQuery",
-                                         lambda r: [{"target": t} for t in _targets(r)]),
-    "pgcutover_route_split_percent": ("gauge", "Percent of similarity queries to the shadow", _one),
-    "pgcutover_migration_percent": ("gauge", "Rows with a pgvector value, percent of rows with any vector", _one),
-    "pgcutover_legacy_only_rows": ("gauge", "Rows with only a legacy vector", _one),
-    "pgcutover_shadow_diff_keys": ("gauge", "Keys whose (key, vector) differ between table and shadow",
-                                   _has_shadow),
-    "pgcutover_mirror_samples": ("counter", "Mirrored comparisons completed by this replica", _has_shadow),
-    "pgcutover_mirror_dropped": ("counter", "Mirrored comparisons dropped", _has_shadow),
-    "pgcutover_shadow_errors": ("counter", "Mirrored queries that failed on the shadow while the primary answered",
-                                _has_shadow),
-    "pgcutover_shadow_recall": ("gauge", "Mean recall@k of the shadow against the primary", _has_shadow),
-    "pgcutover_breaker_trips": ("counter", "Circuit breaker rollbacks written by this replica",
-                                lambda r: [{"reason": "error_rate"}, {"reason": "latency"}] if r.shadow_table else []),
-    "pgcutover_fallback_legacy_rows": ("gauge", "Legacy-only rows held in memory by the fallback store",
-                                       _has_fallback),
-    "pgcutover_fallback_bytes": ("gauge", "Bytes of vector storage allocated by the fallback store", _has_fallback),
-    "pgcutover_fallback_refresh_lag_seconds": ("gauge", "Age of the oldest change notice not yet applied",
-                                               _has_fallback),
-    "pgcutover_fallback_search_seconds": ("histogram", "Latency of one fallback search", _has_fallback),
-    "pgcutover_fallback_batch_size": ("histogram", "Queries answered by one matrix product", _has_fallback),
-    "pgcutover_fallback_skipped_rows": ("counter", "Reads of legacy rows skipped because the value is not a vector",
-                                        _has_fallback),
+# family -> (type, label sets per configured route). A series the alerts or the dashboard use is exported for
+# every route it applies to from the first scrape: counters at 0, histograms empty, gauges NaN (no value yet:
+# NaN compares false, so no alert fires on it, and a panel shows no point rather than a made-up 0). Every family
+# here is built by families() above (with its help), routes or not.
+ROUTE_SERIES: dict[str, tuple[str, Callable[[Route], list[dict[str, str]]]]] = {
+    "pgcutover_queries": (
+        "counter", lambda r: [{"target": t, "outcome": o} for t in _targets(r) for o in ("ok", "error")]),
+    "pgcutover_query_duration_seconds": ("histogram", lambda r: [{"target": t} for t in _targets(r)]),
+    "pgcutover_route_split_percent": ("gauge", _one),
+    "pgcutover_migration_percent": ("gauge", _one),
+    "pgcutover_legacy_only_rows": ("gauge", _one),
+    "pgcutover_shadow_diff_keys": ("gauge", _has_shadow),
+    "pgcutover_mirror_samples": ("counter", _has_shadow),
+    "pgcutover_mirror_dropped": ("counter", _has_shadow),
+    "pgcutover_shadow_errors": ("counter", _has_shadow),
+    "pgcutover_shadow_recall": ("gauge", _has_shadow),
+    "pgcutover_breaker_trips": (
+        "counter", lambda r: [{"reason": "error_rate"}, {"reason": "latency"}] if r.shadow_table else []),
+    "pgcutover_fallback_legacy_rows": ("gauge", _has_fallback),
+    "pgcutover_fallback_bytes": ("gauge", _has_fallback),
+    "pgcutover_fallback_refresh_lag_seconds": ("gauge", _has_fallback),
+    "pgcutover_fallback_search_seconds": ("histogram", _has_fallback),
+    "pgcutover_fallback_batch_size": ("histogram", _has_fallback),
+    "pgcutover_fallback_skipped_rows": ("counter", _has_fallback),
 }
-SKIPPED_READS = "pgcutover_fallback_skipped_reads"  # by (table, reason); summed into ..._skipped_rows_total
 
 
-def _relabel(family: Metric) -> Metric:
-    """fallback/ labels its series `table`; everything else says `route`, so the dashboard's filter works."""
-    if not family.name.startswith("pgcutover_fallback_") or not any("table" in s.labels for s in family.samples):
-        return family
-    family.samples = [s._replace(labels={("route" if k == "table" else k): v for k, v in s.labels.items()})
-                      for s in family.samples]
-    return family
-
-
-def _sample_name(family: Metric, suffix: str = "") -> str:
-    return family.name + ("_total" if family.type == "counter" else suffix)
-
-
-def _skipped_rows_total(families: list[Metric]) -> Metric:
+def _skipped_rows_total() -> Metric:
     """pgcutover_fallback_skipped_rows_total{route}: the skipped reads of every reason, added up."""
-    total = CounterMetricFamily("pgcutover_fallback_skipped_rows", ROUTE_SERIES["pgcutover_fallback_skipped_rows"][1],
-                                labels=["route"])
+    total = CounterMetricFamily("pgcutover_fallback_skipped_rows",
+                                "Reads of legacy rows skipped because the value is not a vector", labels=["route"])
     sums: dict[str, float] = {}
-    for family in families:
-        if family.name == SKIPPED_READS:
-            for sample in family.samples:
-                if sample.name.endswith("_total") and "route" in sample.labels:
-                    sums[sample.labels["route"]] = sums.get(sample.labels["route"], 0.0) + sample.value
-    for route, value in sorted(sums.items()):
-        total.add_metric([route], value)
+    for (table, _), reads in fallback_metrics.SKIPPED_TOTAL.values.items():
+        sums[table] = sums.get(table, 0.0) + reads.get()
+    for route, count in sorted(sums.items()):
+        total.add_metric([route], count)
     return total
 
 
 def _zero_fill(families: list[Metric], routes: tuple[Route, ...]) -> list[Metric]:
-    families.append(_skipped_rows_total(families))  # beside the gauge of the same base name (rows skipped now)
-    for name, (kind, help_text, label_sets) in ROUTE_SERIES.items():
+    families.append(_skipped_rows_total())  # beside the gauge of the same base name (rows skipped now)
+    for name, (kind, label_sets) in ROUTE_SERIES.items():
         family = next((f for f in families if f.name == name and f.type == kind), None)
-        if family is None:
-            family = Metric(name, help_text, kind)
-            families.append(family)
+        if family is None:  # no runtime installed yet, so no routes either
+            continue
         for route in routes:
             for extra in label_sets(route):
                 if not any(s.labels.get("route") == route.table and all(s.labels.get(k) == v for k, v in extra.items())
@@ -226,53 +236,10 @@ def _zero_samples(family: Metric, labels: dict[str, str]) -> list[Sample]:
     if family.type == "counter":
         return [Sample(family.name + "_total", labels, 0.0)]
     if family.type == "histogram":
-        buckets = [Sample(family.name + "_bucket", {**labels, "le": floatToGoString(b)}, 0.0)
+        buckets = [Sample(family.name + "_bucket", {**labels, "le": go_float(b)}, 0.0)
                    for b in (*LATENCY_BUCKETS, float("inf"))]
         return [*buckets, Sample(family.name + "_count", labels, 0.0), Sample(family.name + "_sum", labels, 0.0)]
     return [Sample(family.name, labels, float("nan"))]
-
-
-class _Served(Collector):
-    """What /metrics serves: the default registry (fallback/ and process metrics, and this runtime's figures
-    through _current), relabelled to one scheme and zero-filled for every configured route."""
-
-    def collect(self) -> Iterator[Metric]:
-        families = [_relabel(f) for f in REGISTRY.collect()]
-        rt = _current.runtime
-        yield from _zero_fill(families, rt.routing.routes if rt is not None else ())
-
-
-_installed: dict[str, object] = {}
-_served = CollectorRegistry(auto_describe=False)
-
-
-class _CurrentRuntime(Collector):
-    """Collects from whichever runtime was installed last. Registered once per process: unregistering is not
-    an option, because two of our families share a base name (the connections gauge and its _total counter)."""
-
-    def __init__(self) -> None:
-        self.runtime: Runtime | None = None
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        rt = self.runtime
-        if rt is None:
-            return
-        from .report import EvidenceCollector
-
-        yield from RuntimeCollector(rt).collect()
-        if rt.query_metrics is not None:
-            yield from rt.query_metrics.collect()
-        yield from EvidenceCollector(rt).collect()
-        if rt.migration is not None:
-            yield from rt.migration.collect()
-        if rt.fallback is not None:
-            unmerged = CounterMetricFamily(
-                "pgcutover_fallback_unmerged", "Similarity queries on a fallback route not answered exactly over all "
-                "rows (refused with 0A000 or answered from pgvector rows only, per on_inexact), by reason",
-                labels=["route", "reason"])
-            for (table, reason), count in rt.fallback.unmerged.items():
-                unmerged.add_metric([table, reason], count)
-            yield unmerged
 
 
 def not_ready_reasons(rt: Runtime | None) -> list[str]:
@@ -291,17 +258,19 @@ def not_ready_reasons(rt: Runtime | None) -> list[str]:
     return reasons
 
 
-_current = _CurrentRuntime()
+class _Current:
+    """The runtime this process serves: the one installed last (tests start several in one process)."""
+
+    runtime: Runtime | None = None
+
+
+_current = _Current()
+_served = CollectorRegistry(auto_describe=False)  # the connections gauge and its _total counter share a base name
+_served.register(Families(lambda: families(_current.runtime)))
 
 
 def install(runtime: Runtime) -> CollectorRegistry:
-    """Serve the default registry (fallback/ and evidence metrics live there) plus this runtime's figures."""
-    disable_created_metrics()  # *_created series only double the scrape for counters that never reset
-    if not _installed:
-        _installed["current"] = _current
-        REGISTRY.register(_current)
-        _served.register(_Served())
-    runtime.query_metrics = QueryMetrics()
+    """Serve this runtime's figures (and the process's) on /metrics."""
     _current.runtime = runtime
     return _served
 

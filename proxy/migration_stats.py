@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -20,12 +19,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgcutover.migration")
 
 
-class MigrationStats(Collector):
+class MigrationStats:
     def __init__(self, runtime: Runtime, interval: float = 60.0, diff_every: int = 10) -> None:
         self.rt = runtime
         self.interval = interval
         self.diff_every = diff_every
-        self.latest: dict[str, dict] = {}  # route table -> status dict (deploy.status)
+        self.latest: dict[str, dict[str, Any]] = {}  # route table -> status dict (deploy.status)
 
     async def run(self) -> None:
         from pgcutover.deploy.status import StatusOptions, status
@@ -47,18 +46,20 @@ class MigrationStats(Collector):
             refreshes += 1
             await asyncio.sleep(self.interval)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        percent = GaugeMetricFamily("pgcutover_migration_percent", "Rows with a pgvector value, percent of rows "
-                                    "with any vector (pgcutover status)", labels=["route"])
-        legacy = GaugeMetricFamily("pgcutover_legacy_only_rows", "Rows with only a legacy vector", labels=["route"])
-        diff = GaugeMetricFamily("pgcutover_shadow_diff_keys", "Keys whose (key, vector) differ between table and "
-                                 "shadow", labels=["route"])
-        for table, row in self.latest.items():
-            percent.add_metric([table], row["percent_migrated"])
-            legacy.add_metric([table], row["legacy_only"])
-            shadow = row.get("shadow") or {}
-            if shadow.get("differing_keys") is not None:
-                diff.add_metric([table], shadow["differing_keys"])
-        yield percent
-        yield legacy
-        yield diff
+
+def migration_families(latest: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
+    """MigrationStats.latest as families (proxy/metrics.py); empty families when there is none."""
+    percent = GaugeMetricFamily("pgcutover_migration_percent", "Rows with a pgvector value, percent of rows "
+                                "with any vector (pgcutover status)", labels=["route"])
+    legacy = GaugeMetricFamily("pgcutover_legacy_only_rows", "Rows with only a legacy vector", labels=["route"])
+    diff = GaugeMetricFamily("pgcutover_shadow_diff_keys", "Keys whose (key, vector) differ between table and "
+                             "shadow", labels=["route"])
+    for table, row in latest.items():
+        percent.add_metric([table], row["percent_migrated"])
+        legacy.add_metric([table], row["legacy_only"])
+        shadow = row.get("shadow") or {}
+        if shadow.get("differing_keys") is not None:
+            diff.add_metric([table], shadow["differing_keys"])
+    yield percent
+    yield legacy
+    yield diff

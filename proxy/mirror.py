@@ -42,6 +42,7 @@ import random
 import socket
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -149,12 +150,11 @@ class Mirror:
         self._volatile_elsewhere: tuple[bool, float] | None = None
         self._functions: ByteLRU[str, frozenset[str]] = ByteLRU(STATEMENT_CACHE * 3, STATEMENT_CACHE_BYTES)
         self._warned_roles: set[str | None] = set()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._schema_ready = False
         self._store_ok = True  # last flush worked (logs once per outage, not once per second)
         self._last_prune = 0.0
-        runtime.mirror = self  # SHOW REPORT and the metrics find it here
 
     # -- the client's path ------------------------------------------------------------------------------------
     def submit(self, request: MirrorRequest) -> bool:
@@ -327,7 +327,7 @@ class Mirror:
                             "membership of the application roles (SECURITY.md)", exc.sqlstate)
             raise _Dropped(f"set-role:{exc.sqlstate}") from exc
 
-    async def _check_volatility(self, conn: asyncpg.Connection, statements) -> None:
+    async def _check_volatility(self, conn: asyncpg.Connection, statements: Iterable[str]) -> None:
         """Refuse a statement that calls a VOLATILE function, or whose calls cannot be told. Raises _Dropped."""
         now = time.monotonic()
         if self._volatile_elsewhere is None or now - self._volatile_elsewhere[1] > VOLATILITY_TTL:
@@ -419,8 +419,8 @@ class Mirror:
                 latency = time.perf_counter() - started
             return Outcome(True, latency, [(r[-2], r[-1]) for r in records])
         except asyncpg.PostgresError as exc:
-            latency = time.perf_counter() - started if started is not None else None
-            return Outcome(False, latency, [], exc.sqlstate, type(exc).__name__)  # the class, not the message
+            elapsed = time.perf_counter() - started if started is not None else None
+            return Outcome(False, elapsed, [], exc.sqlstate, type(exc).__name__)  # the class, not the message
         except asyncpg.DataError as exc:
             raise _Dropped("unsupported-param") from exc
         except _CONNECTION_ERRORS as exc:
@@ -432,9 +432,9 @@ class Mirror:
                 truth: Outcome | None) -> report.Sample:
         both = primary.ok and shadow.ok
         main = compare(primary.rows, shadow.rows) if both else None
-        exact_ok = truth is not None and truth.ok
-        vs_primary = compare(truth.rows, primary.rows) if exact_ok and primary.ok else None
-        vs_shadow = compare(truth.rows, shadow.rows) if exact_ok and shadow.ok else None
+        exact = truth.rows if truth is not None and truth.ok else None
+        vs_primary = compare(exact, primary.rows) if exact is not None and primary.ok else None
+        vs_shadow = compare(exact, shadow.rows) if exact is not None and shadow.ok else None
         return report.Sample(
             route=request.route.table, replica=self.replica,
             query_id=hashlib.sha1(request.sql.encode(), usedforsecurity=False).hexdigest()[:16],
@@ -450,7 +450,7 @@ class Mirror:
             rank_agreement=main.rank_agreement if main else None,
             distance_mean_abs=main.distance_mean_abs if main else None,
             distance_max_abs=main.distance_max_abs if main else None,
-            exact_k=len(truth.rows) if exact_ok else None,
+            exact_k=len(exact) if exact is not None else None,
             primary_recall_exact=vs_primary.recall if vs_primary else None,
             shadow_recall_exact=vs_shadow.recall if vs_shadow else None,
         )

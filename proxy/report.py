@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from pgcutover.core.config import Config, ConfigError, Route, load_config
 from pgcutover.core.routing import canonical_table
@@ -340,7 +339,7 @@ def _pct(v: float | None) -> str:
 
 
 def _lat(latency: Latency) -> str:
-    if latency.p50 is None:
+    if latency.p50 is None or latency.p95 is None or latency.p99 is None:  # all three or none
         return f"n={latency.n}"
     return (f"p50 {latency.p50 * 1000:.2f} ms  p95 {latency.p95 * 1000:.2f} ms  p99 {latency.p99 * 1000:.2f} ms  "
             f"(n={latency.n})")
@@ -375,8 +374,7 @@ SHOW_COLUMNS = [
 def current_reports(rt: Runtime) -> list[RouteReport]:
     """The summary this replica's mirror refreshed last (all replicas' samples, `summarize` over DEFAULT_SINCE),
     one per route in force: what SHOW REPORT, the metrics and GET /report show, so they agree."""
-    mirror = getattr(rt, "mirror", None)
-    reports: dict[str, RouteReport] = dict(getattr(mirror, "reports", None) or {})
+    reports = dict(rt.mirror.reports) if rt.mirror is not None else {}
     out = []
     for route in rt.routing.routes:
         report = reports.get(route.table)
@@ -389,10 +387,9 @@ def current_reports(rt: Runtime) -> list[RouteReport]:
 
 def show_report(rt: Runtime) -> tuple[list[tuple[str, int]], list[list[object]]]:
     """A summary per route (details: `pgcutover report`, or GET /report on the metrics port)."""
-    mirror = getattr(rt, "mirror", None)
-    breaker = getattr(rt, "breaker", None)
+    mirror, breaker = rt.mirror, rt.breaker
     states = {state.route: state for state in breaker.state_rows()} if breaker is not None else {}
-    refreshed = getattr(mirror, "reports_at", None)
+    refreshed = mirror.reports_at if mirror is not None else None
     age = round(time.monotonic() - refreshed, 1) if refreshed else None
     mirror_percent = {route.table: route.mirror for route in rt.routing.routes}
     rows = []
@@ -421,62 +418,56 @@ def _breaker_text(state: BreakerState) -> str:
 
 
 # -- metrics --------------------------------------------------------------------------------------------------
-class EvidenceCollector(Collector):
-    """The mirror's and the breaker's counters, read when Prometheus scrapes."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        mirror = getattr(self.rt, "mirror", None)
-        breaker = getattr(self.rt, "breaker", None)
-        tables = [route.table for route in self.rt.routing.routes]
-        samples = CounterMetricFamily("pgcutover_mirror_samples", "Mirrored comparisons completed by this replica",
-                                      labels=["route"])
-        dropped = CounterMetricFamily("pgcutover_mirror_dropped",
-                                      "Mirrored comparisons dropped (queue full, unsupported shape or parameter)",
-                                      labels=["route"])
-        errors = CounterMetricFamily("pgcutover_shadow_errors",
-                                     "Mirrored queries that failed on the shadow while the primary answered",
-                                     labels=["route"])
-        recall = GaugeMetricFamily("pgcutover_shadow_recall",
-                                   "Mean recall@k of the shadow against the primary (the readiness summary: "
-                                   "pgcutover report, SHOW REPORT)", labels=["route"])
-        ready = GaugeMetricFamily("pgcutover_readiness", "1 for the route's current verdict (the readiness "
-                                  "summary), 0 for the others", labels=["route", "verdict"])
-        summary_samples = GaugeMetricFamily("pgcutover_readiness_samples", "Mirrored samples in the readiness "
-                                            "summary (all replicas, last 24h)", labels=["route"])
-        trips = CounterMetricFamily("pgcutover_breaker_trips", "Circuit breaker rollbacks written by this replica",
-                                    labels=["route", "reason"])
-        if mirror is not None:
-            for table in tables:
-                samples.add_metric([table], mirror.samples[table])
-                dropped.add_metric([table], mirror.dropped[table])
-                errors.add_metric([table], mirror.shadow_errors[table])
-        for report in current_reports(self.rt):
-            s = report.summary
-            if s.recall is not None:
-                recall.add_metric([s.route], s.recall.mean)
-            summary_samples.add_metric([s.route], s.samples)
-            current = report.verdict.split(":", 1)[0]
-            for name in (READY, NOT_READY, INSUFFICIENT):
-                ready.add_metric([s.route, name], 1.0 if current == name else 0.0)
-        judged = GaugeMetricFamily("pgcutover_breaker_window_errors",
-                                   "Shadow errors in the breaker's window by whose fault they are (only 'shadow' "
-                                   "counts; 'unverified' counts if a probe finds the shadow broken)",
-                                   labels=["route", "verdict"])
-        if breaker is not None:
-            for (table, reason), count in sorted(breaker.trips.items()):
-                trips.add_metric([table, reason], count)
-            for state in breaker.state_rows():
-                for verdict, count in (("shadow", state.shadow_errors), ("client", state.client_errors),
-                                       ("unverified", state.unverified_errors)):
-                    judged.add_metric([state.route, verdict], count)
-        yield from (samples, dropped, errors, recall, trips, ready, summary_samples, judged)
+def evidence_families(rt: Runtime) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The mirror's and the breaker's counters and the readiness summary, as families (proxy/metrics.py)."""
+    mirror, breaker = rt.mirror, rt.breaker
+    tables = [route.table for route in rt.routing.routes]
+    samples = CounterMetricFamily("pgcutover_mirror_samples", "Mirrored comparisons completed by this replica",
+                                  labels=["route"])
+    dropped = CounterMetricFamily("pgcutover_mirror_dropped",
+                                  "Mirrored comparisons dropped (queue full, unsupported shape or parameter)",
+                                  labels=["route"])
+    errors = CounterMetricFamily("pgcutover_shadow_errors",
+                                 "Mirrored queries that failed on the shadow while the primary answered",
+                                 labels=["route"])
+    recall = GaugeMetricFamily("pgcutover_shadow_recall",
+                               "Mean recall@k of the shadow against the primary (the readiness summary: "
+                               "pgcutover report, SHOW REPORT)", labels=["route"])
+    ready = GaugeMetricFamily("pgcutover_readiness", "1 for the route's current verdict (the readiness "
+                              "summary), 0 for the others", labels=["route", "verdict"])
+    summary_samples = GaugeMetricFamily("pgcutover_readiness_samples", "Mirrored samples in the readiness "
+                                        "summary (all replicas, last 24h)", labels=["route"])
+    trips = CounterMetricFamily("pgcutover_breaker_trips", "Circuit breaker rollbacks written by this replica",
+                                labels=["route", "reason"])
+    if mirror is not None:
+        for table in tables:
+            samples.add_metric([table], mirror.samples[table])
+            dropped.add_metric([table], mirror.dropped[table])
+            errors.add_metric([table], mirror.shadow_errors[table])
+    for report in current_reports(rt):
+        s = report.summary
+        if s.recall is not None:
+            recall.add_metric([s.route], s.recall.mean)
+        summary_samples.add_metric([s.route], s.samples)
+        current = report.verdict.split(":", 1)[0]
+        for name in (READY, NOT_READY, INSUFFICIENT):
+            ready.add_metric([s.route, name], 1.0 if current == name else 0.0)
+    judged = GaugeMetricFamily("pgcutover_breaker_window_errors",
+                               "Shadow errors in the breaker's window by whose fault they are (only 'shadow' "
+                               "counts; 'unverified' counts if a probe finds the shadow broken)",
+                               labels=["route", "verdict"])
+    if breaker is not None:
+        for (table, reason), count in sorted(breaker.trips.items()):
+            trips.add_metric([table, reason], count)
+        for state in breaker.state_rows():
+            for verdict, count in (("shadow", state.shadow_errors), ("client", state.client_errors),
+                                   ("unverified", state.unverified_errors)):
+                judged.add_metric([state.route, verdict], count)
+    yield from (samples, dropped, errors, recall, trips, ready, summary_samples, judged)
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "report", help="readiness of each route's shadow, from the mirrored comparisons",
         description="Summarise the mirrored comparisons every replica stored in pgcutover.mirror_samples: "

@@ -5,12 +5,24 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pgcutover.core.config import Config, ConfigError
+from pgcutover.core.config import Config, ConfigError, Route
 from pgcutover.core.routing import Override, RoutingSnapshot, apply_overrides
 
+from .services import Services
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pgcutover.rewrite.router import Router
+
+    from .admin import LocalChange
+    from .breaker import Breaker
+    from .legacy import FallbackService
+    from .metrics import QueryMetrics
+    from .migration_stats import MigrationStats
+    from .mirror import Mirror
     from .session import Session
 
 
@@ -41,25 +53,45 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False
     paused: bool = False
-    router: Any = None  # rewrite.router.Router once routes are configured
-    fallback: Any = None  # legacy.FallbackService when a route searches legacy rows in memory
-    mirror: Any = None  # mirror.Mirror when a route has a shadow (it sets this itself)
-    breaker: Any = None  # breaker.Breaker when a route has a shadow (it sets this itself)
-    migration: Any = None  # migration_stats.MigrationStats when routes exist
     upstream_ok: bool = False  # last known reachability, for /readyz
     routing: RoutingSnapshot = field(default_factory=lambda: RoutingSnapshot(()))
     overrides: list[Override] = field(default_factory=list)
-    local_changes: dict[str, Any] = field(default_factory=dict)  # admin.LocalChange: made while the table was down
+    local_changes: dict[str, LocalChange] = field(default_factory=dict)  # made while the table was down
     routing_loaded: bool = False
     last_reload_error: str = ""
     routed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route table, target) -> queries
     failovers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route table, sqlstate) -> cycles
-    query_metrics: Any = None  # metrics.QueryMetrics, when the metrics endpoint is on
-    request_shutdown: Any = None  # set by serve(): the admin console's SHUTDOWN
-    reload: Any = None  # set by serve(): the admin console's RELOAD
+    services: Services = field(default_factory=Services)  # built by services.ServiceSupervisor, nothing else
+    request_shutdown: Callable[[], None] | None = None  # set by serve(): the admin console's SHUTDOWN
+    reload: Callable[[], str] | None = None  # set by serve(): the admin console's RELOAD
 
     def __post_init__(self) -> None:
         self.routing = RoutingSnapshot(self.config.routes)
+
+    # -- the services, read-only (sessions, the admin console and the metrics read them here) -----------------
+    @property
+    def router(self) -> Router | None:
+        return self.services.router
+
+    @property
+    def fallback(self) -> FallbackService | None:
+        return self.services.fallback
+
+    @property
+    def mirror(self) -> Mirror | None:
+        return self.services.mirror
+
+    @property
+    def breaker(self) -> Breaker | None:
+        return self.services.breaker
+
+    @property
+    def migration(self) -> MigrationStats | None:
+        return self.services.migration
+
+    @property
+    def query_metrics(self) -> QueryMetrics | None:
+        return self.services.query_metrics
 
     @property
     def attention(self) -> bool:
@@ -81,10 +113,11 @@ class Runtime:
         previous, self.routing = self.routing, snapshot
         # Sessions read split and sticky from `routing` at each decision; cached plans only need dropping
         # when something else about a route changed.
-        if self.router is not None and _shape(previous.routes) != _shape(snapshot.routes):
-            self.router.replace_routes(snapshot.routes, self.router.catalog)
+        router = self.services.router
+        if router is not None and _shape(previous.routes) != _shape(snapshot.routes):
+            router.replace_routes(snapshot.routes, router.catalog)
 
-    def apply_local_changes(self, changes: dict[str, Any]) -> None:
+    def apply_local_changes(self, changes: dict[str, LocalChange]) -> None:
         """Admin changes this replica applies alone while the shared routing table is unreachable."""
         previous, self.local_changes = self.local_changes, changes
         try:
@@ -108,5 +141,5 @@ class Runtime:
         t.queries += session.queries
 
 
-def _shape(routes: tuple) -> tuple:
+def _shape(routes: tuple[Route, ...]) -> tuple[Route, ...]:
     return tuple(replace(route, split=0.0, sticky="session") for route in routes)

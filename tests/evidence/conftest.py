@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pgcutover.core.config import Config, parse_config
 from pgcutover.proxy.runtime import Runtime
+from pgcutover.proxy.services import make_router
 
 DATABASE = "evidence"
 DIMS = 16
@@ -41,11 +44,14 @@ def make_config(pg, routes: list[dict[str, object]], port: int = 6999) -> Config
 
 async def make_runtime(config: Config) -> Runtime:
     """A Runtime with the router and catalog serve() would build."""
-    from pgcutover.proxy.app import make_router
-
     runtime = Runtime(config)
-    runtime.router = await make_router(config)
+    attach(runtime, router=await make_router(config))
     return runtime
+
+
+def attach(runtime: Runtime, **services: Any) -> None:
+    """Give a test's own service (a Mirror, a Breaker) to the runtime, as ServiceSupervisor does in serve()."""
+    runtime.services = replace(runtime.services, **services)
 
 
 def vectors(n: int, seed: int) -> np.ndarray:

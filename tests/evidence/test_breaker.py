@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgcutover.proxy import control, report
+from pgcutover.proxy import control, metrics, report
 from pgcutover.proxy.breaker import Breaker
 from pgcutover.proxy.runtime import Runtime
 
-from .conftest import DATABASE, make_config, route_toml
+from .conftest import DATABASE, attach, make_config, route_toml
 
 TABLE = "public.ev_breaker"
 IDLE = "public.ev_report"  # split 0 in the config
@@ -35,7 +35,9 @@ async def fresh(evidence_db, **keys) -> tuple[Runtime, Breaker, asyncpg.Connecti
     await control.init_schema(conn)
     await conn.execute("DELETE FROM pgcutover.routing WHERE table_name = ANY($1::text[])", [TABLE, IDLE])
     rt = Runtime(config(evidence_db, **keys))
-    return rt, Breaker(rt, interval=0.05), conn
+    breaker = Breaker(rt, interval=0.05)
+    attach(rt, breaker=breaker)
+    return rt, breaker, conn
 
 
 def feed(breaker: Breaker, n: int, *, shadow_ok: bool = True, sqlstate: str | None = None,
@@ -80,7 +82,7 @@ def test_shadow_errors_trip_to_split_zero_everywhere(evidence_db) -> None:
             assert state.state == "tripped" and state.trips == 1
             assert state.last_trip.startswith("error_rate: shadow error rate 100.0%")
             registry = CollectorRegistry()
-            registry.register(report.EvidenceCollector(rt))
+            registry.register(metrics.Families(lambda: report.evidence_families(rt)))
             text = generate_latest(registry).decode()
             trips = {f.name: f for f in text_string_to_metric_families(text)}["pgcutover_breaker_trips"]
             assert [(s.labels, s.value) for s in trips.samples if s.name.endswith("_total")] == \

@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgcutover.proxy import report
+from pgcutover.proxy import metrics, report
 from pgcutover.proxy.mirror import Mirror, MirrorRequest
 from pgcutover.proxy.runtime import Runtime
 from pgcutover.proxy.vectors import Vector
 
-from .conftest import APP_ROLE, DATABASE, make_config, make_runtime, route_toml, vector_text, vectors
+from .conftest import APP_ROLE, DATABASE, attach, make_config, make_runtime, route_toml, vector_text, vectors
 
 SIMILAR = "SELECT id, content FROM {table} ORDER BY embedding <-> $1 LIMIT $2"
 
@@ -42,6 +42,7 @@ def similarity_requests(rt: Runtime, table: str, count: int, seed: int) -> list[
 async def mirrored(rt: Runtime, requests: Sequence[MirrorRequest], **options) -> Mirror:
     """Run a mirror over `requests` until every sample is stored."""
     mirror = Mirror(rt, **options)
+    attach(rt, mirror=mirror)
     task = asyncio.get_running_loop().create_task(mirror.run())
     for item in requests:
         while not mirror.submit(item):  # the test wants every sample: wait instead of dropping more
@@ -133,6 +134,7 @@ def test_saturation_drops_and_counts(evidence_db) -> None:
     async def main() -> None:
         rt = await make_runtime(make_config(evidence_db, [route_toml("ev_good", "good.items", mirror=100)]))
         mirror = Mirror(rt, queue_size=3)  # not running: nothing leaves the queue
+        attach(rt, mirror=mirror)
         accepted = [mirror.submit(r) for r in similarity_requests(rt, "ev_good", 10, seed=500)]
         assert accepted == [True] * 3 + [False] * 7
         assert mirror.dropped["public.ev_good"] == 7
@@ -142,7 +144,7 @@ def test_saturation_drops_and_counts(evidence_db) -> None:
         assert mirror.dropped_reasons_text("public.ev_good") == "closed=1, saturated=7"
         # the metrics say the same
         registry = CollectorRegistry()
-        registry.register(report.EvidenceCollector(rt))
+        registry.register(metrics.Families(lambda: report.evidence_families(rt)))
         families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
         dropped = families["pgcutover_mirror_dropped"]
         assert dropped.type == "counter"
@@ -256,6 +258,7 @@ def test_report_cli_and_show_report(evidence_db, tmp_path, since: str) -> None:
             await conn.close()
         rt = await make_runtime(config)
         mirror = Mirror(rt)
+        attach(rt, mirror=mirror)
         task = asyncio.get_running_loop().create_task(mirror.run())
         try:
             while mirror._pool is None:

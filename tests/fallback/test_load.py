@@ -67,7 +67,7 @@ def test_bad_rows_are_skipped_with_their_keys(dsn: str, kind: str, lanes: str, c
             await insert_raw(dsn, table.name, key, value)
             bad_keys[key] = reason
         store = LegacyStore(table.route(), lanes=LANES[lanes], chunk_rows=50)
-        before = metrics.SKIPPED_TOTAL.labels(table=table.name, reason=formats.DIMS)._value.get()
+        before = metrics.SKIPPED_TOTAL.labels(table=table.name, reason=formats.DIMS).get()
         with caplog.at_level(logging.WARNING, logger="pgcutover.fallback"):
             report = await store.load(factory(dsn))
         assert_holds(store, table)
@@ -80,7 +80,7 @@ def test_bad_rows_are_skipped_with_their_keys(dsn: str, kind: str, lanes: str, c
         for key in bad_keys:
             assert f"id={key}" in caplog.text
         if formats.DIMS in bad_keys.values():
-            after = metrics.SKIPPED_TOTAL.labels(table=table.name, reason=formats.DIMS)._value.get()
+            after = metrics.SKIPPED_TOTAL.labels(table=table.name, reason=formats.DIMS).get()
             assert after - before == list(bad_keys.values()).count(formats.DIMS)
 
     run(main())

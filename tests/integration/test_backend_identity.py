@@ -101,9 +101,9 @@ def test_asyncpg_terminate_own_backend(pg, proxy, target: str):
         conn = await asyncpg.connect(dsn_for(target, pg, proxy))
         try:
             # asyncpg reports the server's FATAL 57P01 as "connection was closed in the middle of operation:
-            # <its message>", on a direct connection too
+            # <its message>", on a direct connection too (asyncpg 0.29, the declared floor, leaves the message out)
             with pytest.raises(asyncpg.ConnectionDoesNotExistError,
-                               match="terminating connection due to administrator command"):
+                               match=r"terminating connection due to administrator command|in the middle of operation"):
                 await conn.execute(f"SELECT pg_terminate_backend({conn.get_server_pid()})")
             assert conn.is_closed()
         finally:

@@ -91,4 +91,6 @@ def test_plaintext_upstream_only_when_asked_and_warned(tls_upstream, tls_pair, s
     refused = tls_upstream.plaintext_refused
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(proxy.dsn(), sslmode="require").close()
-    assert tls_upstream.plaintext_refused == refused + 1  # it went plaintext, as the operator asked
+    # it went plaintext, as the operator asked (>=: the relay counts in its own threads, so a connection of an
+    # earlier test on a loaded machine may be counted after `refused` was read)
+    assert tls_upstream.plaintext_refused >= refused + 1

@@ -54,7 +54,7 @@ floors: $(BIN)/pgcutover
 	$(FLOORS)/bin/pip install -q --no-deps --no-build-isolation -e .
 	$(FLOORS)/bin/python -m pip freeze | grep -iE "^($$(cut -d= -f1 $(FLOORS)/floors.txt | tr -- '-_' '..' | paste -sd'|'))=="
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/rewrite tests/protocol tests/fallback tests/integration \
-		proxy rewrite fallback deploy
+		core proxy rewrite fallback deploy
 
 bench: $(BIN)/pgcutover
 	$(BIN)/python bench/passthrough.py

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from pgcutover.core.config import needs_store
+from pgcutover.core.config import Route, needs_store
 from pgcutover.core.connect import connect
 from pgcutover.fallback.knn import BatchSearcher
 from pgcutover.fallback.store import LegacyStore
@@ -24,8 +24,6 @@ from pgcutover.fallback.store import LegacyStore
 from .merged import MergeCache
 
 if TYPE_CHECKING:
-    from pgcutover.core.config import Route
-
     from .runtime import Runtime
 
 log = logging.getLogger("pgcutover.legacy")

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pgcutover.core import sqlstate as errcodes  # `sqlstate` names a parameter here
 from pgcutover.core.enums import Target
 
 from . import states
@@ -212,8 +213,9 @@ class Session:
             self.close()
             return
         if self.client_transport is not None and not self.fatal_from_server and self._server_at_boundary():
-            self._to_client(msg.error_response(
-                "08006", "pgcutover: the upstream server closed the connection unexpectedly", "FATAL"))
+            self._to_client(msg.error_response(errcodes.CONNECTION_FAILURE,
+                                               "pgcutover: the upstream server closed the connection unexpectedly",
+                                               "FATAL"))
         if not self.fatal_from_server:  # a FATAL from the server is its own account of the close
             self.rt.totals.upstream_errors += 1
         self.close()
@@ -283,7 +285,7 @@ class Session:
             more = f" ({suppressed} more not logged)" if suppressed else ""
             log.log(level, "%s from %s: %s%s", what, self.peer, text, more)
 
-    def _violation(self, text: str, sqlstate: str = "08P01") -> None:
+    def _violation(self, text: str, sqlstate: str = errcodes.PROTOCOL_VIOLATION) -> None:
         self._count_problem(logging.WARNING, "protocol violation", text)
         self.fail_client(sqlstate, f"pgcutover: {text}")
 
@@ -352,7 +354,7 @@ class Session:
                 try:
                     replacement = self._on_client_message(kind, data, pos, end)
                 except msg.ProtocolViolation as exc:
-                    self._violation(str(exc), getattr(exc, "sqlstate", "08P01"))
+                    self._violation(str(exc), getattr(exc, "sqlstate", errcodes.PROTOCOL_VIOLATION))
                     return
                 plain = tracker.plain
                 hold = self._hold_types
@@ -602,7 +604,7 @@ class Session:
         if self.state == CLOSED:
             return
         if self._server_at_boundary():
-            self._to_client(msg.notice_response(text, "01000"))
+            self._to_client(msg.notice_response(text, errcodes.WARNING))
         elif tries > 0:
             asyncio.get_running_loop().call_later(0.005, self._notice, text, tries - 1)
         else:  # the refusal is still counted (metrics, SHOW FALLBACK) and logged
@@ -718,7 +720,7 @@ class Session:
     def _upstream_garbage(self) -> None:
         log.error("session %s: upstream sent a malformed message; closing", self.peer)
         self.rt.totals.upstream_errors += 1
-        self.fail_client("08006", "pgcutover: the upstream server sent a malformed message")
+        self.fail_client(errcodes.CONNECTION_FAILURE, "pgcutover: the upstream server sent a malformed message")
 
     def _on_server_message(self, kind: int, data: bytes, pos: int, end: int) -> bytes | None:
         if kind == codes.B_READY:
@@ -767,7 +769,7 @@ class Session:
         return asyncio.get_running_loop().create_task(send_cancel(self.upstream_addr, packet))
 
     def close_for_shutdown(self) -> None:
-        self.fail_client("57P01", "terminating connection: pgcutover is shutting down")
+        self.fail_client(errcodes.ADMIN_SHUTDOWN, "terminating connection: pgcutover is shutting down")
 
     def _close_if_idle_for_shutdown(self) -> None:
         if self.idle:

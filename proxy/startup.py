@@ -15,6 +15,8 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from pgcutover.core import sqlstate
+
 from . import states
 from .admin import ADMIN_DATABASE
 from .admin_handoff import hand_over_to_admin
@@ -33,6 +35,7 @@ log = logging.getLogger("pgcutover.session")
 # Before ReadyForQuery no client message above this is buffered or even accepted (an unauthenticated client
 # must not make the proxy grow); authentication messages are far smaller (the server caps them at 65535).
 PRE_AUTH_LIMIT = 64 * 1024
+_AFTER_SSL = "received unencrypted data after SSL request"
 _MITM_DETAIL = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack."
 
 
@@ -83,10 +86,10 @@ class Startup:
         # A repeated one is an "unsupported frontend protocol" like any unknown code.
         if isinstance(packet, msg.SSLRequest):
             if self._ssl_done:
-                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.SSL_REQUEST))
+                raise msg.StartupFatal(sqlstate.FEATURE_NOT_SUPPORTED, _unsupported_protocol(codes.SSL_REQUEST))
             if self.tls_context is not None:
                 if self._first.take_rest():
-                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
+                    raise msg.StartupFatal(sqlstate.PROTOCOL_VIOLATION, _AFTER_SSL, _MITM_DETAIL)
                 self.session._to_client(b"S")
                 self._ssl_done = self._gss_done = True
                 self.session._to(states.TLS_REQUESTED)  # nothing may arrive until the handshake is done
@@ -95,15 +98,15 @@ class Startup:
                 self.session._to_client(b"N")
                 self._ssl_done, self._gss_done = True, False
                 if self._first.buffered:
-                    raise msg.StartupFatal("08P01", "received unencrypted data after SSL request", _MITM_DETAIL)
+                    raise msg.StartupFatal(sqlstate.PROTOCOL_VIOLATION, _AFTER_SSL, _MITM_DETAIL)
         elif isinstance(packet, msg.GSSEncRequest):
             if self._gss_done:
-                raise msg.StartupFatal("0A000", _unsupported_protocol(codes.GSSENC_REQUEST))
+                raise msg.StartupFatal(sqlstate.FEATURE_NOT_SUPPORTED, _unsupported_protocol(codes.GSSENC_REQUEST))
             self.session._to_client(b"N")
             self._ssl_done, self._gss_done = False, True
             if self._first.buffered:
-                raise msg.StartupFatal("08P01", "received unencrypted data after GSSAPI encryption request",
-                                       _MITM_DETAIL)
+                raise msg.StartupFatal(sqlstate.PROTOCOL_VIOLATION,
+                                       "received unencrypted data after GSSAPI encryption request", _MITM_DETAIL)
         elif isinstance(packet, msg.CancelRequest):
             self._forward_cancel(packet)
         else:
@@ -157,11 +160,11 @@ class Startup:
     def _on_startup(self, startup: msg.Startup) -> None:
         self.session.startup = startup
         if self.session.rt.shutting_down:
-            self.session.fail_client("57P01", "pgcutover is shutting down")
+            self.session.fail_client(sqlstate.ADMIN_SHUTDOWN, "pgcutover is shutting down")
             return
         if self.over_limit and not self._admin_may_exceed(startup):
             # PostgreSQL's own words and SQLSTATE for a full server, after the startup packet as it does
-            self.session.fail_client("53300", "sorry, too many clients already")
+            self.session.fail_client(sqlstate.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
             return
         if not startup.valid:  # bad version or layout: let the server answer it, in its own words and format
             self.session._to(states.CONNECT)
@@ -172,7 +175,8 @@ class Startup:
             return
         if startup.params.get("database") == ADMIN_DATABASE:
             if startup.params["user"] not in self.session.rt.config.admin.users:
-                self.session.fail_client("28000", f'pgcutover: user "{startup.params["user"]}" is not an admin user')
+                self.session.fail_client(sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+                                         f'pgcutover: user "{startup.params["user"]}" is not an admin user')
                 return
             self.session.admin_requested = True  # authenticated by the upstream, then served by the proxy itself
         rest = self._first.take_rest()
@@ -233,7 +237,7 @@ class Startup:
             self.session.rt.upstream_ok = False
             self.session.rt.totals.upstream_errors += 1
             log.warning("session %s: %s", self.session.peer, exc)
-            self.session.fail_client("08006", f"pgcutover: {exc}")
+            self.session.fail_client(sqlstate.CONNECTION_FAILURE, f"pgcutover: {exc}")
             return
         if self.session.state == CLOSED:
             transport.close()

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgcutover.fallback import kernels
 from pgcutover.fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ GEMM_ROWS = 512  # rows upcast and multiplied at a time for one query (the float
 # for a batch, whose matrix product is compute-bound: measured best 512 and 1024)
 POST_ROWS = 8192  # rows whose bounds are computed at a time (amortises numpy's per-call cost)
 L1_ROWS = 1024  # rows of float64 differences at a time for l1
+KERNEL_ROWS = 32768  # rows per exact int8 product (fallback.kernels); a segment is at most this
 
 
 def max_candidates(k: int) -> int:
@@ -134,6 +136,11 @@ class _Plan:
         self.qscale = np.ldexp(1.0, exps)
         scaled = np.ldexp(self.q64, -exps[:, None]).astype(np.float32)
         self.q_t = np.ascontiguousarray(scaled[self.gemm].T)  # (dims, G)
+        # The SIMD kernel's exact int8 products (fallback.kernels): q = qstep * codes + resid, |resid| <= qresid.
+        self.kernel: kernels.QueryCodes | None = None
+        if len(self.gemm) and not len(self.l1) and snap.dtype == np.int8 and kernels.available():
+            codes, self.qstep, self.qresid = kernels.quantize_queries(self.q64[self.gemm])
+            self.kernel = kernels.QueryCodes(codes)
         self.gamma = _gamma(snap.dims)
         self.tiny = snap.dims * 127 * 2.0 ** -148  # underflow of q' and of the products, in q' units
         bounds = [_bounds(m, float(n), snap) for m, n in zip(self.metrics, self.qn, strict=True)]
@@ -225,9 +232,31 @@ def _prefilter(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.nd
     return None if len(picked) > (stop - start) // 2 else picked
 
 
+def _kernel_dot_bounds(plan: _Plan, view: SegmentView, at: Rows, ints: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """x.q estimate and its error bound from the exact products codes . qcodes (rows x G, float64).
+
+    x.q = offset sum(q) + scale (codes . q) + r.q and codes . q = qstep (codes . qcodes) + codes . resid_q, so
+    |x.q - estimate| <= |r| |q| + scale |codes| |resid_q| (Cauchy-Schwarz twice) plus float64 rounding."""
+    quant = view.quant
+    assert quant is not None and plan.kernel is not None
+    g = plan.gemm
+    off, scale = quant.offset[at, None], quant.scale[at, None]
+    prod = ints * (scale * plan.qstep)
+    dot = prod + off * plan.sumq[g]
+    err = quant.resid_l2[at, None] * plan.qn[g] + (scale * quant.codes_l2[at, None]) * plan.qresid \
+        + SLACK * ((np.abs(off) + 127 * scale) * plan.q_l1[g] + np.abs(prod))
+    return dot, err
+
+
 def _gemm_bounds(plan: _Plan, view: SegmentView, at: Rows, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(L, U) in score units, rows x G."""
-    dot, err = _dot_bounds(plan, view, at, raw)
+    return _score_bounds(plan, view, at, *_dot_bounds(plan, view, at, raw))
+
+
+def _score_bounds(plan: _Plan, view: SegmentView, at: Rows, dot: np.ndarray, err: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(L, U) in score units, rows x G, from x.q estimates and their error bounds."""
     low = np.empty_like(dot)
     up = np.empty_like(dot)
     sq = view.sq_norms[at, None]
@@ -281,11 +310,57 @@ def _l1_bounds(plan: _Plan, view: SegmentView, start: int, stop: int) -> tuple[n
     return low, up
 
 
+def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray,
+                         limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_block_bounds` through the SIMD kernel: coarse bounds for every row from exact int8 x int8 products
+    (the query quantized too), then, for the rows whose coarse L passes the limit, the float32 product of the
+    numpy path (only the row's own quantization error left). Each is a valid pair of bounds: a row keeps the
+    larger L and the smaller U. The limit is first tightened from this block's coarse U (a valid k-th U)."""
+    assert plan.kernel is not None and view.quant is not None
+    n = stop - start
+    at = slice(start, stop)
+    codes = view.quant.codes
+    low, up = _score_bounds(plan, view, at, *_kernel_dot_bounds(plan, view, at, plan.kernel.dots(codes[at])))
+    if len(plan.gemm) != plan.size or (plan.gemm != np.arange(plan.size)).any():
+        order = np.argsort(plan.gemm)  # columns back in query order (the kernel runs only without l1 queries)
+        low, up = low[:, order], up[:, order]
+    if view.alive is not None:
+        dead = ~view.alive[at]
+        low[dead] = np.nan
+        up[dead] = np.inf
+    if np.isinf(limit).any() and n:
+        kth_idx = np.minimum(plan.ks, n) - 1
+        kth = np.partition(up, np.unique(kth_idx), axis=0)[kth_idx, np.arange(plan.size)]
+        limit = np.minimum(limit, plan.low_limit(np.where(plan.ks <= n, kth, np.inf)))
+    picked = np.flatnonzero((low <= limit[None, :]).any(axis=1))
+    if not len(picked):
+        return picked, low[:0], up[:0]
+    raw = np.empty((len(picked), len(plan.gemm)), dtype=np.float32)
+    q, out = (plan.q_t[:, 0], raw[:, 0]) if len(plan.gemm) == 1 else (plan.q_t, raw)
+    for p0 in range(0, len(picked), len(buf)):
+        part = picked[p0:p0 + len(buf)] + start
+        np.copyto(buf[:len(part)], codes[part], casting="unsafe")  # int8 -> float32: exact
+        np.matmul(buf[:len(part)], q, out=out[p0:p0 + len(part)])
+    fine_low, fine_up = _gemm_bounds(plan, view, start + picked, raw)
+    if plan.size != len(plan.gemm) or (plan.gemm != np.arange(plan.size)).any():
+        order = np.argsort(plan.gemm)
+        fine_low, fine_up = fine_low[:, order], fine_up[:, order]
+    low, up = np.fmax(low[picked], fine_low), np.fmin(up[picked], fine_up)  # NaN (dead) stays NaN in low
+    if view.alive is not None:
+        dead = ~view.alive[start + picked]
+        low[dead] = np.nan
+        up[dead] = np.inf
+    return picked, low, up
+
+
 def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray | None,
                   limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, L, U): rows (relative to start) whose bounds were computed, and their bounds, rows x queries; the
     rows left out cannot pass `limit`. Dead rows: (NaN, +inf)."""
     n = stop - start
+    if plan.kernel is not None:
+        assert buf is not None
+        return _kernel_block_bounds(plan, view, start, stop, buf, limit)
     picked = np.arange(n)
     if len(plan.gemm):
         assert view.quant is not None and buf is not None, "only l1 searches a float store by bounds"
@@ -326,12 +401,13 @@ def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> 
     first = True
     while (si := segments()) is not None:
         view = snap.segments[si]
-        for start in range(0, view.count, POST_ROWS):
-            stop = min(view.count, start + POST_ROWS)
+        step = KERNEL_ROWS if plan.kernel is not None else POST_ROWS
+        for start in range(0, view.count, step):
+            stop = min(view.count, start + step)
             picked, low, up = _block_bounds(plan, view, start, stop, buf, limit)
-            if first:  # every row's bounds were computed (the limit was still infinite)
+            if first and len(picked):  # every row that can pass the block's own k-th U was returned
                 first = False
-                m = stop - start
+                m = len(picked)
                 kth_idx = np.minimum(plan.ks, m) - 1
                 kth = np.partition(up, np.unique(kth_idx), axis=0)[kth_idx, np.arange(plan.size)]
                 limit = plan.low_limit(np.where(plan.ks <= m, kth, np.inf))

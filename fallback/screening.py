@@ -55,7 +55,9 @@ GEMM_ROWS = 512  # rows upcast and multiplied at a time for one query (the float
 # for a batch, whose matrix product is compute-bound: measured best 512 and 1024)
 POST_ROWS = 8192  # rows whose bounds are computed at a time (amortises numpy's per-call cost)
 L1_ROWS = 1024  # rows of float64 differences at a time for l1
-KERNEL_ROWS = 32768  # rows per exact int8 product (fallback.kernels); a segment is at most this
+KERNEL_ROWS = 32768  # rows per exact int8 product (fallback.kernels) for one query: a whole segment
+KERNEL_CELLS = 65536  # (row, query) bounds computed at a time: temporaries stay in cache (a fresh multi-MB
+# temporary page-faults on every call: measured 1.8x slower for 21,504 rows x 32 queries)
 
 
 def max_candidates(k: int) -> int:
@@ -136,11 +138,10 @@ class _Plan:
         self.qscale = np.ldexp(1.0, exps)
         scaled = np.ldexp(self.q64, -exps[:, None]).astype(np.float32)
         self.q_t = np.ascontiguousarray(scaled[self.gemm].T)  # (dims, G)
-        # The SIMD kernel's exact int8 products (fallback.kernels): q = qstep * codes + resid, |resid| <= qresid.
+        # The SIMD kernel's exact int8 products (fallback.kernels), the queries quantized in two levels.
         self.kernel: kernels.QueryCodes | None = None
         if len(self.gemm) and not len(self.l1) and snap.dtype == np.int8 and kernels.available():
-            codes, self.qstep, self.qresid = kernels.quantize_queries(self.q64[self.gemm])
-            self.kernel = kernels.QueryCodes(codes)
+            self.kernel = kernels.QueryCodes(self.q64[self.gemm])
         self.gamma = _gamma(snap.dims)
         self.tiny = snap.dims * 127 * 2.0 ** -148  # underflow of q' and of the products, in q' units
         bounds = [_bounds(m, float(n), snap) for m, n in zip(self.metrics, self.qn, strict=True)]
@@ -232,20 +233,29 @@ def _prefilter(plan: _Plan, view: SegmentView, start: int, stop: int, raw: np.nd
     return None if len(picked) > (stop - start) // 2 else picked
 
 
-def _kernel_dot_bounds(plan: _Plan, view: SegmentView, at: Rows, ints: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """x.q estimate and its error bound from the exact products codes . qcodes (rows x G, float64).
+def _kernel_dot_bounds(plan: _Plan, view: SegmentView, at: Rows, ints1: np.ndarray,
+                       ints2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """x.q estimate and its error bound from the exact products of the codes with the query's level-1 codes
+    (and level-2 codes when given), rows x G, float64.
 
-    x.q = offset sum(q) + scale (codes . q) + r.q and codes . q = qstep (codes . qcodes) + codes . resid_q, so
-    |x.q - estimate| <= |r| |q| + scale |codes| |resid_q| (Cauchy-Schwarz twice) plus float64 rounding."""
+    x.q = offset sum(q) + scale (codes . q) + r.q and codes . q = step1 (codes . codes1) [+ step2 (codes . codes2)]
+    + codes . resid, so |x.q - estimate| <= |r| |q| + scale |codes| |resid| (Cauchy-Schwarz twice) plus the
+    float64 rounding of the estimate (SLACK, relative, on every term)."""
     quant = view.quant
-    assert quant is not None and plan.kernel is not None
+    kernel = plan.kernel
+    assert quant is not None and kernel is not None
     g = plan.gemm
     off, scale = quant.offset[at, None], quant.scale[at, None]
-    prod = ints * (scale * plan.qstep)
+    prod = ints1 * (scale * kernel.step1)
+    size = np.abs(prod)
+    if ints2 is not None:
+        prod2 = ints2 * (scale * kernel.step2)
+        prod += prod2
+        size += np.abs(prod2)
     dot = prod + off * plan.sumq[g]
-    err = quant.resid_l2[at, None] * plan.qn[g] + (scale * quant.codes_l2[at, None]) * plan.qresid \
-        + SLACK * ((np.abs(off) + 127 * scale) * plan.q_l1[g] + np.abs(prod))
+    err = quant.resid_l2[at, None] * plan.qn[g] \
+        + (scale * quant.codes_l2[at, None]) * (kernel.resid1 if ints2 is None else kernel.resid2) \
+        + SLACK * ((np.abs(off) + 127 * scale) * plan.q_l1[g] + size)
     return dot, err
 
 
@@ -310,47 +320,62 @@ def _l1_bounds(plan: _Plan, view: SegmentView, start: int, stop: int) -> tuple[n
     return low, up
 
 
-def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray,
-                         limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class _Running:
+    """The k smallest coarse U seen so far per query (kernel path): a valid k-th U for the limit, tightened on
+    every block instead of only when the candidates are pruned (early blocks would otherwise pass far more rows
+    to the fine bounds than the final limit lets through)."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.kmax = int(plan.ks.max())
+        self.best = np.full((self.kmax, plan.size), np.inf)
+        self.cols = np.arange(plan.size)
+        self.ks = plan.ks
+
+    def add(self, up: np.ndarray) -> np.ndarray:
+        """Merge a block's U (rows x queries); returns each query's k-th smallest U so far (inf: fewer than k)."""
+        if len(up) > self.kmax:
+            up = np.partition(up, self.kmax - 1, axis=0)[:self.kmax]
+        both = np.concatenate([self.best, up])
+        self.best = np.partition(both, self.kmax - 1, axis=0)[:self.kmax]
+        return np.sort(self.best, axis=0)[self.ks - 1, self.cols]
+
+
+def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, limit: np.ndarray,
+                         running: _Running) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`_block_bounds` through the SIMD kernel: coarse bounds for every row from exact int8 x int8 products
-    (the query quantized too), then, for the rows whose coarse L passes the limit, the float32 product of the
-    numpy path (only the row's own quantization error left). Each is a valid pair of bounds: a row keeps the
-    larger L and the smaller U. The limit is first tightened from this block's coarse U (a valid k-th U)."""
+    with the query's level-1 codes, then, for the rows whose coarse L passes the limit, the level-2 products
+    too (only the row's own quantization error left, as on the numpy path). Each is a valid pair of bounds: a
+    row keeps the larger L and the smaller U. The limit is first tightened from the k-th coarse U seen so far
+    (any k rows' U is a valid k-th U: those rows pass every limit derived from it, so they stay candidates).
+    Also returns the tightened limit."""
     assert plan.kernel is not None and view.quant is not None
-    n = stop - start
     at = slice(start, stop)
     codes = view.quant.codes
-    low, up = _score_bounds(plan, view, at, *_kernel_dot_bounds(plan, view, at, plan.kernel.dots(codes[at])))
-    if len(plan.gemm) != plan.size or (plan.gemm != np.arange(plan.size)).any():
-        order = np.argsort(plan.gemm)  # columns back in query order (the kernel runs only without l1 queries)
+    ints = plan.kernel.dots(codes[at])
+    low, up = _score_bounds(plan, view, at, *_kernel_dot_bounds(plan, view, at, ints))
+    reorder = len(plan.gemm) != plan.size or bool((plan.gemm != np.arange(plan.size)).any())
+    order = np.argsort(plan.gemm)  # columns back in query order (the kernel runs only without l1 queries)
+    if reorder:
         low, up = low[:, order], up[:, order]
     if view.alive is not None:
         dead = ~view.alive[at]
         low[dead] = np.nan
         up[dead] = np.inf
-    if np.isinf(limit).any() and n:
-        kth_idx = np.minimum(plan.ks, n) - 1
-        kth = np.partition(up, np.unique(kth_idx), axis=0)[kth_idx, np.arange(plan.size)]
-        limit = np.minimum(limit, plan.low_limit(np.where(plan.ks <= n, kth, np.inf)))
+    limit = np.minimum(limit, plan.low_limit(running.add(up)))
     picked = np.flatnonzero((low <= limit[None, :]).any(axis=1))
     if not len(picked):
-        return picked, low[:0], up[:0]
-    raw = np.empty((len(picked), len(plan.gemm)), dtype=np.float32)
-    q, out = (plan.q_t[:, 0], raw[:, 0]) if len(plan.gemm) == 1 else (plan.q_t, raw)
-    for p0 in range(0, len(picked), len(buf)):
-        part = picked[p0:p0 + len(buf)] + start
-        np.copyto(buf[:len(part)], codes[part], casting="unsafe")  # int8 -> float32: exact
-        np.matmul(buf[:len(part)], q, out=out[p0:p0 + len(part)])
-    fine_low, fine_up = _gemm_bounds(plan, view, start + picked, raw)
-    if plan.size != len(plan.gemm) or (plan.gemm != np.arange(plan.size)).any():
-        order = np.argsort(plan.gemm)
+        return picked, low[:0], up[:0], limit
+    rows = start + picked
+    fine_low, fine_up = _score_bounds(plan, view, rows, *_kernel_dot_bounds(
+        plan, view, rows, ints[picked], plan.kernel.dots(codes[rows], level=1)))
+    if reorder:
         fine_low, fine_up = fine_low[:, order], fine_up[:, order]
-    low, up = np.fmax(low[picked], fine_low), np.fmin(up[picked], fine_up)  # NaN (dead) stays NaN in low
+    low, up = np.fmax(low[picked], fine_low), np.fmin(up[picked], fine_up)
     if view.alive is not None:
-        dead = ~view.alive[start + picked]
-        low[dead] = np.nan
+        dead = ~view.alive[rows]
+        low[dead] = np.nan  # fmax above would have taken the number
         up[dead] = np.inf
-    return picked, low, up
+    return picked, low, up, limit
 
 
 def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray | None,
@@ -358,9 +383,6 @@ def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np
     """(rows, L, U): rows (relative to start) whose bounds were computed, and their bounds, rows x queries; the
     rows left out cannot pass `limit`. Dead rows: (NaN, +inf)."""
     n = stop - start
-    if plan.kernel is not None:
-        assert buf is not None
-        return _kernel_block_bounds(plan, view, start, stop, buf, limit)
     picked = np.arange(n)
     if len(plan.gemm):
         assert view.quant is not None and buf is not None, "only l1 searches a float store by bounds"
@@ -397,20 +419,24 @@ def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> 
     cands = _Cands()
     limit = np.full(plan.size, np.inf)
     budget = int(2 * plan.ks.sum()) + 4096
-    buf = np.empty((2 * GEMM_ROWS, snap.dims), dtype=np.float32) if len(plan.gemm) else None
+    running = _Running(plan) if plan.kernel is not None else None
+    buf = np.empty((2 * GEMM_ROWS, snap.dims), dtype=np.float32) if len(plan.gemm) and running is None else None
     first = True
+    step = max(1, min(KERNEL_ROWS, KERNEL_CELLS // plan.size)) if running is not None else POST_ROWS
     while (si := segments()) is not None:
         view = snap.segments[si]
-        step = KERNEL_ROWS if plan.kernel is not None else POST_ROWS
         for start in range(0, view.count, step):
             stop = min(view.count, start + step)
-            picked, low, up = _block_bounds(plan, view, start, stop, buf, limit)
+            if running is not None:
+                picked, low, up, limit = _kernel_block_bounds(plan, view, start, stop, limit, running)
+            else:
+                picked, low, up = _block_bounds(plan, view, start, stop, buf, limit)
             if first and len(picked):  # every row that can pass the block's own k-th U was returned
                 first = False
                 m = len(picked)
                 kth_idx = np.minimum(plan.ks, m) - 1
                 kth = np.partition(up, np.unique(kth_idx), axis=0)[kth_idx, np.arange(plan.size)]
-                limit = plan.low_limit(np.where(plan.ks <= m, kth, np.inf))
+                limit = np.minimum(limit, plan.low_limit(np.where(plan.ks <= m, kth, np.inf)))
             rows, queries = np.nonzero(low <= limit[None, :])
             if len(rows):
                 cands.add(queries, np.full(len(rows), si), picked[rows] + start, low[rows, queries],

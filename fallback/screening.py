@@ -347,14 +347,25 @@ class _Running:
         self.best = np.full((self.kmax, plan.size), np.inf)
         self.cols = np.arange(plan.size)
         self.ks = plan.ks
+        self.worst = np.full(plan.size, np.inf)  # the largest of each query's kmax best: nothing above it counts
+        self.kth = np.full(plan.size, np.inf)
 
     def add(self, up: np.ndarray) -> np.ndarray:
         """Merge a block's U (rows x queries); returns each query's k-th smallest U so far (inf: fewer than k)."""
-        if len(up) > self.kmax:
-            up = np.partition(up, self.kmax - 1, axis=0)[:self.kmax]
-        both = np.concatenate([self.best, up])
+        rows, cols = np.nonzero(up < self.worst[None, :])  # after the first blocks, few
+        if not len(rows):
+            return self.kth
+        order = np.argsort(cols, kind="stable")
+        rows, cols = rows[order], cols[order]
+        counts = np.bincount(cols, minlength=len(self.cols))
+        at = np.arange(len(cols)) - np.repeat(np.cumsum(counts) - counts, counts)
+        new = np.full((int(counts.max()), len(self.cols)), np.inf)
+        new[at, cols] = up[rows, cols]
+        both = np.concatenate([self.best, new])
         self.best = np.partition(both, self.kmax - 1, axis=0)[:self.kmax]
-        return np.sort(self.best, axis=0)[self.ks - 1, self.cols]
+        self.worst = self.best.max(axis=0)
+        self.kth = np.sort(self.best, axis=0)[self.ks - 1, self.cols]
+        return self.kth
 
 
 def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, limit: np.ndarray,

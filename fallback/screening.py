@@ -368,6 +368,63 @@ class _Running:
         return self.kth
 
 
+def _cheap_pass(plan: _Plan, view: SegmentView, start: int, ints: np.ndarray, limit: np.ndarray
+                ) -> np.ndarray | None:
+    """Rows (relative to start) whose coarse L can pass `limit` for some query, from a test of a few operations
+    per (row, query) instead of the coarse bounds' thirty; None when there is no finite limit yet.
+
+    The coarse bounds use D = d + e, an upper bound of x.q: cosine L >= 1 - D / (|x| |q|) - 1e-9, ip L >= -D - eps,
+    l2 L >= (|x|^2 + |q|^2)(1 - 1e-9) - 2 D, each decreasing in D. And D <= scale step1 (ints + kappa) + |q| g
+    with g per row (g >= (|offset sum(q)| + e - SLACK |prod|) / |q| over the group's queries, kappa the SLACK of
+    |prod| in integer units; l2 takes max |q| g). So a row can pass for query j only if
+    ints >= (A_row + B_j) C_row D_j - margin, which costs a handful of operations. Rows that cannot be tested
+    (zero norm, scale 0, a query of norm 0) always pass."""
+    if not np.isfinite(limit).all():
+        return None
+    quant = view.quant
+    assert quant is not None and plan.kernel is not None
+    n = len(ints)
+    at = slice(start, start + n)
+    scale, off = quant.scale[at], np.abs(quant.offset[at])
+    kernel = plan.kernel
+    kappa = SLACK * 127.0 * 127.0 * plan.snap.dims + 1.0
+    keep = np.zeros(n, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for metric, cols, queries in plan.groups:
+            qn = plan.qn[queries]
+            live = qn > 0
+            if not live.any():
+                return None
+            ratio = [np.max(v[live] / qn[live]) for v in (np.abs(plan.sumq[queries]), kernel.resid1[cols],
+                                                            plan.q_l1[queries])]
+            g = off * ratio[0] + quant.resid_l2[at] + scale * quant.codes_l2[at] * ratio[1] \
+                + SLACK * (off + 127 * scale) * ratio[2]
+            step, lim = kernel.step1[cols], limit[queries]
+            if metric == "cosine":
+                nx = np.sqrt(view.sq_norms[at])
+                a_row, c_row = -g / nx, nx / scale
+                b_q, d_q = 1 - 1e-9 - lim, qn / step
+                bad_row = (nx == 0) | (scale == 0)
+            elif metric == "ip":
+                eps = 1e-9 * (np.abs(lim) + 2 * qn * math.sqrt(plan.snap.max_sq_norm))
+                a_row, c_row = -g, 1 / scale
+                b_q, d_q = (-lim - eps) / qn, qn / step
+                bad_row = scale == 0
+            else:  # l2
+                sq = view.sq_norms[at]
+                a_row, c_row = sq * (1 - 1e-9) - 2 * np.max(qn) * g, 1 / (2 * scale)
+                b_q, d_q = qn * qn * (1 - 1e-9) - lim, 1 / step
+                bad_row = scale == 0
+            a_row = np.where(bad_row | ~np.isfinite(a_row), -np.inf, a_row - 1e-9 * np.abs(a_row))
+            c_row = np.where(bad_row | ~np.isfinite(c_row), 1.0, c_row)
+            b_q = np.where(live & np.isfinite(b_q), b_q - 1e-9 * np.abs(b_q), -np.inf)
+            d_q = np.where(live & np.isfinite(d_q), d_q, 1.0)
+            thr = (a_row[:, None] + b_q[None, :]) * c_row[:, None] * d_q[None, :]
+            thr -= 1e-9 * np.abs(thr) + kappa  # -inf stays -inf; NaN (never: -inf + finite) would fail the test
+            keep |= (ints[:, cols] >= thr).any(axis=1)
+    return np.flatnonzero(keep)
+
+
 def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, limit: np.ndarray,
                          running: _Running) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`_block_bounds` through the SIMD kernel: coarse bounds for every row from exact int8 x int8 products
@@ -380,6 +437,9 @@ def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, 
     at = slice(start, stop)
     codes = view.quant.codes
     ints = plan.kernel.dots(codes[at])
+    sub = _cheap_pass(plan, view, start, ints, limit)  # rows worth their coarse bounds (None: all)
+    if sub is not None:
+        ints, at = ints[sub], start + sub
     low, up = _score_bounds(plan, view, at, *_kernel_dot_bounds(plan, view, at, ints))
     reorder = len(plan.gemm) != plan.size or bool((plan.gemm != np.arange(plan.size)).any())
     order = np.argsort(plan.gemm)  # columns back in query order (the kernel runs only without l1 queries)
@@ -393,12 +453,15 @@ def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, 
     picked = np.flatnonzero((low <= limit[None, :]).any(axis=1))
     if not len(picked):
         return picked, low[:0], up[:0], limit
+    ints, low, up = ints[picked], low[picked], up[picked]
+    if sub is not None:
+        picked = sub[picked]
     rows = start + picked
     fine_low, fine_up = _score_bounds(plan, view, rows, *_kernel_dot_bounds(
-        plan, view, rows, ints[picked], plan.kernel.dots(codes[rows], level=1)))
+        plan, view, rows, ints, plan.kernel.dots(codes[rows], level=1)))
     if reorder:
         fine_low, fine_up = fine_low[:, order], fine_up[:, order]
-    low, up = np.fmax(low[picked], fine_low), np.fmin(up[picked], fine_up)
+    low, up = np.fmax(low, fine_low), np.fmin(up, fine_up)
     if view.alive is not None:
         dead = ~view.alive[rows]
         low[dead] = np.nan  # fmax above would have taken the number

@@ -47,7 +47,6 @@ class QueryCodes:
     leaves a residual 127 times smaller: bounds as tight as float64 products of the codes, at int8 cost."""
 
     def __init__(self, q64: np.ndarray) -> None:
-        assert _nk is not None
         self.codes1, self.step1, self.resid1 = quantize_queries(q64)
         # the first level's residual, itself quantized: computed in float64 like quantize_queries' own residual
         left = q64 - self.codes1.astype(np.float64) * self.step1[:, None]
@@ -60,8 +59,7 @@ class QueryCodes:
     @staticmethod
     def _pack(codes: np.ndarray) -> tuple[np.ndarray, Any]:
         codes = np.ascontiguousarray(codes, dtype=np.int8)  # (G, dims)
-        assert _nk is not None
-        return codes, _nk.dots_pack(codes) if len(codes) >= PACK_MIN else None
+        return codes, _nk.dots_pack(codes) if _nk is not None and len(codes) >= PACK_MIN else None
 
     def dots(self, rows: np.ndarray, level: int = 0) -> np.ndarray:
         """rows (n, dims) int8 -> exact products (n, G) with the level's codes, as float64."""

@@ -509,8 +509,10 @@ def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np
 def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> _Cands:
     cands = _Cands()
     limit = np.full(plan.size, np.inf)
-    budget = int(2 * plan.ks.sum()) + 4096
     running = _Running(plan) if plan.kernel is not None else None
+    # pending (query, row) entries before a prune (40 bytes each): the kernel path tightens the limit per block
+    # anyway, there pruning only bounds memory
+    budget = int(2 * plan.ks.sum()) + (65536 if running is not None else 4096)
     buf = np.empty((2 * GEMM_ROWS, snap.dims), dtype=np.float32) if len(plan.gemm) and running is None else None
     first = True
     step = max(1, min(KERNEL_ROWS, KERNEL_CELLS // plan.size)) if running is not None else POST_ROWS

@@ -38,9 +38,10 @@ dot products instead of a float32 upcast per block: the query is quantized in tw
 twice), the limit is tightened from the k-th coarse U seen so far, and only the rows whose coarse L passes get
 codes . c2 as well (their bounds then as tight as the numpy path's). A row keeps the larger L and the smaller U of
 the two pairs; both are proven, so the argument above is unchanged. Batches of PACK_MIN queries and more use a
-packed query matrix (one int8 matrix product). Measured (bench/fallback.py, 203,727 x 1536): one query ~0.3-0.5x
-the float32 memory-bandwidth bound against ~1.45x for the upcast, on random and clustered data alike, since the
-scan no longer depends on the data: no fallback to the float32 path is needed on random data.
+packed query matrix (one int8 matrix product). Measured (bench/fallback.py, 203,727 x 1536, cosine, k = 11): one
+query ~0.5x the float32 memory-bandwidth bound (26 ms against 75 ms for the float32 path on random data) against
+~1.45x for the upcast, on random and clustered data alike: the scan costs the same whatever the data, so no
+fallback to the float32 path is needed on random data (looser bounds there only mean more candidates).
 
 Why not prune whole clusters of rows, or bound distances through a PCA prefix (measured on the bench's clustered
 set, 20,000 x 1536, a mixture of 2,000 Gaussians with the spread of text embeddings): the within-cluster noise is

@@ -6,6 +6,7 @@ it measures in the same run.
     python bench/fallback.py --quick         # 50,000 rows, fewer queries: a few minutes
     python bench/fallback.py --no-db         # search figures only
     python bench/fallback.py --storages float32,int8,float16 --dims 1536 --data clustered
+    python bench/fallback.py --storages float32,int8,int8-numpy   # int8 without the SIMD kernel (the old path)
 
 Search figures: each (dims, data, storage) runs in a fresh child process that generates the same rows (same seed)
 straight into its store, so peak RSS is the store's own. Data: "random" (Gaussian, unit norm: the worst case for
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pgcutover.core.config import Route  # noqa: E402
+from pgcutover.fallback import kernels  # noqa: E402
 from pgcutover.fallback.knn import BatchSearcher, Query, search_snapshot  # noqa: E402
 from pgcutover.fallback.store import LegacyStore  # noqa: E402
 from pgcutover.proxy.embedded import EmbeddedPostgres  # noqa: E402
@@ -214,7 +216,8 @@ def search_child(args: argparse.Namespace) -> None:
             got = asyncio.run(concurrent(store, list(queries), c, rounds=max(3, 64 // c), k=k, metric=metric))
             if c not in conc or got["qps"] > conc[c]["qps"]:
                 conc[c] = got
-    report = {"rows": len(store), "dims": args.dims, "data": args.data, "dtype": args.dtype, "gen_s": gen_s,
+    dtype = args.dtype if kernels.available() or args.dtype != "int8" else "int8-numpy"
+    report = {"rows": len(store), "dims": args.dims, "data": args.data, "dtype": dtype, "gen_s": gen_s,
               "baseline_rss": baseline, "peak_rss": peak, "store_bytes": store.nbytes, "matrix32": matrix32,
               "bound": bound, "ways": ways, "p50": pct(single, 50), "p95": pct(single, 95),
               "cands_mean": float(np.mean(sizes)), "cands_max": int(max(sizes)), "concurrent": conc,
@@ -241,7 +244,13 @@ def load_child(args: argparse.Namespace) -> None:
 
 
 def run_child(extra: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *extra], capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if "--dtype" in extra and extra[extra.index("--dtype") + 1] == "int8-numpy":  # int8 without fallback.kernels
+        extra = list(extra)
+        extra[extra.index("--dtype") + 1] = "int8"
+        env["PGCUTOVER_INT8_KERNEL"] = "numpy"
+    out = subprocess.run([sys.executable, __file__, "--child", *extra], capture_output=True, text=True, check=False,
+                         env=env)
     if out.returncode:
         raise SystemExit(f"child failed:\n{out.stdout}\n{out.stderr}")
     line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))
@@ -298,7 +307,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows (default 203,727; --quick 50,000)")
     parser.add_argument("--dims", default="1536,3072", help="comma-separated")
     parser.add_argument("--data", default="random,clustered", help="random | clustered, comma-separated")
-    parser.add_argument("--storages", default="float32,int8", help="float32 | int8 | float16, comma-separated")
+    parser.add_argument("--storages", default="float32,int8",
+                        help="float32 | int8 | float16 | int8-numpy (int8 without the SIMD kernel), comma-separated")
     parser.add_argument("--queries", type=int, default=None, help="single queries timed (default 30; --quick 12)")
     parser.add_argument("--quick", action="store_true", help="50,000 rows and fewer queries: a few minutes")
     parser.add_argument("--k", type=int, default=11, help="what the merged query asks for LIMIT 10 (k + n + 1)")

@@ -8,6 +8,7 @@ PostgreSQL's own ORDER BY over a table loaded into an int8 store.
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import asyncpg
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgcutover.core.config import Route
-from pgcutover.fallback import screening
+from pgcutover.fallback import kernels, screening
 from pgcutover.fallback.formats import VectorFormatError, quantize_int8
 from pgcutover.fallback.knn import METRICS, Query, search_snapshot
 from pgcutover.fallback.screening import max_candidates
@@ -68,6 +69,23 @@ def check(result, keys: np.ndarray, x: np.ndarray, q: np.ndarray, metric: str, k
     assert (np.diff(ordered) >= 0).all()
 
 
+def blocks(block: int, gemm_rows: int, kernel: bool) -> contextlib.ExitStack:
+    """`block` rows at a time (both paths), the SIMD kernel (fallback.kernels) on or off."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(screening, "POST_ROWS", block))
+    stack.enter_context(mock.patch.object(screening, "KERNEL_ROWS", block))
+    stack.enter_context(mock.patch.object(screening, "GEMM_ROWS", gemm_rows))
+    # without NumKong both draws run the numpy path; test_the_simd_kernel_is_installed fails for it
+    on = kernel and kernels.available()
+    stack.enter_context(mock.patch.object(kernels, "available", lambda: on))
+    return stack
+
+
+def test_the_simd_kernel_is_installed() -> None:
+    """NumKong is a dependency (pyproject): without it int8 screening silently runs the slow numpy path."""
+    assert kernels.available()
+
+
 def magnitudes() -> st.SearchStrategy[float]:
     return st.sampled_from([1.0, 1e-3, 1e-20, 1e-38, 1e-42, 1e3, 1e15, 1e30, 1e36])
 
@@ -115,8 +133,8 @@ def datasets(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, str, list[in
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=datasets(), dtype=st.sampled_from(["int8", "int8", "float32", "float16"]), threads=st.sampled_from([1, 2]),
-       block=st.sampled_from([3, 8, 8192]))
-def test_candidates_contain_the_exact_top_k(data, dtype: str, threads: int, block: int) -> None:
+       block=st.sampled_from([3, 8, 8192]), kernel=st.booleans())
+def test_candidates_contain_the_exact_top_k(data, dtype: str, threads: int, block: int, kernel: bool) -> None:
     """`block` rows at a time: small blocks run the prefilter (a limit is known after the first block)."""
     x, q, k, metric, deleted, segment_rows = data
     if dtype != "int8" and metric != "l1":
@@ -131,14 +149,14 @@ def test_candidates_contain_the_exact_top_k(data, dtype: str, threads: int, bloc
     alive = np.isin(keys, deleted, invert=True)
     if not alive.any():
         return
-    with mock.patch.object(screening, "POST_ROWS", block), mock.patch.object(screening, "GEMM_ROWS", min(block, 5)):
+    with blocks(block, min(block, 5), kernel):
         result = search_snapshot(store.snapshot(), [Query(q, k, metric)], threads=threads)[0]
     check(result, keys[alive], x[alive], q, metric, k)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.lists(datasets(), min_size=2, max_size=6), block=st.sampled_from([4, 16]))
-def test_batches_with_the_prefilter(data, block: int) -> None:
+@given(data=st.lists(datasets(), min_size=2, max_size=7), block=st.sampled_from([4, 16]), kernel=st.booleans())
+def test_batches_with_the_prefilter(data, block: int, kernel: bool) -> None:
     """Several queries over one int8 store, cosine and ip mixed (the prefilter's shared row maxima)."""
     x = data[0][0]
     store = LegacyStore(ROUTE, dtype="int8", segment_rows=data[0][5])
@@ -150,7 +168,7 @@ def test_batches_with_the_prefilter(data, block: int) -> None:
         if not q.any():
             q[0] = 1.0
         queries.append(Query(q, k, ("cosine", "ip")[i % 2]))
-    with mock.patch.object(screening, "POST_ROWS", block), mock.patch.object(screening, "GEMM_ROWS", 3):
+    with blocks(block, 3, kernel):  # from kernels.PACK_MIN queries the kernel runs packed
         results = search_snapshot(store.snapshot(), queries, threads=1)
     for query, result in zip(queries, results, strict=True):
         check(result, np.arange(len(x)), x, query.vector, query.metric, query.k)

@@ -230,7 +230,8 @@ def load_child(args: argparse.Namespace) -> None:
     route = Route(table=TABLE, column="embedding_vector", legacy_column=args.column, dims=args.dims,
                   legacy_format="bytea_f32" if args.column == "embedding_f32" else "json")
     baseline = rss_bytes()
-    store = LegacyStore(route, lanes=tuple(args.lanes.split(",")) if args.lanes else None, dtype=args.dtype)
+    lanes = tuple(args.lanes.split(",")) if args.lanes and args.lanes != "default" else None  # None: the store's own
+    store = LegacyStore(route, lanes=lanes, dtype=args.dtype)
 
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(args.dsn)
@@ -315,7 +316,10 @@ def main() -> None:
     parser.add_argument("--metric", default="cosine", choices=("l2", "cosine", "ip"))
     parser.add_argument("--no-db", action="store_true", help="search figures only")
     parser.add_argument("--load-only", action="store_true", help="load figures only")
-    parser.add_argument("--strategies", default="server,client", help="load lane strategies, ';'-separated")
+    parser.add_argument("--strategies", default="default;server,client",
+                        help="load lane strategies, ';'-separated ('default': the store's choice, simdjson on two "
+                             "client lanes for JSON; 'server,client': the load before it); bench/fallback_load.py "
+                             "compares them in detail")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ md5 and SCRAM users too. PostgreSQL refuses to run as root, so as root it runs a
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import os
 import pwd
@@ -38,10 +39,19 @@ def pg_binary(name: str) -> str:
     return str(bin_dir() / name)
 
 
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)  # recent answers of free_port()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, and not one this process was given recently: the kernel may offer the same
+    free port twice in a row (a proxy's listen and metrics ports then collide)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def _system_user() -> pwd.struct_passwd | None:

@@ -91,12 +91,6 @@ async def serve(config: Config) -> int:
     runtime = Runtime(config)
     supervisor = ServiceSupervisor(runtime)
     await supervisor.start()
-    listener = Listener(runtime)
-    await listener.start()
-    await probe_upstream(runtime)
-    follower = follow_routing(runtime)
-    loop = asyncio.get_running_loop()
-    follower_task = loop.create_task(follower.run())
     endpoints = None
     if config.proxy.metrics is not None:
         endpoints = metrics.HttpEndpoints(
@@ -108,6 +102,14 @@ async def serve(config: Config) -> int:
         if not config.admin.token and config.proxy.metrics.host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("/metrics on %s answers anyone who can reach it: set [admin] token to require one",
                         config.proxy.metrics)
+    # the endpoints first: once clients can connect, probes and scrapes answer too (/readyz says "not ready" until
+    # the upstream probe and the routing table are in)
+    listener = Listener(runtime)
+    await listener.start()
+    await probe_upstream(runtime)
+    follower = follow_routing(runtime)
+    loop = asyncio.get_running_loop()
+    follower_task = loop.create_task(follower.run())
 
     stop = asyncio.Event()
     signals_seen = 0

@@ -59,9 +59,10 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.fallback import unit_rows  # noqa: E402
+from pgcutover.core.config import Route  # noqa: E402
 from pgcutover.fallback import formats  # noqa: E402
 from pgcutover.fallback.store import LegacyStore  # noqa: E402
-from pgcutover.proxy.config import Route  # noqa: E402
 from pgcutover.proxy.embedded import EmbeddedPostgres  # noqa: E402
 
 TABLE = "article_chunks"
@@ -96,8 +97,7 @@ async def ensure_table(dsn: str, rows: int, dims: int, migrated: float = 0.005) 
 
         async def chunks():
             for start in range(0, rows, GEN_ROWS):
-                block = rng.standard_normal((min(GEN_ROWS, rows - start), dims), dtype=np.float32)
-                block /= np.linalg.norm(block, axis=1, keepdims=True)
+                block = unit_rows(rng, min(GEN_ROWS, rows - start), dims)
                 yield b"".join(b"%d\t%s\n" % (start + i, orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY))
                                for i, row in enumerate(block))
 

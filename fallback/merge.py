@@ -412,11 +412,7 @@ def build_merge(query: SimilarityQuery, catalog: Catalog | None = None, *, serve
         if exc.reason not in UNIVERSAL_REASONS:
             raise
         return build_universal(query, catalog, server_decoder=server_decoder)
-    dims = _dims(route, catalog)
-    key_type, assumed = _key_type(route, catalog)
-    _check_legacy_type(route, catalog)
-    if route.legacy_format.startswith("bytea") and not server_decoder:
-        raise Passthrough("fallback-needs-decoder", route.legacy_format)
+    dims, key_type, assumed = _route_columns(route, catalog, server_decoder)
     builder = _Builder(query, catalog, dims)
     expression = builder.build()
     sql = to_sql(expression)
@@ -478,11 +474,7 @@ def build_universal(query: SimilarityQuery, catalog: Catalog | None = None, *,
         raise Passthrough("universal-distances", "different query vectors")
     if query.select.find(exp.TableSample):
         raise Passthrough("fallback-tablesample")
-    dims = _dims(route, catalog)
-    key_type, assumed = _key_type(route, catalog)
-    _check_legacy_type(route, catalog)
-    if route.legacy_format.startswith("bytea") and not server_decoder:
-        raise Passthrough("fallback-needs-decoder", route.legacy_format)
+    dims, key_type, assumed = _route_columns(route, catalog, server_decoder)
     builder = _Builder(query, catalog, dims)
     token = secrets.token_hex(8)
     names = {"ukeys": f"pgcutover_ukeys_{token}", "udist": f"pgcutover_udist_{token}",
@@ -623,6 +615,17 @@ def _source_name(item: exp.Expression) -> str | None:
     if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
         return norm(item.this)
     return None
+
+
+def _route_columns(route: Route, catalog: Catalog | None, server_decoder: bool) -> tuple[int, str, bool]:
+    """What both merges need of the route's columns: the vector dims, the key's type (and whether it was assumed),
+    after checking the legacy column's type and that bytea can be decoded on the server."""
+    dims = _dims(route, catalog)
+    key_type, assumed = _key_type(route, catalog)
+    _check_legacy_type(route, catalog)
+    if route.legacy_format.startswith("bytea") and not server_decoder:
+        raise Passthrough("fallback-needs-decoder", route.legacy_format)
+    return dims, key_type, assumed
 
 
 def _dims(route: Route, catalog: Catalog | None) -> int:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Self
 
 import pytest
 
@@ -64,3 +68,32 @@ def cli(*args: str, proxy) -> subprocess.CompletedProcess:
 def set_split(proxy, split: float, table: str = "rt_items") -> None:
     result = cli("route", "set", table, "--split", str(split), proxy=proxy)
     assert result.returncode == 0, result.stderr
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll until `predicate()` holds; the test fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+class BackgroundClients:
+    """Client threads that run until `stop` is set: `with Load(...) as load:` starts them, leaving joins them.
+    Subclasses create `stop` and `threads` in their __init__."""
+
+    stop: threading.Event
+    threads: list[threading.Thread]
+    join_timeout = 10.0
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(self.join_timeout)

@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import DIMS, cli, set_split
-from .test_transactions import proxy_split, wait_until
+from .conftest import DIMS, BackgroundClients, cli, set_split, wait_until
+from .test_transactions import proxy_split
 
 VECTOR = "[" + ",".join(["0.75"] * DIMS) + "]"
 GOOD = "SELECT id, content FROM bk_items ORDER BY embedding <-> %s::vector LIMIT 5"
@@ -58,8 +58,10 @@ def replicas(start_proxy, breaker_tables):
     return start_proxy(BREAKER_TOML), start_proxy(BREAKER_TOML)
 
 
-class Clients:
+class Clients(BackgroundClients):
     """Per replica: clients in and out of transactions, each alternating a good and (optionally) a bad query."""
+
+    join_timeout = 15.0
 
     def __init__(self, dsns: list[str], *, bad: bool, autocommit: tuple[bool, ...]) -> None:
         self.bad = bad
@@ -90,15 +92,6 @@ class Clients:
         except BaseException as exc:
             self.other_errors.append(exc)
 
-    def __enter__(self) -> Clients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
 
 
 def breaker_history(proxy) -> list[dict]:

@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgcutover.proxy.embedded import pg_binary
 
-from .conftest import ROUTE_TOML, cli, set_split
+from .conftest import ROUTE_TOML, BackgroundClients, cli, set_split, wait_until
 from .test_split_through_proxy import QUERY, VECTOR, wait_for_target
 
 
-class Load:
+class Load(BackgroundClients):
     """Clients running similarity queries back to back, recording (start time, target) of each answer."""
 
     def __init__(self, dsns: list[str], clients_per_dsn: int = 2) -> None:
@@ -42,15 +42,6 @@ class Load:
         except BaseException as exc:  # recorded: the test asserts there are none
             self.errors.append(exc)
 
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
 
     def first_after(self, moment: float, target: str, index: int | None = None) -> float | None:
         times = [t for t, tgt, i in list(self.samples) if t >= moment and tgt == target and index in (None, i)]
@@ -59,14 +50,6 @@ class Load:
     def all_after(self, moment: float, target: str) -> bool:
         return all(tgt == target for t, tgt, _ in list(self.samples) if t >= moment)
 
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import time
 import psycopg
 import pytest
 
-from .conftest import DIMS, cli, set_split
-from .test_operate import wait_until
+from .conftest import DIMS, BackgroundClients, cli, set_split, wait_until
 
 VECTOR = "[" + ",".join(["0.25"] * DIMS) + "]"
 QUERY = "SELECT id, content FROM sf_items ORDER BY embedding <-> %s::vector LIMIT 5"
@@ -52,7 +51,7 @@ def safety_tables(pg):
     return pg
 
 
-class Clients:
+class Clients(BackgroundClients):
     """Several clients outside transactions, back to back, counting failures."""
 
     def __init__(self, dsns: list[str]) -> None:
@@ -71,15 +70,6 @@ class Clients:
         except BaseException as exc:
             self.failures.append(exc)
 
-    def __enter__(self) -> Clients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
 
 
 def route_split(proxy) -> float:

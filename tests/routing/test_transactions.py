@@ -22,7 +22,7 @@ import pytest
 from pgcutover.core.config import load_config
 from pgcutover.proxy import control
 
-from .conftest import ROUTE_TOML, cli, set_split
+from .conftest import ROUTE_TOML, cli, set_split, wait_until
 from .test_split_through_proxy import QUERY, VECTOR
 
 PSYCOPG_QUERY = QUERY.replace("$1", "%s")
@@ -151,14 +151,6 @@ def breaker_trips(proxy) -> list[str]:
     assert out.returncode == 0, out.stderr
     return [line for line in out.stdout.splitlines() if "circuit breaker" in line]
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 class Flipper(threading.Thread):

@@ -442,3 +442,57 @@ def quantize_int8(vectors: np.ndarray) -> Int8Rows:
         out.offset[part] = offset
         out.scale[part] = scale
     return out
+
+
+# Int8Terms.caps: running maxima over a segment's rows (indices into the array)
+CAP_COS_RESID, CAP_COS_SPREAD, CAP_COS_SIZE, CAP_COS_SCALE, CAP_COS_OFFSET = range(5)  # over |x| (rows |x| > 0)
+CAP_RESID, CAP_SPREAD, CAP_SIZE, CAP_SCALE, CAP_OFFSET, CAP_SQ = range(5, 11)
+
+
+@dataclass(slots=True)
+class Int8Terms:
+    """What the int8 screening's pre-test (fallback.screening._pretest) reads besides the codes.
+
+    Per row, for cosine: scale / |x| and offset / |x| (both 0 for a zero row). Per segment, `caps`: maxima over its
+    rows of the error terms the coarse bounds add per row (the residual norm, scale |codes|, |offset| + 127 scale,
+    each also over |x|), of scale, |offset| and |x|^2. Rows are only ever appended, so the maxima only grow; a killed
+    row keeps counting, which only loosens them. They are rounded up (1e-12), so each is >= the float64 value the
+    coarse bounds compute per row."""
+
+    scale_by_norm: np.ndarray  # float64 (n,)
+    offset_by_norm: np.ndarray  # float64 (n,)
+    caps: np.ndarray  # float64 (11,), see CAP_*
+
+    @classmethod
+    def empty(cls, capacity: int) -> Int8Terms:
+        return cls(np.empty(capacity), np.empty(capacity), np.zeros(CAP_SQ + 1))
+
+    @property
+    def nbytes(self) -> int:
+        return self.scale_by_norm.nbytes + self.offset_by_norm.nbytes + self.caps.nbytes
+
+    def fill(self, start: int, quant: Int8Rows, sq: np.ndarray) -> None:
+        stop = start + len(sq)
+        scale, offset, size = quant.scale, np.abs(quant.offset), np.abs(quant.offset) + 127 * quant.scale
+        spread = quant.scale * quant.codes_l2
+        norm = np.sqrt(sq)
+        live = norm > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(live, 1 / norm, 0.0)
+        self.scale_by_norm[start:stop] = np.where(live, quant.scale / np.where(live, norm, 1.0), 0.0)
+        self.offset_by_norm[start:stop] = np.where(live, quant.offset / np.where(live, norm, 1.0), 0.0)
+        up = 1 + 1e-12
+        new = np.zeros_like(self.caps)
+        if live.any():
+            for at, values in ((CAP_COS_RESID, quant.resid_l2), (CAP_COS_SPREAD, spread), (CAP_COS_SIZE, size),
+                               (CAP_COS_SCALE, scale), (CAP_COS_OFFSET, offset)):
+                new[at] = float(np.max((values * inv)[live])) * up
+        if len(sq):
+            for at, values in ((CAP_RESID, quant.resid_l2), (CAP_SPREAD, spread), (CAP_SIZE, size),
+                               (CAP_SCALE, scale), (CAP_OFFSET, offset), (CAP_SQ, sq)):
+                new[at] = float(np.max(values)) * up
+        np.maximum(self.caps, new, out=self.caps)
+
+    def view(self, n: int) -> Int8Terms:
+        """Rows [0, n) and a copy of the caps (a later fill must not change what a published snapshot reads)."""
+        return Int8Terms(self.scale_by_norm[:n], self.offset_by_norm[:n], self.caps.copy())

@@ -73,16 +73,25 @@ class QueryCodes:
         return np.asarray(_nk.cdist(codes, rows, metric="dot"), dtype=np.float64).T
 
 
+    def dots_into(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """rows (n, dims) int8 -> exact level-1 products written to out (G, n) float64, without a temporary
+        (one scan per query: the packed product would need its own output)."""
+        assert _nk is not None
+        _nk.cdist(self.levels[0][0], np.ascontiguousarray(rows), metric="dot", out=out)
+
+
 def quantize_queries(q64: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Symmetric int8 codes of float64 queries (G, dims): q = step * codes + resid.
 
     Returns (codes, step, resid_norm) with resid_norm >= |resid|_2: the residual is computed in float64 (each
     element off by at most 2^-52 (2 |q_i| + step)), so its norm is rounded up by 1e-12 (|q| + step sqrt(dims)).
-    A zero query gets step 1 and codes 0."""
+    A zero query gets step 1, codes 0 and residual 0."""
     top = np.abs(q64).max(axis=1)
     step = np.where(top > 0, top / MAX_CODE, 1.0)
     codes = np.clip(np.rint(q64 / step[:, None]), -MAX_CODE, MAX_CODE)
     resid = q64 - codes * step[:, None]
-    slack = 1e-12 * (np.sqrt(np.einsum("ij,ij->i", q64, q64)) + step * np.sqrt(q64.shape[1]))
+    # a zero query's residual is exactly 0: no slack (1e-12 of its nominal step 1 would swamp the bounds of a
+    # query whose level-1 codes are exact, e.g. |q| ~ 1e-21 with every element at +-max)
+    slack = 1e-12 * (np.sqrt(np.einsum("ij,ij->i", q64, q64)) + np.where(top > 0, step, 0.0) * np.sqrt(q64.shape[1]))
     resid_norm = np.sqrt(np.einsum("ij,ij->i", resid, resid)) * (1 + 1e-12) + slack + 1e-300
     return codes.astype(np.int8), step, resid_norm

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,6 +63,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pgcutover.core.enums import Metric
+from pgcutover.fallback import formats as f
 from pgcutover.fallback import kernels
 from pgcutover.fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool
 
@@ -370,105 +372,175 @@ class _Running:
         return self.kth
 
 
-def _cheap_pass(plan: _Plan, view: SegmentView, start: int, ints: np.ndarray, limit: np.ndarray
-                ) -> np.ndarray | None:
-    """Rows (relative to start) whose coarse L can pass `limit` for some query, from a test of a few operations
-    per (row, query) instead of the coarse bounds' thirty; None when there is no finite limit yet.
+ROUND_ROWS = 1 << 18  # rows a single scan runs the kernel over before it screens them (see _scan_screen)
+REFINE_ROWS = 256  # rows per query whose level-2 bounds tighten the limit before thousands more get them
+SEED_ROWS = 64  # rows per query whose coarse bounds seed a block's limit when it has none yet (any k rows' U is
+# a valid k-th U; the rows the pre-test scores highest are near the nearest)
 
-    The coarse bounds use D = d + e, an upper bound of x.q: cosine L >= 1 - D / (|x| |q|) - 1e-9, ip L >= -D - eps,
-    l2 L >= (|x|^2 + |q|^2)(1 - 1e-9) - 2 D, each decreasing in D. And D <= scale step1 (ints + kappa) + |q| g
-    with g per row (g >= (|offset sum(q)| + e - SLACK |prod|) / |q| over the group's queries, kappa the SLACK of
-    |prod| in integer units; l2 takes max |q| g). So a row can pass for query j only if
-    ints >= (A_row + B_j) C_row D_j - margin, which costs a handful of operations. Rows that cannot be tested
-    (zero norm, scale 0, a query of norm 0) always pass."""
-    if not np.isfinite(limit).all():
-        return None
-    quant = view.quant
-    assert quant is not None and plan.kernel is not None
-    n = len(ints)
-    at = slice(start, start + n)
-    scale, off = quant.scale[at], np.abs(quant.offset[at])
+
+def _pretest_scores(plan: _Plan, view: SegmentView, start: int, ints: np.ndarray, out: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """Per (row, query): a number the coarse bounds' L is decreasing in, from two or three operations a cell.
+
+    x.q's coarse estimate is scale step1 ints + offset sum(q), so, divided by step1 (and by |x| for cosine):
+    cosine  ints (scale / |x|) + (offset / |x|) sum(q) / step1
+    ip      ints scale + offset sum(q) / step1
+    l2      ints scale + offset sum(q) / step1 - |x|^2 / (2 step1)
+    Columns in the kernel's order (plan.gemm); written to `out` when given."""
+    assert view.quant is not None and view.terms is not None and plan.kernel is not None
+    at = slice(start, start + len(ints))
+    quant, terms, kernel = view.quant, view.terms, plan.kernel
+    score = np.empty_like(ints) if out is None else out
+    for metric, cols, queries in plan.groups:
+        sigma = plan.sumq[queries] / kernel.step1[cols]
+        if metric == Metric.COSINE:
+            scale, offset = terms.scale_by_norm[at, None], terms.offset_by_norm[at, None]
+        else:
+            scale, offset = quant.scale[at, None], quant.offset[at, None]
+        part = score[:, cols]
+        np.multiply(ints[:, cols], scale, out=part)
+        part += offset * sigma
+        if metric == Metric.L2:
+            part -= view.sq_norms[at, None] * (0.5 / kernel.step1[cols])
+    return score
+
+
+def _pretest_thresholds(plan: _Plan, caps: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Per query (kernel order): rows whose `_pretest_scores` is below cannot have a coarse L <= limit.
+
+    Each is the coarse L <= limit test solved for the score, with every per-row error term replaced by its maximum
+    over the segment (formats.Int8Terms.caps) and the float64 rounding of both sides, and of the coarse bounds'
+    own arithmetic, covered by a relative margin far above it (1e-10 of every magnitude involved; D <= 16,000
+    terms of at most 127 * 127 each). -inf (every row passes) for a query of norm 0 or a limit that is not
+    finite."""
+    assert plan.kernel is not None
     kernel = plan.kernel
-    kappa = SLACK * 127.0 * 127.0 * plan.snap.dims + 1.0
-    keep = np.zeros(n, dtype=bool)
+    top = 127.0 * 127.0 * plan.snap.dims  # |ints| <= top
+    out = np.full(len(plan.gemm), -np.inf)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for metric, cols, queries in plan.groups:
-            qn = plan.qn[queries]
-            live = qn > 0
-            if not live.any():
-                return None
-            ratio = [np.max(v[live] / qn[live]) for v in (np.abs(plan.sumq[queries]), kernel.resid1[cols],
-                                                            plan.q_l1[queries])]
-            g = off * ratio[0] + quant.resid_l2[at] + scale * quant.codes_l2[at] * ratio[1] \
-                + SLACK * (off + 127 * scale) * ratio[2]
-            step, lim = kernel.step1[cols], limit[queries]
-            if metric == "cosine":
-                nx = np.sqrt(view.sq_norms[at])
-                a_row, c_row = -g / nx, nx / scale
-                b_q, d_q = 1 - 1e-9 - lim, qn / step
-                bad_row = (nx == 0) | (scale == 0)
-            elif metric == "ip":
-                eps = 1e-9 * (np.abs(lim) + 2 * qn * math.sqrt(plan.snap.max_sq_norm))
-                a_row, c_row = -g, 1 / scale
-                b_q, d_q = (-lim - eps) / qn, qn / step
-                bad_row = scale == 0
-            else:  # l2
-                sq = view.sq_norms[at]
-                a_row, c_row = sq * (1 - 1e-9) - 2 * np.max(qn) * g, 1 / (2 * scale)
-                b_q, d_q = qn * qn * (1 - 1e-9) - lim, 1 / step
-                bad_row = scale == 0
-            a_row = np.where(bad_row | ~np.isfinite(a_row), -np.inf, a_row - 1e-9 * np.abs(a_row))
-            c_row = np.where(bad_row | ~np.isfinite(c_row), 1.0, c_row)
-            b_q = np.where(live & np.isfinite(b_q), b_q - 1e-9 * np.abs(b_q), -np.inf)
-            d_q = np.where(live & np.isfinite(d_q), d_q, 1.0)
-            thr = (a_row[:, None] + b_q[None, :]) * c_row[:, None] * d_q[None, :]
-            thr -= 1e-9 * np.abs(thr) + kappa  # -inf stays -inf; NaN (never: -inf + finite) would fail the test
-            keep |= (ints[:, cols] >= thr).any(axis=1)
-    return np.flatnonzero(keep)
+            qn, lim, sumq, q_l1 = plan.qn[queries], limit[queries], np.abs(plan.sumq[queries]), plan.q_l1[queries]
+            step, resid1 = kernel.step1[cols], kernel.resid1[cols]
+            sigma = sumq / step
+            if metric == Metric.COSINE:
+                most = top * caps[f.CAP_COS_SCALE] + caps[f.CAP_COS_OFFSET] * sigma  # >= |score| (sans l2)
+                wide = most * step / qn  # >= |cos estimate|
+                slack = SLACK * (1 + 2 * wide + caps[f.CAP_COS_SIZE] * q_l1 / qn)
+                rhs = (1 - lim - caps[f.CAP_COS_RESID] - caps[f.CAP_COS_SPREAD] * resid1 / qn - slack) * (qn / step)
+                margin = 1e-10 * (most + (3 + np.abs(lim) + wide) * qn / step + np.abs(rhs))
+            else:
+                most = top * caps[f.CAP_SCALE] + caps[f.CAP_OFFSET] * sigma
+                err = caps[f.CAP_RESID] * qn + caps[f.CAP_SPREAD] * resid1 \
+                    + SLACK * (caps[f.CAP_SIZE] * q_l1 + most * step)
+                if metric == Metric.IP:
+                    rhs = (-lim - err) / step
+                    margin = 1e-10 * (most + (np.abs(lim) + err) / step + np.abs(rhs))
+                else:  # l2
+                    qq = qn * qn
+                    slack = SLACK * (caps[f.CAP_SQ] + qq + 2 * most * step)
+                    rhs = (qq - lim - 2 * err - slack) / (2 * step)
+                    most = most + caps[f.CAP_SQ] / (2 * step)
+                    margin = 1e-10 * (most + (qq + np.abs(lim) + 2 * err + slack) / (2 * step) + np.abs(rhs))
+            thr = rhs - margin
+            out[cols] = np.where((qn > 0) & np.isfinite(lim) & np.isfinite(thr), thr, -np.inf)
+    return out
+
+
+def _passing(score: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    if score.shape[1] == 1:
+        return np.flatnonzero(score[:, 0] >= thr[0])
+    return np.flatnonzero((score >= thr[None, :]).any(axis=1))
+
+
+def _coarse(plan: _Plan, view: SegmentView, rows: np.ndarray, ints: np.ndarray, reorder: np.ndarray | None,
+            ints2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of `rows` (absolute) from their level-1 products `ints` (rows x queries in kernel order), and from
+    the level-2 ones too when given, in query order; dead rows (NaN, inf)."""
+    low, up = _score_bounds(plan, view, rows, *_kernel_dot_bounds(plan, view, rows, ints, ints2))
+    if reorder is not None:
+        low, up = low[:, reorder], up[:, reorder]
+    if view.alive is not None:
+        dead = ~view.alive[rows]
+        low[dead] = np.nan
+        up[dead] = np.inf
+    return low, up
 
 
 def _kernel_block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, limit: np.ndarray,
                          running: _Running) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_block_bounds` through the SIMD kernel: coarse bounds for every row from exact int8 x int8 products
-    with the query's level-1 codes, then, for the rows whose coarse L passes the limit, the level-2 products
-    too (only the row's own quantization error left, as on the numpy path). Each is a valid pair of bounds: a
-    row keeps the larger L and the smaller U. The limit is first tightened from the k-th coarse U seen so far
-    (any k rows' U is a valid k-th U: those rows pass every limit derived from it, so they stay candidates).
-    Also returns the tightened limit."""
+    """`_block_bounds` through the SIMD kernel: exact int8 x int8 products with the query's level-1 codes for
+    every row; a pre-test of a few operations per row (`_pretest_scores` against `_pretest_thresholds`) keeps
+    the rows that can pass the limit; those get coarse bounds, and the ones whose coarse L passes get the
+    level-2 products too (only the row's own quantization error left, as on the numpy path). Each is a valid
+    pair of bounds: a row keeps the larger L and the smaller U. The limit is first tightened from the k-th
+    coarse U seen so far (any k rows' U is a valid k-th U: those rows pass every limit derived from it, so they
+    stay candidates); a query without one yet gets it from the coarse bounds of the SEED_ROWS rows it scores
+    highest. Also returns the tightened limit."""
     assert plan.kernel is not None and view.quant is not None
-    at = slice(start, stop)
     codes = view.quant.codes
-    ints = plan.kernel.dots(codes[at])
-    sub = _cheap_pass(plan, view, start, ints, limit)  # rows worth their coarse bounds (None: all)
-    if sub is not None:
-        ints, at = ints[sub], start + sub
-    low, up = _score_bounds(plan, view, at, *_kernel_dot_bounds(plan, view, at, ints))
-    reorder = len(plan.gemm) != plan.size or bool((plan.gemm != np.arange(plan.size)).any())
-    order = np.argsort(plan.gemm)  # columns back in query order (the kernel runs only without l1 queries)
-    if reorder:
-        low, up = low[:, order], up[:, order]
-    if view.alive is not None:
-        dead = ~view.alive[at]
-        low[dead] = np.nan
-        up[dead] = np.inf
-    limit = np.minimum(limit, plan.low_limit(running.add(up)))
+    ints = plan.kernel.dots(codes[start:stop])
+    n = len(ints)
+    reorder = _reorder(plan)
+    score = _pretest_scores(plan, view, start, ints)
+    open_cols = np.flatnonzero(~np.isfinite(limit[plan.gemm]))
+    seed = np.empty(0, dtype=np.int64)
+    if len(open_cols) and n > SEED_ROWS:
+        seed = np.unique(np.argpartition(-score[:, open_cols], SEED_ROWS - 1, axis=0)[:SEED_ROWS].ravel())
+        _, up = _coarse(plan, view, start + seed, ints[seed], reorder)
+        limit = np.minimum(limit, plan.low_limit(running.add(up)))
+    assert view.terms is not None
+    sub = _passing(score, _pretest_thresholds(plan, view.terms.caps, limit))
+    if not len(sub):
+        return sub, np.empty((0, plan.size)), np.empty((0, plan.size)), limit
+    return _survivor_bounds(plan, view, start, sub, ints[sub], limit, running, seed)
+
+
+def _reorder(plan: _Plan) -> np.ndarray | None:
+    """Columns back in query order from the kernel's (plan.gemm), or None when they are in it already."""
+    if len(plan.gemm) == plan.size and bool((plan.gemm == np.arange(plan.size)).all()):
+        return None
+    return np.argsort(plan.gemm)
+
+
+def _survivor_bounds(plan: _Plan, view: SegmentView, start: int, sub: np.ndarray, ints: np.ndarray,
+                     limit: np.ndarray, running: _Running, counted: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Coarse bounds of the pre-test's survivors `sub` (rows relative to start; `ints` their level-1 products),
+    the limit tightened from them (`counted`: rows whose U `running` has already), then level-2 bounds for the
+    rows whose coarse L passes. Returns (rows, L, U, limit) as `_kernel_block_bounds`."""
+    assert plan.kernel is not None and view.quant is not None
+    reorder = _reorder(plan)
+    low, up = _coarse(plan, view, start + sub, ints, reorder)
+    # rows counted already would count twice: a k-th U could then be one row's
+    limit = np.minimum(limit, plan.low_limit(running.add(up[~np.isin(sub, counted)] if len(counted) else up)))
     picked = np.flatnonzero((low <= limit[None, :]).any(axis=1))
     if not len(picked):
         return picked, low[:0], up[:0], limit
-    ints, low, up = ints[picked], low[picked], up[picked]
-    if sub is not None:
-        picked = sub[picked]
-    rows = start + picked
-    fine_low, fine_up = _score_bounds(plan, view, rows, *_kernel_dot_bounds(
-        plan, view, rows, ints, plan.kernel.dots(codes[rows], level=1)))
-    if reorder:
-        fine_low, fine_up = fine_low[:, order], fine_up[:, order]
+    picked_rows = sub[picked]
+    low, up = _fine(plan, view, start + picked_rows, ints[picked], low[picked], up[picked], reorder)
+    return picked_rows, low, up, limit
+
+
+def _fine(plan: _Plan, view: SegmentView, rows: np.ndarray, ints: np.ndarray, low: np.ndarray, up: np.ndarray,
+          reorder: np.ndarray | None, ints2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Level-2 bounds of `rows` (absolute; `ints`, `low`, `up` their level-1 products and coarse bounds), each
+    row keeping the larger L and the smaller U of the two pairs; dead rows (NaN, inf)."""
+    fine_low, fine_up = _fine_bounds(plan, view, rows, ints, reorder, ints2)
     low, up = np.fmax(low, fine_low), np.fmin(up, fine_up)
     if view.alive is not None:
         dead = ~view.alive[rows]
         low[dead] = np.nan  # fmax above would have taken the number
         up[dead] = np.inf
-    return picked, low, up, limit
+    return low, up
+
+
+def _fine_bounds(plan: _Plan, view: SegmentView, rows: np.ndarray, ints: np.ndarray, reorder: np.ndarray | None,
+                 ints2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Level-2 bounds of `rows` (`_coarse`'s), the level-2 products computed here unless given."""
+    assert plan.kernel is not None and view.quant is not None
+    if ints2 is None:
+        ints2 = plan.kernel.dots(view.quant.codes[rows], level=1)
+    return _coarse(plan, view, rows, ints, reorder, ints2)
 
 
 def _block_bounds(plan: _Plan, view: SegmentView, start: int, stop: int, buf: np.ndarray | None,
@@ -542,8 +614,260 @@ def _screen(plan: _Plan, snap: Snapshot, segments: Callable[[], int | None]) -> 
     return cands
 
 
+def _rounds(snap: Snapshot) -> list[list[int]]:
+    """Non-empty segments in groups of at most ROUND_ROWS rows (a larger segment alone)."""
+    groups: list[list[int]] = []
+    rows = ROUND_ROWS
+    for si, view in enumerate(snap.segments):
+        if not view.count:
+            continue
+        if rows + view.count > ROUND_ROWS:
+            groups.append([])
+            rows = 0
+        groups[-1].append(si)
+        rows += view.count
+    return groups
+
+
+def _score_upper(plan: _Plan, caps: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """(queries in kernel order, n) scores -> an upper bound of the coarse U of any row whose `_pretest_scores`
+    is >= the score (the inverse of `_pretest_thresholds`, with the error terms added instead of taken away);
+    decreasing in the score. Not for a zero row with cosine (its U is ZERO_SCORE whatever its score)."""
+    assert plan.kernel is not None
+    kernel = plan.kernel
+    top = 127.0 * 127.0 * plan.snap.dims
+    out = np.full(score.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for metric, cols, queries in plan.groups:
+            qn, sumq, q_l1 = (v[queries, None] for v in (plan.qn, np.abs(plan.sumq), plan.q_l1))
+            step, resid1, got = kernel.step1[cols, None], kernel.resid1[cols, None], score[cols]
+            sigma = sumq / step
+            if metric == Metric.COSINE:
+                most = top * caps[f.CAP_COS_SCALE] + caps[f.CAP_COS_OFFSET] * sigma
+                wide = most * step / qn
+                slack = SLACK * (1 + 2 * wide + caps[f.CAP_COS_SIZE] * q_l1 / qn)
+                up = 1 - got * step / qn + caps[f.CAP_COS_RESID] + caps[f.CAP_COS_SPREAD] * resid1 / qn + slack
+                margin = 1e-10 * (3 + wide + np.abs(up))
+            else:
+                most = top * caps[f.CAP_SCALE] + caps[f.CAP_OFFSET] * sigma
+                err = caps[f.CAP_RESID] * qn + caps[f.CAP_SPREAD] * resid1 \
+                    + SLACK * (caps[f.CAP_SIZE] * q_l1 + most * step)
+                if metric == Metric.IP:
+                    up = -got * step + err
+                    margin = 1e-10 * (most * step + err + np.abs(up))
+                else:  # l2: est = |x|^2 - 2 x.q + |q|^2 = |q|^2 - 2 step1 score
+                    qq = qn * qn
+                    slack = SLACK * (caps[f.CAP_SQ] + qq + 2 * most * step)
+                    up = qq - 2 * step * got + 2 * err + slack
+                    margin = 1e-10 * (qq + caps[f.CAP_SQ] + 2 * most * step + 2 * err + np.abs(up))
+            bound = up + margin
+            out[cols] = np.where((qn > 0) & np.isfinite(bound), bound, np.inf)
+    return out
+
+
+_scratch = threading.local()  # per calling thread: the round's products and scores, reused (fresh multi-MB arrays
+# page-fault on every search: measured +2.5 ms of 14)
+
+
+def _round_buffers(g: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    have = getattr(_scratch, "round", None)
+    if have is None or have[0].shape[0] < g or have[0].shape[1] < n:
+        shape = (max(g, have[0].shape[0] if have else 0), max(n, have[0].shape[1] if have else 0))
+        have = _scratch.round = (np.empty(shape), np.empty(shape))
+    return have[0][:g, :n], have[1][:g, :n]
+
+
+def _chunk_maxima(score: np.ndarray, width: int = 64) -> np.ndarray:
+    """(queries, rows) -> (queries, sets): the largest score of each of disjoint sets of `width` rows (rows i,
+    i + m, i + 2m... for m = rows // width, the rest one more set): a reduction over the middle axis of a
+    (queries, width, m) view runs element-wise over contiguous rows, 3.4x faster than over runs of 64."""
+    m = score.shape[1] // width
+    parts = [score[:, :m * width].reshape(len(score), width, m).max(axis=1)] if m else []
+    if m * width < score.shape[1]:
+        parts.append(score[:, m * width:].max(axis=1, keepdims=True))
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def _scan_round(plan: _Plan, views: list[SegmentView], offsets: np.ndarray, threads: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Level-1 products and pre-test scores, (queries in kernel order, rows), of every row of `views` (stacked
+    at `offsets`), on `threads` search threads taking segments from a shared counter; dead rows score -inf.
+    Also the scores' maxima per set of 64 rows (`_chunk_maxima`), zero rows left out for cosine (their U is
+    ZERO_SCORE, not what their score says)."""
+    assert plan.kernel is not None
+    kernel = plan.kernel
+    ints, score = _round_buffers(len(plan.gemm), int(offsets[-1]))
+    maxima: list[tuple[int, np.ndarray]] = []
+    cosine = [cols for metric, cols, _ in plan.groups if metric == Metric.COSINE]
+    counter = itertools.count()  # next() on it is atomic under the GIL: a shared queue of segments
+
+    def scan() -> None:
+        while (i := next(counter)) < len(views):
+            view = views[i]
+            part = slice(int(offsets[i]), int(offsets[i + 1]))
+            assert view.quant is not None
+            kernel.dots_into(view.quant.codes, ints[:, part])
+            mine = score[:, part]
+            _pretest_scores(plan, view, 0, ints[:, part].T, out=mine.T)
+            if view.alive is not None:
+                mine[:, ~view.alive] = -np.inf
+            if view.zero is not None and cosine:
+                mine = mine.copy()
+                for cols in cosine:
+                    mine[cols, view.zero] = -np.inf
+            maxima.append((i, _chunk_maxima(mine)))
+
+    pool = _Pool.get()
+    workers = min(threads, len(views))
+    if workers > 1 and pool.executor is not None:
+        list(pool.executor.map(lambda _: scan(), range(workers)))
+    else:
+        scan()
+    return ints, score, np.concatenate([m for _, m in sorted(maxima, key=lambda x: x[0])], axis=1)
+
+
+def _gather(views: list[SegmentView], seg: np.ndarray, rows: np.ndarray) -> SegmentView:
+    """The rows (seg[i], rows[i]) of `views` as one segment, with what the bounds read but the codes (one call
+    for the survivors of a whole round instead of one per segment: measured 0.5 ms of the 1.3 a round costs
+    here; the codes of the rows that need level 2 are read by `_gathered_codes`)."""
+    from pgcutover.fallback.store import SegmentView  # it imports fallback.knn, as this module does
+
+    parts = [(views[i], rows[seg == i]) for i in np.unique(seg).tolist()]
+
+    def cat(get: Callable[[SegmentView], np.ndarray | None]) -> np.ndarray:
+        return np.concatenate([np.asarray(get(v))[at] for v, at in parts])
+
+    no_codes = np.empty((0, views[0].data.shape[1]), dtype=np.int8)
+    quant = f.Int8Rows(no_codes, *(cat(lambda v, name=name: getattr(v.quant, name))  # type: ignore[misc]
+                                   for name in ("offset", "scale", "resid_l2", "resid_l1", "codes_l2")))
+    alive = cat(lambda v: v.alive if v.alive is not None else np.ones(v.count, dtype=bool))
+    zero = cat(lambda v: v.zero if v.zero is not None else np.zeros(v.count, dtype=bool))
+    sq = cat(lambda v: v.sq_norms)
+    return SegmentView(no_codes, cat(lambda v: v.keys), sq, sq, sq, None if alive.all() else alive,
+                       zero if zero.any() else None, quant)
+
+
+def _gathered_codes(views: list[SegmentView], seg: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    codes = np.empty((len(rows), views[0].data.shape[1]), dtype=np.int8)
+    for i in np.unique(seg).tolist():
+        at = np.flatnonzero(seg == i)
+        quant = views[i].quant
+        assert quant is not None
+        codes[at] = quant.codes[rows[at]]
+    return codes
+
+
+def _kth_smallest(up: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """Each column's ks-th smallest value (rows x queries), inf where a column has fewer rows."""
+    at = np.minimum(ks, len(up)) - 1
+    if not len(up):
+        return np.full(len(ks), np.inf)
+    kth = np.partition(up, np.unique(at), axis=0)[at, np.arange(len(ks))]
+    return np.where(ks <= len(up), kth, np.inf)
+
+
+def _kth_largest(values: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """Per row of (queries, n): its ks-th largest value, -inf where it has fewer."""
+    out = np.full(len(values), -np.inf)
+    n = values.shape[1]
+    for c, k in enumerate(ks.tolist()):
+        if k <= n:
+            out[c] = np.partition(values[c], n - k)[n - k]
+    return out
+
+
+def _refined_limit(plan: _Plan, views: list[SegmentView], offsets: np.ndarray, ints: np.ndarray,
+                   score: np.ndarray, sub: np.ndarray, limit: np.ndarray, reorder: np.ndarray | None) -> np.ndarray:
+    """The limit from the level-2 bounds of the SEED_ROWS survivors (`sub`, round rows) each query scores
+    highest: any k distinct rows' U is a valid k-th U. Not counted in `running`: they are survivors and will be.
+    Random data needs it: the limit from the k-th set maximum's score, widened by segment-wide error caps, let
+    15-30% of 203,727 x 3072 rows through the pre-test."""
+    m = min(SEED_ROWS, len(sub))
+    mine = score[:, sub]
+    top = np.argpartition(-mine, m - 1, axis=1)[:, :m] if m < len(sub) else np.arange(len(sub))[None, :]
+    seeds = sub[np.unique(top[np.take_along_axis(mine, top, axis=1) > -np.inf])]  # never a dead row
+    if not len(seeds):
+        return limit
+    seg = np.searchsorted(offsets, seeds, side="right") - 1
+    rows = seeds - offsets[seg]
+    assert plan.kernel is not None
+    ints2 = plan.kernel.dots(_gathered_codes(views, seg, rows), level=1)
+    _, up = _fine_bounds(plan, _gather(views, seg, rows), np.arange(len(seeds)), ints[:, seeds].T, reorder, ints2)
+    return np.minimum(limit, plan.low_limit(_kth_smallest(up, plan.ks)))
+
+
+def _scan_screen(plan: _Plan, snap: Snapshot, threads: int) -> _Cands:
+    """The kernel path for a few queries (fewer than kernels.PACK_MIN): scan first, then screen.
+
+    Per round of segments (ROUND_ROWS rows), the search threads run only the kernel and the pre-test scores,
+    all of it large array operations (the GIL stays free for the other thread); then this thread
+    - takes the k-th largest of the scores' chunk maxima: k distinct live rows score at least that, so their
+      coarse U are at most `_score_upper` of it, a valid k-th U to start the limit from;
+    - keeps the rows whose score passes the limit, a few dozen in ~200,000 on clustered data;
+    - computes their level-2 bounds (exact int8 products with both query levels) straight away, tightens the
+      limit from their U and keeps the rows whose L passes.
+    Per-query costs are paid once a round instead of once a block (they were most of a single search's time
+    beside the scan). Memory: two float64 numbers a row of a round per query (4 MB), whatever the table's size,
+    in buffers the calling thread reuses."""
+    assert plan.kernel is not None
+    cands = _Cands()
+    limit = np.full(plan.size, np.inf)
+    running = _Running(plan)
+    reorder = _reorder(plan)
+    for group in _rounds(snap):
+        views = [snap.segments[si] for si in group]
+        offsets = np.concatenate([[0], np.cumsum([v.count for v in views])]).astype(np.int64)
+        ints, score, maxima = _scan_round(plan, views, offsets, threads)
+        caps = np.max([v.terms.caps for v in views if v.terms is not None], axis=0)
+        seeded = np.empty(plan.size)
+        seeded[plan.gemm] = _score_upper(plan, caps, _kth_largest(maxima, plan.ks[plan.gemm])[:, None])[:, 0]
+        limit = np.minimum(limit, plan.low_limit(seeded))
+        sub = _passing(score.T, _pretest_thresholds(plan, caps, limit))
+        if len(sub) > 4 * REFINE_ROWS:
+            limit = _refined_limit(plan, views, offsets, ints, score, sub, limit, reorder)
+            sub = sub[_passing(score[:, sub].T, _pretest_thresholds(plan, caps, limit))]
+        if not len(sub):
+            continue
+        seg = np.searchsorted(offsets, sub, side="right") - 1  # segment (in the round) of each survivor
+        rows = sub - offsets[seg]
+        gathered = _gather(views, seg, rows)
+        every = np.arange(len(sub))
+        ints_sub = ints[:, sub].T
+        low, up = _coarse(plan, gathered, every, ints_sub, reorder)
+        # The seed's k rows have U <= the seeded one only through their scores: keep that bound too, or a looser
+        # bound of theirs (it happens: |q| ~ 1e-21) would report a guard bound above what the limit assumed.
+        by_score = _score_upper(plan, caps, score[:, sub]).T
+        if gathered.zero is not None:
+            for metric, cols, _ in plan.groups:
+                if metric == Metric.COSINE:
+                    by_score[gathered.zero, cols] = np.inf
+        np.fmin(up, by_score if reorder is None else by_score[:, reorder], out=up)
+        limit = np.minimum(limit, plan.low_limit(running.add(up)))
+        picked = np.flatnonzero((low <= limit[None, :]).any(axis=1))
+        if len(picked) > 4 * REFINE_ROWS:  # random data: thousands; tighten the limit from level-2 bounds first
+            best = np.unique(np.argpartition(up[picked], REFINE_ROWS, axis=0)[:REFINE_ROWS].ravel())
+            best = picked[best]
+            ints2 = plan.kernel.dots(_gathered_codes(views, seg[best], rows[best]), level=1)
+            _, best_up = _fine(plan, gathered, best, ints_sub[best], low[best], up[best], reorder, ints2)
+            limit = np.minimum(limit, plan.low_limit(_kth_smallest(best_up, plan.ks)))  # not counted: no twice
+            picked = picked[(low[picked] <= limit[None, :]).any(axis=1)]
+        if not len(picked):
+            continue
+        ints2 = plan.kernel.dots(_gathered_codes(views, seg[picked], rows[picked]), level=1)
+        low, up = _fine(plan, gathered, picked, ints_sub[picked], low[picked], up[picked], reorder, ints2)
+        at, queries = np.nonzero(low <= limit[None, :])
+        if len(at):
+            cands.add(queries, np.asarray(group)[seg[picked[at]]], rows[picked[at]], low[at, queries],
+                      up[at, queries])
+        limit = cands.prune(plan, limit)
+    cands.prune(plan, limit)
+    return cands
+
+
 def _screen_all(plan: _Plan, snap: Snapshot, threads: int | None) -> _Cands:
     pool = _Pool.get()
+    if plan.kernel is not None and plan.size < kernels.PACK_MIN:
+        return _scan_screen(plan, snap, min(threads or pool.threads, pool.threads))
     threads = min(threads or pool.threads, pool.threads, len(snap.segments))
     counter = itertools.count()
 

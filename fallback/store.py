@@ -88,6 +88,7 @@ class SegmentView:
     alive: np.ndarray | None  # (count,) bool, None when every row is alive
     zero: np.ndarray | None  # (count,) bool: rows of norm 0 (cosine distance NaN), None when there are none
     quant: formats.Int8Rows | None = None  # int8 storage: per-row offset, scale and error bounds (codes = data)
+    terms: formats.Int8Terms | None = None  # int8 storage: what the screening's pre-test reads (see Int8Terms)
 
     @property
     def count(self) -> int:
@@ -109,7 +110,7 @@ class Snapshot:
 # -- segments (what the writer owns) -----------------------------------------------------------------------
 class _Segment:
     __slots__ = ("alive", "alive_published", "count", "data", "dead", "inv_norms32", "keys", "max_sq", "min_sq",
-                 "quant", "sq_norms", "sq_norms32", "xmins", "zeros")
+                 "quant", "sq_norms", "sq_norms32", "terms", "xmins", "zeros")
 
     def __init__(self, capacity: int, dims: int, dtype: np.dtype, key_dtype: np.dtype) -> None:
         # np.empty leaves pages untouched: an unfilled tail costs address space, not memory.
@@ -129,6 +130,7 @@ class _Segment:
         # int8: the codes are `data`; per-row offset, scale and error bounds beside them (float64, 40 bytes a row).
         self.quant = formats.Int8Rows(self.data, *(np.empty(capacity) for _ in range(5))) \
             if dtype == np.int8 else None
+        self.terms = formats.Int8Terms.empty(capacity) if dtype == np.int8 else None
 
     @property
     def capacity(self) -> int:
@@ -136,7 +138,7 @@ class _Segment:
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.quant is None else 5 * self.quant.offset.nbytes
+        extra = 0 if self.quant is None or self.terms is None else 5 * self.quant.offset.nbytes + self.terms.nbytes
         return extra + sum(a.nbytes for a in (self.data, self.keys, self.xmins, self.sq_norms, self.sq_norms32,
                                               self.inv_norms32, self.alive))
 
@@ -148,6 +150,8 @@ class _Segment:
             quant = rows if isinstance(rows, formats.Int8Rows) else formats.quantize_int8(rows)
             for name in ("codes", "offset", "scale", "resid_l2", "resid_l1", "codes_l2"):
                 getattr(self.quant, name)[start:stop] = getattr(quant, name)
+            assert self.terms is not None
+            self.terms.fill(start, quant, sq)
         else:
             self.data[start:stop] = rows
         self.keys[start:stop] = keys
@@ -179,7 +183,8 @@ class _Segment:
             *(getattr(self.quant, name)[:n] for name in ("codes", "offset", "scale", "resid_l2", "resid_l1",
                                                          "codes_l2")))
         return SegmentView(self.data[:n], self.keys[:n], self.sq_norms[:n], self.sq_norms32[:n],
-                           self.inv_norms32[:n], self.alive[:n] if self.dead else None, zero, quant)
+                           self.inv_norms32[:n], self.alive[:n] if self.dead else None, zero, quant,
+                           None if self.terms is None else self.terms.view(n))
 
     def rows(self, picks: np.ndarray) -> np.ndarray | formats.Int8Rows:
         """Stored rows at `picks`, in the form `fill` takes back."""

@@ -70,9 +70,14 @@ def check(result, keys: np.ndarray, x: np.ndarray, q: np.ndarray, metric: str, k
 
 
 def blocks(block: int, gemm_rows: int, kernel: bool) -> contextlib.ExitStack:
-    """`block` rows at a time (both paths), the SIMD kernel (fallback.kernels) on or off."""
+    """`block` rows at a time (both paths; the single-scan path in rounds of `block` rows, and with small blocks
+    its limit refined from 2 seed rows whenever 4 rows pass), the SIMD kernel (fallback.kernels) on or off."""
     stack = contextlib.ExitStack()
+    if block <= 4:
+        stack.enter_context(mock.patch.object(screening, "REFINE_ROWS", 1))
+        stack.enter_context(mock.patch.object(screening, "SEED_ROWS", 2))
     stack.enter_context(mock.patch.object(screening, "POST_ROWS", block))
+    stack.enter_context(mock.patch.object(screening, "ROUND_ROWS", block))
     stack.enter_context(mock.patch.object(screening, "KERNEL_ROWS", block))
     stack.enter_context(mock.patch.object(screening, "GEMM_ROWS", gemm_rows))
     # without NumKong both draws run the numpy path; test_the_simd_kernel_is_installed fails for it
@@ -172,6 +177,22 @@ def test_batches_with_the_prefilter(data, block: int, kernel: bool) -> None:
         results = search_snapshot(store.snapshot(), queries, threads=1)
     for query, result in zip(queries, results, strict=True):
         check(result, np.arange(len(x)), x, query.vector, query.metric, query.k)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_tiny_query_whose_codes_are_exact_keeps_its_bound(kernel: bool) -> None:
+    """Found by Hypothesis: |q| ~ 1e-21 with both elements at +-max leaves a level-1 residual of exactly 0; its
+    level-2 slack was 1e-12 absolute (of a nominal step 1), so the fine U of the nearest row was 2 while the
+    single-scan path had cut the other rows at the limit its score gave: the reported bound (2) was above a row
+    left out (0.975)."""
+    x = np.array([[0.12573022, -0.13210486], [0.64042264, 0.10490011], [-0.5356694, 0.36159506]], dtype=np.float32)
+    store = LegacyStore(ROUTE, dtype="int8", segment_rows=4)
+    store.bulk_upsert([0, 1, 2], x)
+    q = np.array([-1.3210486e-21, -1.3210486e-21], dtype=np.float32)
+    for metric in ("cosine", "ip", "l2"):
+        with blocks(4, 3, kernel):
+            result = search_snapshot(store.snapshot(), [Query(q, 1, metric)], threads=1)[0]
+        check(result, np.arange(3), x, q, metric, 1)
 
 
 def test_batched_queries_each_keep_their_guarantee() -> None:

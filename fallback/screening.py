@@ -34,14 +34,29 @@ by the whole batch.
 
 Kernel (issue 16). With NumKong installed (fallback.kernels) the products codes . q are exact int8 x int8 SIMD
 dot products instead of a float32 upcast per block: the query is quantized in two levels, q = step1 c1 + step2 c2
-+ resid; every row gets coarse bounds from codes . c1 (the query's level-1 residual, ~1% of |q|, widens them about
-twice), the limit is tightened from the k-th coarse U seen so far, and only the rows whose coarse L passes get
-codes . c2 as well (their bounds then as tight as the numpy path's). A row keeps the larger L and the smaller U of
-the two pairs; both are proven, so the argument above is unchanged. Batches of PACK_MIN queries and more use a
-packed query matrix (one int8 matrix product). Measured (bench/fallback.py, 203,727 x 1536, cosine, k = 11): one
-query ~0.5x the float32 memory-bandwidth bound (26 ms against 75 ms for the float32 path on random data) against
-~1.45x for the upcast, on random and clustered data alike: the scan costs the same whatever the data, so no
-fallback to the float32 path is needed on random data (looser bounds there only mean more candidates).
++ resid. Level 1 (codes . c1) runs over every row; the query's level-1 residual (~1% of |q|) widens its "coarse"
+bounds about twice. Level 2 (codes . c2) runs only for rows that can still pass, and leaves only the row's own
+quantization error. A row keeps the larger L and the smaller U of every pair it gets; all are proven, so the
+argument above is unchanged.
+
+Between the scan and any bound sits a pre-test (`_pretest_scores`, `_pretest_thresholds`): per (row, query) a
+score of two or three operations (ints scale/|x| + offset/|x| sum(q)/step1 for cosine) against a per-query
+threshold, the coarse L <= limit test solved for the score with every per-row error term replaced by its
+maximum over the segment (fallback.formats.Int8Terms). Only the rows that pass get bounds.
+
+One query (fewer than PACK_MIN): scan first, then screen (`_scan_screen`). The search threads run the kernel
+and the scores for a round of ROUND_ROWS rows and nothing else; then one thread seeds the limit from the k-th
+largest score (k distinct rows score at least that, so their U is at most `_score_upper` of it), refines it from
+the level-2 bounds of the best-scored survivors when thousands pass (random data), and bounds the survivors of
+the whole round in one call. A candidate's U is also capped by its score's bound, so the reported guard bound
+never exceeds what the limit assumed. Batches of PACK_MIN queries and more go block by block through a packed
+query matrix (`_kernel_block_bounds`), the limit tightened from the k-th coarse U seen so far.
+
+Measured (bench/fallback.py, 203,727 rows, cosine, k = 11, p50 against the float32 memory-bandwidth bound of the
+same run): clustered data 0.37x at 1536 dims and 0.27x at 3072 (17 ms: 17.6x faster than the seed's 300 ms);
+the level-1 scan alone is ~0.3x, it reads a quarter of the bytes at ~85% of numpy's streaming rate. Random
+data's bounds are looser (all distances concentrate), so more rows need level 2; it stays below the float32
+path's time (see the bench and the README for the figures of a run).
 
 Why not prune whole clusters of rows, or bound distances through a PCA prefix (measured on the bench's clustered
 set, 20,000 x 1536, a mixture of 2,000 Gaussians with the spread of text embeddings): the within-cluster noise is
@@ -58,7 +73,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -70,6 +85,7 @@ from pgcutover.fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _
 if TYPE_CHECKING:
     from pgcutover.fallback.store import SegmentView, Snapshot
 
+T = TypeVar("T")
 SLACK = 1e-11  # relative slack for float64 rounding (D <= 16,000: D * 2^-53 < 2e-12)
 ZERO_SCORE = 10.0  # cosine bounds of a zero row (NaN in pgvector, after every number): beyond every real one (<= 2)
 GEMM_ROWS = 512  # rows upcast and multiplied at a time for one query (the float32 copy stays in cache; twice that
@@ -688,6 +704,16 @@ def _chunk_maxima(score: np.ndarray, width: int = 64) -> np.ndarray:
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
+def _share(pool: _Pool, workers: int, work: Callable[[], T]) -> list[T]:
+    """Run `work` on `workers` threads, this one among them, and return what each returned. Work comes from a
+    shared queue, so a helper that has not started when this thread is done is cancelled, not waited for (no
+    deadlock when the pool is busy). This thread working too means one thread to wake instead of two: an idle
+    vCPU took up to 3 ms to start its part, a fifth of a search."""
+    helpers = [pool.executor.submit(work) for _ in range(workers - 1)] if pool.executor is not None else []
+    done = [work()]
+    return done + [helper.result() for helper in helpers if not helper.cancel()]
+
+
 def _scan_round(plan: _Plan, views: list[SegmentView], offsets: np.ndarray, threads: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Level-1 products and pre-test scores, (queries in kernel order, rows), of every row of `views` (stacked
@@ -719,10 +745,7 @@ def _scan_round(plan: _Plan, views: list[SegmentView], offsets: np.ndarray, thre
 
     pool = _Pool.get()
     workers = min(threads, len(views))
-    if workers > 1 and pool.executor is not None:
-        list(pool.executor.map(lambda _: scan(), range(workers)))
-    else:
-        scan()
+    _share(pool, workers, scan)
     return ints, score, np.concatenate([m for _, m in sorted(maxima, key=lambda x: x[0])], axis=1)
 
 
@@ -877,7 +900,7 @@ def _screen_all(plan: _Plan, snap: Snapshot, threads: int | None) -> _Cands:
 
     if threads <= 1 or pool.executor is None:
         return _screen(plan, snap, segments)
-    parts = list(pool.executor.map(lambda _: _screen(plan, snap, segments), range(threads)))
+    parts = _share(pool, threads, lambda: _screen(plan, snap, segments))
     merged = parts[0]
     for part in parts[1:]:
         merged.add_all(part)

@@ -46,6 +46,7 @@ from pgcutover.core.config import Route  # noqa: E402
 from pgcutover.fallback import kernels  # noqa: E402
 from pgcutover.fallback.knn import BatchSearcher, Query, search_snapshot  # noqa: E402
 from pgcutover.fallback.store import LegacyStore  # noqa: E402
+from pgcutover.proxy.app import install_event_loop_policy  # noqa: E402
 from pgcutover.proxy.embedded import EmbeddedPostgres  # noqa: E402
 
 TABLE = "article_chunks"
@@ -236,6 +237,7 @@ def load_child(args: argparse.Namespace) -> None:
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(args.dsn)
 
+    install_event_loop_policy()  # the proxy loads inside its own event loop: uvloop
     t = time.perf_counter()
     load = asyncio.run(store.load(connect))
     report = {"lanes": list(store.lanes), "baseline_rss": baseline, "load_s": time.perf_counter() - t,

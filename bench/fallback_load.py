@@ -63,6 +63,7 @@ from bench.fallback import unit_rows  # noqa: E402
 from pgcutover.core.config import Route  # noqa: E402
 from pgcutover.fallback import formats  # noqa: E402
 from pgcutover.fallback.store import LegacyStore  # noqa: E402
+from pgcutover.proxy.app import install_event_loop_policy  # noqa: E402
 from pgcutover.proxy.embedded import EmbeddedPostgres  # noqa: E402
 
 TABLE = "article_chunks"
@@ -136,6 +137,7 @@ def load_child(args: argparse.Namespace) -> None:
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(args.dsn)
 
+    loop = install_event_loop_policy()  # the proxy loads inside its own event loop: uvloop
     t = time.perf_counter()
     report = asyncio.run(store.load(connect))
     seconds = time.perf_counter() - t
@@ -143,7 +145,7 @@ def load_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps({"strategy": args.strategy, "lanes": list(store.lanes), "seconds": seconds,
                                   "cpu": usage.ru_utime + usage.ru_stime,
                                   "rows": report.rows, "skipped": sum(report.skipped.values()),
-                                  "peak_rss": peak_rss_bytes(), "hash": store_hash(store),
+                                  "peak_rss": peak_rss_bytes(), "hash": store_hash(store), "loop": loop,
                                   "loadavg": os.getloadavg()[0]}), flush=True)
 
 
@@ -200,7 +202,8 @@ def bench(dsn: str, rows: int, dims: int, strategies: list[str], repeat: int) ->
             print(f"  run {i + 1}  {strategy:<26} lanes={','.join(r['lanes']):<14} {r['seconds']:6.2f} s"
                   f" | CPU {r['cpu']:5.1f} + {r['server_cpu']:5.1f} = {r['cpu'] + r['server_cpu']:5.1f} s"
                   f" ({r['rows'] / r['seconds']:,.0f} rows/s) rows={r['rows']} skipped={r['skipped']}"
-                  f" peak RSS {r['peak_rss'] / 1e6:,.0f} MB  hash {r['hash']}  load avg {r['loadavg']:.1f}",
+                  f" peak RSS {r['peak_rss'] / 1e6:,.0f} MB  hash {r['hash']}  {r['loop']}"
+                  f"  load avg {r['loadavg']:.1f}",
                   flush=True)
     best = {s: min(r["seconds"] for r in rs) for s, rs in runs.items()}
     median = {s: statistics.median(r["seconds"] for r in rs) for s, rs in runs.items()}

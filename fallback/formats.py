@@ -76,6 +76,7 @@ class DecodedChunk:
     positions: np.ndarray  # int64 indices into the input sequence, one per row of `vectors`
     vectors: np.ndarray  # float32, shape (len(positions), dims)
     bad: list[tuple[int, VectorFormatError]] = field(default_factory=list)
+    sq: np.ndarray | None = None  # float64 squared norms of `vectors`, when asked for (decode_with_norms)
 
 
 def check_row(row: np.ndarray, dims: int) -> np.ndarray:
@@ -279,6 +280,23 @@ def decode_many(fmt: str, values: Sequence[Any], dims: int) -> DecodedChunk:
     if fmt == _JSON and simdjson is not None:
         return _decode_json_bulk(values, dims)
     return _decode_rows(fmt, values, dims, range(len(values)))
+
+
+def squared_norms(rows: np.ndarray) -> np.ndarray:
+    """float64 squared norms of float32 (or float16) rows, exact to float64 rounding, in blocks that stay in
+    cache (einsum with dtype=float64 casts its whole input first)."""
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), 256):
+        block = rows[start:start + 256].astype(np.float64)
+        out[start:start + 256] = np.einsum("ij,ij->i", block, block)
+    return out
+
+
+def decode_with_norms(fmt: str, values: Sequence[Any], dims: int) -> DecodedChunk:
+    """`decode_many`, plus the rows' squared norms: on the decode thread, off the loader's event loop."""
+    chunk = decode_many(fmt, values, dims)
+    chunk.sq = squared_norms(chunk.vectors)
+    return chunk
 
 
 def _decode_rows(fmt: str, values: Sequence[Any], dims: int, which: Iterable[int]) -> DecodedChunk:

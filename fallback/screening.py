@@ -73,19 +73,18 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pgcutover.core.enums import Metric
 from pgcutover.fallback import formats as f
 from pgcutover.fallback import kernels
-from pgcutover.fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool
+from pgcutover.fallback.knn import F16_ABS, U16, Query, SearchResult, _bounds, _gamma, _Pool, _share
 
 if TYPE_CHECKING:
     from pgcutover.fallback.store import SegmentView, Snapshot
 
-T = TypeVar("T")
 SLACK = 1e-11  # relative slack for float64 rounding (D <= 16,000: D * 2^-53 < 2e-12)
 ZERO_SCORE = 10.0  # cosine bounds of a zero row (NaN in pgvector, after every number): beyond every real one (<= 2)
 GEMM_ROWS = 512  # rows upcast and multiplied at a time for one query (the float32 copy stays in cache; twice that
@@ -702,16 +701,6 @@ def _chunk_maxima(score: np.ndarray, width: int = 64) -> np.ndarray:
     if m * width < score.shape[1]:
         parts.append(score[:, m * width:].max(axis=1, keepdims=True))
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-
-
-def _share(pool: _Pool, workers: int, work: Callable[[], T]) -> list[T]:
-    """Run `work` on `workers` threads, this one among them, and return what each returned. Work comes from a
-    shared queue, so a helper that has not started when this thread is done is cancelled, not waited for (no
-    deadlock when the pool is busy). This thread working too means one thread to wake instead of two: an idle
-    vCPU took up to 3 ms to start its part, a fifth of a search."""
-    helpers = [pool.executor.submit(work) for _ in range(workers - 1)] if pool.executor is not None else []
-    done = [work()]
-    return done + [helper.result() for helper in helpers if not helper.cancel()]
 
 
 def _scan_round(plan: _Plan, views: list[SegmentView], offsets: np.ndarray, threads: int

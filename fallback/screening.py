@@ -815,9 +815,11 @@ def _scan_screen(plan: _Plan, snap: Snapshot, threads: int) -> _Cands:
     all of it large array operations (the GIL stays free for the other thread); then this thread
     - takes the k-th largest of the scores' chunk maxima: k distinct live rows score at least that, so their
       coarse U are at most `_score_upper` of it, a valid k-th U to start the limit from;
-    - keeps the rows whose score passes the limit, a few dozen in ~200,000 on clustered data;
-    - computes their level-2 bounds (exact int8 products with both query levels) straight away, tightens the
-      limit from their U and keeps the rows whose L passes.
+    - keeps the rows whose score passes the limit, a few dozen in ~200,000 on clustered data (when thousands
+      pass, on random data, the limit is first refined from the level-2 bounds of the best-scored of them);
+    - computes their coarse bounds from the products at hand, tightens the limit from their U, and gives the
+      rows whose L passes level-2 bounds (exact int8 products with the query's second level; when thousands
+      pass, after refining the limit from the REFINE_ROWS of them with the smallest U).
     Per-query costs are paid once a round instead of once a block (they were most of a single search's time
     beside the scan). Memory: two float64 numbers a row of a round per query (4 MB), whatever the table's size,
     in buffers the calling thread reuses."""

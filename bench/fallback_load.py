@@ -16,7 +16,8 @@ huge-page advice off (what first-touching the store's memory costs on this machi
 The anchor ("old") is `orjson:server,client`, the loader's default before this change. Every child also hashes
 its store (keys in order, float32 bytes): equal hashes mean the strategies loaded bit-identical rows.
 
-Data: `article_chunks (id bigint, embedding text, embedding_vector vector(1536))`, unit-norm float32 rows printed
+Data: bench/fallback.py's `article_chunks (id bigint, content text, embedding text, embedding_vector vector(1536),
+embedding_f32 bytea)`, of which the load reads `embedding`: unit-norm float32 rows printed
 in shortest round-trip form (~19 KB of JSON per row, ~3.9 GB in all), 0.5% migrated, written with COPY.
 
 Why the loader reads JSON with simdjson on two client lanes (figures of this 2-core machine, PostgreSQL on the
@@ -54,12 +55,11 @@ from pathlib import Path
 
 import asyncpg
 import numpy as np
-import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fallback import unit_rows  # noqa: E402
+from bench.fallback import generate  # noqa: E402
 from pgcutover.core.config import Route  # noqa: E402
 from pgcutover.fallback import formats  # noqa: E402
 from pgcutover.fallback.store import LegacyStore  # noqa: E402
@@ -67,7 +67,6 @@ from pgcutover.proxy.app import install_event_loop_policy  # noqa: E402
 from pgcutover.proxy.embedded import EmbeddedPostgres  # noqa: E402
 
 TABLE = "article_chunks"
-GEN_ROWS = 2000
 OLD = "orjson:server,client"
 NEW = "simdjson:default"
 
@@ -91,24 +90,10 @@ async def ensure_table(dsn: str, rows: int, dims: int, migrated: float = 0.005) 
                                         " AND attname = 'embedding_vector'")
             if have == rows and width == dims:
                 return False
-        await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-        await conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, embedding text,"
-                           f" embedding_vector vector({dims}))")
-        rng = np.random.default_rng(42)
-
-        async def chunks():
-            for start in range(0, rows, GEN_ROWS):
-                block = unit_rows(rng, min(GEN_ROWS, rows - start), dims)
-                yield b"".join(b"%d\t%s\n" % (start + i, orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY))
-                               for i, row in enumerate(block))
-
-        await conn.copy_to_table(TABLE, source=chunks(), columns=["id", "embedding"])
-        step = round(1 / migrated)
-        await conn.execute(f"UPDATE {TABLE} SET embedding_vector = embedding::vector WHERE id % {step} = 0")
-        await conn.execute(f"VACUUM ANALYZE {TABLE}")
-        return True
     finally:
         await conn.close()
+    await generate(dsn, rows, dims, migrated)  # bench/fallback.py's table (the load reads `embedding` only)
+    return True
 
 
 def store_hash(store: LegacyStore) -> str:

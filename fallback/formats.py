@@ -491,25 +491,22 @@ class Int8Terms:
 
     def fill(self, start: int, quant: Int8Rows, sq: np.ndarray) -> None:
         stop = start + len(sq)
-        scale, offset, size = quant.scale, np.abs(quant.offset), np.abs(quant.offset) + 127 * quant.scale
-        spread = quant.scale * quant.codes_l2
-        norm = np.sqrt(sq)
-        live = norm > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = np.where(live, 1 / norm, 0.0)
-        self.scale_by_norm[start:stop] = np.where(live, quant.scale / np.where(live, norm, 1.0), 0.0)
-        self.offset_by_norm[start:stop] = np.where(live, quant.offset / np.where(live, norm, 1.0), 0.0)
-        up = 1 + 1e-12
+        live = sq > 0
+        with np.errstate(divide="ignore"):
+            inv = np.where(live, 1 / np.sqrt(sq), 0.0)  # 1/|x|, 0 for a zero row
+        self.scale_by_norm[start:stop] = quant.scale * inv
+        self.offset_by_norm[start:stop] = quant.offset * inv
+        magnitude = np.abs(quant.offset)
+        terms = ((CAP_RESID, quant.resid_l2), (CAP_SPREAD, quant.scale * quant.codes_l2),
+                 (CAP_SIZE, magnitude + 127 * quant.scale), (CAP_SCALE, quant.scale), (CAP_OFFSET, magnitude))
         new = np.zeros_like(self.caps)
-        if live.any():
-            for at, values in ((CAP_COS_RESID, quant.resid_l2), (CAP_COS_SPREAD, spread), (CAP_COS_SIZE, size),
-                               (CAP_COS_SCALE, scale), (CAP_COS_OFFSET, offset)):
-                new[at] = float(np.max((values * inv)[live])) * up
+        if live.any():  # the cosine caps: the same terms over |x|, zero rows left out
+            for at, values in terms:
+                new[at - CAP_RESID + CAP_COS_RESID] = float(np.max((values * inv)[live]))
         if len(sq):
-            for at, values in ((CAP_RESID, quant.resid_l2), (CAP_SPREAD, spread), (CAP_SIZE, size),
-                               (CAP_SCALE, scale), (CAP_OFFSET, offset), (CAP_SQ, sq)):
-                new[at] = float(np.max(values)) * up
-        np.maximum(self.caps, new, out=self.caps)
+            for at, values in (*terms, (CAP_SQ, sq)):
+                new[at] = float(np.max(values))
+        np.maximum(self.caps, new * (1 + 1e-12), out=self.caps)
 
     def view(self, n: int) -> Int8Terms:
         """Rows [0, n) and a copy of the caps (a later fill must not change what a published snapshot reads)."""

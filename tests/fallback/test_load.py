@@ -101,6 +101,29 @@ def test_json_that_only_pgvector_reads_is_loaded(dsn: str) -> None:
     run(main())
 
 
+@pytest.mark.parametrize(("column_type", "reads"), [("json", "json_send"), ("varchar", "textsend"),
+                                                   ("jsonb", None)])
+def test_json_in_json_varchar_and_jsonb_columns(dsn: str, column_type: str, reads: str | None) -> None:
+    """Client lanes read JSON in text-like columns as bytes (textsend / json_send); jsonb, whose binary form has a
+    version byte, stays text. Every column type loads the same rows."""
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=12, rows=300, seed=21)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"ALTER TABLE {table.name} ALTER COLUMN emb TYPE {column_type}"
+                               f" USING emb::{column_type}")
+        finally:
+            await conn.close()
+        store = LegacyStore(table.route(), lanes=("client", "client"), chunk_rows=40)
+        report = await store.load(factory(dsn))
+        assert_holds(store, table)
+        assert report.skipped == {}
+        assert store._sql is not None
+        assert (f"pg_catalog.{reads}(" in store._sql.value(False)) == (reads is not None)
+
+    run(main())
+
+
 def test_float16_storage(dsn: str) -> None:
     async def main() -> None:
         table = await create_table(dsn, "bytea_f32", dims=16, rows=500, seed=4)

@@ -23,7 +23,8 @@ every legacy-only row with the store and re-reads the differing keys. xmin chang
 changed without any notice is found too.
 
 Loading. The key range is cut into chunks (every n-th key, from a window query); several lanes, each with its own
-connection, take chunks from a shared queue. A "server" lane asks PostgreSQL for `legacy::vector` in pgvector's
+connection, take chunks from a shared queue; a lane reads its next chunk while the decode thread works on the
+last one, so the backends keep streaming. A "server" lane asks PostgreSQL for `legacy::vector` in pgvector's
 binary format (pgvector parses the text, exactly as it will when the merged query recomputes distances); a
 "client" lane fetches the raw value and decodes it here (simdjson for JSON, `np.frombuffer` for bytea; JSON is a
 client-lane job by default: bench/fallback_load.py says why). Either way rows are bit-identical to what the server's
@@ -36,10 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import itertools
 import logging
 import mmap
+import sys
 import time
 import uuid
 import weakref
@@ -116,9 +119,13 @@ def _small_pages(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
     numpy advises transparent huge pages for arrays of 4 MB and more; where the kernel compacts memory
     synchronously for them (defrag = madvise, the default), every first touch of a 2 MB page can stall on it.
     Measured on this machine, loading 203,727 x 1536 rows: 8.4 s of system time with huge pages against 4.2 s
-    without, for a search ~3% slower (11.9 ms against 11.6). Untouched pages still cost no memory."""
+    without, for a search ~3% slower (11.9 ms against 11.6). Untouched pages still cost no memory.
+
+    Private, not `mmap.mmap`'s default shared mapping: shared anonymous memory is shmem, whose first touches cost
+    this machine 0.6-1.4 s per 1.25 GB against 0.37 s for private pages."""
     nbytes = max(1, shape[0] * shape[1] * dtype.itemsize)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=shape[0] * shape[1]).reshape(shape)
+    pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(pages, dtype=dtype, count=shape[0] * shape[1]).reshape(shape)
 
 
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14; Python 3.11's mmap module does not name it
@@ -126,14 +133,30 @@ MADV_POPULATE_WRITE = 23  # Linux >= 5.14; Python 3.11's mmap module does not na
 
 def _populate(array: np.ndarray) -> None:
     """Fault in an array's pages (zero-filled, contents untouched) from the calling thread, so that the thread
-    writing rows into it later does not take the faults: ~1.1 s of a 203,727 x 1536 float32 load, off the event
-    loop. Safe beside that writer (no byte is written); does nothing where the kernel lacks it."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        base = array.base
-        while base is not None and not isinstance(base, mmap.mmap):
-            base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
-        if isinstance(base, mmap.mmap):
-            base.madvise(MADV_POPULATE_WRITE)
+    writing rows into it later does not take the faults: ~0.4 s of a 203,727 x 1536 float32 load, off the event
+    loop. Safe beside that writer (no byte is written); does nothing where the kernel lacks it.
+
+    Through ctypes rather than `mmap.madvise`, which holds the GIL for the whole call (and so stalls the event
+    loop while the kernel zeroes 32 MB); a foreign call through `ctypes.CDLL` releases it."""
+    base = array.base
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    if isinstance(base, mmap.mmap) and _libc is not None and array.ctypes.data % mmap.PAGESIZE == 0:
+        _libc.madvise(ctypes.c_void_p(array.ctypes.data), ctypes.c_size_t(array.nbytes), MADV_POPULATE_WRITE)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):  # MADV_POPULATE_WRITE's number is Linux's
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc.madvise.restype = ctypes.c_int
+        return libc
+    return None
+
+
+_libc = _load_libc()
 
 
 class _Segment:
@@ -425,10 +448,10 @@ class LegacyStore:
 
     def _default_lanes(self) -> tuple[str, ...]:
         # JSON: simdjson here costs ~30 us a row (1536 dims) where pgvector's cast costs the server ~120 us
-        # (strtof), on top of the ~45 us the server spends on every row either way (TOAST, pglz, send): client
-        # lanes only, two so that one backend streams while the other lane's rows are decoded
-        # (bench/fallback_load.py). Without simdjson (orjson: ~90 us a row) a server lane shares the work. Arrays:
-        # the server's cast is the only fast reader. bytea: nothing to parse, two lanes overlap network and copying.
+        # (strtof), on top of the ~45-60 us the server spends on every row either way (TOAST, pglz, send): client
+        # lanes only, two, each reading one chunk ahead of the decode thread (bench/fallback_load.py). Without
+        # simdjson (orjson: ~90 us a row) a server lane shares the work. Arrays: the server's cast is the only fast
+        # reader. bytea: nothing to parse, two lanes overlap network and copying.
         if self.format == LegacyFormat.JSON:
             return ("client", "client") if formats.simdjson is not None else ("server", "client")
         return {LegacyFormat.ARRAY: ("server", "server")}.get(self.format, ("client", "client"))
@@ -691,13 +714,22 @@ class LegacyStore:
 
     async def _decode(self, conn: asyncpg.Connection, fmt: str, rows: Sequence[asyncpg.Record]) -> _Fetched:
         """Decode fetched (key, xmin, value) rows; JSON that orjson refuses goes to the server for a verdict."""
+        return await self._settle(conn, fmt, rows, self._decode_soon(fmt, rows))
+
+    def _decode_soon(self, fmt: str, rows: Sequence[asyncpg.Record]) -> asyncio.Future[formats.DecodedChunk]:
+        """Start decoding the rows' values on the decode thread (NULL values are `_settle`'s)."""
         assert self.dims
+        return asyncio.get_running_loop().run_in_executor(
+            self._worker, formats.decode_with_norms, fmt, [r[2] for r in rows if r[2] is not None], self.dims)
+
+    async def _settle(self, conn: asyncpg.Connection, fmt: str, rows: Sequence[asyncpg.Record],
+                      decoding: asyncio.Future[formats.DecodedChunk]) -> _Fetched:
+        """The rows as decoded by `decoding` (from `_decode_soon`), with the server's verdict on refused JSON."""
         fetched = _Fetched()
         present = [r for r in rows if r[2] is not None]
         fetched.gone = [r[0] for r in rows if r[2] is None]
         keys, xmins = [r[0] for r in present], [r[1] for r in present]
-        chunk = await asyncio.get_running_loop().run_in_executor(
-            self._worker, formats.decode_with_norms, fmt, [r[2] for r in present], self.dims)
+        chunk = await decoding
         if fmt == LegacyFormat.JSON and self._server_cast:
             retry = {pos for pos, err in chunk.bad if err.reason == formats.SYNTAX}
             if retry:
@@ -724,15 +756,20 @@ class LegacyStore:
         fetched.gone += sorted(set(keys) - {r[0] for r in rows}, key=repr)
         return fetched
 
-    async def _fetch_rows(self, conn: asyncpg.Connection, lane: str, sql: Callable[[bool], str],
-                          args: Sequence[Any]) -> _Fetched:
-        """Run one selection the lane's way; a chunk the server cannot cast is re-read raw and triaged."""
+    async def _read(self, conn: asyncpg.Connection, lane: str, sql: Callable[[bool], str],
+                    args: Sequence[Any]) -> tuple[str, list[asyncpg.Record]]:
+        """Run one selection the lane's way: (format of the values, rows). A chunk the server cannot cast is
+        re-read raw, to be triaged row by row."""
         if lane == "server" and self._server_cast:
             try:
-                return await self._decode(conn, PGVECTOR_BINARY, await conn.fetch(sql(True), *args))
+                return PGVECTOR_BINARY, await conn.fetch(sql(True), *args)
             except asyncpg.DataError as exc:
                 log.info("%s: server cast failed for a chunk (%s); triaging its rows", self.route.table, exc)
-        return await self._decode(conn, self.format, await conn.fetch(sql(False), *args))
+        return self.format, await conn.fetch(sql(False), *args)
+
+    async def _fetch_rows(self, conn: asyncpg.Connection, lane: str, sql: Callable[[bool], str],
+                          args: Sequence[Any]) -> _Fetched:
+        return await self._decode(conn, *await self._read(conn, lane, sql, args))
 
     async def _fetch_keys(self, conn: asyncpg.Connection, keys: Sequence[Key]) -> _Fetched:
         assert self._sql
@@ -760,9 +797,12 @@ class LegacyStore:
             ranges: list[tuple[Any, Any]] = list(zip([None, *edges], [*edges, None], strict=True))
             ranges.reverse()  # popped from the end: key order
             conns += [await self._connect(conn_factory) for _ in self.lanes[1:]]
-            async with asyncio.TaskGroup() as lanes:  # one lane failing cancels the others
-                for conn, lane in zip(conns, self.lanes, strict=True):
-                    lanes.create_task(self._lane(conn, lane, ranges))
+            try:
+                async with asyncio.TaskGroup() as lanes:  # one lane failing cancels the others
+                    for conn, lane in zip(conns, self.lanes, strict=True):
+                        lanes.create_task(self._lane(conn, lane, ranges))
+            except ExceptionGroup as failed:  # the lane's own error, not "unhandled errors in a TaskGroup"
+                raise failed.exceptions[0] from None
             return self._finish_load(started, len(edges) + 1)
         finally:
             self._loading = False
@@ -770,13 +810,26 @@ class LegacyStore:
                 await conn.close()
 
     async def _lane(self, conn: asyncpg.Connection, lane: str, ranges: list[tuple[Any, Any]]) -> None:
+        """Read ranges until none is left, one ahead of the decode thread: the backend streams the next range
+        while this one is decoded, instead of waiting for it (bench/fallback_load.py: ~1 s of idle CPU on 2
+        cores). Two ranges of values per lane at most are held (one decoding, one arriving)."""
         assert self._sql
         sql = self._sql
-        while ranges:
-            lower, upper = ranges.pop()
-            args = [a for a in (lower, upper) if a is not None]
-            statement = functools.partial(sql.by_range, lower=lower is not None, upper=upper is not None)
-            self._apply(await self._fetch_rows(conn, lane, statement, args), "load")
+        ahead: tuple[str, list[asyncpg.Record], asyncio.Future[formats.DecodedChunk]] | None = None
+        try:
+            while ranges or ahead:
+                current, ahead = ahead, None
+                if ranges:
+                    lower, upper = ranges.pop()
+                    args = [a for a in (lower, upper) if a is not None]
+                    statement = functools.partial(sql.by_range, lower=lower is not None, upper=upper is not None)
+                    fmt, rows = await self._read(conn, lane, statement, args)
+                    ahead = (fmt, rows, self._decode_soon(fmt, rows))
+                if current:
+                    self._apply(await self._settle(conn, *current), "load")
+        finally:
+            if ahead:
+                ahead[2].cancel()
 
     def _finish_load(self, started: float, chunks: int) -> LoadReport:
         self.loaded = True

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import logging
+import mmap
 import uuid
 from fractions import Fraction
 
@@ -11,8 +14,8 @@ import numpy as np
 import pytest
 
 from pgcutover.fallback import formats, metrics
-from pgcutover.fallback.store import LegacyStore
-from tests.fallback.conftest import LegacyTable, create_table, encode, f32_bytes, factory, insert_raw, run
+from pgcutover.fallback.store import LegacyStore, _populate, _small_pages
+from tests.fallback.conftest import LegacyTable, create_table, encode, f32_bytes, factory, insert_raw, run, wait_for
 from tests.fallback.test_formats import EXACT as EXACT_CASES
 
 KINDS = ["json", "bytea_f32", "bytea_f64", "array", "array_f64"]
@@ -187,6 +190,65 @@ def test_empty_table(dsn: str) -> None:
         assert report.rows == 0 and len(store) == 0 and store.loaded
 
     run(main())
+
+
+def test_a_lane_whose_backend_dies_fails_the_load_and_a_new_load_succeeds(dsn: str) -> None:
+    """A lane reads one range ahead of the decode thread; when its backend dies mid-load, load() raises the
+    driver's error (the other lane and the decode queued ahead are cancelled), the store stays not loaded, and a
+    fresh store loads every row (what proxy/legacy.py's retry does)."""
+    async def main() -> None:
+        table = await create_table(dsn, "json", dims=32, rows=3000, seed=21)
+        store = LegacyStore(table.route(), lanes=("client", "client"), chunk_rows=25)
+        opened: list[asyncpg.Connection] = []
+
+        async def connect() -> asyncpg.Connection:
+            conn = await asyncpg.connect(dsn)
+            opened.append(conn)
+            return conn
+
+        admin = await asyncpg.connect(dsn)
+        try:
+            loading = asyncio.ensure_future(store.load(connect))
+            await wait_for(lambda: len(store._index) > 0 or loading.done())
+            assert not loading.done()
+            async with admin.transaction():  # the lanes' next ranges wait for this lock: the kill lands mid-load
+                await admin.execute(f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE")
+                await admin.execute("SELECT pg_terminate_backend($1)", opened[-1].get_server_pid())
+                with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)) as caught:
+                    await asyncio.wait_for(loading, 20)
+                assert "connection" in str(caught.value)  # what /readyz shows: the driver's error, not a group
+                assert not isinstance(caught.value, BaseExceptionGroup)
+            assert not store.loaded and 0 < len(store) < len(table.truth)
+            assert all(conn.is_closed() for conn in opened)
+        finally:
+            await admin.close()
+        fresh = LegacyStore(table.route(), lanes=("client", "client"), chunk_rows=25)
+        await fresh.load(factory(dsn))
+        assert_holds(fresh, table)
+
+    run(main())
+
+
+def test_segment_pages_are_private_and_populated_without_writing() -> None:
+    """Segment memory is a private anonymous mapping (shared anonymous memory is shmem: slower first touches),
+    and `_populate` faults its pages in from the calling thread without changing a byte."""
+    data = _small_pages((2048, 512), np.dtype(np.float32))  # 4 MB
+    start, pages = data.ctypes.data, data.nbytes // mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def resident() -> int:
+        vec = (ctypes.c_ubyte * pages)()
+        assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(data.nbytes), vec) == 0
+        return sum(b & 1 for b in vec)
+
+    with open("/proc/self/maps") as f:  # the kernel may merge it with a neighbour: find the area holding it
+        areas = [line.split() for line in f]
+    perms = next(a[1] for a in areas if int(a[0].split("-")[0], 16) <= start < int(a[0].split("-")[1], 16))
+    assert perms == "rw-p"
+    assert resident() < pages // 2
+    _populate(data)
+    assert resident() == pages
+    assert not data.any()
 
 
 def test_refresh_on_a_caller_connection(dsn: str) -> None:

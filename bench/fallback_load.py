@@ -23,16 +23,22 @@ in shortest round-trip form (~19 KB of JSON per row, ~3.9 GB in all), 0.5% migra
 Why the loader reads JSON with simdjson on two client lanes (figures of this 2-core machine, PostgreSQL on the
 same machine, CPU time per row of 1536 dims; the load is CPU-bound, so what counts is the CPU both processes
 spend, and the old load's ~206 us a row is its 20.5 s on 2 cores):
-- the server spends ~45-55 us on every row whatever it sends: the ~19 KB value is pglz-compressed TOAST (~11 KB),
-  so it is fetched, decompressed and sent (perf: pglz_decompress, memmove, page reads, TCP). No way around it.
+- the server spends ~55-60 us on every row whatever it sends: the ~19 KB value is pglz-compressed TOAST (~11 KB),
+  so it is fetched, decompressed and sent (perf: pglz_decompress and its back-reference memcpy are half of it, then
+  TCP, page reads). No way around it: textsend(), the text column in binary or in text format, and binary COPY
+  all cost the server the same 54-60 us (shared_buffers 6 GB instead of 256 MB: ~54 instead of ~60); a Unix socket
+  instead of TCP made the whole load slower here (13.3-13.6 s against 11.2 s).
 - `legacy::vector` on the server adds pgvector's parse (strtof per element): ~169 us a row in all, measured with
   `COPY (SELECT id, embedding::vector ...) TO '/dev/null' (FORMAT binary)` (raw text the same way: ~42 us). So a
   server cast, binary COPY or not, one or two connections in parallel, costs more CPU than the old load
   (`orjson:server,server`: 1.18x its CPU); on 2 busy cores parallel casts cannot win.
 - the client: orjson + `np.array` ~90 us a row (a Python float per element); simdjson straight into a float64
-  buffer ~30 us (its parse alone ~20 us), plus ~15 us for asyncpg to receive the row and ~10-15 us to first-touch
-  the store's memory. Binary COPY instead of asyncpg's fetch saves nothing on the client (15.7 vs 14.6 us a row
-  to receive) and cannot bind the key bounds as parameters, so the loader keeps its prepared range queries.
+  buffer ~27 us (its parse alone ~20 us), plus ~18 us for asyncpg to receive the row. The store's memory is a
+  private mapping, faulted in ahead on the decode thread with the GIL released (shared anonymous memory, Python's
+  `mmap` default, is shmem: 0.6-1.4 s instead of 0.37 s per 1.25 GB, and `mmap.madvise` holds the GIL). Each lane
+  reads its next chunk while the decode thread works on the last (idle CPU in a perf profile: 12-16% -> ~5%).
+  Binary COPY instead of asyncpg's fetch costs the client more (29-30 against 18-20 us a row to receive) and
+  cannot bind the key bounds as parameters, so the loader keeps its prepared range queries.
 - numpy's C text readers (`np.fromstring`) are slower than orjson (~1 ms a row) and round through float64 too.
 - float64 -> float32 rounds twice; `fallback/formats.py` re-reads the elements where that can differ from strtof
   (float32 midpoints, subnormals, `-0`), so every strategy loads bit-identical rows (the hash column).

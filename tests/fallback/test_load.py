@@ -15,6 +15,7 @@ import pytest
 
 from pgcutover.fallback import formats, metrics
 from pgcutover.fallback.store import LegacyStore, _populate, _small_pages
+from pgcutover.proxy.embedded import EmbeddedPostgres
 from tests.fallback.conftest import LegacyTable, create_table, encode, f32_bytes, factory, insert_raw, run, wait_for
 from tests.fallback.test_formats import EXACT as EXACT_CASES
 
@@ -249,6 +250,28 @@ def test_segment_pages_are_private_and_populated_without_writing() -> None:
     _populate(data)
     assert resident() == pages
     assert not data.any()
+
+
+@pytest.mark.parametrize("lanes", ["client", "server"])
+@pytest.mark.parametrize("kind", ["json", "bytea_f32"])
+def test_a_control_role_with_only_select_loads(pg: EmbeddedPostgres, dsn: str, kind: str, lanes: str) -> None:
+    """The loader needs SELECT on the table and nothing else: no superuser, no schema of its own (textsend and
+    json_send, the server's cast and the catalogs are PUBLIC)."""
+    async def main() -> None:
+        table = await create_table(dsn, kind, dims=16, rows=400, seed=31)
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute("DO $$ BEGIN CREATE ROLE fb_loader LOGIN NOSUPERUSER; "
+                                "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+            await admin.execute(f"GRANT SELECT ON {table.name} TO fb_loader")
+        finally:
+            await admin.close()
+        store = LegacyStore(table.route(), lanes=LANES[lanes], chunk_rows=60)
+        report = await store.load(factory(pg.dsn(user="fb_loader")))
+        assert_holds(store, table)
+        assert report.skipped == {}
+
+    run(main())
 
 
 def test_refresh_on_a_caller_connection(dsn: str) -> None:

@@ -815,6 +815,7 @@ class LegacyStore:
         cores). Two ranges of values per lane at most are held (one decoding, one arriving)."""
         assert self._sql
         sql = self._sql
+        current: tuple[str, list[asyncpg.Record], asyncio.Future[formats.DecodedChunk]] | None = None
         ahead: tuple[str, list[asyncpg.Record], asyncio.Future[formats.DecodedChunk]] | None = None
         try:
             while ranges or ahead:
@@ -827,9 +828,10 @@ class LegacyStore:
                     ahead = (fmt, rows, self._decode_soon(fmt, rows))
                 if current:
                     self._apply(await self._settle(conn, *current), "load")
-        finally:
-            if ahead:
-                ahead[2].cancel()
+        finally:  # a failed lane leaves no decode queued for nobody (cancelling a finished one does nothing)
+            for pending in (current, ahead):
+                if pending:
+                    pending[2].cancel()
 
     def _finish_load(self, started: float, chunks: int) -> LoadReport:
         self.loaded = True

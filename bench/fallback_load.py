@@ -8,13 +8,15 @@
 
 Each load runs in a fresh child process (so peak RSS is the load's own), strategies interleaved `--repeat` times
 (the machine is shared: the best of the repeats is compared, the median printed too). A strategy is
-`parser:lanes`: `orjson` is the JSON reader the loader had before (a list of Python floats per row, then numpy),
-`simdjson` the new default (pysimdjson straight into a float64 buffer), `simdjson-4k` the same with numpy's
-huge-page advice off (what first-touching the store's memory costs on this machine); lanes as
-`LegacyStore(lanes=...)`
+`parser:lanes[:storage]` (storage as `fallback_storage`, float32 by default): `orjson` is the JSON reader the
+loader had before (a list of Python floats per row, then numpy), `simdjson` the new default (pysimdjson straight
+into a float64 buffer), `simdjson-4k` the same with numpy's huge-page advice off (before segments had pages of
+their own, this showed what first-touching the store's memory cost); lanes as `LegacyStore(lanes=...)`
 (`server`: PostgreSQL casts `legacy::vector` and sends pgvector's binary form, `client`: raw text decoded here).
 The anchor ("old") is `orjson:server,client`, the loader's default before this change. Every child also hashes
-its store (keys in order, float32 bytes): equal hashes mean the strategies loaded bit-identical rows.
+its store (keys in order, the stored bytes): equal hashes mean the strategies of one storage loaded
+bit-identical rows. `simdjson:default:int8` is the same load into an int8 store (codes quantized on the decode
+thread).
 
 Data: bench/fallback.py's `article_chunks (id bigint, content text, embedding text, embedding_vector vector(1536),
 embedding_f32 bytea)`, of which the load reads `embedding`: unit-norm float32 rows printed
@@ -116,6 +118,7 @@ def store_hash(store: LegacyStore) -> str:
 
 def load_child(args: argparse.Namespace) -> None:
     parser, _, lanes = args.strategy.partition(":")
+    lanes, _, storage = lanes.partition(":")
     parser, _, pages = parser.partition("-")
     if parser == "orjson":
         formats.simdjson = None  # the reader the loader had before: orjson, row by row
@@ -123,7 +126,8 @@ def load_child(args: argparse.Namespace) -> None:
         np._core.multiarray._set_madvise_hugepage(False)
     route = Route(table=TABLE, column="embedding_vector", legacy_column="embedding", dims=args.dims,
                   legacy_format="json")
-    store = LegacyStore(route, lanes=None if lanes == "default" else tuple(lanes.split(",")))
+    store = LegacyStore(route, lanes=None if lanes == "default" else tuple(lanes.split(",")),
+                        dtype=storage or "float32")
 
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(args.dsn)
@@ -199,7 +203,10 @@ def bench(dsn: str, rows: int, dims: int, strategies: list[str], repeat: int) ->
     best = {s: min(r["seconds"] for r in rs) for s, rs in runs.items()}
     median = {s: statistics.median(r["seconds"] for r in rs) for s, rs in runs.items()}
     cpu = {s: min(r["cpu"] + r["server_cpu"] for r in rs) for s, rs in runs.items()}
-    hashes = {r["hash"] for rs in runs.values() for r in rs}
+    hashes: dict[str, set[str]] = {}  # per storage: int8 stores hash their codes
+    for strategy, rs in runs.items():
+        hashes.setdefault(strategy.split(":")[2] if strategy.count(":") > 1 else "float32", set()).update(
+            r["hash"] for r in rs)
     print(f"\nload of {rows:,} x {dims} JSON TEXT, best (median) of {repeat}; target <= 10 s at 203,727 rows:")
     for strategy in strategies:
         ratio = best[strategy] / best[OLD] if OLD in best else float("nan")
@@ -209,8 +216,8 @@ def bench(dsn: str, rows: int, dims: int, strategies: list[str], repeat: int) ->
     if OLD in best and NEW in best:
         print(f"new/old: {best[NEW] / best[OLD]:.2f}x ({best[NEW]:.2f} s vs {best[OLD]:.2f} s; medians"
               f" {median[NEW] / median[OLD]:.2f}x; CPU {cpu[NEW] / cpu[OLD]:.2f}x); rows bit-identical across"
-              " strategies:"
-              f" {'yes' if len(hashes) == 1 else 'NO ' + str(sorted(hashes))}")
+              " strategies (per storage):"
+              f" {'yes' if all(len(h) == 1 for h in hashes.values()) else 'NO ' + str(hashes)}")
 
 
 def main() -> None:
@@ -219,7 +226,8 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=1536)
     parser.add_argument("--quick", action="store_true", help="20,000 rows")
     parser.add_argument("--repeat", type=int, default=2, help="loads per strategy, interleaved")
-    parser.add_argument("--strategies", default=f"{OLD};{NEW}", help="parser:lanes, ';'-separated")
+    parser.add_argument("--strategies", default=f"{OLD};{NEW};{NEW}:int8",
+                        help="parser:lanes[:storage], ';'-separated")
     parser.add_argument("--dsn", help="use this database instead of a temporary embedded PostgreSQL")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)

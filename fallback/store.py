@@ -199,8 +199,8 @@ class _Segment:
         stop = start + len(keys)
         if self.quant is not None:
             quant = rows if isinstance(rows, formats.Int8Rows) else formats.quantize_int8(rows)
-            for name in ("codes", "offset", "scale", "resid_l2", "resid_l1", "codes_l2"):
-                getattr(self.quant, name)[start:stop] = getattr(quant, name)
+            for mine, theirs in zip(self.quant.columns(), quant.columns(), strict=True):
+                mine[start:stop] = theirs
             assert self.terms is not None
             self.terms.fill(start, quant, sq)
         else:
@@ -230,19 +230,14 @@ class _Segment:
         n = self.count
         self.alive_published = True
         zero = self.sq_norms[:n] == 0 if self.zeros else None
-        quant = None if self.quant is None else formats.Int8Rows(
-            *(getattr(self.quant, name)[:n] for name in ("codes", "offset", "scale", "resid_l2", "resid_l1",
-                                                         "codes_l2")))
+        quant = None if self.quant is None else self.quant[:n]
         return SegmentView(self.data[:n], self.keys[:n], self.sq_norms[:n], self.sq_norms32[:n],
                            self.inv_norms32[:n], self.alive[:n] if self.dead else None, zero, quant,
                            None if self.terms is None else self.terms.view(n))
 
     def rows(self, picks: np.ndarray) -> np.ndarray | formats.Int8Rows:
         """Stored rows at `picks`, in the form `fill` takes back."""
-        if self.quant is None:
-            return self.data[picks]
-        return formats.Int8Rows(*(getattr(self.quant, name)[picks] for name in (
-            "codes", "offset", "scale", "resid_l2", "resid_l1", "codes_l2")))
+        return self.data[picks] if self.quant is None else self.quant[picks]
 
 
 # -- what fetching returns ---------------------------------------------------------------------------------
@@ -250,7 +245,8 @@ class _Segment:
 class _Fetched:
     keys: list[Key] = field(default_factory=list)
     xmins: list[int] = field(default_factory=list)
-    vectors: list[np.ndarray] = field(default_factory=list)  # float32 blocks, rows in `keys` order
+    vectors: list[np.ndarray | formats.Int8Rows] = field(default_factory=list)  # float32 blocks (int8 stores:
+    # quantized blocks), rows in `keys` order
     sq: list[np.ndarray] = field(default_factory=list)  # their squared norms (float64), when decoded with them
     bad: list[tuple[Key, int, VectorFormatError]] = field(default_factory=list)
     gone: list[Key] = field(default_factory=list)  # no longer legacy-only (or deleted)
@@ -261,7 +257,7 @@ class _Fetched:
         if len(chunk.positions):
             self.keys.extend(keys[p] for p in chunk.positions)
             self.xmins.extend(xmins[p] for p in chunk.positions)
-            self.vectors.append(chunk.vectors)
+            self.vectors.append(chunk.vectors if chunk.quant is None else chunk.quant)
             if chunk.sq is not None:
                 self.sq.append(chunk.sq)
 
@@ -273,10 +269,15 @@ class _Fetched:
         self.bad += other.bad
         self.gone += other.gone
 
-    def matrix(self, dims: int) -> np.ndarray:
+    def matrix(self, dims: int) -> np.ndarray | formats.Int8Rows:
         if not self.vectors:
             return np.empty((0, dims), dtype=np.float32)
-        return self.vectors[0] if len(self.vectors) == 1 else np.concatenate(self.vectors)
+        quantized = [b for b in self.vectors if isinstance(b, formats.Int8Rows)]
+        floats = [b for b in self.vectors if isinstance(b, np.ndarray)]
+        assert not (quantized and floats), "one store decodes every chunk the same way"
+        if quantized:
+            return formats.Int8Rows.concat(quantized)
+        return floats[0] if len(floats) == 1 else np.concatenate(floats)
 
 
 @dataclass(slots=True)
@@ -515,10 +516,16 @@ class LegacyStore:
             loc[0].kill(loc[1])
         return loc is not None
 
-    def _append(self, keys: Sequence[Key], xmins: Sequence[int], vectors: np.ndarray,
+    def _append(self, keys: Sequence[Key], xmins: Sequence[int], vectors: np.ndarray | formats.Int8Rows,
                 sq: np.ndarray | None = None) -> None:
-        """Rows as float32 (`sq`: their squared norms in float64, when the decode thread has them already)."""
-        stored, fits = formats.to_storage(vectors, self.dtype)
+        """Rows as float32, or already quantized for an int8 store (`sq`: their squared norms in float64, when the
+        decode thread has them already; always with quantized rows)."""
+        stored: np.ndarray | formats.Int8Rows
+        if isinstance(vectors, formats.Int8Rows):
+            assert sq is not None and self.dtype == np.int8
+            stored, fits = vectors, np.ones(len(vectors), dtype=bool)
+        else:
+            stored, fits = formats.to_storage(vectors, self.dtype)
         if not fits.all():
             for pos in np.flatnonzero(~fits):
                 self._mark_bad(keys[pos], xmins[pos], VectorFormatError(formats.FP16_RANGE, "beyond float16"))
@@ -526,6 +533,7 @@ class LegacyStore:
             xmins = [x for x, ok in zip(xmins, fits, strict=True) if ok]
             sq = None
         if sq is None or stored is not vectors:  # float16: the norms of the rows as stored
+            assert isinstance(stored, np.ndarray)
             sq = formats.squared_norms(stored)
         xmins_arr = np.asarray(xmins, dtype=np.int64)
         done = 0
@@ -720,7 +728,8 @@ class LegacyStore:
         """Start decoding the rows' values on the decode thread (NULL values are `_settle`'s)."""
         assert self.dims
         return asyncio.get_running_loop().run_in_executor(
-            self._worker, formats.decode_with_norms, fmt, [r[2] for r in rows if r[2] is not None], self.dims)
+            self._worker, formats.decode_with_norms, fmt, [r[2] for r in rows if r[2] is not None], self.dims,
+            self.dtype == np.int8)
 
     async def _settle(self, conn: asyncpg.Connection, fmt: str, rows: Sequence[asyncpg.Record],
                       decoding: asyncio.Future[formats.DecodedChunk]) -> _Fetched:

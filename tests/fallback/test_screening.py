@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pgcutover.core.config import Route
 from pgcutover.fallback import kernels, screening
-from pgcutover.fallback.formats import VectorFormatError, quantize_int8
+from pgcutover.fallback.formats import Int8Rows, VectorFormatError, quantize_int8
 from pgcutover.fallback.knn import METRICS, Query, search_snapshot
 from pgcutover.fallback.screening import max_candidates
 from pgcutover.fallback.store import LegacyStore
@@ -277,6 +277,13 @@ def test_int8_store_loaded_from_postgres_against_order_by(dsn: str, metric: str)
         store = LegacyStore(table.route(), dtype="int8", segment_rows=256, chunk_rows=200)
         await store.load(factory(dsn))
         assert len(store) == len(table.truth)
+        # quantized on the decode thread, chunk by chunk: the same codes and bounds as quantizing the rows here
+        views = store.snapshot().segments
+        loaded = Int8Rows.concat([view.quant for view in views if view.quant is not None])
+        expected = quantize_int8(np.stack([table.truth[key] for view in views for key in view.keys.tolist()]))
+        assert len(loaded) == len(table.truth)
+        for column, want in zip(loaded.columns(), expected.columns(), strict=True):
+            assert np.array_equal(column, want)
         conn = await asyncpg.connect(dsn)
         try:
             rng = np.random.default_rng(3)

@@ -295,7 +295,7 @@ def squared_norms(rows: np.ndarray) -> np.ndarray:
 
 def decode_with_norms(fmt: str, values: Sequence[Any], dims: int, quantize: bool = False) -> DecodedChunk:
     """`decode_many`, plus the rows' squared norms and, for an int8 store, their codes: on the decode thread, off
-    the loader's event loop (quantizing there costed a 203,727 x 1536 int8 load 3-4 s: 14-15 s against float32's
+    the loader's event loop (quantizing there cost a 203,727 x 1536 int8 load 3-4 s: 14-15 s against float32's
     11 s)."""
     chunk = decode_many(fmt, values, dims)
     chunk.sq = squared_norms(chunk.vectors)

@@ -813,10 +813,21 @@ class LegacyStore:
             except ExceptionGroup as failed:  # the lane's own error, not "unhandled errors in a TaskGroup"
                 raise failed.exceptions[0] from None
             return self._finish_load(started, len(edges) + 1)
+        except BaseException:
+            self._drop_partial_load()
+            raise
         finally:
             self._loading = False
             for conn in conns:
                 await conn.close()
+
+    def _drop_partial_load(self) -> None:
+        """Forget what a failed load read, so that load() can run again on this store (proxy/legacy.py retries
+        until the upstream is back). Nobody searched those rows: the store was not loaded."""
+        self._segments.clear()
+        self._index.clear()
+        self._bad.clear()
+        self._publish()
 
     async def _lane(self, conn: asyncpg.Connection, lane: str, ranges: list[tuple[Any, Any]]) -> None:
         """Read ranges until none is left, one ahead of the decode thread: the backend streams the next range

@@ -138,10 +138,7 @@ def _populate(array: np.ndarray) -> None:
 
     Through ctypes rather than `mmap.madvise`, which holds the GIL for the whole call (and so stalls the event
     loop while the kernel zeroes 32 MB); a foreign call through `ctypes.CDLL` releases it."""
-    base = array.base
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
-    if isinstance(base, mmap.mmap) and _libc is not None and array.ctypes.data % mmap.PAGESIZE == 0:
+    if _libc is not None and array.ctypes.data % mmap.PAGESIZE == 0:  # a `_small_pages` array starts a page
         _libc.madvise(ctypes.c_void_p(array.ctypes.data), ctypes.c_size_t(array.nbytes), MADV_POPULATE_WRITE)
 
 
@@ -280,6 +277,10 @@ class _Fetched:
         return floats[0] if len(floats) == 1 else np.concatenate(floats)
 
 
+# A lane's chunk between reading and applying: (format of the values, rows, their decode on the decode thread).
+_Pending = tuple[str, list[asyncpg.Record], "asyncio.Future[formats.DecodedChunk]"]
+
+
 @dataclass(slots=True)
 class LoadReport:
     rows: int
@@ -300,7 +301,7 @@ class _Sql:
     vector: str
     legacy: str
     vector_type: str | None  # qualified pgvector type, None when the extension is missing
-    raw: str = ""  # how a client lane reads the legacy value (default: as it is)
+    raw: str  # how a client lane reads the legacy value (`legacy`, or its bytes through a send function)
 
     @classmethod
     def for_route(cls, route: Route, vector_type: str | None, legacy_type: str = "") -> _Sql:
@@ -835,8 +836,8 @@ class LegacyStore:
         cores). Two ranges of values per lane at most are held (one decoding, one arriving)."""
         assert self._sql
         sql = self._sql
-        current: tuple[str, list[asyncpg.Record], asyncio.Future[formats.DecodedChunk]] | None = None
-        ahead: tuple[str, list[asyncpg.Record], asyncio.Future[formats.DecodedChunk]] | None = None
+        current: _Pending | None = None
+        ahead: _Pending | None = None
         try:
             while ranges or ahead:
                 current, ahead = ahead, None
